@@ -1,0 +1,138 @@
+"""Pairwise distances between the rows of a batch of embeddings.
+
+Every in-batch loss of tfmetric starts from the `(N, N)` matrix returned by
+`pairwise_distance`. It is built from one `(N, D) x (D, N)` matrix product
+(no `(N, N, D)` tensor), has an exact zero diagonal, a finite gradient where
+two embeddings coincide, and is computed in at least float32.
+"""
+
+from keras import ops
+
+DISTANCES = ("euclidean", "squared_euclidean", "cosine")
+
+
+def check_distance(distance):
+    """Returns `distance` if it is a supported name, else raises ValueError."""
+    if distance not in DISTANCES:
+        raise ValueError(
+            f"Unknown distance {distance!r}. Expected one of {DISTANCES} "
+            "(TF Addons' 'L2', 'squared-L2' and 'angular' are 'euclidean', "
+            "'squared_euclidean' and 'cosine' here)."
+        )
+    return distance
+
+
+def computation_dtype(dtype):
+    """The dtype a loss computes in: float64 stays, everything else is float32.
+
+    Half-precision embeddings (float16, bfloat16, mixed-precision outputs)
+    would lose most of their digits in the `|a|² + |b|² - 2a·b` expansion.
+    """
+    return "float64" if str(dtype).endswith("float64") else "float32"
+
+
+def as_embeddings(y_pred):
+    """Converts `y_pred` to an `(N, D)` float tensor in the computation dtype."""
+    x = ops.convert_to_tensor(y_pred)
+    if len(x.shape) != 2:
+        raise ValueError(
+            "Embeddings must have shape (batch_size, embedding_dim); "
+            f"received shape {tuple(x.shape)}."
+        )
+    return ops.cast(x, computation_dtype(x.dtype))
+
+
+def l2_normalize(x):
+    """Scales every row of `x` to unit L2 norm; zero rows stay zero.
+
+    `keras.ops.normalize` (what `keras.layers.UnitNormalization` calls)
+    overflows to 0 for rows above ~1e19 in float32 and has a NaN gradient on
+    zero rows. Dividing each row by its largest absolute entry first (a
+    constant for the gradient; the result is scale-invariant) makes the sum of
+    squares lie in [1, D] for every non-zero row, so neither happens.
+    """
+    x = ops.convert_to_tensor(x)
+    row_max = ops.stop_gradient(ops.max(ops.abs(x), axis=-1, keepdims=True))
+    x = x / ops.where(row_max > 0, row_max, ops.ones_like(row_max))
+    square_sum = ops.sum(ops.square(x), axis=-1, keepdims=True)
+    # Non-zero rows have square_sum >= 1 exactly (their largest entry is now
+    # ±1), so the floor only touches all-zero rows and keeps them finite.
+    return x / ops.sqrt(ops.maximum(square_sum, ops.ones_like(square_sum)))
+
+
+def _zero_diagonal(matrix):
+    n = ops.shape(matrix)[0]
+    return ops.where(ops.eye(n, dtype="bool"), ops.zeros_like(matrix), matrix)
+
+
+def _scaled_squared_euclidean(x):
+    """Returns `(d2, scale)` with `scale**2 * d2` the squared distances.
+
+    Distances do not change under translation, so the batch mean is removed
+    before the `|a|² + |b|² - 2a·b` expansion: this keeps the cancellation
+    error relative to the spread of the batch instead of its distance from
+    the origin. Dividing by the largest entry keeps the squares from
+    overflowing (or underflowing) for huge (or tiny) embeddings. Both shifts
+    are constants for the gradient, which is exact for the original input.
+    """
+    x = x - ops.stop_gradient(ops.mean(x, axis=0, keepdims=True))
+    scale = ops.stop_gradient(ops.max(ops.abs(x)))
+    scale = ops.where(scale > 0, scale, ops.ones_like(scale))
+    x = x / scale
+    square_norms = ops.sum(ops.square(x), axis=1)
+    d2 = (
+        square_norms[:, None]
+        + square_norms[None, :]
+        - 2.0 * ops.matmul(x, ops.transpose(x))
+    )
+    d2 = ops.maximum(d2, ops.zeros_like(d2))
+    return _zero_diagonal(d2), scale
+
+
+def _safe_sqrt(x):
+    """`sqrt(x)` whose gradient is 0 instead of inf where `x == 0`."""
+    positive = x > 0
+    safe = ops.where(positive, x, ops.ones_like(x))
+    return ops.where(positive, ops.sqrt(safe), ops.zeros_like(x))
+
+
+def pairwise_distance(x, distance="euclidean", normalize=False):
+    """Computes the `(N, N)` matrix of distances between the rows of `x`.
+
+    | `distance` | value for rows a, b |
+    |---|---|
+    | `"euclidean"` | `‖a − b‖₂` |
+    | `"squared_euclidean"` | `‖a − b‖₂²` |
+    | `"cosine"` | `max(1 − cos(a, b), 0)` |
+
+    The diagonal is exactly zero. The gradient is finite everywhere,
+    including where two rows coincide (it is 0 there for `"euclidean"`).
+    float16 and bfloat16 inputs are computed in float32; float64 stays
+    float64.
+
+    Args:
+        x: Embeddings of shape `(N, D)`.
+        distance: One of `"euclidean"`, `"squared_euclidean"`, `"cosine"`.
+        normalize: Whether to L2-normalise the rows before the distance.
+
+    Returns:
+        A float tensor of shape `(N, N)`.
+
+    Example:
+
+    >>> import tfmetric as tfm
+    >>> d = tfm.distances.pairwise_distance([[0.0, 0.0], [3.0, 4.0]])
+    >>> [[float(v) for v in row] for row in d]
+    [[0.0, 5.0], [5.0, 0.0]]
+    """
+    check_distance(distance)
+    x = as_embeddings(x)
+    if normalize or distance == "cosine":
+        x = l2_normalize(x)
+    if distance == "cosine":
+        cosine = 1.0 - ops.matmul(x, ops.transpose(x))
+        return _zero_diagonal(ops.maximum(cosine, ops.zeros_like(cosine)))
+    d2, scale = _scaled_squared_euclidean(x)
+    if distance == "squared_euclidean":
+        return d2 * ops.square(scale)
+    return _safe_sqrt(d2) * scale

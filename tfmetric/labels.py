@@ -1,0 +1,170 @@
+"""Class labels for in-batch losses and metrics: validated, never merged.
+
+Keras' `Loss.__call__` casts `y_true` to the loss dtype, which merges
+different labels (2**24 and 2**24 + 1 are the same float32). Every in-batch
+loss of tfmetric takes its labels through `standardize_labels` instead: the
+labels keep their exact identity, and malformed ones are rejected with a
+message that names the problem.
+"""
+
+import numpy as np
+from keras import backend, ops
+
+
+def _is_backend_tensor(value):
+    if backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.is_tensor(value)
+    if backend.backend() == "jax":
+        import jax
+
+        return isinstance(value, jax.Array)
+    return backend.is_tensor(value)
+
+
+def _is_traced(tensor):
+    """Whether `tensor` is symbolic (a graph or a trace), so no value to read."""
+    if backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return not tf.executing_eagerly() or not hasattr(tensor, "numpy")
+    if backend.backend() == "jax":
+        import jax
+
+        return isinstance(tensor, jax.core.Tracer)
+    return False
+
+
+def _check_shape(shape, num_examples):
+    if len(shape) == 0 or len(shape) > 2:
+        raise ValueError(
+            "Labels must have shape (batch_size,) or (batch_size, 1); "
+            f"received shape {tuple(shape)}."
+        )
+    if len(shape) == 2 and shape[1] is not None and shape[1] != 1:
+        raise ValueError(
+            f"Labels of shape {tuple(shape)} look one-hot encoded: in-batch "
+            "losses take integer class ids of shape (batch_size,). Pass "
+            "`np.argmax(y, axis=-1)` instead."
+        )
+    if (
+        num_examples is not None
+        and shape[0] is not None
+        and shape[0] != num_examples
+    ):
+        raise ValueError(
+            f"Labels and embeddings disagree on the batch size: {shape[0]} "
+            f"labels for {num_examples} embeddings."
+        )
+
+
+def _check_values(values):
+    """Host-side checks of float labels: finite and integral."""
+    if not np.issubdtype(values.dtype, np.floating):
+        return
+    if not np.all(np.isfinite(values)):
+        raise ValueError(
+            "Labels must be finite; received "
+            f"{values[~np.isfinite(values)][:5].tolist()}."
+        )
+    fractional = values != np.floor(values)
+    if np.any(fractional):
+        raise ValueError(
+            "Float labels must hold integral class ids; received "
+            f"non-integral values such as {values[fractional][:5].tolist()}."
+        )
+
+
+def _graph_checks(labels, num_examples_tensor):
+    """The same checks as runtime assertions, for TensorFlow graphs.
+
+    XLA drops assertions, so under `jit_compile=True` they do not fire; the
+    labels are then still compared exactly, only not validated.
+    """
+    import tensorflow as tf
+
+    checks = []
+    if num_examples_tensor is not None:
+        checks.append(
+            tf.debugging.assert_equal(
+                tf.shape(labels)[0],
+                num_examples_tensor,
+                message="Labels and embeddings disagree on the batch size",
+            )
+        )
+    if labels.dtype.is_floating:
+        checks.append(
+            tf.debugging.assert_all_finite(labels, "Labels must be finite")
+        )
+        checks.append(
+            tf.debugging.Assert(
+                tf.reduce_all(tf.equal(labels, tf.floor(labels))),
+                ["Float labels must hold integral class ids"],
+            )
+        )
+    if checks:
+        with tf.control_dependencies(checks):
+            labels = tf.identity(labels)
+    return labels
+
+
+def standardize_labels(y_true, embeddings=None):
+    """Validates class labels and returns them as a 1-D tensor.
+
+    Args:
+        y_true: Class ids of shape `(N,)` or `(N, 1)`, any integer dtype, or
+            floats holding integral values. NumPy arrays and lists are
+            validated on the host and mapped to dense int32 ids (so that no
+            backend conversion can merge large ids); tensors keep their
+            dtype, and equality on them is exact.
+        embeddings: Optional `(N, D)` tensor whose batch size the labels must
+            match.
+
+    Returns:
+        A tensor of shape `(N,)` whose equal entries are exactly the equal
+        labels.
+
+    Raises:
+        ValueError: for one-hot labels, a wrong rank, a batch-size mismatch,
+            or non-finite or non-integral float labels whose values can be
+            read (eagerly). Inside a TensorFlow graph the value checks are
+            assertions that raise `InvalidArgumentError` when run.
+    """
+    num_examples = None
+    if embeddings is not None:
+        num_examples = embeddings.shape[0]
+
+    if not _is_backend_tensor(y_true):
+        values = np.asarray(y_true)
+        if values.dtype == object or not (
+            np.issubdtype(values.dtype, np.number)
+            or np.issubdtype(values.dtype, np.bool_)
+        ):
+            raise ValueError(
+                f"Labels must be numeric class ids; received dtype {values.dtype}."
+            )
+        _check_shape(values.shape, num_examples)
+        values = values.reshape(-1)
+        _check_values(values)
+        # Dense ids in int32 are exact on every backend, including JAX
+        # without 64-bit mode, which would truncate int64 ids.
+        _, dense_ids = np.unique(values, return_inverse=True)
+        return ops.convert_to_tensor(dense_ids.astype("int32").reshape(-1))
+
+    labels = y_true
+    _check_shape(tuple(labels.shape), num_examples)
+    labels = ops.reshape(labels, (-1,))
+    if labels.dtype == "bool" or str(labels.dtype).endswith("bool"):
+        labels = ops.cast(labels, "int32")
+
+    if not _is_traced(labels):
+        _check_values(np.asarray(ops.convert_to_numpy(labels)))
+    elif backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        num_examples_tensor = (
+            tf.shape(embeddings)[0] if embeddings is not None else None
+        )
+        labels = _graph_checks(labels, num_examples_tensor)
+    return labels

@@ -1,0 +1,18 @@
+"""Keras losses for deep metric learning."""
+
+from tfmetric.losses.base import InBatchLoss, reduce_anchor_terms
+from tfmetric.losses.triplet import (
+    BatchAllTriplet,
+    BatchHardTriplet,
+    SemiHardTriplet,
+    batch_hard_triplet_terms,
+)
+
+__all__ = [
+    "BatchAllTriplet",
+    "BatchHardTriplet",
+    "InBatchLoss",
+    "SemiHardTriplet",
+    "batch_hard_triplet_terms",
+    "reduce_anchor_terms",
+]

@@ -1,0 +1,96 @@
+"""The common frame of the losses mined online from the labels of a batch."""
+
+import keras
+from keras import ops
+
+from tfmetric.distances import as_embeddings, check_distance, pairwise_distance
+from tfmetric.labels import standardize_labels
+
+
+def divide_or_zero(numerator, denominator):
+    """`numerator / denominator`, and 0 (with a zero gradient) where it is 0."""
+    nonzero = denominator != 0
+    safe = ops.where(nonzero, denominator, ops.ones_like(denominator))
+    return ops.where(nonzero, numerator / safe, ops.zeros_like(numerator))
+
+
+def reduce_anchor_terms(loss_sums, term_counts, sample_weight=None, reduction="sum_over_batch_size"):
+    """Reduces per-anchor loss sums and term counts to the loss.
+
+    An anchor `a` contributes `loss_sums[a]`, the sum of its `term_counts[a]`
+    terms (its triplets, pairs, ...), weighted by `sample_weight[a]`.
+
+    - `"sum_over_batch_size"`, `"mean"`, `"mean_with_sample_weight"`: the
+      weighted mean over terms, `Σ w·loss_sums / Σ w·term_counts` (0 when
+      there is no term). This is the loss of SPEC.md.
+    - `"sum"`: `Σ w·loss_sums`.
+    - `None` / `"none"`: the per-anchor vector `w·loss_sums / term_counts`,
+      0 for anchors without terms.
+    """
+    if sample_weight is not None:
+        weights = ops.reshape(ops.cast(sample_weight, loss_sums.dtype), (-1,))
+        if weights.shape[0] is not None and loss_sums.shape[0] is not None and (
+            weights.shape[0] != loss_sums.shape[0]
+        ):
+            raise ValueError(
+                f"sample_weight has {weights.shape[0]} entries for a batch of "
+                f"{loss_sums.shape[0]} examples."
+            )
+    else:
+        weights = ops.ones_like(loss_sums)
+    if reduction is None or reduction == "none":
+        return weights * divide_or_zero(loss_sums, term_counts)
+    weighted_sum = ops.sum(weights * loss_sums)
+    if reduction == "sum":
+        return weighted_sum
+    return divide_or_zero(weighted_sum, ops.sum(weights * term_counts))
+
+
+class InBatchLoss(keras.losses.Loss):
+    """Base class of the losses mined online from the labels of a batch.
+
+    `y_true` holds class labels `(N,)` or `(N, 1)` and `y_pred` embeddings
+    `(N, D)`. Subclasses implement `anchor_terms(distances, labels)`, which
+    returns for every anchor the sum of its loss terms and
+    how many terms it has; this class takes care of the labels (exact, never
+    cast to float), the distances, the dtype (at least float32) and the
+    reduction (`reduce_anchor_terms`).
+    """
+
+    def __init__(
+        self,
+        distance="euclidean",
+        normalize=False,
+        reduction="sum_over_batch_size",
+        name=None,
+    ):
+        super().__init__(name=name, reduction=reduction)
+        self.distance = check_distance(distance)
+        self.normalize = bool(normalize)
+
+    def anchor_terms(self, distances, labels):
+        raise NotImplementedError
+
+    def _terms(self, y_true, y_pred):
+        embeddings = as_embeddings(y_pred)
+        labels = standardize_labels(y_true, embeddings)
+        distances = pairwise_distance(embeddings, self.distance, self.normalize)
+        return self.anchor_terms(distances, labels)
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        # Keras' Loss.__call__ would cast y_true to float first, merging
+        # large labels; this one keeps them exact.
+        with keras.name_scope(self.name):
+            loss_sums, term_counts = self._terms(y_true, y_pred)
+            return reduce_anchor_terms(
+                loss_sums, term_counts, sample_weight, self.reduction
+            )
+
+    def call(self, y_true, y_pred):
+        """Per-anchor losses: each anchor's mean over its terms (0 if none)."""
+        return divide_or_zero(*self._terms(y_true, y_pred))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"distance": self.distance, "normalize": self.normalize})
+        return config

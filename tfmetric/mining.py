@@ -1,0 +1,202 @@
+"""In-batch mining: which pairs and triplets of a batch a loss looks at.
+
+All functions take an `(A, B)` matrix of distances from A anchors to B
+candidates (the batch itself, for now: A = B = N) with the boolean masks
+`positive` (same class, not the anchor itself) and `negative` (different
+class), and never build an `(A, B, B)` tensor: memory stays O(A·B).
+
+The per-positive-pair searches (semi-hard negatives, all triplets) visit the
+positives of every anchor one "slot" at a time: slot s holds the s-th positive
+of every anchor. The work is O(A·B·k), k the largest number of positives of
+an anchor (k = K − 1 for P×K batches), and every step is an elementwise pass
+or a row reduction, which stays fast under XLA, where sorting does not. The
+slot loops only choose indices and count; they run on gradient-free copies of
+the distances, and the gradient reaches the distances through ordinary
+differentiable expressions built from their results.
+"""
+
+from keras import ops
+
+
+def label_masks(labels, candidate_labels=None):
+    """Returns the boolean `(positive, negative)` masks of a batch.
+
+    Args:
+        labels: Labels of the anchors, shape `(A,)`.
+        candidate_labels: Labels of the candidates, shape `(B,)`; the anchors
+            themselves when omitted, in which case the diagonal is excluded
+            from the positives.
+    """
+    same_batch = candidate_labels is None
+    if same_batch:
+        candidate_labels = labels
+    same = ops.equal(labels[:, None], candidate_labels[None, :])
+    negative = ops.logical_not(same)
+    if same_batch:
+        not_self = ops.logical_not(ops.eye(ops.shape(labels)[0], dtype="bool"))
+        same = ops.logical_and(same, not_self)
+    return same, negative
+
+
+def _fill(like, value):
+    return ops.full_like(like, value)
+
+
+def hardest_positive_distance(distances, positive):
+    """Per anchor, the largest distance to a positive (`-inf` if none)."""
+    masked = ops.where(positive, distances, _fill(distances, float("-inf")))
+    return ops.max(masked, axis=1)
+
+
+def hardest_negative_distance(distances, negative):
+    """Per anchor, the smallest distance to a negative (`+inf` if none)."""
+    masked = ops.where(negative, distances, _fill(distances, float("inf")))
+    return ops.min(masked, axis=1)
+
+
+def _for_each_positive_slot(labels, positive, body, state):
+    """Runs `state = body(slot_positive, has_slot, state)` for every slot.
+
+    Slot s holds, for every anchor a, its s-th positive `slot_positive[a]`
+    (an index into the batch); `has_slot[a]` says whether a has that many
+    positives. Only vectors of length N are built per slot: the positives of
+    every class are found once, by sorting the labels.
+    """
+    size = ops.shape(labels)[0]
+    order = ops.cast(ops.argsort(labels), "int32")
+    sorted_labels = ops.take(labels, order)
+    class_start = ops.cast(ops.searchsorted(sorted_labels, sorted_labels, side="left"), "int32")
+    position = ops.cast(ops.argsort(order), "int32")
+    start = ops.take(class_start, position)
+    own_rank = position - start
+    # From the mask rather than the class sizes, so that labels that equal
+    # nothing (NaN, unvalidated under XLA) have no positive here either.
+    num_positives = ops.sum(ops.cast(positive, "int32"), axis=1)
+    num_slots = ops.max(ops.concatenate([num_positives, ops.zeros((1,), "int32")]))
+
+    def step(slot, *state):
+        rank = slot + ops.cast(slot >= own_rank, "int32")
+        slot_positive = ops.take(order, ops.minimum(start + rank, size - 1))
+        return (slot + 1, *body(slot_positive, slot < num_positives, *state))
+
+    result = ops.while_loop(
+        lambda slot, *_: slot < num_slots,
+        step,
+        (ops.convert_to_tensor(0, "int32"), *state),
+    )
+    return tuple(result[1:])
+
+
+def _row_pick(matrix, column):
+    """`matrix[a, column[a]]` for every row a."""
+    return ops.take_along_axis(matrix, column[:, None], axis=1)[:, 0]
+
+
+def _scatter_rows(columns_and_values, shape):
+    """A dense `shape` matrix with `value[a]` added at `(a, column[a])`."""
+    rows = ops.arange(shape[0], dtype="int32")
+    indices = ops.concatenate(
+        [ops.stack([rows, column], axis=1) for column, _ in columns_and_values], axis=0
+    )
+    values = ops.concatenate([value for _, value in columns_and_values], axis=0)
+    return ops.scatter(indices, values, shape)
+
+
+def _attach_gradient(value, distances, gradient):
+    """`value` in the forward pass, with `gradient` as its gradient w.r.t. `distances`.
+
+    The slot loops compute each anchor's loss exactly and, separately, the
+    derivative of that loss with respect to every distance (the loss is
+    piecewise linear in them). `surrogate - stop_gradient(surrogate)` is
+    exactly 0 in floating point, so the value keeps all its digits.
+    """
+    surrogate = ops.sum(ops.stop_gradient(gradient) * distances, axis=1)
+    return ops.stop_gradient(value) + (surrogate - ops.stop_gradient(surrogate))
+
+
+def semi_hard_triplet_terms(distances, labels, margin=1.0):
+    """Per-anchor sums of semi-hard triplet losses over positive pairs (FaceNet).
+
+    For the positive pair (a, p), the negative is the n with the smallest
+    `d[a, n]` such that `d[a, n] > d[a, p]`; when there is none, the n with
+    the largest `d[a, n]`, exactly as TF Addons' `TripletSemiHardLoss`
+    chooses. `ℓ_ap = relu(d[a, p] − d[a, n] + margin)`. Pairs whose anchor
+    has no negative have no term.
+
+    Returns:
+        `(loss_sums, pair_counts)`, both `(N,)`; `loss_sums` is
+        differentiable with respect to `distances`.
+    """
+    positive, negative = label_masks(labels)
+    d = ops.stop_gradient(distances)
+    inf = ops.full_like(d, float("inf"))
+    has_negative = ops.any(negative, axis=1)
+    # +inf at non-negatives takes them out of every minimum below.
+    negative_distances = ops.where(negative, d, inf)
+    farthest_candidates = ops.where(negative, d, -inf)
+    farthest = ops.cast(ops.argmax(farthest_candidates, axis=1), "int32")
+    farthest_distance = _row_pick(d, farthest)
+
+    def body(slot_positive, has_slot, loss_sums, gradient):
+        positive_distance = _row_pick(d, slot_positive)
+        beyond = ops.where(negative_distances > positive_distance[:, None], negative_distances, inf)
+        nearest_beyond = ops.cast(ops.argmin(beyond, axis=1), "int32")
+        nearest_beyond_distance = _row_pick(beyond, nearest_beyond)
+        has_beyond = nearest_beyond_distance < float("inf")
+        chosen = ops.where(has_beyond, nearest_beyond, farthest)
+        chosen_distance = ops.where(has_beyond, nearest_beyond_distance, farthest_distance)
+        losses = ops.relu(positive_distance - chosen_distance + margin)
+        active = ops.logical_and(ops.logical_and(has_slot, has_negative), losses > 0)
+        losses = ops.where(active, losses, ops.zeros_like(losses))
+        # d[a, p] enters an active pair's loss with sign +1, d[a, n] with -1.
+        weight = ops.cast(active, d.dtype)
+        gradient = gradient + _scatter_rows(
+            [(slot_positive, weight), (chosen, -weight)], ops.shape(d)
+        )
+        return loss_sums + losses, gradient
+
+    loss_sums, gradient = _for_each_positive_slot(
+        labels, positive, body, (ops.zeros(ops.shape(d)[:1], d.dtype), ops.zeros_like(d))
+    )
+    pair_counts = ops.sum(ops.cast(positive, d.dtype), axis=1) * ops.cast(
+        has_negative, d.dtype
+    )
+    return _attach_gradient(loss_sums, distances, gradient), pair_counts
+
+
+def all_triplet_terms(distances, labels, margin):
+    """Sums `relu(d[a, p] − d[a, n] + margin)` over all triplets of each anchor.
+
+    Triplets are every (a, p, n) with p a positive and n a negative of a.
+
+    Returns:
+        `(loss_sums, active_counts, valid_counts)`, each of shape `(N,)`: the
+        sum of the triplet losses of each anchor (differentiable with respect
+        to `distances`), how many of its triplets have a positive loss, and
+        how many triplets it has.
+    """
+    positive, negative = label_masks(labels)
+    d = ops.stop_gradient(distances)
+    # +inf at non-negatives takes them out of every comparison below.
+    negative_distances = ops.where(negative, d, ops.full_like(d, float("inf")))
+
+    def body(slot_positive, has_slot, loss_sums, active_counts, gradient):
+        threshold = _row_pick(d, slot_positive) + margin
+        threshold = ops.where(has_slot, threshold, ops.full_like(threshold, float("-inf")))
+        gaps = ops.relu(threshold[:, None] - negative_distances)
+        active = ops.cast(gaps > 0, d.dtype)
+        per_pair = ops.sum(active, axis=1)
+        # d[a, p] enters each of its active triplets with sign +1, d[a, n]
+        # with sign -1.
+        gradient = gradient + _scatter_rows([(slot_positive, per_pair)], ops.shape(d)) - active
+        return loss_sums + ops.sum(gaps, axis=1), active_counts + per_pair, gradient
+
+    zeros = ops.zeros(ops.shape(d)[:1], d.dtype)
+    loss_sums, active_counts, gradient = _for_each_positive_slot(
+        labels, positive, body, (zeros, zeros, ops.zeros_like(d))
+    )
+    valid_counts = ops.sum(ops.cast(positive, d.dtype), axis=1) * ops.sum(
+        ops.cast(negative, d.dtype), axis=1
+    )
+    loss_sums = _attach_gradient(loss_sums, distances, gradient)
+    return loss_sums, ops.stop_gradient(active_counts), valid_counts
