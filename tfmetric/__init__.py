@@ -1,7 +1,9 @@
 """tfmetric: deep metric learning for Keras 3 and TensorFlow.
 
->>> import tfmetric as tfm
->>> model.compile(optimizer="adam", loss=tfm.BatchHardTriplet(margin=0.5))
+```python
+import tfmetric as tfm
+model.compile(optimizer="adam", loss=tfm.BatchHardTriplet(margin=0.5))
+```
 """
 
 from tfmetric import distances, losses, metrics

@@ -6,7 +6,7 @@ Every in-batch loss of tfmetric starts from the `(N, N)` matrix returned by
 two embeddings coincide, and is computed in at least float32.
 """
 
-from keras import ops
+from keras import backend, ops
 
 DISTANCES = ("euclidean", "squared_euclidean", "cosine")
 
@@ -28,7 +28,7 @@ def computation_dtype(dtype):
     Half-precision embeddings (float16, bfloat16, mixed-precision outputs)
     would lose most of their digits in the `|a|² + |b|² - 2a·b` expansion.
     """
-    return "float64" if str(dtype).endswith("float64") else "float32"
+    return "float64" if backend.standardize_dtype(dtype) == "float64" else "float32"
 
 
 def as_embeddings(y_pred):
@@ -68,16 +68,20 @@ def _zero_diagonal(matrix):
 def _scaled_squared_euclidean(x):
     """Returns `(d2, scale)` with `scale**2 * d2` the squared distances.
 
-    Distances do not change under translation, so the batch mean is removed
-    before the `|a|² + |b|² - 2a·b` expansion: this keeps the cancellation
-    error relative to the spread of the batch instead of its distance from
-    the origin. Dividing by the largest entry keeps the squares from
-    overflowing (or underflowing) for huge (or tiny) embeddings. Both shifts
-    are constants for the gradient, which is exact for the original input.
+    Distances do not change under translation, so the batch is moved to put
+    its first row at the origin before the `|a|² + |b|² − 2a·b` expansion:
+    the cancellation error is then relative to the spread of the batch, not
+    to its distance from the origin. (The first row rather than the mean:
+    subtracting a nearby float is exact, so equal distances stay equal.)
+    Batches of extreme magnitude are divided by a power of two, exactly, so
+    that their squares neither overflow nor underflow. Both are constants
+    for the gradient, which is exact for the original input.
     """
-    x = x - ops.stop_gradient(ops.mean(x, axis=0, keepdims=True))
-    scale = ops.stop_gradient(ops.max(ops.abs(x)))
-    scale = ops.where(scale > 0, scale, ops.ones_like(scale))
+    x = x - ops.stop_gradient(x[:1])
+    magnitude = ops.stop_gradient(ops.max(ops.abs(x)))
+    exponent = ops.floor(ops.log2(ops.where(magnitude > 0, magnitude, ops.ones_like(magnitude))))
+    exponent = ops.where(ops.abs(exponent) > 40, exponent, ops.zeros_like(exponent))
+    scale = ops.power(ops.full_like(exponent, 2.0), exponent)
     x = x / scale
     square_norms = ops.sum(ops.square(x), axis=1)
     d2 = (

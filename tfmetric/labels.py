@@ -155,7 +155,7 @@ def standardize_labels(y_true, embeddings=None):
     labels = y_true
     _check_shape(tuple(labels.shape), num_examples)
     labels = ops.reshape(labels, (-1,))
-    if labels.dtype == "bool" or str(labels.dtype).endswith("bool"):
+    if backend.standardize_dtype(labels.dtype) == "bool":
         labels = ops.cast(labels, "int32")
 
     if not _is_traced(labels):

@@ -1,18 +1,19 @@
 """In-batch mining: which pairs and triplets of a batch a loss looks at.
 
-All functions take an `(A, B)` matrix of distances from A anchors to B
-candidates (the batch itself, for now: A = B = N) with the boolean masks
-`positive` (same class, not the anchor itself) and `negative` (different
-class), and never build an `(A, B, B)` tensor: memory stays O(A·B).
+Everything works on the `(N, N)` distance matrix of a batch and the masks of
+its positive pairs (same label, not the anchor itself) and negative pairs
+(different labels), and never builds an `(N, N, N)` tensor: memory is O(N²).
 
 The per-positive-pair searches (semi-hard negatives, all triplets) visit the
-positives of every anchor one "slot" at a time: slot s holds the s-th positive
-of every anchor. The work is O(A·B·k), k the largest number of positives of
-an anchor (k = K − 1 for P×K batches), and every step is an elementwise pass
-or a row reduction, which stays fast under XLA, where sorting does not. The
-slot loops only choose indices and count; they run on gradient-free copies of
-the distances, and the gradient reaches the distances through ordinary
-differentiable expressions built from their results.
+positives of every anchor one "slot" at a time: slot s holds the s-th
+positive of every anchor. The work is O(N²·k), k the largest number of
+positives of an anchor (K − 1 for P×K batches); each slot is a few
+elementwise passes and row reductions, which stay fast under XLA, where
+sorting does not. The loops run on gradient-free copies of the distances and
+return each anchor's exact loss together with its derivative with respect to
+every distance (the losses are piecewise linear in them);
+`_attach_gradient` joins the two, so no loop is ever differentiated (JAX
+cannot differentiate a loop of data-dependent length).
 """
 
 from keras import ops
@@ -38,19 +39,15 @@ def label_masks(labels, candidate_labels=None):
     return same, negative
 
 
-def _fill(like, value):
-    return ops.full_like(like, value)
-
-
 def hardest_positive_distance(distances, positive):
     """Per anchor, the largest distance to a positive (`-inf` if none)."""
-    masked = ops.where(positive, distances, _fill(distances, float("-inf")))
+    masked = ops.where(positive, distances, ops.full_like(distances, float("-inf")))
     return ops.max(masked, axis=1)
 
 
 def hardest_negative_distance(distances, negative):
     """Per anchor, the smallest distance to a negative (`+inf` if none)."""
-    masked = ops.where(negative, distances, _fill(distances, float("inf")))
+    masked = ops.where(negative, distances, ops.full_like(distances, float("inf")))
     return ops.min(masked, axis=1)
 
 
@@ -77,7 +74,8 @@ def _for_each_positive_slot(labels, positive, body, state):
     def step(slot, *state):
         rank = slot + ops.cast(slot >= own_rank, "int32")
         slot_positive = ops.take(order, ops.minimum(start + rank, size - 1))
-        return (slot + 1, *body(slot_positive, slot < num_positives, *state))
+        has_slot = ops.logical_and(slot < num_positives, _row_pick(positive, slot_positive))
+        return (slot + 1, *body(slot_positive, has_slot, *state))
 
     result = ops.while_loop(
         lambda slot, *_: slot < num_slots,

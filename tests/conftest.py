@@ -1,0 +1,44 @@
+"""Backend-neutral helpers: the loss tests run under TensorFlow and JAX."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras
+import numpy as np
+import pytest
+
+BACKEND = keras.backend.backend()
+
+
+def value_and_grad(fn, x, compiled=False):
+    """`(fn(x), d fn / d x)` as NumPy, eagerly or compiled (XLA / jax.jit)."""
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        def both(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                value = fn(x)
+            return value, tape.gradient(value, x)
+
+        if compiled:
+            both = tf.function(both, jit_compile=True)
+        value, grad = both(tf.convert_to_tensor(x))
+        return np.asarray(value), np.asarray(grad)
+    if BACKEND == "jax":
+        import jax
+
+        both = jax.value_and_grad(fn)
+        if compiled:
+            both = jax.jit(both)
+        value, grad = both(jax.numpy.asarray(x))
+        return np.asarray(value), np.asarray(grad)
+    pytest.skip(f"no gradient helper for the {BACKEND} backend")
+
+
+def tensor(x, dtype=None):
+    return keras.ops.convert_to_tensor(x, dtype=dtype)
+
+
+only_tensorflow = pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow-specific")

@@ -1,0 +1,201 @@
+"""Brute-force NumPy references, float64, written as loops over pairs and triplets.
+
+Each loss reference returns `Reference(loss, grad, per_anchor, kink)`:
+`grad` is d(loss)/d(embeddings), from the loss's derivative with respect to
+every distance chained through the distance by hand; `kink` is how close the
+inputs are to a point where the loss is not differentiable (a hinge at 0, a
+tie in a max/min/selection), so that tests compare gradients only away from
+those points.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Reference:
+    loss: float
+    grad: np.ndarray
+    per_anchor: np.ndarray
+    kink: float
+
+
+def _normalized(x):
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.where(norms > 0, x / np.where(norms > 0, norms, 1), 0.0)
+
+
+def distance_matrix(x, distance, normalize=False):
+    x = np.asarray(x, np.float64)
+    if normalize or distance == "cosine":
+        x = _normalized(x)
+    n = len(x)
+    d = np.zeros((n, n))
+    for i in range(n):
+        for j in range(n):
+            if i == j:
+                continue
+            diff = x[i] - x[j]
+            if distance == "euclidean":
+                d[i, j] = np.sqrt(diff @ diff)
+            elif distance == "squared_euclidean":
+                d[i, j] = diff @ diff
+            else:
+                d[i, j] = max(1.0 - x[i] @ x[j], 0.0)
+    return d
+
+
+def chain_distance_gradient(x, distance, normalize, dloss_dd):
+    """d(loss)/d(x) from d(loss)/d(d[i, j]) for every pair, by hand."""
+    x = np.asarray(x, np.float64)
+    normalized = normalize or distance == "cosine"
+    z = _normalized(x) if normalized else x
+    grad_z = np.zeros_like(z)
+    n = len(z)
+    for i in range(n):
+        for j in range(n):
+            g = dloss_dd[i, j]
+            if i == j or g == 0:
+                continue
+            diff = z[i] - z[j]
+            if distance == "euclidean":
+                norm = np.sqrt(diff @ diff)
+                if norm == 0:
+                    continue
+                grad_z[i] += g * diff / norm
+                grad_z[j] -= g * diff / norm
+            elif distance == "squared_euclidean":
+                grad_z[i] += g * 2 * diff
+                grad_z[j] -= g * 2 * diff
+            else:
+                if 1.0 - z[i] @ z[j] <= 0:
+                    continue
+                grad_z[i] -= g * z[j]
+                grad_z[j] -= g * z[i]
+    if not normalized:
+        return grad_z
+    grad_x = np.zeros_like(x)
+    for i in range(n):
+        norm = np.linalg.norm(x[i])
+        if norm > 0:
+            grad_x[i] = (grad_z[i] - (grad_z[i] @ z[i]) * z[i]) / norm
+    return grad_x
+
+
+def _masks(labels):
+    labels = np.asarray(labels).reshape(-1)
+    n = len(labels)
+    positives = [[p for p in range(n) if p != a and labels[p] == labels[a]] for a in range(n)]
+    negatives = [[q for q in range(n) if labels[q] != labels[a]] for a in range(n)]
+    return positives, negatives
+
+
+def _weights(n, sample_weight):
+    return np.ones(n) if sample_weight is None else np.asarray(sample_weight, np.float64).reshape(-1)
+
+
+def _finish(x, distance, normalize, numerators, denominators, gradient_d, weights, kink):
+    """Weighted mean over terms, its gradient, and the per-anchor losses."""
+    total = float(np.sum(weights * denominators))
+    loss = float(np.sum(weights * numerators)) / total if total else 0.0
+    dloss_dd = gradient_d * (weights[:, None] / total) if total else np.zeros_like(gradient_d)
+    per_anchor = np.where(denominators > 0, numerators / np.where(denominators > 0, denominators, 1), 0.0)
+    return Reference(loss, chain_distance_gradient(x, distance, normalize, dloss_dd), per_anchor, kink)
+
+
+def batch_hard(x, labels, margin=1.0, soft=False, distance="euclidean", normalize=False, sample_weight=None):
+    d = distance_matrix(x, distance, normalize)
+    positives, negatives = _masks(labels)
+    n = len(d)
+    weights = _weights(n, sample_weight)
+    numerators, denominators = np.zeros(n), np.zeros(n)
+    gradient_d = np.zeros((n, n))
+    kink = np.inf
+    for a in range(n):
+        if not positives[a] or not negatives[a]:
+            continue
+        hardest_p = max(positives[a], key=lambda p: d[a, p])
+        hardest_n = min(negatives[a], key=lambda q: d[a, q])
+        for p in positives[a]:
+            if p != hardest_p:
+                kink = min(kink, d[a, hardest_p] - d[a, p])
+        for q in negatives[a]:
+            if q != hardest_n:
+                kink = min(kink, d[a, q] - d[a, hardest_n])
+        gap = d[a, hardest_p] - d[a, hardest_n]
+        if soft:
+            value = np.logaddexp(0.0, gap)
+            slope = 1.0 / (1.0 + np.exp(-gap))
+        else:
+            value = max(gap + margin, 0.0)
+            slope = float(gap + margin > 0)
+            kink = min(kink, abs(gap + margin))
+        numerators[a], denominators[a] = value, 1.0
+        gradient_d[a, hardest_p] += slope
+        gradient_d[a, hardest_n] -= slope
+    return _finish(x, distance, normalize, numerators, denominators, gradient_d, weights, kink)
+
+
+def batch_all(x, labels, margin=1.0, distance="euclidean", normalize=False, average="nonzero", sample_weight=None):
+    d = distance_matrix(x, distance, normalize)
+    positives, negatives = _masks(labels)
+    n = len(d)
+    weights = _weights(n, sample_weight)
+    numerators, denominators = np.zeros(n), np.zeros(n)
+    gradient_d = np.zeros((n, n))
+    kink = np.inf
+    for a in range(n):
+        for p in positives[a]:
+            for q in negatives[a]:
+                value = d[a, p] - d[a, q] + margin
+                kink = min(kink, abs(value))
+                if average == "all":
+                    denominators[a] += 1
+                if value > 0:
+                    numerators[a] += value
+                    gradient_d[a, p] += 1
+                    gradient_d[a, q] -= 1
+                    if average == "nonzero":
+                        denominators[a] += 1
+    return _finish(x, distance, normalize, numerators, denominators, gradient_d, weights, kink)
+
+
+def semi_hard(x, labels, margin=1.0, distance="euclidean", normalize=False, sample_weight=None):
+    d = distance_matrix(x, distance, normalize)
+    positives, negatives = _masks(labels)
+    n = len(d)
+    weights = _weights(n, sample_weight)
+    numerators, denominators = np.zeros(n), np.zeros(n)
+    gradient_d = np.zeros((n, n))
+    kink = np.inf
+    for a in range(n):
+        if not negatives[a]:
+            continue
+        for p in positives[a]:
+            beyond = [q for q in negatives[a] if d[a, q] > d[a, p]]
+            chosen = min(beyond, key=lambda q: d[a, q]) if beyond else max(negatives[a], key=lambda q: d[a, q])
+            for q in negatives[a]:
+                kink = min(kink, abs(d[a, q] - d[a, p]))
+                if q != chosen:
+                    kink = min(kink, abs(d[a, q] - d[a, chosen]))
+            value = d[a, p] - d[a, chosen] + margin
+            kink = min(kink, abs(value))
+            denominators[a] += 1
+            if value > 0:
+                numerators[a] += value
+                gradient_d[a, p] += 1
+                gradient_d[a, chosen] -= 1
+    return _finish(x, distance, normalize, numerators, denominators, gradient_d, weights, kink)
+
+
+def active_triplet_fraction(x, labels, margin=1.0, distance="euclidean", normalize=False):
+    d = distance_matrix(x, distance, normalize)
+    positives, negatives = _masks(labels)
+    active = valid = 0
+    for a in range(len(d)):
+        for p in positives[a]:
+            for q in negatives[a]:
+                valid += 1
+                active += d[a, p] - d[a, q] + margin > 0
+    return active / valid if valid else 0.0

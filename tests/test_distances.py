@@ -1,0 +1,81 @@
+import keras
+import numpy as np
+import pytest
+from conftest import tensor, value_and_grad
+from hypothesis import given, settings, strategies as st
+
+import reference
+import tfmetric as tfm
+from tfmetric.distances import pairwise_distance
+
+DISTANCES = ["euclidean", "squared_euclidean", "cosine"]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 24),
+    dim=st.integers(1, 16),
+    seed=st.integers(0, 2**31),
+    distance=st.sampled_from(DISTANCES),
+    normalize=st.booleans(),
+)
+def test_matches_brute_force(n, dim, seed, distance, normalize):
+    x = np.random.default_rng(seed).normal(size=(n, dim)) * 3
+    got = np.asarray(pairwise_distance(x.astype("float32"), distance, normalize))
+    want = reference.distance_matrix(x.astype("float32"), distance, normalize)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("distance", DISTANCES)
+def test_exact_zero_diagonal_and_symmetry(distance):
+    x = np.random.default_rng(0).normal(size=(50, 8)).astype("float32") + 100
+    d = np.asarray(pairwise_distance(x, distance))
+    assert np.all(np.diag(d) == 0)
+    np.testing.assert_allclose(d, d.T, rtol=1e-5, atol=1e-6)
+    assert np.all(d >= 0)
+
+
+def test_known_values():
+    d = np.asarray(pairwise_distance([[0.0, 0.0], [3.0, 4.0]]))
+    np.testing.assert_array_equal(d, [[0.0, 5.0], [5.0, 0.0]])
+    d = np.asarray(pairwise_distance([[1.0, 0.0], [0.0, 2.0], [-1.0, 0.0]], "cosine"))
+    np.testing.assert_allclose(d, [[0, 1, 2], [1, 0, 1], [2, 1, 0]], atol=1e-7)
+
+
+@pytest.mark.parametrize("distance", DISTANCES)
+@pytest.mark.parametrize("normalize", [False, True])
+def test_finite_gradient_where_embeddings_coincide(distance, normalize):
+    x = np.array([[1.0, 2.0], [1.0, 2.0], [0.0, 0.0], [3.0, -1.0]], "float32")
+    value, grad = value_and_grad(lambda e: keras.ops.sum(pairwise_distance(e, distance, normalize)), x)
+    assert np.isfinite(value) and np.all(np.isfinite(grad))
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e30])
+def test_huge_and_tiny_values_keep_their_distances(scale):
+    x = np.array([[0.0, 0.0], [3.0, 4.0], [6.0, 8.0]], "float32") * np.float32(scale)
+    d = np.asarray(pairwise_distance(x))
+    np.testing.assert_allclose(d[0, 1:], np.array([5.0, 10.0]) * scale, rtol=1e-5)
+    d = np.asarray(pairwise_distance(x[1:], "cosine"))
+    np.testing.assert_allclose(d, 0.0, atol=1e-6)
+
+
+def test_far_from_origin_keeps_precision():
+    # Gram expansion without centering loses every digit here in float32.
+    x = np.array([[1e4, 1e4], [1e4 + 1, 1e4], [1e4, 1e4 + 2]], "float32")
+    d = np.asarray(pairwise_distance(x))
+    np.testing.assert_allclose(d[0, 1:], [1.0, 2.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_is_computed_in_float32(dtype):
+    x = np.random.default_rng(1).normal(size=(16, 8))
+    half = tensor(x, dtype)
+    d = pairwise_distance(half)
+    assert keras.backend.standardize_dtype(d.dtype) == "float32"
+    upcast = np.asarray(tensor(half, "float32"))
+    np.testing.assert_allclose(np.asarray(d), reference.distance_matrix(upcast, "euclidean"), rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_distance_names_the_choices():
+    with pytest.raises(ValueError, match="angular.*cosine"):
+        pairwise_distance(np.zeros((2, 2)), "angular")

@@ -1,0 +1,15 @@
+"""The examples in the docstrings run and print what they say."""
+
+import doctest
+
+import pytest
+
+import tfmetric.distances
+import tfmetric.losses.triplet
+
+
+@pytest.mark.parametrize("module", [tfmetric.distances, tfmetric.losses.triplet])
+def test_docstring_examples(module):
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0
+    assert result.failed == 0

@@ -1,0 +1,299 @@
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from conftest import BACKEND, tensor, value_and_grad
+from hypothesis import assume, given, settings, strategies as st
+
+import reference
+import tfmetric as tfm
+
+DISTANCES = ["euclidean", "squared_euclidean", "cosine"]
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+
+# (loss class, its reference, the keyword arguments both take)
+LOSSES = {
+    "batch_hard": (tfm.BatchHardTriplet, reference.batch_hard, {}),
+    "batch_hard_soft": (tfm.BatchHardTriplet, reference.batch_hard, {"soft": True}),
+    "batch_all_nonzero": (tfm.BatchAllTriplet, reference.batch_all, {"average": "nonzero"}),
+    "batch_all_all": (tfm.BatchAllTriplet, reference.batch_all, {"average": "all"}),
+    "semi_hard": (tfm.SemiHardTriplet, reference.semi_hard, {}),
+}
+
+
+def loss_and_reference(kind, reduction="sum_over_batch_size", name=None, **kwargs):
+    cls, ref, fixed = LOSSES[kind]
+    loss = cls(**fixed, **kwargs, reduction=reduction, **({"name": name} if name else {}))
+    return loss, lambda x, y, **kw: ref(x, y, **fixed, **kwargs, **kw)
+
+
+def check(kind, x, labels, compiled=False, sample_weight=None, grad_rtol=1e-3, **kwargs):
+    loss, ref = loss_and_reference(kind, **kwargs)
+    want = ref(x.astype("float64"), labels, sample_weight=sample_weight)
+    value, grad = value_and_grad(
+        lambda e: loss(labels, e, sample_weight=sample_weight), x.astype("float32"), compiled
+    )
+    assert np.isfinite(value) and np.all(np.isfinite(grad))
+    assert float(value) == pytest.approx(want.loss, rel=1e-4, abs=1e-5)
+    if want.kink > 1e-3:
+        scale = max(np.abs(want.grad).max(), 1e-6)
+        np.testing.assert_allclose(grad / scale, want.grad / scale, atol=grad_rtol)
+    return want
+
+
+# ---------------------------------------------------------------- hand-made cases
+
+SQUARE = np.array([[0.0, 0.0], [0.0, 1.0], [2.0, 0.0], [2.0, 2.0]], "float32")
+SQUARE_LABELS = np.array([0, 0, 1, 1])
+
+
+@pytest.mark.parametrize(
+    "kind, expected",
+    [
+        # anchors: relu(1 - 2 + 1), relu(1 - √5 + 1), relu(2 - 2 + 1), relu(2 - √5 + 1)
+        ("batch_hard", (0 + 0 + 1 + (3 - 5**0.5)) / 4),
+        # B0: (2-2+1) + (2-√5+1); B1: (2-√8+1) + (2-√5+1); the rest <= 0.
+        ("batch_all_nonzero", (1 + 2 * (3 - 5**0.5) + (3 - 8**0.5)) / 4),
+        ("batch_all_all", (1 + 2 * (3 - 5**0.5) + (3 - 8**0.5)) / 8),
+        # (B0, B1): A0 is at exactly d_ap = 2, not beyond it: the negative is
+        # A1 at √5. Equal distances must stay equal for this to hold.
+        ("semi_hard", 2 * (3 - 5**0.5) / 4),
+    ],
+)
+def test_hand_made_square(kind, expected):
+    want = check(kind, SQUARE, SQUARE_LABELS, margin=1.0)
+    if expected is not None:
+        assert want.loss == pytest.approx(expected)
+
+
+def test_hand_made_semi_hard_picks_the_nearest_farther_negative():
+    # Anchor 0, positive 1 at distance 1; negatives at 0.5 (closer: not
+    # semi-hard), 1.5 (semi-hard) and 3. Only anchor 0's pair and its mirror.
+    x = np.array([[0.0], [1.0], [0.5], [1.5], [3.0]], "float32")
+    labels = np.array([0, 0, 1, 2, 3])
+    loss = tfm.SemiHardTriplet(margin=1.0, reduction=None)
+    per_anchor = np.asarray(loss(labels, x))
+    # (0, 1): negative 1.5 -> 1 - 1.5 + 1 = 0.5. (1, 0): negatives at 0.5, 0.5,
+    # 2 from anchor 1; the nearest beyond 1 is 2 -> 1 - 2 + 1 = 0.
+    np.testing.assert_allclose(per_anchor, [0.5, 0.0, 0.0, 0.0, 0.0], atol=1e-6)
+    assert float(tfm.SemiHardTriplet(margin=1.0)(labels, x)) == pytest.approx(0.25)
+
+
+def test_hand_made_batch_all_counts_only_positive_triplets():
+    x = np.array([[0.0], [1.0], [0.5], [5.0]], "float32")
+    labels = np.array([0, 0, 1, 2])
+    # Triplets: (0,1,n=0.5): 1-0.5+0.1=0.6; (0,1,n=5): 1-5+0.1<0;
+    # (1,0,n=0.5): 1-0.5+0.1=0.6; (1,0,n=5): 1-4+0.1<0.
+    nonzero = tfm.BatchAllTriplet(margin=0.1)(labels, x)
+    every = tfm.BatchAllTriplet(margin=0.1, average="all")(labels, x)
+    assert float(nonzero) == pytest.approx(0.6)
+    assert float(every) == pytest.approx(0.3)
+
+
+# ---------------------------------------------------------------- random cases
+
+
+@settings(max_examples=20 if BACKEND == "tensorflow" else 8, deadline=None)
+@given(
+    kind=st.sampled_from(sorted(LOSSES)),
+    n=st.integers(1, 64),
+    num_classes=st.integers(1, 12),
+    dim=st.integers(1, 8),
+    seed=st.integers(0, 2**31),
+    distance=st.sampled_from(DISTANCES),
+    margin=st.sampled_from([0.0, 0.1, 0.5, 1.0, 2.0]),
+    normalize=st.booleans(),
+)
+def test_matches_brute_force(kind, n, num_classes, dim, seed, distance, margin, normalize):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, dim)).astype("float32")
+    labels = rng.integers(0, num_classes, size=n)
+    if kind == "batch_hard_soft":
+        assume(distance != "squared_euclidean" or not normalize)
+    check(kind, x, labels, distance=distance, margin=margin, normalize=normalize)
+
+
+@pytest.mark.parametrize("kind", sorted(LOSSES))
+def test_pk_batch_with_weights_and_compiled(kind):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(48, 8)).astype("float32")
+    labels = np.repeat(np.arange(12), 4)
+    rng.shuffle(labels)
+    weights = rng.uniform(0.0, 2.0, size=48)
+    for compiled in (False, True) if BACKEND == "tensorflow" else (True,):
+        check(kind, x, labels, compiled=compiled, sample_weight=weights, margin=0.5)
+
+
+@pytest.mark.parametrize("kind", sorted(LOSSES))
+def test_reduction_none_gives_per_anchor_losses(kind):
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(20, 4)).astype("float32")
+    labels = rng.integers(0, 5, size=20)
+    loss, ref = loss_and_reference(kind, margin=0.5, reduction=None)
+    weights = rng.uniform(0.5, 1.5, size=20)
+    got = np.asarray(loss(labels, x, sample_weight=weights))
+    np.testing.assert_allclose(got, weights * ref(x.astype("float64"), labels).per_anchor, rtol=1e-4, atol=1e-5)
+    summed = loss_and_reference(kind, margin=0.5, reduction="sum")[0](labels, x)
+    want = ref(x.astype("float64"), labels)
+    assert np.isfinite(float(summed)) and float(summed) >= want.loss - 1e-5
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+def fixture_cases():
+    cases = []
+    for name in ("tfa_public", "pml_public"):
+        path = FIXTURES / f"{name}.npz"
+        if not path.exists():
+            continue
+        data = np.load(path)
+        for i, case in enumerate(json.loads(str(data["meta"]))):
+            if case["kind"] in ("semi_hard", "batch_hard", "batch_all_nonzero", "batch_all_all"):
+                cases.append(pytest.param(name, i, case, id=f"{name}-{i}-{case['kind']}"))
+    return cases
+
+
+def loss_for_fixture(case):
+    cfg = case["cfg"]
+    common = {"margin": cfg["margin"], "distance": cfg["distance"]}
+    if case["kind"] == "semi_hard":
+        return tfm.SemiHardTriplet(**common)
+    if case["kind"] == "batch_hard":
+        return tfm.BatchHardTriplet(soft=cfg.get("soft", False), **common)
+    average = "nonzero" if case["kind"] == "batch_all_nonzero" else "all"
+    return tfm.BatchAllTriplet(average=average, **common)
+
+
+def test_fixtures_are_present():
+    assert len(fixture_cases()) >= 100, f"fixtures missing under {FIXTURES}"
+
+
+@pytest.mark.parametrize("name, index, case", fixture_cases())
+def test_reproduces_fixture(name, index, case):
+    data = np.load(FIXTURES / f"{name}.npz")
+    x = data[f"x{index}"].astype("float32")
+    labels = data[f"y{index}"]
+    recorded_grad = data[f"g{index}"]
+    loss = loss_for_fixture(case)
+    value, grad = value_and_grad(lambda e: loss(labels, e), x, compiled=index % 2 == 0)
+    assert abs(float(value) - case["loss"]) <= 1e-4 * abs(case["loss"])
+    assert np.all(np.isfinite(grad))
+    if recorded_grad.size:
+        error = np.abs(grad - recorded_grad).max() / np.abs(recorded_grad).max()
+        assert error <= 1e-3
+
+
+# ---------------------------------------------------------------- degenerate batches
+
+
+@pytest.mark.parametrize("kind", sorted(LOSSES))
+@pytest.mark.parametrize(
+    "case",
+    ["one example", "one class", "all distinct", "identical embeddings", "zero embeddings", "huge", "tiny"],
+)
+def test_degenerate_batches_are_finite(kind, case):
+    rng = np.random.default_rng(5)
+    for distance in DISTANCES:
+        x = rng.normal(size=(8, 3)).astype("float32")
+        labels = np.repeat([0, 1], 4)
+        margin = 0.5
+        expected = None
+        if case == "one example":
+            x, labels, expected = x[:1], labels[:1], 0.0
+        elif case == "one class":
+            labels, expected = np.zeros(8, int), 0.0
+        elif case == "all distinct":
+            labels, expected = np.arange(8), 0.0
+        elif case in ("identical embeddings", "zero embeddings"):
+            x = np.zeros_like(x) + (1.0 if case == "identical embeddings" else 0.0)
+            # Every distance is 0 (cosine of zero vectors: 1 everywhere, still all equal).
+            expected = np.log(2.0) if kind == "batch_hard_soft" else margin
+        elif case == "huge":
+            x = x * np.float32(1e15 if distance == "squared_euclidean" else 1e30)
+        elif case == "tiny":
+            x = x * np.float32(1e-30)
+        loss = loss_and_reference(kind, margin=margin, distance=distance)[0]
+        # Compiled once per case (XLA / jax.jit), eagerly for every distance.
+        for compiled in (False, True) if distance == "euclidean" else (BACKEND == "jax",):
+            value, grad = value_and_grad(lambda e: loss(labels, e), x, compiled)
+            assert np.isfinite(value) and np.all(np.isfinite(grad)), (distance, compiled, value)
+            if expected is not None:
+                assert float(value) == pytest.approx(expected, rel=1e-5, abs=1e-6), (distance, compiled)
+
+
+@pytest.mark.parametrize("kind", sorted(LOSSES))
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
+def test_precisions(kind, dtype):
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(16, 4))
+    labels = np.repeat(np.arange(4), 4)
+    loss = loss_and_reference(kind, margin=0.5)[0]
+    typed = tensor(x, dtype)
+    value = loss(labels, typed)
+    as_float = np.asarray(tensor(typed, "float32"), "float64")
+    want = loss_and_reference(kind, margin=0.5)[1](as_float, labels).loss
+    expected_dtype = "float64" if dtype == "float64" and keras.backend.backend() == "tensorflow" else "float32"
+    if dtype == "float64" and BACKEND == "jax":
+        expected_dtype = keras.backend.standardize_dtype(typed.dtype)
+    assert keras.backend.standardize_dtype(value.dtype) == expected_dtype
+    assert float(value) == pytest.approx(want, rel=1e-5, abs=1e-6)
+
+
+def test_scaled_batch_scales_the_loss():
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(16, 4)).astype("float32")
+    labels = np.repeat(np.arange(4), 4)
+    small = tfm.BatchAllTriplet(margin=0.5)(labels, x)
+    huge = tfm.BatchAllTriplet(margin=0.5e30)(labels, x * np.float32(1e30))
+    assert float(huge) / 1e30 == pytest.approx(float(small), rel=1e-5)
+
+
+# ---------------------------------------------------------------- configuration
+
+
+@pytest.mark.parametrize("kind", sorted(LOSSES))
+def test_config_round_trip(kind):
+    loss = loss_and_reference(kind, margin=0.3, distance="cosine", normalize=True, reduction="sum", name="mine")[0]
+    config = loss.get_config()
+    clone = type(loss).from_config(config)
+    assert clone.get_config() == config
+    restored = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert type(restored) is type(loss) and restored.get_config() == config
+    x = np.random.default_rng(8).normal(size=(12, 3)).astype("float32")
+    labels = np.repeat(np.arange(3), 4)
+    assert float(restored(labels, x)) == pytest.approx(float(loss(labels, x)))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="average"):
+        tfm.BatchAllTriplet(average="mean")
+    with pytest.raises(ValueError, match="distance"):
+        tfm.SemiHardTriplet(distance="manhattan")
+    with pytest.raises(ValueError, match="shape"):
+        tfm.BatchHardTriplet()(np.zeros(4), np.zeros((4, 2, 2)))
+    with pytest.raises(ValueError, match="sample_weight"):
+        tfm.BatchHardTriplet()(np.zeros(4), np.zeros((4, 2)), sample_weight=np.ones(3))
+
+
+def test_active_triplet_fraction_metric():
+    rng = np.random.default_rng(9)
+    metric = tfm.metrics.ActiveTripletFraction(margin=0.5)
+    active = valid = 0
+    for _ in range(2):
+        x = rng.normal(size=(12, 3)).astype("float32")
+        labels = rng.integers(0, 3, size=12)
+        metric.update_state(labels, x)
+        d = reference.distance_matrix(x, "euclidean")
+        for a in range(12):
+            for p in range(12):
+                for q in range(12):
+                    if p != a and labels[p] == labels[a] and labels[q] != labels[a]:
+                        valid += 1
+                        active += d[a, p] - d[a, q] + 0.5 > 0
+    assert float(metric.result()) == pytest.approx(active / valid, rel=1e-6)
+    assert float(metric.result()) == pytest.approx(
+        reference.active_triplet_fraction(x, labels, 0.5), abs=1.0
+    )
