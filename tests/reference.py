@@ -91,8 +91,13 @@ def _masks(labels):
     return positives, negatives
 
 
-def _weights(n, sample_weight):
-    return np.ones(n) if sample_weight is None else np.asarray(sample_weight, np.float64).reshape(-1)
+def _start(x, labels, distance, normalize, sample_weight):
+    """Distances, positives, negatives, weights and empty accumulators."""
+    d = distance_matrix(x, distance, normalize)
+    positives, negatives = _masks(labels)
+    n = len(d)
+    weights = np.ones(n) if sample_weight is None else np.asarray(sample_weight, np.float64).reshape(-1)
+    return d, positives, negatives, weights, np.zeros(n), np.zeros(n), np.zeros((n, n))
 
 
 def _finish(x, distance, normalize, numerators, denominators, gradient_d, weights, kink):
@@ -105,14 +110,11 @@ def _finish(x, distance, normalize, numerators, denominators, gradient_d, weight
 
 
 def batch_hard(x, labels, margin=1.0, soft=False, distance="euclidean", normalize=False, sample_weight=None):
-    d = distance_matrix(x, distance, normalize)
-    positives, negatives = _masks(labels)
-    n = len(d)
-    weights = _weights(n, sample_weight)
-    numerators, denominators = np.zeros(n), np.zeros(n)
-    gradient_d = np.zeros((n, n))
+    d, positives, negatives, weights, numerators, denominators, gradient_d = _start(
+        x, labels, distance, normalize, sample_weight
+    )
     kink = np.inf
-    for a in range(n):
+    for a in range(len(d)):
         if not positives[a] or not negatives[a]:
             continue
         hardest_p = max(positives[a], key=lambda p: d[a, p])
@@ -138,14 +140,11 @@ def batch_hard(x, labels, margin=1.0, soft=False, distance="euclidean", normaliz
 
 
 def batch_all(x, labels, margin=1.0, distance="euclidean", normalize=False, average="nonzero", sample_weight=None):
-    d = distance_matrix(x, distance, normalize)
-    positives, negatives = _masks(labels)
-    n = len(d)
-    weights = _weights(n, sample_weight)
-    numerators, denominators = np.zeros(n), np.zeros(n)
-    gradient_d = np.zeros((n, n))
+    d, positives, negatives, weights, numerators, denominators, gradient_d = _start(
+        x, labels, distance, normalize, sample_weight
+    )
     kink = np.inf
-    for a in range(n):
+    for a in range(len(d)):
         for p in positives[a]:
             for q in negatives[a]:
                 value = d[a, p] - d[a, q] + margin
@@ -162,14 +161,11 @@ def batch_all(x, labels, margin=1.0, distance="euclidean", normalize=False, aver
 
 
 def semi_hard(x, labels, margin=1.0, distance="euclidean", normalize=False, sample_weight=None):
-    d = distance_matrix(x, distance, normalize)
-    positives, negatives = _masks(labels)
-    n = len(d)
-    weights = _weights(n, sample_weight)
-    numerators, denominators = np.zeros(n), np.zeros(n)
-    gradient_d = np.zeros((n, n))
+    d, positives, negatives, weights, numerators, denominators, gradient_d = _start(
+        x, labels, distance, normalize, sample_weight
+    )
     kink = np.inf
-    for a in range(n):
+    for a in range(len(d)):
         if not negatives[a]:
             continue
         for p in positives[a]:

@@ -3,8 +3,8 @@
 import keras
 from keras import ops
 
-from tfmetric.distances import as_embeddings, check_distance, pairwise_distance
-from tfmetric.labels import standardize_labels
+from tfmetric.distances import check_distance
+from tfmetric.losses.base import labelled_distances
 from tfmetric.mining import all_triplet_terms
 
 
@@ -49,9 +49,7 @@ class ActiveTripletFraction(keras.metrics.Metric):
         self.valid = self.add_variable((), initializer="zeros", name="valid")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        embeddings = as_embeddings(y_pred)
-        labels = standardize_labels(y_true, embeddings)
-        distances = pairwise_distance(embeddings, self.distance, self.normalize)
+        distances, labels = labelled_distances(y_true, y_pred, self.distance, self.normalize)
         _, active, valid = all_triplet_terms(distances, labels, self.margin)
         if sample_weight is not None:
             weights = ops.reshape(ops.cast(sample_weight, active.dtype), (-1,))

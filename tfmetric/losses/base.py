@@ -46,6 +46,13 @@ def reduce_anchor_terms(loss_sums, term_counts, sample_weight=None, reduction="s
     return divide_or_zero(weighted_sum, ops.sum(weights * term_counts))
 
 
+def labelled_distances(y_true, y_pred, distance="euclidean", normalize=False):
+    """Validated labels `(N,)` and the distance matrix `(N, N)` of a batch."""
+    embeddings = as_embeddings(y_pred)
+    labels = standardize_labels(y_true, embeddings)
+    return pairwise_distance(embeddings, distance, normalize), labels
+
+
 class InBatchLoss(keras.losses.Loss):
     """Base class of the losses mined online from the labels of a batch.
 
@@ -72,9 +79,7 @@ class InBatchLoss(keras.losses.Loss):
         raise NotImplementedError
 
     def _terms(self, y_true, y_pred):
-        embeddings = as_embeddings(y_pred)
-        labels = standardize_labels(y_true, embeddings)
-        distances = pairwise_distance(embeddings, self.distance, self.normalize)
+        distances, labels = labelled_distances(y_true, y_pred, self.distance, self.normalize)
         return self.anchor_terms(distances, labels)
 
     def __call__(self, y_true, y_pred, sample_weight=None):

@@ -20,10 +20,6 @@ from tfmetric.mining import (
 AVERAGES = ("nonzero", "all")
 
 
-def _as_float(mask, like):
-    return ops.cast(mask, like.dtype)
-
-
 def batch_hard_triplet_terms(distances, labels, margin=1.0, soft=False):
     """Per-anchor batch-hard triplet losses and validity.
 
@@ -45,7 +41,7 @@ def batch_hard_triplet_terms(distances, labels, margin=1.0, soft=False):
         ops.zeros(ops.shape(valid), distances.dtype),
     )
     losses = ops.softplus(gap) if soft else ops.relu(gap + margin)
-    valid = _as_float(valid, distances)
+    valid = ops.cast(valid, distances.dtype)
     return losses * valid, valid
 
 
