@@ -1,6 +1,6 @@
 """Brute-force NumPy references, float64, written as loops over pairs and triplets.
 
-Each loss reference returns `Reference(loss, grad, per_anchor, kink)`:
+Each loss reference returns `Reference(loss, grad, per_anchor, kink, weighted_sum)`:
 `grad` is d(loss)/d(embeddings), from the loss's derivative with respect to
 every distance chained through the distance by hand; `kink` is how close the
 inputs are to a point where the loss is not differentiable (a hinge at 0, a
@@ -19,6 +19,7 @@ class Reference:
     grad: np.ndarray
     per_anchor: np.ndarray
     kink: float
+    weighted_sum: float
 
 
 def _normalized(x):
@@ -106,7 +107,8 @@ def _finish(x, distance, normalize, numerators, denominators, gradient_d, weight
     loss = float(np.sum(weights * numerators)) / total if total else 0.0
     dloss_dd = gradient_d * (weights[:, None] / total) if total else np.zeros_like(gradient_d)
     per_anchor = np.where(denominators > 0, numerators / np.where(denominators > 0, denominators, 1), 0.0)
-    return Reference(loss, chain_distance_gradient(x, distance, normalize, dloss_dd), per_anchor, kink)
+    gradient = chain_distance_gradient(x, distance, normalize, dloss_dd)
+    return Reference(loss, gradient, per_anchor, kink, float(np.sum(weights * numerators)))
 
 
 def batch_hard(x, labels, margin=1.0, soft=False, distance="euclidean", normalize=False, sample_weight=None):
