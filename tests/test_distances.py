@@ -79,3 +79,14 @@ def test_half_precision_is_computed_in_float32(dtype):
 def test_unknown_distance_names_the_choices():
     with pytest.raises(ValueError, match="angular.*cosine"):
         pairwise_distance(np.zeros((2, 2)), "angular")
+
+
+@pytest.mark.parametrize("distance", DISTANCES)
+def test_gradient_through_normalization_of_one_hot_like_rows(distance):
+    # Rows with a single non-zero entry hit ties in naive clamps, where JAX
+    # and TensorFlow split gradients differently.
+    x = np.array([[2.0, 0.0], [0.0, 3.0], [1.0, 1.0], [-4.0, 0.0]], "float32")
+    _, grad = value_and_grad(lambda e: keras.ops.sum(pairwise_distance(e, distance, normalize=True)), x)
+    d = reference.distance_matrix(x, distance, normalize=True)
+    want = reference.chain_distance_gradient(x, distance, True, (d > 0).astype(float))
+    np.testing.assert_allclose(grad, want, atol=1e-5)

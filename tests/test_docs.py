@@ -5,10 +5,11 @@ import doctest
 import pytest
 
 import tfmetric.distances
+import tfmetric.losses.offline
 import tfmetric.losses.triplet
 
 
-@pytest.mark.parametrize("module", [tfmetric.distances, tfmetric.losses.triplet])
+@pytest.mark.parametrize("module", [tfmetric.distances, tfmetric.losses.triplet, tfmetric.losses.offline])
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0

@@ -6,16 +6,27 @@ model.compile(optimizer="adam", loss=tfm.BatchHardTriplet(margin=0.5))
 ```
 """
 
-from tfmetric import distances, losses, metrics
-from tfmetric.losses import BatchAllTriplet, BatchHardTriplet, SemiHardTriplet
+from tfmetric import distances, layers, losses, metrics
+from tfmetric.losses import (
+    BatchAllTriplet,
+    BatchHardTriplet,
+    MulticlassHinge,
+    PairContrastive,
+    SemiHardTriplet,
+    TripletLoss,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BatchAllTriplet",
     "BatchHardTriplet",
+    "MulticlassHinge",
+    "PairContrastive",
     "SemiHardTriplet",
+    "TripletLoss",
     "distances",
+    "layers",
     "losses",
     "metrics",
 ]

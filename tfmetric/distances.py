@@ -55,14 +55,31 @@ def l2_normalize(x):
     row_max = ops.stop_gradient(ops.max(ops.abs(x), axis=-1, keepdims=True))
     x = x / ops.where(row_max > 0, row_max, ops.ones_like(row_max))
     square_sum = ops.sum(ops.square(x), axis=-1, keepdims=True)
-    # Non-zero rows have square_sum >= 1 exactly (their largest entry is now
-    # ±1), so the floor only touches all-zero rows and keeps them finite.
-    return x / ops.sqrt(ops.maximum(square_sum, ops.ones_like(square_sum)))
+    # Non-zero rows have square_sum >= 1 (their largest entry is now ±1);
+    # all-zero rows divide by 1 and stay zero, with a zero gradient.
+    return x / ops.sqrt(ops.where(square_sum > 0, square_sum, ops.ones_like(square_sum)))
+
+
+def _clip_at_zero(x):
+    # Not `maximum`: at a tie JAX splits its gradient between both sides.
+    return ops.where(x > 0, x, ops.zeros_like(x))
 
 
 def _zero_diagonal(matrix):
     n = ops.shape(matrix)[0]
     return ops.where(ops.eye(n, dtype="bool"), ops.zeros_like(matrix), matrix)
+
+
+def _power_of_two_scale(x):
+    """1, or for entries beyond 2**±40 a power of two near their magnitude.
+
+    Dividing by it is exact and keeps squares from overflowing or
+    underflowing; it is a constant for the gradient.
+    """
+    magnitude = ops.stop_gradient(ops.max(ops.abs(x)))
+    exponent = ops.floor(ops.log2(ops.where(magnitude > 0, magnitude, ops.ones_like(magnitude))))
+    exponent = ops.where(ops.abs(exponent) > 40, exponent, ops.zeros_like(exponent))
+    return ops.power(ops.full_like(exponent, 2.0), exponent)
 
 
 def _scaled_squared_euclidean(x):
@@ -78,10 +95,7 @@ def _scaled_squared_euclidean(x):
     for the gradient, which is exact for the original input.
     """
     x = x - ops.stop_gradient(x[:1])
-    magnitude = ops.stop_gradient(ops.max(ops.abs(x)))
-    exponent = ops.floor(ops.log2(ops.where(magnitude > 0, magnitude, ops.ones_like(magnitude))))
-    exponent = ops.where(ops.abs(exponent) > 40, exponent, ops.zeros_like(exponent))
-    scale = ops.power(ops.full_like(exponent, 2.0), exponent)
+    scale = _power_of_two_scale(x)
     x = x / scale
     square_norms = ops.sum(ops.square(x), axis=1)
     d2 = (
@@ -89,8 +103,7 @@ def _scaled_squared_euclidean(x):
         + square_norms[None, :]
         - 2.0 * ops.matmul(x, ops.transpose(x))
     )
-    d2 = ops.maximum(d2, ops.zeros_like(d2))
-    return _zero_diagonal(d2), scale
+    return _zero_diagonal(_clip_at_zero(d2)), scale
 
 
 def _safe_sqrt(x):
@@ -135,8 +148,37 @@ def pairwise_distance(x, distance="euclidean", normalize=False):
         x = l2_normalize(x)
     if distance == "cosine":
         cosine = 1.0 - ops.matmul(x, ops.transpose(x))
-        return _zero_diagonal(ops.maximum(cosine, ops.zeros_like(cosine)))
+        return _zero_diagonal(_clip_at_zero(cosine))
     d2, scale = _scaled_squared_euclidean(x)
     if distance == "squared_euclidean":
         return d2 * ops.square(scale)
     return _safe_sqrt(d2) * scale
+
+
+def paired_distance(a, b, distance="euclidean", normalize=False):
+    """The distance between `a[i]` and `b[i]` for every i: shape `(N,)`.
+
+    For two- and three-tower models, where each example is a pair or a
+    triplet. Computed from the differences directly (no Gram expansion), with
+    the same conventions as `pairwise_distance`: finite gradient where
+    `a[i] == b[i]`, half precision computed in float32.
+
+    Example:
+
+    >>> import tfmetric as tfm
+    >>> d = tfm.distances.paired_distance([[0.0, 0.0], [1.0, 1.0]], [[3.0, 4.0], [1.0, 1.0]])
+    >>> [float(v) for v in d]
+    [5.0, 0.0]
+    """
+    check_distance(distance)
+    a, b = as_embeddings(a), as_embeddings(b)
+    if normalize or distance == "cosine":
+        a, b = l2_normalize(a), l2_normalize(b)
+    if distance == "cosine":
+        return _clip_at_zero(1.0 - ops.sum(a * b, axis=1))
+    difference = a - b
+    scale = _power_of_two_scale(difference)
+    squared = ops.sum(ops.square(difference / scale), axis=1)
+    if distance == "squared_euclidean":
+        return squared * ops.square(scale)
+    return _safe_sqrt(squared) * scale

@@ -168,3 +168,21 @@ def standardize_labels(y_true, embeddings=None):
         )
         labels = _graph_checks(labels, num_examples_tensor)
     return labels
+
+
+def check_class_ids(y_true, num_classes):
+    """Raises ValueError if readable class ids fall outside `[0, num_classes)`.
+
+    For losses on class scores, where an out-of-range id would silently
+    select no class. Under a trace the values cannot be read and this does
+    nothing.
+    """
+    if _is_backend_tensor(y_true) and _is_traced(y_true):
+        return
+    values = np.asarray(ops.convert_to_numpy(y_true) if _is_backend_tensor(y_true) else y_true)
+    _check_values(values.reshape(-1))
+    if values.size and (values.min() < 0 or values.max() >= num_classes):
+        raise ValueError(
+            f"Class ids must lie in [0, {num_classes}) for scores of {num_classes} "
+            f"classes; received ids from {values.min()} to {values.max()}."
+        )

@@ -1,6 +1,14 @@
 """Keras losses for deep metric learning."""
 
 from tfmetric.losses.base import InBatchLoss, reduce_anchor_terms
+from tfmetric.losses.offline import (
+    MulticlassHinge,
+    PairContrastive,
+    TripletLoss,
+    multiclass_hinge,
+    offline_triplet,
+    pair_contrastive,
+)
 from tfmetric.losses.triplet import (
     BatchAllTriplet,
     BatchHardTriplet,
@@ -12,6 +20,12 @@ __all__ = [
     "BatchAllTriplet",
     "BatchHardTriplet",
     "InBatchLoss",
+    "MulticlassHinge",
+    "PairContrastive",
+    "TripletLoss",
+    "multiclass_hinge",
+    "offline_triplet",
+    "pair_contrastive",
     "SemiHardTriplet",
     "batch_hard_triplet_terms",
     "reduce_anchor_terms",
