@@ -19,24 +19,14 @@ cannot differentiate a loop of data-dependent length).
 from keras import ops
 
 
-def label_masks(labels, candidate_labels=None):
-    """Returns the boolean `(positive, negative)` masks of a batch.
+def label_masks(labels):
+    """Returns the boolean `(positive, negative)` masks of a batch of labels `(N,)`.
 
-    Args:
-        labels: Labels of the anchors, shape `(A,)`.
-        candidate_labels: Labels of the candidates, shape `(B,)`; the anchors
-            themselves when omitted, in which case the diagonal is excluded
-            from the positives.
+    `positive[a, p]`: same label and `p != a`; `negative[a, n]`: different labels.
     """
-    same_batch = candidate_labels is None
-    if same_batch:
-        candidate_labels = labels
-    same = ops.equal(labels[:, None], candidate_labels[None, :])
-    negative = ops.logical_not(same)
-    if same_batch:
-        not_self = ops.logical_not(ops.eye(ops.shape(labels)[0], dtype="bool"))
-        same = ops.logical_and(same, not_self)
-    return same, negative
+    same = ops.equal(labels[:, None], labels[None, :])
+    not_self = ops.logical_not(ops.eye(ops.shape(labels)[0], dtype="bool"))
+    return ops.logical_and(same, not_self), ops.logical_not(same)
 
 
 def hardest_positive_distance(distances, positive):
@@ -51,7 +41,7 @@ def hardest_negative_distance(distances, negative):
     return ops.min(masked, axis=1)
 
 
-def _for_each_positive_slot(labels, positive, body, state):
+def _for_each_positive_slot(labels, positive, num_positives, body, state):
     """Runs `state = body(slot_positive, has_slot, state)` for every slot.
 
     Slot s holds, for every anchor a, its s-th positive `slot_positive[a]`
@@ -66,9 +56,10 @@ def _for_each_positive_slot(labels, positive, body, state):
     position = ops.cast(ops.argsort(order), "int32")
     start = ops.take(class_start, position)
     own_rank = position - start
-    # From the mask rather than the class sizes, so that labels that equal
-    # nothing (NaN, unvalidated under XLA) have no positive here either.
-    num_positives = ops.sum(ops.cast(positive, "int32"), axis=1)
+    # `num_positives` comes from the mask rather than the class sizes, so
+    # that labels that equal nothing (NaN, unvalidated under XLA) have no
+    # positive here either.
+    num_positives = ops.cast(num_positives, "int32")
     num_slots = ops.max(ops.concatenate([num_positives, ops.zeros((1,), "int32")]))
 
     def step(slot, *state):
@@ -153,12 +144,11 @@ def semi_hard_triplet_terms(distances, labels, margin=1.0):
         )
         return loss_sums + losses, gradient
 
+    num_positives = ops.sum(ops.cast(positive, d.dtype), axis=1)
     loss_sums, gradient = _for_each_positive_slot(
-        labels, positive, body, (ops.zeros(ops.shape(d)[:1], d.dtype), ops.zeros_like(d))
+        labels, positive, num_positives, body, (ops.zeros(ops.shape(d)[:1], d.dtype), ops.zeros_like(d))
     )
-    pair_counts = ops.sum(ops.cast(positive, d.dtype), axis=1) * ops.cast(
-        has_negative, d.dtype
-    )
+    pair_counts = num_positives * ops.cast(has_negative, d.dtype)
     return _attach_gradient(loss_sums, distances, gradient), pair_counts
 
 
@@ -190,11 +180,10 @@ def all_triplet_terms(distances, labels, margin):
         return loss_sums + ops.sum(gaps, axis=1), active_counts + per_pair, gradient
 
     zeros = ops.zeros(ops.shape(d)[:1], d.dtype)
+    num_positives = ops.sum(ops.cast(positive, d.dtype), axis=1)
     loss_sums, active_counts, gradient = _for_each_positive_slot(
-        labels, positive, body, (zeros, zeros, ops.zeros_like(d))
+        labels, positive, num_positives, body, (zeros, zeros, ops.zeros_like(d))
     )
-    valid_counts = ops.sum(ops.cast(positive, d.dtype), axis=1) * ops.sum(
-        ops.cast(negative, d.dtype), axis=1
-    )
+    valid_counts = num_positives * ops.sum(ops.cast(negative, d.dtype), axis=1)
     loss_sums = _attach_gradient(loss_sums, distances, gradient)
     return loss_sums, ops.stop_gradient(active_counts), valid_counts
