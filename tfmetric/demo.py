@@ -7,17 +7,14 @@ held-out digits before and after training.
 
 import numpy as np
 
+from tfmetric.losses import BatchAllTriplet, BatchHardTriplet, SemiHardTriplet
+from tfmetric.metrics import ActiveTripletFraction
+
 LOSSES = {
-    "batch_hard": lambda margin: _tfm().BatchHardTriplet(margin=margin),
-    "batch_all": lambda margin: _tfm().BatchAllTriplet(margin=margin),
-    "semi_hard": lambda margin: _tfm().SemiHardTriplet(margin=margin),
+    "batch_hard": BatchHardTriplet,
+    "batch_all": BatchAllTriplet,
+    "semi_hard": SemiHardTriplet,
 }
-
-
-def _tfm():
-    import tfmetric
-
-    return tfmetric
 
 
 def load_digits_split(seed):
@@ -51,12 +48,10 @@ def class_balanced_order(labels, classes_per_batch, per_class, rng):
 
 
 def nearest_neighbour_accuracy(reference, reference_labels, queries, query_labels):
-    d = (
-        np.sum(queries**2, 1)[:, None]
-        + np.sum(reference**2, 1)[None, :]
-        - 2 * queries @ reference.T
-    )
-    return float(np.mean(reference_labels[np.argmin(d, axis=1)] == query_labels))
+    from sklearn.neighbors import KNeighborsClassifier
+
+    classifier = KNeighborsClassifier(n_neighbors=1).fit(reference, reference_labels)
+    return float(classifier.score(queries, query_labels))
 
 
 def run(loss="batch_hard", epochs=15, margin=0.5, seed=0, verbose=2):
@@ -73,11 +68,10 @@ def run(loss="batch_hard", epochs=15, margin=0.5, seed=0, verbose=2):
         ],
         name="digits_embedding",
     )
-    tfm = _tfm()
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
-        loss=LOSSES[loss](margin),
-        metrics=[tfm.metrics.ActiveTripletFraction(margin=margin)],
+        loss=LOSSES[loss](margin=margin),
+        metrics=[ActiveTripletFraction(margin=margin)],
     )
 
     def accuracy():
