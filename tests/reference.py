@@ -197,3 +197,61 @@ def active_triplet_fraction(x, labels, margin=1.0, distance="euclidean", normali
                 valid += 1
                 active += d[a, p] - d[a, q] + margin > 0
     return active / valid if valid else 0.0
+
+
+def contrastive(x, labels, margin=1.0, distance="euclidean", normalize=False, negatives="all", sample_weight=None):
+    """Over unordered pairs i < j; a pair weighs `w_i + w_j`."""
+    d = distance_matrix(x, distance, normalize)
+    labels = np.asarray(labels).reshape(-1)
+    n = len(d)
+    weights = np.ones(n) if sample_weight is None else np.asarray(sample_weight, np.float64).reshape(-1)
+    positive_pairs = [(i, j) for i in range(n) for j in range(i + 1, n) if labels[i] == labels[j]]
+    negative_pairs = [(i, j) for i in range(n) for j in range(i + 1, n) if labels[i] != labels[j]]
+    kink = np.inf
+    if negatives == "hard":
+        negative_pairs.sort(key=lambda pair: d[pair])
+        keep = len(positive_pairs)
+        if 0 < keep < len(negative_pairs):
+            kink = d[negative_pairs[keep]] - d[negative_pairs[keep - 1]]
+        negative_pairs = negative_pairs[:keep]
+    numerators, denominators, gradient_d = np.zeros(n), np.zeros(n), np.zeros((n, n))
+    for pairs, is_positive in ((positive_pairs, True), (negative_pairs, False)):
+        for i, j in pairs:
+            if is_positive:
+                value, slope = d[i, j] ** 2, 2 * d[i, j]
+            else:
+                gap = max(margin - d[i, j], 0.0)
+                value, slope = gap**2, -2 * gap
+            for anchor in (i, j):
+                numerators[anchor] += value
+                denominators[anchor] += 1
+            gradient_d[i, j] += (weights[i] + weights[j]) * slope
+    total = float(np.sum(weights * denominators))  # = Σ over pairs of w_i + w_j
+    weighted_sum = float(np.sum(weights * numerators))
+    loss = weighted_sum / total if total else 0.0
+    gradient = chain_distance_gradient(x, distance, normalize, gradient_d / total if total else gradient_d * 0)
+    per_anchor = np.where(denominators > 0, numerators / np.where(denominators > 0, denominators, 1), 0.0)
+    return Reference(loss, gradient, per_anchor, kink, weighted_sum)
+
+
+def margin(x, labels, margin=0.2, beta=1.2, nu=0.0, normalize=True, negative_counts=None, class_beta=None, sample_weight=None):
+    """Over ordered pairs; `negative_counts[a, n]` repeats the negative term (a, n)."""
+    d, positives, negatives, weights, numerators, denominators, gradient_d = _start(
+        x, labels, "euclidean", normalize, sample_weight
+    )
+    labels = np.asarray(labels).reshape(-1)
+    kink = np.inf
+    for a in range(len(d)):
+        beta_a = beta + (class_beta[labels[a]] if class_beta is not None else 0.0)
+        terms = [(p, 1, +1) for p in positives[a]]
+        terms += [(q, 1 if negative_counts is None else negative_counts[a, q], -1) for q in negatives[a]]
+        for other, count, sign in terms:
+            if count == 0:
+                continue
+            value = margin + sign * (d[a, other] - beta_a)
+            kink = min(kink, abs(value))
+            numerators[a] += count * (max(value, 0.0) + nu * beta_a)
+            if value > 0:
+                denominators[a] += count
+                gradient_d[a, other] += count * sign
+    return _finish(x, "euclidean", normalize, numerators, denominators, gradient_d, weights, kink)

@@ -4,7 +4,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, tensor, value_and_grad
+from conftest import BACKEND, check_against, tensor, value_and_grad
 from hypothesis import assume, given, settings, strategies as st
 
 import reference
@@ -31,16 +31,7 @@ def loss_and_reference(kind, reduction="sum_over_batch_size", name=None, **kwarg
 
 def check(kind, x, labels, compiled=False, sample_weight=None, grad_rtol=1e-3, **kwargs):
     loss, ref = loss_and_reference(kind, **kwargs)
-    want = ref(x.astype("float64"), labels, sample_weight=sample_weight)
-    value, grad = value_and_grad(
-        lambda e: loss(labels, e, sample_weight=sample_weight), x.astype("float32"), compiled
-    )
-    assert np.isfinite(value) and np.all(np.isfinite(grad))
-    assert float(value) == pytest.approx(want.loss, rel=1e-4, abs=1e-5)
-    if want.kink > 1e-3:
-        scale = max(np.abs(want.grad).max(), 1e-6)
-        np.testing.assert_allclose(grad / scale, want.grad / scale, atol=grad_rtol)
-    return want
+    return check_against(loss, ref, x, labels, compiled, sample_weight, grad_rtol)
 
 
 # ---------------------------------------------------------------- hand-made cases

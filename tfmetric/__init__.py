@@ -10,6 +10,8 @@ from tfmetric import distances, layers, losses, metrics
 from tfmetric.losses import (
     BatchAllTriplet,
     BatchHardTriplet,
+    Contrastive,
+    MarginLoss,
     MulticlassHinge,
     PairContrastive,
     SemiHardTriplet,
@@ -21,6 +23,8 @@ __version__ = "0.1.0"
 __all__ = [
     "BatchAllTriplet",
     "BatchHardTriplet",
+    "Contrastive",
+    "MarginLoss",
     "MulticlassHinge",
     "PairContrastive",
     "SemiHardTriplet",

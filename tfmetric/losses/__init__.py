@@ -1,6 +1,8 @@
 """Keras losses for deep metric learning."""
 
 from tfmetric.losses.base import InBatchLoss, reduce_anchor_terms
+from tfmetric.losses.contrastive import Contrastive, contrastive_terms
+from tfmetric.losses.margin import MarginLoss, margin_terms
 from tfmetric.losses.offline import (
     MulticlassHinge,
     PairContrastive,
@@ -19,7 +21,9 @@ from tfmetric.losses.triplet import (
 __all__ = [
     "BatchAllTriplet",
     "BatchHardTriplet",
+    "Contrastive",
     "InBatchLoss",
+    "MarginLoss",
     "MulticlassHinge",
     "PairContrastive",
     "TripletLoss",
@@ -28,5 +32,7 @@ __all__ = [
     "pair_contrastive",
     "SemiHardTriplet",
     "batch_hard_triplet_terms",
+    "contrastive_terms",
+    "margin_terms",
     "reduce_anchor_terms",
 ]

@@ -1,0 +1,503 @@
+"""Contrastive and MarginLoss: brute force, sampling statistics, learned β."""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+from conftest import BACKEND, check_against, tensor, value_and_grad
+from hypothesis import given, settings, strategies as st
+
+import reference
+import tfmetric as tfm
+from tfmetric.losses.margin import margin_terms
+from tfmetric.mining import (
+    distance_weighted_log_weights,
+    label_masks,
+    sample_negative_counts,
+    smallest_entries,
+)
+
+DISTANCES = ["euclidean", "squared_euclidean", "cosine"]
+
+# (loss class, its reference, the keyword arguments both take)
+LOSSES = {
+    "contrastive_all": (tfm.Contrastive, reference.contrastive, {"negatives": "all"}),
+    "contrastive_hard": (tfm.Contrastive, reference.contrastive, {"negatives": "hard"}),
+    "margin_all": (tfm.MarginLoss, reference.margin, {"sampling": "all"}),
+}
+
+
+def loss_and_reference(kind, reduction="sum_over_batch_size", **kwargs):
+    cls, ref, fixed = LOSSES[kind]
+    loss = cls(**fixed, **kwargs, reduction=reduction)
+    if cls is tfm.MarginLoss:
+        fixed = {}
+    return loss, lambda x, y, **kw: ref(x, y, **fixed, **kwargs, **kw)
+
+
+def check(kind, x, labels, compiled=False, sample_weight=None, **kwargs):
+    loss, ref = loss_and_reference(kind, **kwargs)
+    return check_against(loss, ref, x, labels, compiled, sample_weight)
+
+
+SQUARE = np.array([[0.0, 0.0], [0.0, 1.0], [2.0, 0.0], [2.0, 2.0]], "float32")
+SQUARE_LABELS = np.array([0, 0, 1, 1])
+
+
+# ---------------------------------------------------------------- hand-made cases
+
+
+def test_hand_made_contrastive_square():
+    # Positive pairs: d = 1 and 2 -> 1 + 4. Negative pairs at 2, √5, √5, √8
+    # with margin 2.5 -> 0.25, (2.5 - √5)², (2.5 - √5)², 0.
+    near = (2.5 - 5**0.5) ** 2
+    want_all = (5 + 0.25 + 2 * near) / 6
+    # "hard": two positive pairs, so the two closest negative pairs: 2 and
+    # one of the tied √5 pairs (both give the same loss).
+    want_hard = (5 + 0.25 + near) / 4
+    assert check("contrastive_all", SQUARE, SQUARE_LABELS, margin=2.5).loss == pytest.approx(want_all)
+    assert check("contrastive_hard", SQUARE, SQUARE_LABELS, margin=2.5).loss == pytest.approx(want_hard)
+
+
+def test_hand_made_contrastive_hard_splits_ties_at_the_cut():
+    # One positive pair (0, 1); negatives (0, 2), (1, 2) both at distance 1:
+    # one of them is used, its loss shared half and half.
+    x = np.array([[0.0, 0.0], [2.0, 0.0], [1.0, 0.0]], "float32")
+    labels = np.array([0, 0, 1])
+    loss = tfm.Contrastive(margin=1.5, negatives="hard", reduction=None)
+    # Anchor 0: pairs (0,1): 4 and (0,2) with weight 1/2: 0.25 -> (4 + 0.125) / 1.5.
+    per_anchor = np.asarray(loss(labels, x))
+    np.testing.assert_allclose(per_anchor, [4.125 / 1.5, 4.125 / 1.5, 0.25], rtol=1e-6)
+    assert float(tfm.Contrastive(margin=1.5, negatives="hard")(labels, x)) == pytest.approx(4.25 / 2)
+
+
+def test_hand_made_margin_loss():
+    # 1-D points on a line, no normalisation, β = 1, m = 0.2:
+    # positives (0, 1) at 0.5 -> relu(0.2 + 0.5 - 1) = 0; negatives (0, 2)
+    # at 1.1 -> relu(0.2 - 1.1 + 1) = 0.1, (1, 2) at 0.6 -> 0.6.
+    x = np.array([[0.0], [0.5], [1.1]], "float32")
+    labels = np.array([0, 0, 1])
+    loss = tfm.MarginLoss(margin=0.2, beta=1.0, sampling="all", normalize=False)
+    # Ordered terms: both sides of each negative pair -> (0.1 + 0.6) * 2 / 4.
+    assert float(loss(labels, x)) == pytest.approx(0.35)
+    with_nu = tfm.MarginLoss(margin=0.2, beta=1.0, nu=0.1, sampling="all", normalize=False)
+    # ν·β per term: 6 terms (2 positive, 4 negative) -> + 0.6 / 4.
+    assert float(with_nu(labels, x)) == pytest.approx(0.35 + 0.15)
+    assert check("margin_all", x, labels, margin=0.2, beta=1.0, nu=0.1, normalize=False).loss == pytest.approx(0.5)
+
+
+# ---------------------------------------------------------------- random cases
+
+
+@settings(max_examples=20 if BACKEND == "tensorflow" else 8, deadline=None)
+@given(
+    negatives=st.sampled_from(["all", "hard"]),
+    n=st.integers(1, 48),
+    num_classes=st.integers(1, 10),
+    dim=st.integers(1, 8),
+    seed=st.integers(0, 2**31),
+    distance=st.sampled_from(DISTANCES),
+    margin=st.sampled_from([0.0, 0.5, 1.0, 2.0]),
+    normalize=st.booleans(),
+)
+def test_contrastive_matches_brute_force(negatives, n, num_classes, dim, seed, distance, margin, normalize):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, dim)).astype("float32")
+    labels = rng.integers(0, num_classes, size=n)
+    check(f"contrastive_{negatives}", x, labels, distance=distance, margin=margin, normalize=normalize)
+
+
+@settings(max_examples=20 if BACKEND == "tensorflow" else 8, deadline=None)
+@given(
+    n=st.integers(1, 48),
+    num_classes=st.integers(1, 10),
+    dim=st.integers(2, 16),
+    seed=st.integers(0, 2**31),
+    margin=st.sampled_from([0.0, 0.1, 0.2, 0.5]),
+    beta=st.sampled_from([0.5, 1.0, 1.2]),
+    nu=st.sampled_from([0.0, 0.1]),
+    normalize=st.booleans(),
+)
+def test_margin_all_matches_brute_force(n, num_classes, dim, seed, margin, beta, nu, normalize):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, dim)).astype("float32")
+    labels = rng.integers(0, num_classes, size=n)
+    check("margin_all", x, labels, margin=margin, beta=beta, nu=nu, normalize=normalize)
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(2, 40), seed=st.integers(0, 2**31), nu=st.sampled_from([0.0, 0.2]))
+def test_margin_terms_with_sampled_counts_and_class_betas(n, seed, nu):
+    # The sampled variant is the same sum with each negative repeated as often
+    # as it was drawn, and β per class.
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 8)).astype("float32")
+    labels = rng.integers(0, 4, size=n)
+    counts = rng.integers(0, 3, size=(n, n)) * (labels[:, None] != labels[None, :])
+    class_beta = rng.uniform(-0.3, 0.3, size=4)
+    want = reference.margin(x.astype("float64"), labels, 0.2, 1.1, nu, True, counts, class_beta)
+
+    def loss(e):
+        distances = tfm.distances.pairwise_distance(e, "euclidean", normalize=True)
+        anchor_beta = tensor(1.1 + class_beta[labels], "float32")
+        sums, active = margin_terms(
+            distances, tensor(labels), anchor_beta, tensor(counts, "float32"), 0.2, nu
+        )
+        return tfm.losses.reduce_anchor_terms(sums, active)
+
+    value, grad = value_and_grad(loss, x)
+    assert float(value) == pytest.approx(want.loss, rel=1e-4, abs=1e-5)
+    if want.kink > 1e-3:
+        scale = max(np.abs(want.grad).max(), 1e-6)
+        np.testing.assert_allclose(grad / scale, want.grad / scale, atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", sorted(LOSSES))
+def test_pk_batch_with_weights_and_compiled(kind):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(48, 8)).astype("float32")
+    labels = np.repeat(np.arange(12), 4)
+    rng.shuffle(labels)
+    weights = rng.uniform(0.0, 2.0, size=48)
+    for compiled in (False, True) if BACKEND == "tensorflow" else (True,):
+        check(kind, x, labels, compiled=compiled, sample_weight=weights, margin=0.5)
+
+
+@pytest.mark.parametrize("kind", sorted(LOSSES))
+def test_reduction_none_and_sum(kind):
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(20, 4)).astype("float32")
+    labels = rng.integers(0, 5, size=20)
+    weights = rng.uniform(0.5, 1.5, size=20)
+    loss, ref = loss_and_reference(kind, margin=0.5, reduction=None)
+    got = np.asarray(loss(labels, x, sample_weight=weights))
+    np.testing.assert_allclose(got, weights * ref(x.astype("float64"), labels).per_anchor, rtol=1e-4, atol=1e-5)
+    summed = loss_and_reference(kind, margin=0.5, reduction="sum")[0](labels, x, sample_weight=weights)
+    want = ref(x.astype("float64"), labels, sample_weight=weights)
+    assert float(summed) == pytest.approx(want.weighted_sum, rel=1e-4)
+
+
+# ---------------------------------------------------------------- hard-negative selection
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(1, 30),
+    seed=st.integers(0, 2**31),
+    count=st.integers(0, 1000),
+    levels=st.sampled_from([3, 1000]),
+    dtype=st.sampled_from(["float32", "float64"]),
+)
+def test_smallest_entries_selects_exactly_count(n, seed, count, levels, dtype):
+    if dtype == "float64" and BACKEND == "jax" and not keras.config.floatx() == "float64":
+        import jax
+
+        if not jax.config.jax_enable_x64:
+            dtype = "float32"
+    rng = np.random.default_rng(seed)
+    # Few levels: many ties at the cut.
+    values = rng.integers(0, levels, size=(n, n)) / levels * 3.0
+    candidates = rng.random((n, n)) < 0.6
+    weights = np.asarray(smallest_entries(tensor(values, dtype), tensor(candidates), count))
+    chosen = np.sort(values[candidates])[: min(count, candidates.sum())]
+    assert weights.sum() == pytest.approx(len(chosen), abs=1e-4)
+    assert np.all(weights[~candidates] == 0) and np.all((weights >= 0) & (weights <= 1 + 1e-6))
+    assert np.sum(weights * values) == pytest.approx(chosen.sum(), rel=1e-5, abs=1e-5)
+
+
+# ---------------------------------------------------------------- distance-weighted sampling
+
+
+def sphere_layout(dim, negative_distances, class_size):
+    """`class_size` copies of e1 (class 0) and one negative per distance, each its own class."""
+    rows = [np.eye(dim)[0]] * class_size
+    for k, d in enumerate(negative_distances):
+        theta = 2 * np.arcsin(d / 2)
+        rows.append(np.cos(theta) * np.eye(dim)[0] + np.sin(theta) * np.eye(dim)[k + 1])
+    labels = np.concatenate([np.zeros(class_size, int), np.arange(1, len(negative_distances) + 1)])
+    return np.array(rows, "float32"), labels
+
+
+def sampled_counts(x, labels, seed, cutoff=0.5, nonzero_loss_cutoff=1.4):
+    distances = tfm.distances.pairwise_distance(tensor(x), "euclidean", normalize=True)
+    labels_t = tensor(labels)
+    positive, negative = label_masks(labels_t)
+    log_weights = distance_weighted_log_weights(distances, negative, x.shape[1], cutoff, nonzero_loss_cutoff)
+    uniforms = keras.random.uniform(keras.ops.shape(distances), seed=seed)
+    return np.asarray(sample_negative_counts(log_weights, labels_t, positive, uniforms))
+
+
+def expected_probabilities(dim, distances, cutoff=0.5, nonzero_loss_cutoff=1.4):
+    d = np.maximum(np.asarray(distances, np.float64), cutoff)
+    log_weights = -((dim - 2) * np.log(d) + (dim - 3) / 2 * np.log(1 - d**2 / 4))
+    log_weights = np.where(np.asarray(distances) < nonzero_loss_cutoff, log_weights, -np.inf)
+    weights = np.exp(log_weights - log_weights.max())
+    return weights / weights.sum()
+
+
+def chi_square_p_value(observed, expected_probability):
+    from scipy import stats
+
+    expected = expected_probability * observed.sum()
+    keep = expected > 5  # the test's validity condition; merge the rest
+    observed = np.append(observed[keep], observed[~keep].sum())
+    expected = np.append(expected[keep], expected[~keep].sum())
+    if expected[-1] == 0:
+        observed, expected = observed[:-1], expected[:-1]
+    return stats.chisquare(observed, expected).pvalue
+
+
+@pytest.mark.parametrize("dim", [16, 512])
+def test_distance_weighted_sampling_follows_the_inverse_density(dim):
+    negative_distances = [0.3, 0.6, 0.8, 1.0, 1.2, 1.35, 1.45, 1.9]
+    if dim == 512:
+        # The weights span hundreds of orders of magnitude here: only the
+        # nearest candidates have a chance, and they must still get it.
+        negative_distances = [0.55, 0.56, 0.57, 0.6, 1.0, 1.3, 1.5]
+    class_size = 60
+    x, labels = sphere_layout(dim, negative_distances, class_size)
+    counts = sampled_counts(x, labels, seed=7)
+    anchors = counts[:class_size]
+    # Never the anchor itself nor a same-class example.
+    assert np.all(anchors[:, :class_size] == 0)
+    # One draw per positive pair.
+    assert np.all(anchors.sum(axis=1) == class_size - 1)
+    observed = anchors[:, class_size:].sum(axis=0)
+    probability = expected_probabilities(dim, negative_distances)
+    assert np.all(observed[probability == 0] == 0)
+    assert chi_square_p_value(observed, probability) > 1e-3
+    # The distances the weights favour are actually drawn: the test has power.
+    assert observed[np.argmax(probability)] > 0
+
+
+def test_distance_weighted_sampling_falls_back_to_uniform():
+    # Every negative at or beyond nonzero_loss_cutoff: uniform over them.
+    negative_distances = [1.4, 1.6, 1.8, 1.95]
+    x, labels = sphere_layout(8, negative_distances, 50)
+    observed = sampled_counts(x, labels, seed=3)[:50, 50:].sum(axis=0)
+    assert chi_square_p_value(observed, np.full(4, 0.25)) > 1e-3
+
+
+def test_distance_weighted_sampling_is_reproducible_and_varies():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 16)).astype("float32")
+    labels = np.repeat(np.arange(8), 4)
+    first = [float(tfm.MarginLoss(seed=5)(labels, x)) for _ in range(2)]
+    loss = tfm.MarginLoss(seed=5)
+    again = [float(loss(labels, x)) for _ in range(2)]
+    assert again == pytest.approx(first[:1] + [again[1]])
+    assert first[0] == first[1] == again[0]
+    # Successive calls draw anew.
+    draws = {float(loss(labels, x)) for _ in range(5)}
+    assert len(draws) > 1
+
+
+def test_distance_weighted_margin_loss_gradient_is_finite_and_compiled():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(24, 512)).astype("float32")
+    labels = np.repeat(np.arange(6), 4)
+    loss = tfm.MarginLoss(seed=2)
+    for compiled in (False, True):
+        value, grad = value_and_grad(lambda e: loss(labels, e), x, compiled)
+        assert np.isfinite(value) and np.all(np.isfinite(grad)) and float(value) > 0
+
+
+# ---------------------------------------------------------------- degenerate batches
+
+
+def all_losses():
+    return [
+        tfm.Contrastive(margin=0.5),
+        tfm.Contrastive(margin=0.5, negatives="hard"),
+        tfm.MarginLoss(sampling="all"),
+        tfm.MarginLoss(seed=0),
+        tfm.MarginLoss(seed=0, normalize=False, learn_beta=True),
+    ]
+
+
+@pytest.mark.parametrize("index", range(5))
+@pytest.mark.parametrize(
+    "case",
+    ["one example", "one class", "all distinct", "identical embeddings", "zero embeddings", "huge", "tiny"],
+)
+def test_degenerate_batches_are_finite(index, case):
+    rng = np.random.default_rng(5)
+    loss = all_losses()[index]
+    x = rng.normal(size=(8, 3)).astype("float32")
+    labels = np.repeat([0, 1], 4)
+    if case == "one example":
+        x, labels = x[:1], labels[:1]
+    elif case == "one class":
+        labels = np.zeros(8, int)
+    elif case == "all distinct":
+        labels = np.arange(8)
+    elif case in ("identical embeddings", "zero embeddings"):
+        x = np.zeros_like(x) + (1.0 if case == "identical embeddings" else 0.0)
+    elif case == "huge":
+        # d² of the contrastive loss overflows float32 beyond d ≈ 1e19.
+        x = x * np.float32(1e15 if index < 2 else 1e30)
+    elif case == "tiny":
+        x = x * np.float32(1e-30)
+    # Compiled (XLA / jax.jit) for the cases most likely to differ from eager.
+    for compiled in (False, True) if case in ("one example", "identical embeddings", "huge") else (False,):
+        value, grad = value_and_grad(lambda e: loss(labels, e), x, compiled)
+        assert np.isfinite(value) and np.all(np.isfinite(grad)), (compiled, value)
+        if case == "one example":
+            assert float(value) == 0.0
+
+
+@pytest.mark.parametrize("index", range(5))
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
+def test_precisions(index, dtype):
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(16, 4))
+    labels = np.repeat(np.arange(4), 4)
+    value = all_losses()[index](labels, tensor(x, dtype))
+    assert keras.backend.standardize_dtype(value.dtype) in ("float32", "float64")
+    assert np.isfinite(float(value))
+    if index < 3:
+        as_float = np.asarray(tensor(tensor(x, dtype), "float32"), "float64")
+        reference_value = all_losses()[index](labels, as_float)
+        assert float(value) == pytest.approx(float(reference_value), rel=1e-5, abs=1e-6)
+
+
+def test_large_int64_labels_stay_distinct():
+    x = np.array([[0.0], [0.1], [3.0], [3.1]], "float32")
+    big = 2**53
+    labels = tensor(np.array([big, big, big + 1, big + 1]), "int64") if BACKEND == "tensorflow" else np.array(
+        [big, big, big + 1, big + 1]
+    )
+    merged = np.zeros(4, int)
+    for loss in (tfm.Contrastive(margin=1.0), tfm.MarginLoss(sampling="all", normalize=False)):
+        assert float(loss(labels, x)) != pytest.approx(float(loss(merged, x)))
+
+
+# ---------------------------------------------------------------- configuration
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_config_round_trip(index):
+    loss = all_losses()[index]
+    config = loss.get_config()
+    restored = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert type(restored) is type(loss) and restored.get_config() == config
+    x = np.random.default_rng(8).normal(size=(12, 3)).astype("float32")
+    labels = np.repeat(np.arange(3), 4)
+    if config.get("sampling") != "distance_weighted":
+        assert float(restored(labels, x)) == pytest.approx(float(loss(labels, x)))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="negatives"):
+        tfm.Contrastive(negatives="semi_hard")
+    with pytest.raises(ValueError, match="sampling"):
+        tfm.MarginLoss(sampling="random")
+    with pytest.raises(ValueError, match="learn_beta"):
+        tfm.MarginLoss(num_classes=3)
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        tfm.MarginLoss(learn_beta=True, num_classes=3)(np.array([0, 3]), np.ones((2, 4)))
+    with pytest.raises(ValueError, match="one-hot"):
+        tfm.Contrastive()(np.eye(3), np.ones((3, 4)))
+
+
+# ---------------------------------------------------------------- β learned by model.fit
+
+
+def embedding_model(kind):
+    if kind == "sequential":
+        return keras.Sequential([keras.Input((8,)), keras.layers.Dense(6), keras.layers.UnitNormalization()])
+    if kind == "functional":
+        inputs = keras.Input((8,))
+        return keras.Model(inputs, keras.layers.UnitNormalization()(keras.layers.Dense(6)(inputs)))
+
+    class Embedder(keras.Model):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.dense = keras.layers.Dense(6)
+
+        def call(self, x):
+            return self.dense(x)
+
+    return Embedder()
+
+
+def margin_data():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 8)
+    x = rng.normal(size=(32, 8)).astype("float32") + labels[:, None]
+    return x, labels
+
+
+@pytest.mark.parametrize("kind", ["sequential", "functional", "subclassed"])
+def test_learn_beta_trains_beta_in_plain_fit(kind, tmp_path):
+    keras.utils.set_random_seed(0)
+    x, labels = margin_data()
+    model = embedding_model(kind)
+    loss = tfm.MarginLoss(learn_beta=True, num_classes=4, nu=0.1, seed=1)
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss=loss)
+    before = loss.beta_value().copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.fit(x, labels, batch_size=16, epochs=2, verbose=0, shuffle=False)
+    after = loss.beta_value()
+    assert not np.allclose(after, before)
+    # The embedding layers trained alongside, and β is part of the model.
+    assert len(model.trainable_variables) == 4
+    assert any(v is loss.state.beta for v in model.trainable_variables)
+    if kind == "subclassed":
+        return
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(loaded.loss.beta_value(), after, rtol=1e-6)
+    assert float(loaded.evaluate(x, labels, verbose=0)) == pytest.approx(
+        float(model.evaluate(x, labels, verbose=0)), rel=1e-5
+    ) or loss.sampling == "distance_weighted"
+    with pytest.raises(ValueError, match="Compile the model again"):
+        loaded.fit(x, labels, verbose=0)
+    # Keras' JAX trainer leaves a model whose fit raised without its weights.
+    loaded = keras.models.load_model(path)
+    loaded.compile(optimizer=keras.optimizers.SGD(0.05), loss=loaded.loss)
+    loaded.fit(x, labels, batch_size=16, verbose=0)
+    assert not np.allclose(loaded.loss.beta_value(), after)
+
+
+def test_learned_beta_gradient_is_exact():
+    # d loss / d β: -1 per active positive term, +1 per active negative term,
+    # + ν per term, over the number of active terms.
+    x = np.array([[0.0], [0.5], [1.1]], "float32")
+    labels = np.array([0, 0, 1])
+    loss = tfm.MarginLoss(margin=0.2, beta=1.0, nu=0.1, learn_beta=True, sampling="all", normalize=False)
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            value = loss(labels, x)
+        gradient = float(tape.gradient(value, loss.state.beta.value))
+    else:
+        import jax
+
+        def of_beta(beta):
+            with keras.StatelessScope(state_mapping=[(loss.state.beta, beta)]):
+                return loss(labels, x)
+
+        gradient = float(jax.grad(of_beta)(jax.numpy.asarray(1.0)))
+    # 4 active negative terms, 6 terms in all: (4 + 0.6) / 4.
+    assert gradient == pytest.approx((4 + 0.6) / 4)
+
+
+def test_distance_weighted_sampling_draws_anew_in_compiled_fit():
+    keras.utils.set_random_seed(0)
+    x, labels = margin_data()
+    model = embedding_model("functional")
+    loss = tfm.MarginLoss(seed=4)
+    model.compile(optimizer="sgd", loss=loss, jit_compile=True)
+    state = loss.state.seed_generator.state
+    before = np.asarray(keras.ops.convert_to_numpy(state)).copy()
+    model.fit(x, labels, batch_size=16, epochs=1, verbose=0)
+    after = np.asarray(keras.ops.convert_to_numpy(state))
+    # The random state advanced once per training step (JAX threads it
+    # through the compiled step as model state).
+    assert not np.array_equal(before, after)
+    assert any(v is state for v in model.non_trainable_variables)

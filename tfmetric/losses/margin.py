@@ -1,0 +1,214 @@
+"""The margin loss of Wu et al. 2017, "Sampling Matters in Deep Embedding Learning".
+
+Notation: `d` is the `(N, N)` Euclidean distance matrix of the (by default
+L2-normalised) embeddings, `β` the boundary between positive and negative
+distances, `m` the margin around it.
+"""
+
+import keras
+from keras import ops
+
+from tfmetric.labels import check_class_ids
+from tfmetric.losses.base import InBatchLoss, labelled_distances
+from tfmetric.losses.state import LossState
+from tfmetric.mining import (
+    distance_weighted_log_weights,
+    label_masks,
+    sample_negative_counts,
+)
+
+SAMPLINGS = ("distance_weighted", "all")
+
+
+def margin_terms(distances, labels, anchor_beta, negative_weights, margin=0.2, nu=0.0):
+    """Per-anchor sums of margin-loss terms and how many of them are positive.
+
+    Every positive pair (a, p) gives `relu(m + d_ap − β_a)`; the negatives
+    (a, n) give `relu(m − d_an + β_a)` with multiplicity
+    `negative_weights[a, n]` (1 at every negative, or the number of times it
+    was sampled). `ν·β_a` is added once per term.
+
+    Returns:
+        `(loss_sums, active_counts)`, both `(N,)`.
+    """
+    positive, _ = label_masks(labels)
+    positive = ops.cast(positive, distances.dtype)
+    anchor_beta = ops.cast(anchor_beta, distances.dtype)[:, None]
+    pull = ops.relu(margin + distances - anchor_beta)
+    push = ops.relu(margin - distances + anchor_beta)
+    num_terms = ops.sum(positive + negative_weights, axis=1)
+    loss_sums = ops.sum(positive * pull + negative_weights * push, axis=1)
+    loss_sums = loss_sums + nu * anchor_beta[:, 0] * num_terms
+    active = positive * ops.cast(pull > 0, pull.dtype) + negative_weights * ops.cast(
+        push > 0, push.dtype
+    )
+    return loss_sums, ops.stop_gradient(ops.sum(active, axis=1))
+
+
+@keras.saving.register_keras_serializable(package="tfmetric")
+class MarginLoss(InBatchLoss):
+    """Margin loss with distance-weighted sampling (Wu et al. 2017).
+
+    Positive distances are pulled below `β − m`, negative ones pushed above
+    `β + m`:
+
+    ```
+    ℓ_ap = relu(m + d(a, p) − β_a)     every positive pair
+    ℓ_an = relu(m − d(a, n) + β_a)     sampled (or all) negative pairs
+    loss = (Σ ℓ + ν Σ β_a) / #{ℓ > 0}  (0 when no term is positive)
+    ```
+
+    `β_a = beta`, plus a learned offset for the anchor's class when
+    `num_classes` is given. With `sampling="distance_weighted"`, each
+    positive pair (a, p) draws one negative of a with probability
+    `∝ 1/q(d(a, n))`, `q` the density of distances between random points of
+    the unit sphere in D dimensions, `d` clipped below at `cutoff`, and no
+    chance beyond `nonzero_loss_cutoff` (uniform over the negatives when
+    all are that far). The weights are computed in log space, so they stay
+    meaningful for 512-dimensional embeddings, where PyTorch Metric
+    Learning's miner underflows to all-zero weights.
+
+    `learn_beta=True` makes β (and the class offsets) trainable: compile a
+    model with this loss and `model.fit` trains β with the model's own
+    optimizer; `model.save` stores it and `keras.models.load_model` restores
+    it (compile the loaded model again before training it further). Read it
+    as `loss.beta_value()`.
+
+    Args:
+        margin: The margin `m`.
+        beta: The initial boundary `β`.
+        nu: The weight `ν` of the β regularisation.
+        learn_beta: Train β with the model.
+        num_classes: Learn one β offset per class (labels must then be the
+            class ids `0 … num_classes − 1`); needs `learn_beta=True`.
+        sampling: `"distance_weighted"` or `"all"` (every negative pair).
+        cutoff: Distances are clipped below at this value for the weights.
+        nonzero_loss_cutoff: Negatives at least this far are never sampled.
+        normalize: L2-normalise the embeddings first (the sampling
+            distribution assumes the unit sphere).
+        seed: Seed of the sampling, for reproducible runs.
+        reduction: `"sum_over_batch_size"` (the loss above, default),
+            `"sum"`, or `None` for each anchor's own mean.
+        name: Optional name of the loss.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> labels = np.array([0, 0, 1, 1])
+    >>> embeddings = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]])
+    >>> round(float(tfm.MarginLoss(sampling="all")(labels, embeddings)), 4)
+    0.5056
+    """
+
+    def __init__(
+        self,
+        margin=0.2,
+        beta=1.2,
+        nu=0.0,
+        learn_beta=False,
+        num_classes=None,
+        sampling="distance_weighted",
+        cutoff=0.5,
+        nonzero_loss_cutoff=1.4,
+        normalize=True,
+        seed=None,
+        reduction="sum_over_batch_size",
+        name="margin_loss",
+    ):
+        super().__init__("euclidean", normalize, reduction, name)
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}; received {sampling!r}.")
+        if num_classes is not None and not learn_beta:
+            raise ValueError(
+                "num_classes adds a learned β offset per class; it needs learn_beta=True."
+            )
+        if num_classes is not None and int(num_classes) < 1:
+            raise ValueError(f"num_classes must be positive; received {num_classes}.")
+        if cutoff <= 0:
+            raise ValueError(f"cutoff must be positive; received {cutoff}.")
+        self.margin = float(margin)
+        self.beta = float(beta)
+        self.nu = float(nu)
+        self.learn_beta = bool(learn_beta)
+        self.num_classes = None if num_classes is None else int(num_classes)
+        self.sampling = sampling
+        self.cutoff = float(cutoff)
+        self.nonzero_loss_cutoff = float(nonzero_loss_cutoff)
+        self.seed = seed
+        self.state = None
+        if self.learn_beta or sampling == "distance_weighted":
+            self.state = LossState(name=f"{name}_state")
+            if self.learn_beta:
+                self.state.beta = self.state.add_weight(
+                    shape=(), initializer=keras.initializers.Constant(self.beta), name="beta"
+                )
+                if self.num_classes is not None:
+                    self.state.class_beta = self.state.add_weight(
+                        shape=(self.num_classes,), initializer="zeros", name="class_beta"
+                    )
+            if sampling == "distance_weighted":
+                self.state.seed_generator = keras.random.SeedGenerator(seed, name="sampling_seed")
+
+    def beta_value(self):
+        """The current β: a float, or with `num_classes` an array of per-class β."""
+        if not self.learn_beta:
+            return self.beta
+        base = keras.ops.convert_to_numpy(self.state.beta)
+        if self.num_classes is None:
+            return float(base)
+        return base + keras.ops.convert_to_numpy(self.state.class_beta)
+
+    def _anchor_beta(self, y_true, num_examples, dtype):
+        if not self.learn_beta:
+            return ops.full((num_examples,), self.beta, dtype)
+        beta = ops.cast(self.state.beta, dtype)
+        if self.num_classes is None:
+            return ops.full((num_examples,), 1.0, dtype) * beta
+        check_class_ids(y_true, self.num_classes)
+        class_ids = ops.cast(ops.reshape(ops.convert_to_tensor(y_true), (-1,)), "int32")
+        return beta + ops.cast(ops.take(self.state.class_beta, class_ids), dtype)
+
+    def _terms(self, y_true, y_pred):
+        distances, labels = labelled_distances(y_true, y_pred, "euclidean", self.normalize)
+        num_examples = ops.shape(distances)[0]
+        if self.sampling == "all":
+            negative_weights = ops.cast(label_masks(labels)[1], distances.dtype)
+        else:
+            dim = y_pred.shape[-1]
+            if dim is None:
+                raise ValueError("Distance-weighted sampling needs a known embedding size.")
+            positive, negative = label_masks(labels)
+            log_weights = distance_weighted_log_weights(
+                ops.stop_gradient(distances), negative, dim, self.cutoff, self.nonzero_loss_cutoff
+            )
+            uniforms = keras.random.uniform(
+                ops.shape(distances), dtype="float32", seed=self.state.seed_generator
+            )
+            negative_weights = sample_negative_counts(log_weights, labels, positive, uniforms)
+        anchor_beta = self._anchor_beta(y_true, num_examples, distances.dtype)
+        return margin_terms(
+            distances, labels, anchor_beta, negative_weights, self.margin, self.nu
+        )
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        if self.state is not None:
+            self.state.attach(self)
+        return super().__call__(y_true, y_pred, sample_weight)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["distance"]
+        config.update(
+            {
+                "margin": self.margin,
+                "beta": self.beta,
+                "nu": self.nu,
+                "learn_beta": self.learn_beta,
+                "num_classes": self.num_classes,
+                "sampling": self.sampling,
+                "cutoff": self.cutoff,
+                "nonzero_loss_cutoff": self.nonzero_loss_cutoff,
+                "seed": self.seed,
+            }
+        )
+        return config
