@@ -1,13 +1,16 @@
 """Forward+backward time and peak memory of the in-batch losses.
 
 Every time is divided by the forward+backward time of the Euclidean distance
-matrix alone (`tfm.distances.pairwise_distance`), measured in the same
-process, so the ratios mean the same on a fast or a slow, busy machine.
+matrix alone (`tfm.distances.pairwise_distance`), measured in the same run, so the ratios mean the same on a fast or a slow, busy machine.
 Each (loss, N, jit) cell runs in its own process so that its peak resident
 memory is its own.
 
     python benchmarks/losses.py                 # N = 256, 1024, 4096
     python benchmarks/losses.py --sizes 1024 --k 8
+    python benchmarks/losses.py --losses Contrastive "MarginLoss all"
+
+MarginLoss normalises the embeddings first (its default); the distance
+matrix it is compared with does not.
 
 Batches are P×K: N/K classes of K examples, D = 128, float32.
 """
@@ -26,6 +29,10 @@ LOSSES = {
     "BatchHardTriplet": "BatchHardTriplet(margin=0.2)",
     "BatchAllTriplet": "BatchAllTriplet(margin=0.2)",
     "SemiHardTriplet": "SemiHardTriplet(margin=0.2)",
+    "Contrastive": "Contrastive(margin=1.0)",
+    "Contrastive hard": "Contrastive(margin=1.0, negatives='hard')",
+    "MarginLoss all": "MarginLoss(sampling='all')",
+    "MarginLoss dw": "MarginLoss(seed=0)",
 }
 
 
@@ -84,6 +91,7 @@ def main():
     parser.add_argument("--k", type=int, default=4, help="examples per class (K of P×K)")
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--min-seconds", type=float, default=2.0)
+    parser.add_argument("--losses", nargs="+", choices=list(LOSSES), default=list(LOSSES))
     parser.add_argument("--cell", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cell:
@@ -93,20 +101,20 @@ def main():
     import tensorflow as tf
 
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, D={args.dim}, K={args.k}, float32, forward+backward")
-    header = f"{'loss':<18}{'N':>6}{'jit':>6}{'ms':>10}{'× dist':>9}{'peak MB':>10}{'+MB':>8}"
+    header = f"{'loss':<20}{'N':>6}{'jit':>6}{'ms':>10}{'× dist':>9}{'peak MB':>10}{'+MB':>8}"
     print(header)
     print("-" * len(header))
     for n in args.sizes:
         for jit in (False, True):
             reference = None
-            for name in LOSSES:
+            for name in ["distance matrix"] + [name for name in args.losses if name != "distance matrix"]:
                 r = run_cell(name, n, args.k, args.dim, jit, args.min_seconds)
                 if "error" in r:
-                    print(f"{name:<18}{n:>6}{str(jit):>6}  error: {r['error']}")
+                    print(f"{name:<20}{n:>6}{str(jit):>6}  error: {r['error']}")
                     continue
                 reference = reference or r["ms"]
                 print(
-                    f"{name:<18}{n:>6}{str(jit):>6}{r['ms']:>10.2f}{r['ms'] / reference:>9.2f}"
+                    f"{name:<20}{n:>6}{str(jit):>6}{r['ms']:>10.2f}{r['ms'] / reference:>9.2f}"
                     f"{r['peak_mb']:>10.0f}{r['extra_mb']:>8.0f}",
                     flush=True,
                 )

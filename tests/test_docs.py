@@ -5,11 +5,22 @@ import doctest
 import pytest
 
 import tfmetric.distances
+import tfmetric.losses.contrastive
+import tfmetric.losses.margin
 import tfmetric.losses.offline
 import tfmetric.losses.triplet
 
 
-@pytest.mark.parametrize("module", [tfmetric.distances, tfmetric.losses.triplet, tfmetric.losses.offline])
+@pytest.mark.parametrize(
+    "module",
+    [
+        tfmetric.distances,
+        tfmetric.losses.triplet,
+        tfmetric.losses.offline,
+        tfmetric.losses.contrastive,
+        tfmetric.losses.margin,
+    ],
+)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0

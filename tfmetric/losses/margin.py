@@ -18,31 +18,37 @@ from tfmetric.mining import (
 )
 
 SAMPLINGS = ("distance_weighted", "all")
+# Independent draws per anchor (positives beyond reuse them, turned; see
+# `sample_negative_counts`): covers P×K batches up to K = 33.
+UNIFORMS_PER_ANCHOR = 32
 
 
-def margin_terms(distances, labels, anchor_beta, negative_weights, margin=0.2, nu=0.0):
+def margin_terms(distances, labels, anchor_beta, negative_weights=None, margin=0.2, nu=0.0):
     """Per-anchor sums of margin-loss terms and how many of them are positive.
 
     Every positive pair (a, p) gives `relu(m + d_ap − β_a)`; the negatives
     (a, n) give `relu(m − d_an + β_a)` with multiplicity
-    `negative_weights[a, n]` (1 at every negative, or the number of times it
-    was sampled). `ν·β_a` is added once per term.
+    `negative_weights[a, n]` (the number of times it was sampled; `None`:
+    every negative once). `ν·β_a` is added once per term.
 
     Returns:
         `(loss_sums, active_counts)`, both `(N,)`.
     """
-    positive, _ = label_masks(labels)
-    positive = ops.cast(positive, distances.dtype)
-    anchor_beta = ops.cast(anchor_beta, distances.dtype)[:, None]
-    pull = ops.relu(margin + distances - anchor_beta)
-    push = ops.relu(margin - distances + anchor_beta)
-    num_terms = ops.sum(positive + negative_weights, axis=1)
-    loss_sums = ops.sum(positive * pull + negative_weights * push, axis=1)
-    loss_sums = loss_sums + nu * anchor_beta[:, 0] * num_terms
-    active = positive * ops.cast(pull > 0, pull.dtype) + negative_weights * ops.cast(
-        push > 0, push.dtype
-    )
-    return loss_sums, ops.stop_gradient(ops.sum(active, axis=1))
+    same = ops.equal(labels[:, None], labels[None, :])
+    not_self = ops.logical_not(ops.eye(ops.shape(labels)[0], dtype="bool"))
+    dtype = distances.dtype
+    # One expression for both kinds of pair: the sign is +1 for positives,
+    # -1 for negatives (half the elementwise passes of two hinges).
+    sign = ops.where(same, ops.ones_like(distances), -ops.ones_like(distances))
+    anchor_beta = ops.cast(anchor_beta, dtype)
+    values = ops.relu(margin + sign * (distances - anchor_beta[:, None]))
+    if negative_weights is None:
+        weights = ops.cast(not_self, dtype)
+    else:
+        weights = ops.where(same, ops.cast(not_self, dtype), ops.cast(negative_weights, dtype))
+    loss_sums = ops.sum(weights * values, axis=1) + nu * anchor_beta * ops.sum(weights, axis=1)
+    active = ops.sum(weights * ops.cast(values > 0, dtype), axis=1)
+    return loss_sums, ops.stop_gradient(active)
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -171,9 +177,8 @@ class MarginLoss(InBatchLoss):
     def _terms(self, y_true, y_pred):
         distances, labels = labelled_distances(y_true, y_pred, "euclidean", self.normalize)
         num_examples = ops.shape(distances)[0]
-        if self.sampling == "all":
-            negative_weights = ops.cast(label_masks(labels)[1], distances.dtype)
-        else:
+        negative_weights = None
+        if self.sampling == "distance_weighted":
             dim = y_pred.shape[-1]
             if dim is None:
                 raise ValueError("Distance-weighted sampling needs a known embedding size.")
@@ -182,7 +187,7 @@ class MarginLoss(InBatchLoss):
                 ops.stop_gradient(distances), negative, dim, self.cutoff, self.nonzero_loss_cutoff
             )
             uniforms = keras.random.uniform(
-                ops.shape(distances), dtype="float32", seed=self.state.seed_generator
+                (num_examples, UNIFORMS_PER_ANCHOR), dtype="float32", seed=self.state.seed_generator
             )
             negative_weights = sample_negative_counts(log_weights, labels, positive, uniforms)
         anchor_beta = self._anchor_beta(y_true, num_examples, distances.dtype)
