@@ -20,6 +20,16 @@ from tfmetric.losses import (
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    # tfm.data is TensorFlow by nature (tf.data); loaded on first use so that
+    # users of the JAX backend do not import TensorFlow for nothing.
+    if name == "data":
+        import importlib
+
+        return importlib.import_module("tfmetric.data")
+    raise AttributeError(f"module 'tfmetric' has no attribute {name!r}")
+
 __all__ = [
     "BatchAllTriplet",
     "BatchHardTriplet",
@@ -29,6 +39,7 @@ __all__ = [
     "PairContrastive",
     "SemiHardTriplet",
     "TripletLoss",
+    "data",
     "distances",
     "layers",
     "losses",

@@ -1,19 +1,30 @@
 """`tfmetric demo`: a short, real training run on data that needs no download.
 
 Learns a 32-dimensional embedding of scikit-learn's bundled 8×8 digits with an
-online-mined triplet loss and reports the 1-nearest-neighbour accuracy of the
+online-mined loss (a triplet loss by default) and reports the 1-nearest-neighbour accuracy of the
 held-out digits before and after training.
 """
 
+import functools
+
 import numpy as np
 
-from tfmetric.losses import BatchAllTriplet, BatchHardTriplet, SemiHardTriplet
+from tfmetric.losses import (
+    BatchAllTriplet,
+    BatchHardTriplet,
+    Contrastive,
+    MarginLoss,
+    SemiHardTriplet,
+)
 from tfmetric.metrics import ActiveTripletFraction
 
 LOSSES = {
     "batch_hard": BatchHardTriplet,
     "batch_all": BatchAllTriplet,
     "semi_hard": SemiHardTriplet,
+    "contrastive": Contrastive,
+    "contrastive_hard": functools.partial(Contrastive, negatives="hard"),
+    "margin": functools.partial(MarginLoss, learn_beta=True),
 }
 
 

@@ -1,0 +1,354 @@
+"""P×K batches for online mining: P distinct classes × K examples each.
+
+In-batch losses need positives in the batch. `pk_sampler` builds such
+batches from data in memory (or from references that a `load_fn` decodes),
+going through the data without replacement once per epoch.
+
+How an epoch is planned (all inside the `tf.data` pipeline, from one random
+seed per epoch, so the order changes every epoch and a seed fixes them all):
+
+1. Each class's examples are shuffled and cut into groups of K (the last,
+   incomplete group is dropped, or topped up with the class's own examples
+   when `allow_repeats=True`).
+2. The number of batches B is the largest with `Σ_c min(groups_c, B) ≥ P·B`:
+   no class can appear twice in a batch, so a class gives at most B groups.
+3. Classes are put in a random order, each keeping at most B of its groups;
+   the first P·B groups fill a P × B grid column by column, so the (at most
+   B, contiguous) groups of a class land in B different batches.
+4. The batches are shuffled.
+
+`pk_batches` does the same for a stream (TFRecord files, data larger than
+memory) with bounded buffers, at the cost of the weaker guarantees it
+documents.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = ["pk_batches", "pk_sampler"]
+
+
+def pk_sampler(
+    x,
+    y,
+    p,
+    k,
+    *,
+    seed=None,
+    allow_repeats=False,
+    load_fn=None,
+    num_parallel_calls=tf.data.AUTOTUNE,
+    input_context=None,
+):
+    """A `tf.data.Dataset` of `(x_batch, y_batch)` with P classes × K examples each.
+
+    Every batch holds exactly `p` different classes and `k` examples of each,
+    a class's examples contiguous (batch size `p·k`). With
+    `strategy.experimental_distribute_dataset`, each replica then gets whole
+    classes when `p` is a multiple of the number of replicas.
+
+    An epoch uses each example at most once (see `allow_repeats`) and makes
+    as many full batches as the P×K constraint allows; the cardinality is
+    known (Keras shows a progress bar). Iterating the dataset again, as
+    `model.fit` does every epoch, draws a new order; the same `seed` gives
+    the same sequence of epochs.
+
+    Args:
+        x: An array, or a nested structure (dict, tuple) of arrays sharing the
+            first dimension; with `load_fn`, references to examples (e.g. file
+            paths).
+        y: Integer class labels, shape `(N,)` or `(N, 1)`.
+        p: Classes per batch.
+        k: Examples per class in a batch, at least 2.
+        seed: Integer seed. `None` draws one now, so each new sampler differs.
+            Required when sharding across several input pipelines.
+        allow_repeats: Keep every example: a class's last incomplete group
+            of K (or a class with fewer than K examples) is topped up by
+            repeating examples of that class. By default those examples are
+            skipped in that epoch (a different subset every epoch).
+        load_fn: Optional function from one element of `x` to one example,
+            run in parallel inside the pipeline (decoding images from paths,
+            ...).
+        num_parallel_calls: Parallelism of `load_fn`.
+        input_context: A `tf.distribute.InputContext`: each input pipeline
+            gets every W-th batch of the same epoch plan (W pipelines), so no
+            two workers see the same example in an epoch.
+
+    Raises:
+        ValueError: for `k < 2`, `p < 1`, `x` and `y` of different lengths,
+            non-integer labels, or fewer classes with enough examples than
+            `p`; the message gives the numbers.
+    """
+    labels = _check_labels(y)
+    num_examples = len(labels)
+    leaves = tf.nest.flatten(x)
+    for leaf in leaves:
+        if len(leaf) != num_examples:
+            raise ValueError(
+                f"x and y disagree on the number of examples: {len(leaf)} in x, "
+                f"{num_examples} labels."
+            )
+    p, k = _check_p_k(p, k)
+    plan = _EpochPlan(labels, p, k, allow_repeats)
+    num_pipelines, pipeline_id = 1, 0
+    if input_context is not None:
+        num_pipelines = input_context.num_input_pipelines
+        pipeline_id = input_context.input_pipeline_id
+    if seed is None:
+        if num_pipelines > 1:
+            raise ValueError(
+                "Sharding over several input pipelines needs a seed, so that every "
+                "worker plans the same epoch and takes its own share of it."
+            )
+        seed = int(np.random.SeedSequence().entropy % 2**31)
+    num_batches = plan.num_batches // num_pipelines
+    if num_batches == 0:
+        raise ValueError(
+            f"{plan.num_batches} P×K batches per epoch cannot be shared by "
+            f"{num_pipelines} input pipelines."
+        )
+
+    def batch_indices(epoch_seed):
+        ids = plan.batches(epoch_seed)
+        return ids[pipeline_id::num_pipelines][:num_batches]
+
+    epochs = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+    indices = epochs.map(batch_indices).unbatch()
+    y_all = tf.constant(labels)
+    if load_fn is None:
+        x_all = tf.nest.map_structure(tf.convert_to_tensor, x)
+        dataset = indices.map(
+            lambda ids: (tf.nest.map_structure(lambda leaf: tf.gather(leaf, ids), x_all), tf.gather(y_all, ids)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    else:
+        references = tf.nest.map_structure(tf.convert_to_tensor, x)
+        dataset = (
+            indices.unbatch()
+            .map(
+                lambda i: (
+                    load_fn(tf.nest.map_structure(lambda leaf: leaf[i], references)),
+                    y_all[i],
+                ),
+                num_parallel_calls=num_parallel_calls,
+            )
+            .batch(p * k)
+        )
+    return dataset.apply(tf.data.experimental.assert_cardinality(num_batches)).prefetch(tf.data.AUTOTUNE)
+
+
+def _check_labels(y):
+    labels = np.asarray(y)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise ValueError(f"y must hold one integer label per example; received shape {labels.shape}.")
+    if not np.issubdtype(labels.dtype, np.integer):
+        if np.issubdtype(labels.dtype, np.floating) and np.all(np.isfinite(labels)) and np.all(
+            labels == np.floor(labels)
+        ):
+            labels = labels.astype("int64")
+        else:
+            raise ValueError(f"y must hold integer class labels; received dtype {labels.dtype}.")
+    return labels
+
+
+def _check_p_k(p, k):
+    if int(k) != k or k < 2:
+        raise ValueError(f"k must be an integer of at least 2 (a positive per example); received k={k}.")
+    if int(p) != p or p < 1:
+        raise ValueError(f"p must be a positive integer; received p={p}.")
+    return int(p), int(k)
+
+
+class _EpochPlan:
+    """The static tables of an epoch plan, and the plan for one epoch seed."""
+
+    def __init__(self, labels, p, k, allow_repeats):
+        classes, class_of, counts = np.unique(labels, return_inverse=True, return_counts=True)
+        groups = -(-counts // k) if allow_repeats else counts // k
+        eligible = groups > 0
+        if eligible.sum() < p:
+            rule = "at least 1 example" if allow_repeats else f"at least k={k} examples"
+            raise ValueError(
+                f"p={p} classes per batch, but only {int(eligible.sum())} of the "
+                f"{len(classes)} classes have {rule}"
+                + ("" if allow_repeats else " (allow_repeats=True tops up smaller classes)")
+                + "."
+            )
+        # Eligible classes renumbered 0..C-1; their examples in class order.
+        new_id = np.cumsum(eligible) - 1
+        keep = eligible[class_of]
+        self.examples = np.flatnonzero(keep).astype("int64")
+        self.example_class = new_id[class_of[keep]].astype("float64")
+        counts, groups = counts[eligible], groups[eligible]
+        self.num_batches = _max_batches(groups, p)
+        class_start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        # Slot j of class c (j < groups_c · k) is the (j mod n_c)-th of its
+        # shuffled examples: repeats only when topping up.
+        slot_class = np.repeat(np.arange(len(counts)), groups * k)
+        slot_position = np.arange(len(slot_class)) - np.repeat(
+            np.concatenate([[0], np.cumsum(groups * k)[:-1]]), groups * k
+        )
+        self.slot_source = (class_start[slot_class] + slot_position % counts[slot_class]).astype("int64")
+        # Group g holds slots g·k .. g·k + k - 1.
+        self.group_class = np.repeat(np.arange(len(groups)), groups).astype("int64")
+        self.group_rank = (
+            np.arange(len(self.group_class)) - np.repeat(np.concatenate([[0], np.cumsum(groups)[:-1]]), groups)
+        ).astype("int64")
+        self.num_classes = len(groups)
+        self.p, self.k = p, k
+
+    def batches(self, epoch_seed):
+        """`(B, p·k)` example indices for the epoch drawn from `epoch_seed`."""
+        seeds = [tf.stack([epoch_seed, tf.constant(i, tf.int64)]) for i in range(3)]
+        b, p, k = self.num_batches, self.p, self.k
+        # 1. Shuffle within classes: sort by class + a random fraction.
+        jitter = tf.random.stateless_uniform([len(self.examples)], seeds[0], dtype=tf.float64)
+        shuffled = tf.gather(self.examples, tf.argsort(self.example_class + jitter))
+        slot_example = tf.gather(shuffled, self.slot_source)
+        # 3. Random class order, at most B groups per class, P·B groups in all.
+        class_rank = tf.argsort(tf.argsort(tf.random.stateless_uniform([self.num_classes], seeds[1])))
+        key = tf.gather(tf.cast(class_rank, tf.int64), self.group_class) * (b + 1) + self.group_rank
+        key = tf.where(self.group_rank < b, key, tf.int64.max)
+        chosen = tf.argsort(key)[: p * b]
+        grid = tf.transpose(tf.reshape(chosen, [p, b]))
+        # 4. Shuffle the batches.
+        grid = tf.gather(grid, tf.argsort(tf.random.stateless_uniform([b], seeds[2])))
+        slots = tf.cast(grid, tf.int64)[:, :, None] * k + tf.range(k, dtype=tf.int64)
+        return tf.reshape(tf.gather(slot_example, slots), [b, p * k])
+
+
+def _max_batches(groups, p):
+    """The largest B with `Σ min(groups, B) ≥ p·B` (the left side grows slower)."""
+    low, high = 0, int(groups.sum()) // p
+    while low < high:
+        middle = (low + high + 1) // 2
+        if np.minimum(groups, middle).sum() >= p * middle:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def pk_batches(dataset, p, k, *, pool_groups=None, input_context=None):
+    """P×K batches from a stream of `(x, y)` examples, with bounded memory.
+
+    Examples are collected per class until a class has `k` of them (a
+    "group"); groups wait in a pool of `pool_groups` groups until `p` of
+    them have distinct classes, which then leave as one batch (a class's `k`
+    examples contiguous, like `pk_sampler`). Memory holds at most `k − 1`
+    examples per class plus `pool_groups · k` examples.
+
+    Guarantees, per pass over `dataset`:
+
+    - every batch has exactly `p` distinct classes × `k` examples;
+    - no example is used twice;
+    - examples are skipped only when their class has fewer than `k` left
+      at the end of the stream, when groups are still waiting in the pool at
+      the end (fewer than `p` distinct classes), or when the pool is full
+      with fewer than `p` distinct classes among its `pool_groups` groups, in
+      which case the oldest group is dropped (a stream sorted by class does
+      this; shuffle or interleave the input so that classes mix).
+
+    Batches follow the order of the stream, so shuffle the input (e.g.
+    `interleave` TFRecord files and `shuffle` with a buffer); the number of
+    batches is not known in advance (`model.fit` shows no total; pass
+    `steps_per_epoch` or let it run to the end of the stream).
+
+    Args:
+        dataset: A `tf.data.Dataset` of `(x, y)` single examples; `x` any
+            nested structure of tensors of fixed shape, `y` an integer
+            scalar (or shape `(1,)`) label.
+        p: Classes per batch.
+        k: Examples per class, at least 2.
+        pool_groups: Capacity of the pool, in groups; default `4 · p`.
+        input_context: A `tf.distribute.InputContext`: each input pipeline
+            reads every W-th example of `dataset` (W pipelines).
+    """
+    p, k = _check_p_k(p, k)
+    pool_groups = 4 * p if pool_groups is None else int(pool_groups)
+    if pool_groups < p:
+        raise ValueError(f"pool_groups={pool_groups} cannot hold the p={p} groups of a batch.")
+    x_spec, y_spec = _check_stream_spec(dataset.element_spec)
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    dataset = dataset.map(lambda x, y: (x, tf.cast(tf.reshape(y, []), tf.int64)))
+    groups = dataset.group_by_window(
+        key_func=lambda x, y: y,
+        reduce_func=lambda _, window: window.batch(k, drop_remainder=True),
+        window_size=k,
+    )
+
+    def empty(spec):
+        return tf.zeros([pool_groups, k, *spec.shape], spec.dtype)
+
+    initial = (
+        tf.nest.map_structure(empty, x_spec),
+        tf.zeros([pool_groups, k], tf.int64),
+        tf.constant(0, tf.int32),  # groups in the pool, oldest first
+    )
+
+    def add_group(state, group):
+        pool_x, pool_y, size = state
+        group_x, group_y = group
+        # A full pool drops its oldest group (see the guarantees above).
+        full = size == pool_groups
+        shift = tf.where(full, 1, 0)
+        order = tf.math.floormod(tf.range(pool_groups) + shift, pool_groups)
+        pool_x = tf.nest.map_structure(lambda leaf: tf.gather(leaf, order), pool_x)
+        pool_y = tf.gather(pool_y, order)
+        size = size - shift
+        position = tf.equal(tf.range(pool_groups), size)
+        pool_x = tf.nest.map_structure(
+            lambda leaf, new: tf.where(_expand(position, leaf), new[None], leaf), pool_x, group_x
+        )
+        pool_y = tf.where(position[:, None], group_y[None], pool_y)
+        size = size + 1
+        # The first group of each class, oldest first; a batch when p differ.
+        occupied = tf.range(pool_groups) < size
+        classes = pool_y[:, 0]
+        same = tf.equal(classes[:, None], classes[None, :]) & occupied[None, :]
+        earlier = tf.linalg.band_part(tf.ones([pool_groups, pool_groups], tf.bool), -1, 0)
+        earlier = earlier & ~tf.eye(pool_groups, dtype=tf.bool)
+        first = occupied & ~tf.reduce_any(same & earlier, axis=1)
+        chosen = first & (tf.cumsum(tf.cast(first, tf.int32)) <= p)
+        emit = tf.reduce_sum(tf.cast(first, tf.int32)) >= p
+        picked = tf.argsort(tf.cast(~chosen, tf.int32), stable=True)[:p]
+        batch_x = tf.nest.map_structure(
+            lambda leaf: tf.reshape(tf.gather(leaf, picked), [p * k, *leaf.shape[2:]]), pool_x
+        )
+        batch_y = tf.reshape(tf.gather(pool_y, picked), [p * k])
+        # Remove the emitted groups, keeping the others in order.
+        removed = chosen & emit
+        keep_order = tf.argsort(tf.cast(removed, tf.int32), stable=True)
+        pool_x = tf.nest.map_structure(lambda leaf: tf.gather(leaf, keep_order), pool_x)
+        pool_y = tf.gather(pool_y, keep_order)
+        size = size - tf.reduce_sum(tf.cast(removed, tf.int32))
+        return (pool_x, pool_y, size), (emit, batch_x, batch_y)
+
+    return (
+        groups.scan(initial, add_group)
+        .filter(lambda emit, batch_x, batch_y: emit)
+        .map(lambda emit, batch_x, batch_y: (batch_x, batch_y))
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def _expand(mask, like):
+    """`mask` `(Q,)` broadcastable against `like` `(Q, ...)`."""
+    return tf.reshape(mask, [-1] + [1] * (len(like.shape) - 1))
+
+
+def _check_stream_spec(spec):
+    if not isinstance(spec, tuple) or len(spec) != 2:
+        raise ValueError(f"pk_batches needs a dataset of (x, y) pairs; its elements are {spec}.")
+    x_spec, y_spec = spec
+    for leaf in tf.nest.flatten(x_spec):
+        if not leaf.shape.is_fully_defined():
+            raise ValueError(
+                f"pk_batches needs examples of a fixed shape (batched per class); x has shape {leaf.shape}."
+            )
+    if not (y_spec.dtype.is_integer or y_spec.dtype.is_floating) or y_spec.shape.num_elements() != 1:
+        raise ValueError(f"y must be one integer label per example; received {y_spec}.")
+    return x_spec, y_spec
