@@ -184,18 +184,20 @@ def test_pk_batches_from_tfrecords(tmp_path):
     stream = read_tfrecords(tmp_path / "data.tfrecord", 3)
     used = check_batches(epoch(tfm.data.pk_batches(stream, 4, 3)), y, 4, 3)
     assert len(set(used)) == len(used)
-    # Only the documented losses: each class's last incomplete group, and
-    # the groups left in the pool at the end (fewer than p classes).
+    # Only the documented losses: what is still carried at the end.
     counts = collections.Counter(y.tolist())
     complete_groups = sum(c // 3 for c in counts.values())
-    assert complete_groups * 3 - len(used) < 4 * 3 * 4
+    assert len(used) == 3 * 4 * max_batches_by_brute_force(y, 4, 3)
+    small_blocks = check_batches(epoch(tfm.data.pk_batches(stream, 4, 3, block_size=50)), y, 4, 3)
+    assert len(set(small_blocks)) == len(small_blocks)
+    assert complete_groups * 3 - len(small_blocks) <= 2 * 3 * len(counts)
 
 
 def test_pk_batches_with_a_class_sorted_stream_still_makes_valid_batches():
     y = np.sort(np.repeat(np.arange(10), 12))
     x = np.arange(len(y), dtype="float32")[:, None]
     stream = tf.data.Dataset.from_tensor_slices((x, y))
-    batches = epoch(tfm.data.pk_batches(stream, 3, 4, pool_groups=6))
+    batches = epoch(tfm.data.pk_batches(stream, 3, 4, block_size=24))
     used = check_batches(batches, y, 3, 4)
     assert len(set(used)) == len(used)
 
@@ -213,8 +215,8 @@ def test_pk_batches_sharding_and_errors():
         for worker in range(2)
     ]
     assert not set(shares[0]) & set(shares[1])
-    with pytest.raises(ValueError, match="pool_groups"):
-        tfm.data.pk_batches(stream, 4, 2, pool_groups=3)
+    with pytest.raises(ValueError, match="block_size=7"):
+        tfm.data.pk_batches(stream, 4, 2, block_size=7)
     ragged = tf.data.Dataset.from_generator(
         lambda: iter([(np.zeros(2, "float32"), 0)]),
         output_signature=(tf.TensorSpec([None], tf.float32), tf.TensorSpec([], tf.int64)),

@@ -231,25 +231,29 @@ def _max_batches(groups, p):
     return low
 
 
-def pk_batches(dataset, p, k, *, pool_groups=None, input_context=None):
+def pk_batches(dataset, p, k, *, block_size=8192, carry_size=None, input_context=None):
     """P×K batches from a stream of `(x, y)` examples, with bounded memory.
 
-    Examples are collected per class until a class has `k` of them (a
-    "group"); groups wait in a pool of `pool_groups` groups until `p` of
-    them have distinct classes, which then leave as one batch (a class's `k`
-    examples contiguous, like `pk_sampler`). Memory holds at most `k − 1`
-    examples per class plus `pool_groups · k` examples.
+    The stream is read in blocks of `block_size` examples. In each block,
+    together with the examples carried over from earlier blocks, the
+    examples of every class are cut into groups of `k` (oldest first) and
+    as many P×K batches as possible are formed, preferring the classes that
+    have waited longest (the batch-count rule of `pk_sampler`). Examples
+    not used yet, the incomplete groups among them, are carried to the next
+    block, at most `carry_size` of them. Memory holds at most
+    `block_size + carry_size` examples.
 
     Guarantees, per pass over `dataset`:
 
-    - every batch has exactly `p` distinct classes × `k` examples;
+    - every batch has exactly `p` distinct classes × `k` examples, a class's
+      examples contiguous (like `pk_sampler`);
     - no example is used twice;
-    - examples are skipped only when their class has fewer than `k` left
-      at the end of the stream, when groups are still waiting in the pool at
-      the end (fewer than `p` distinct classes), or when the pool is full
-      with fewer than `p` distinct classes among its `pool_groups` groups, in
-      which case the oldest group is dropped (a stream sorted by class does
-      this; shuffle or interleave the input so that classes mix).
+    - examples are skipped only when still carried at the end of the
+      stream, or when more than `carry_size` wait at once, in which case
+      the oldest are dropped. Carried examples are at most `k − 1` per
+      class plus complete groups that no batch could take (a stream sorted
+      by class); a `carry_size` of at least `k` × the number of classes
+      avoids drops for a shuffled stream.
 
     Batches follow the order of the stream, so shuffle the input (e.g.
     `interleave` TFRecord files and `shuffle` with a buffer); the number of
@@ -262,82 +266,105 @@ def pk_batches(dataset, p, k, *, pool_groups=None, input_context=None):
             scalar (or shape `(1,)`) label.
         p: Classes per batch.
         k: Examples per class, at least 2.
-        pool_groups: Capacity of the pool, in groups; default `4 · p`.
+        block_size: Examples read per step.
+        carry_size: Examples kept between steps; default `block_size`.
         input_context: A `tf.distribute.InputContext`: each input pipeline
             reads every W-th example of `dataset` (W pipelines).
     """
     p, k = _check_p_k(p, k)
-    pool_groups = 4 * p if pool_groups is None else int(pool_groups)
-    if pool_groups < p:
-        raise ValueError(f"pool_groups={pool_groups} cannot hold the p={p} groups of a batch.")
-    x_spec, y_spec = _check_stream_spec(dataset.element_spec)
+    carry_size = int(block_size if carry_size is None else carry_size)
+    if block_size < p * k:
+        raise ValueError(f"block_size={block_size} is smaller than one batch of p·k={p * k} examples.")
+    x_spec, _ = _check_stream_spec(dataset.element_spec)
     if input_context is not None and input_context.num_input_pipelines > 1:
         dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-    dataset = dataset.map(lambda x, y: (x, tf.cast(tf.reshape(y, []), tf.int64)))
-    groups = dataset.group_by_window(
-        key_func=lambda x, y: y,
-        reduce_func=lambda _, window: window.batch(k, drop_remainder=True),
-        window_size=k,
-    )
-
-    def empty(spec):
-        return tf.zeros([pool_groups, k, *spec.shape], spec.dtype)
+    blocks = dataset.map(lambda x, y: (x, tf.cast(tf.reshape(y, []), tf.int64))).batch(block_size)
 
     initial = (
-        tf.nest.map_structure(empty, x_spec),
-        tf.zeros([pool_groups, k], tf.int64),
-        tf.constant(0, tf.int32),  # groups in the pool, oldest first
+        tf.nest.map_structure(lambda spec: tf.zeros([carry_size, *spec.shape], spec.dtype), x_spec),
+        tf.zeros([carry_size], tf.int64),
+        tf.constant(0, tf.int32),
     )
 
-    def add_group(state, group):
-        pool_x, pool_y, size = state
-        group_x, group_y = group
-        # A full pool drops its oldest group (see the guarantees above).
-        full = size == pool_groups
-        shift = tf.where(full, 1, 0)
-        order = tf.math.floormod(tf.range(pool_groups) + shift, pool_groups)
-        pool_x = tf.nest.map_structure(lambda leaf: tf.gather(leaf, order), pool_x)
-        pool_y = tf.gather(pool_y, order)
-        size = size - shift
-        position = tf.equal(tf.range(pool_groups), size)
-        pool_x = tf.nest.map_structure(
-            lambda leaf, new: tf.where(_expand(position, leaf), new[None], leaf), pool_x, group_x
+    def step(carry, block):
+        carry_x, carry_y, carry_count = carry
+        block_x, block_y = block
+        # Carried examples first: position = age order, oldest first.
+        all_x = tf.nest.map_structure(
+            lambda old, new: tf.concat([old[:carry_count], new], 0), carry_x, block_x
         )
-        pool_y = tf.where(position[:, None], group_y[None], pool_y)
-        size = size + 1
-        # The first group of each class, oldest first; a batch when p differ.
-        occupied = tf.range(pool_groups) < size
-        classes = pool_y[:, 0]
-        same = tf.equal(classes[:, None], classes[None, :]) & occupied[None, :]
-        earlier = tf.linalg.band_part(tf.ones([pool_groups, pool_groups], tf.bool), -1, 0)
-        earlier = earlier & ~tf.eye(pool_groups, dtype=tf.bool)
-        first = occupied & ~tf.reduce_any(same & earlier, axis=1)
-        chosen = first & (tf.cumsum(tf.cast(first, tf.int32)) <= p)
-        emit = tf.reduce_sum(tf.cast(first, tf.int32)) >= p
-        picked = tf.argsort(tf.cast(~chosen, tf.int32), stable=True)[:p]
-        batch_x = tf.nest.map_structure(
-            lambda leaf: tf.reshape(tf.gather(leaf, picked), [p * k, *leaf.shape[2:]]), pool_x
+        all_y = tf.concat([carry_y[:carry_count], block_y], 0)
+        batch_ids, unused = _plan_block(all_y, p, k)
+        batches_x = tf.nest.map_structure(lambda leaf: tf.gather(leaf, batch_ids), all_x)
+        batches_y = tf.gather(all_y, batch_ids)
+        # Keep the newest `carry_size` unused examples, in age order.
+        unused = unused[-carry_size:]
+        count = tf.shape(unused)[0]
+        padding = carry_size - count
+        carry_x = tf.nest.map_structure(
+            lambda leaf: tf.concat(
+                [tf.gather(leaf, unused), tf.zeros([padding, *leaf.shape[1:]], leaf.dtype)], 0
+            ),
+            all_x,
         )
-        batch_y = tf.reshape(tf.gather(pool_y, picked), [p * k])
-        # Remove the emitted groups, keeping the others in order.
-        removed = chosen & emit
-        keep_order = tf.argsort(tf.cast(removed, tf.int32), stable=True)
-        pool_x = tf.nest.map_structure(lambda leaf: tf.gather(leaf, keep_order), pool_x)
-        pool_y = tf.gather(pool_y, keep_order)
-        size = size - tf.reduce_sum(tf.cast(removed, tf.int32))
-        return (pool_x, pool_y, size), (emit, batch_x, batch_y)
+        carry_y = tf.concat([tf.gather(all_y, unused), tf.zeros([padding], tf.int64)], 0)
+        return (carry_x, carry_y, count), (batches_x, batches_y)
 
-    return (
-        groups.scan(initial, add_group)
-        .filter(lambda emit, batch_x, batch_y: emit)
-        .map(lambda emit, batch_x, batch_y: (batch_x, batch_y))
-        .prefetch(tf.data.AUTOTUNE)
+    return blocks.scan(initial, step).unbatch().prefetch(tf.data.AUTOTUNE)
+
+
+def _plan_block(labels, p, k):
+    """`(batch_ids (B, p·k), unused)`: P×K batches from one block, and the rest.
+
+    `labels` are in age order. Each class's examples are cut into groups of
+    k, oldest first; classes are taken in the order of their oldest
+    example, at most B groups each, and laid out on a P × B grid column by
+    column as in `pk_sampler`; B is the largest count the groups allow.
+    """
+    size = tf.shape(labels)[0]
+    order = tf.argsort(labels, stable=True)
+    sorted_labels = tf.gather(labels, order)
+    starts = tf.searchsorted(sorted_labels, sorted_labels, side="left")
+    ends = tf.searchsorted(sorted_labels, sorted_labels, side="right")
+    rank = tf.range(size) - starts
+    groups = (ends - starts) // k  # of the example's class
+    is_first = tf.equal(rank, 0)
+    class_groups = tf.boolean_mask(groups, is_first)
+
+    def feasible(b):
+        return tf.reduce_sum(tf.minimum(class_groups, b)) >= p * b
+
+    # The largest feasible B, by bisection (feasibility is monotone).
+    low, high = tf.constant(0), tf.reduce_sum(class_groups) // p
+    low, high = tf.while_loop(
+        lambda low, high: low < high,
+        lambda low, high: tf.cond(
+            feasible((low + high + 1) // 2),
+            lambda: ((low + high + 1) // 2, high),
+            lambda: (low, (low + high + 1) // 2 - 1),
+        ),
+        (low, high),
     )
-
-
-def _expand(mask, like):
-    """`mask` `(Q,)` broadcastable against `like` `(Q, ...)`."""
-    return tf.reshape(mask, [-1] + [1] * (len(like.shape) - 1))
+    num_batches = low
+    group_rank = rank // k
+    # One entry per group: the position of its first example.
+    group_start = tf.boolean_mask(tf.range(size), tf.equal(rank % k, 0) & (group_rank < groups))
+    # Class priority: the age of its oldest example (the first in its run).
+    oldest = tf.gather(order, starts)
+    key = tf.cast(tf.gather(oldest, group_start), tf.int64) * tf.cast(size + 1, tf.int64) + tf.cast(
+        tf.gather(group_rank, group_start), tf.int64
+    )
+    usable = tf.gather(group_rank, group_start) < num_batches
+    key = tf.where(usable, key, tf.int64.max)
+    chosen = tf.gather(group_start, tf.argsort(key)[: p * num_batches])
+    grid = tf.transpose(tf.reshape(chosen, [p, num_batches]))
+    positions = grid[:, :, None] + tf.range(k)
+    batch_ids = tf.gather(order, tf.reshape(positions, [num_batches, p * k]))
+    used = tf.scatter_nd(
+        tf.reshape(batch_ids, [-1, 1]), tf.ones([num_batches * p * k], tf.int32), [size]
+    )
+    unused = tf.where(tf.equal(used, 0))[:, 0]
+    return batch_ids, tf.cast(unused, tf.int32)
 
 
 def _check_stream_spec(spec):
