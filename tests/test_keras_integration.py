@@ -12,6 +12,8 @@ LOSSES = [
     tfm.BatchHardTriplet(soft=True, distance="squared_euclidean"),
     tfm.BatchAllTriplet(margin=0.2, distance="cosine", average="all"),
     tfm.SemiHardTriplet(margin=0.3, normalize=True),
+    tfm.Contrastive(margin=1.0, negatives="hard"),
+    tfm.MarginLoss(seed=0),
 ]
 
 
@@ -86,16 +88,17 @@ def test_sample_weight_through_fit():
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-def test_mixed_precision(policy):
+@pytest.mark.parametrize("make_loss", [lambda: tfm.BatchAllTriplet(margin=0.2), lambda: tfm.MarginLoss(learn_beta=True)])
+def test_mixed_precision(policy, make_loss):
     keras.mixed_precision.set_global_policy(policy)
     try:
         x, y = grouped(*clustered_data())
         model = embedding_model()
-        model.compile(optimizer="adam", loss=tfm.BatchAllTriplet(margin=0.2))
+        model.compile(optimizer="adam", loss=make_loss())
         history = model.fit(x, y, batch_size=24, epochs=2, verbose=0).history
         assert all(np.isfinite(history["loss"]))
         out = model(x[:24])
-        value = tfm.BatchAllTriplet(margin=0.2)(y[:24], out)
+        value = make_loss()(y[:24], out)
         assert keras.backend.standardize_dtype(value.dtype) == "float32"
         assert np.isfinite(float(value))
     finally:
@@ -108,8 +111,10 @@ def test_mirrored_strategy_runs():
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
     x, y = grouped(*clustered_data())
-    with strategy.scope():
-        model = embedding_model()
-        model.compile(optimizer="adam", loss=tfm.BatchHardTriplet(margin=0.5))
-    history = model.fit(x, y, batch_size=24, epochs=2, verbose=0).history
-    assert all(np.isfinite(history["loss"]))
+    for make_loss in (lambda: tfm.BatchHardTriplet(margin=0.5), lambda: tfm.MarginLoss(learn_beta=True, seed=0)):
+        with strategy.scope():
+            model = embedding_model()
+            model.compile(optimizer=keras.optimizers.SGD(0.1), loss=make_loss())
+        history = model.fit(x, y, batch_size=24, epochs=2, verbose=0).history
+        assert all(np.isfinite(history["loss"]))
+    assert model.loss.beta_value() != pytest.approx(1.2)

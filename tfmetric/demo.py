@@ -9,6 +9,7 @@ import functools
 
 import numpy as np
 
+from tfmetric.data import pk_sampler
 from tfmetric.losses import (
     BatchAllTriplet,
     BatchHardTriplet,
@@ -41,21 +42,6 @@ def load_digits_split(seed):
     order = np.random.default_rng(seed).permutation(len(y))
     split = int(0.8 * len(y))
     return (x[order[:split]], y[order[:split]]), (x[order[split:]], y[order[split:]])
-
-
-def class_balanced_order(labels, classes_per_batch, per_class, rng):
-    """Indices in batches of `classes_per_batch` classes × `per_class` examples.
-
-    A stand-in for the P×K sampler: every batch has positives for every anchor.
-    """
-    pools = {c: list(rng.permutation(np.flatnonzero(labels == c))) for c in np.unique(labels)}
-    batches = []
-    while True:
-        ready = [c for c, pool in pools.items() if len(pool) >= per_class]
-        if len(ready) < classes_per_batch:
-            return np.concatenate(batches)
-        for c in rng.choice(ready, classes_per_batch, replace=False):
-            batches.append([pools[c].pop() for _ in range(per_class)])
 
 
 def nearest_neighbour_accuracy(reference, reference_labels, queries, query_labels):
@@ -93,21 +79,9 @@ def run(loss="batch_hard", epochs=15, margin=0.5, seed=0, verbose=2):
     before = accuracy()
     print(f"Digits: {len(y_train)} training, {len(y_test)} held-out images; loss {loss}, margin {margin}")
     print(f"1-NN accuracy of held-out digits before training: {before:.3f}")
-    rng = np.random.default_rng(seed)
-    classes_per_batch, per_class = 8, 8
-    history = []
-    for epoch in range(epochs):
-        order = class_balanced_order(y_train, classes_per_batch, per_class, rng)
-        print(f"Epoch {epoch + 1}/{epochs}")
-        result = model.fit(
-            x_train[order],
-            y_train[order],
-            batch_size=classes_per_batch * per_class,
-            shuffle=False,
-            epochs=1,
-            verbose=verbose,
-        )
-        history.append(result.history["loss"][0])
+    # 8 digits × 8 examples per batch: every anchor has positives.
+    batches = pk_sampler(x_train, y_train, p=8, k=8, seed=seed)
+    history = model.fit(batches, epochs=epochs, verbose=verbose).history["loss"]
     after = accuracy()
     print(f"1-NN accuracy of held-out digits after training:  {after:.3f}")
     print(f"Training loss: {history[0]:.4f} (first epoch) -> {history[-1]:.4f} (last epoch)")
