@@ -47,15 +47,19 @@ def value_and_grad(fn, x, compiled=False):
 def check_against(loss, ref, x, labels, compiled=False, sample_weight=None, grad_rtol=1e-3):
     """Compares `loss(labels, x)` and its gradient with a NumPy reference.
 
-    Gradients are compared only away from the reference's kinks (hinges and
-    ties), where they are defined.
+    Gradients are compared only away from the reference's kinks (hinges,
+    ties, coincident points), where they are defined.
     """
     want = ref(x.astype("float64"), labels, sample_weight=sample_weight)
     value, grad = value_and_grad(
         lambda e: loss(labels, e, sample_weight=sample_weight), x.astype("float32"), compiled
     )
     assert np.isfinite(value) and np.all(np.isfinite(grad))
-    assert float(value) == pytest.approx(want.loss, rel=1e-4, abs=1e-5)
+    # Near a hinge, a term may count as active in one and not the other
+    # (float32 distances near 0 err by ~sqrt(eps)), which moves losses
+    # averaged over active terms.
+    if want.kink > 1e-3:
+        assert float(value) == pytest.approx(want.loss, rel=1e-4, abs=1e-5)
     if want.kink > 1e-3:
         scale = max(np.abs(want.grad).max(), 1e-6)
         np.testing.assert_allclose(grad / scale, want.grad / scale, atol=grad_rtol)

@@ -252,6 +252,8 @@ def margin(x, labels, margin=0.2, beta=1.2, nu=0.0, normalize=True, negative_cou
             kink = min(kink, abs(value))
             numerators[a] += count * (max(value, 0.0) + nu * beta_a)
             if value > 0:
+                # The Euclidean distance is not differentiable at 0.
+                kink = min(kink, d[a, other])
                 denominators[a] += count
                 gradient_d[a, other] += count * sign
     return _finish(x, "euclidean", normalize, numerators, denominators, gradient_d, weights, kink)
