@@ -101,8 +101,23 @@ def _start(x, labels, distance, normalize, sample_weight):
     return d, positives, negatives, weights, np.zeros(n), np.zeros(n), np.zeros((n, n))
 
 
+def near_coincident(x, distance, normalize, gradient_d):
+    """A kink measure for Euclidean distances near 0 that the loss depends on.
+
+    The Euclidean distance is not differentiable at 0, and near it float32's
+    Gram expansion errs by ~sqrt(eps) ≈ 3e-4 in d, so the gradient
+    direction (x_i − x_j) / d is accurate to 1e-3 only beyond d ≈ 0.3.
+    """
+    if distance != "euclidean":
+        return np.inf
+    d = distance_matrix(x, distance, normalize)
+    used = (gradient_d != 0) & ~np.eye(len(d), dtype=bool)
+    return float(d[used].min()) / 300 if used.any() else np.inf
+
+
 def _finish(x, distance, normalize, numerators, denominators, gradient_d, weights, kink):
     """Weighted mean over terms, its gradient, and the per-anchor losses."""
+    kink = min(kink, near_coincident(x, distance, normalize, gradient_d))
     total = float(np.sum(weights * denominators))
     loss = float(np.sum(weights * numerators)) / total if total else 0.0
     dloss_dd = gradient_d * (weights[:, None] / total) if total else np.zeros_like(gradient_d)
@@ -226,6 +241,11 @@ def contrastive(x, labels, margin=1.0, distance="euclidean", normalize=False, ne
                 numerators[anchor] += value
                 denominators[anchor] += 1
             gradient_d[i, j] += (weights[i] + weights[j]) * slope
+    negative_gradient = np.zeros_like(gradient_d)
+    for i, j in negative_pairs:
+        negative_gradient[i, j] = gradient_d[i, j]
+    # d² is smooth at 0 (its gradient 2(x_i − x_j) has no direction to lose).
+    kink = min(kink, near_coincident(x, distance, normalize, negative_gradient))
     total = float(np.sum(weights * denominators))  # = Σ over pairs of w_i + w_j
     weighted_sum = float(np.sum(weights * numerators))
     loss = weighted_sum / total if total else 0.0
@@ -252,8 +272,6 @@ def margin(x, labels, margin=0.2, beta=1.2, nu=0.0, normalize=True, negative_cou
             kink = min(kink, abs(value))
             numerators[a] += count * (max(value, 0.0) + nu * beta_a)
             if value > 0:
-                # The Euclidean distance is not differentiable at 0.
-                kink = min(kink, d[a, other])
                 denominators[a] += count
                 gradient_d[a, other] += count * sign
     return _finish(x, "euclidean", normalize, numerators, denominators, gradient_d, weights, kink)
