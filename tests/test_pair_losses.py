@@ -5,11 +5,12 @@ import warnings
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, check_against, tensor, value_and_grad
+from conftest import BACKEND, tensor, value_and_grad
 from hypothesis import given, settings, strategies as st
 
 import reference
 import tfmetric as tfm
+from registry import check
 from tfmetric.losses.margin import margin_terms
 from tfmetric.mining import (
     distance_weighted_log_weights,
@@ -19,27 +20,6 @@ from tfmetric.mining import (
 )
 
 DISTANCES = ["euclidean", "squared_euclidean", "cosine"]
-
-# (loss class, its reference, the keyword arguments both take)
-LOSSES = {
-    "contrastive_all": (tfm.Contrastive, reference.contrastive, {"negatives": "all"}),
-    "contrastive_hard": (tfm.Contrastive, reference.contrastive, {"negatives": "hard"}),
-    "margin_all": (tfm.MarginLoss, reference.margin, {"sampling": "all"}),
-}
-
-
-def loss_and_reference(kind, reduction="sum_over_batch_size", **kwargs):
-    cls, ref, fixed = LOSSES[kind]
-    loss = cls(**fixed, **kwargs, reduction=reduction)
-    if cls is tfm.MarginLoss:
-        fixed = {}
-    return loss, lambda x, y, **kw: ref(x, y, **fixed, **kwargs, **kw)
-
-
-def check(kind, x, labels, compiled=False, sample_weight=None, **kwargs):
-    loss, ref = loss_and_reference(kind, **kwargs)
-    return check_against(loss, ref, x, labels, compiled, sample_weight)
-
 
 SQUARE = np.array([[0.0, 0.0], [0.0, 1.0], [2.0, 0.0], [2.0, 2.0]], "float32")
 SQUARE_LABELS = np.array([0, 0, 1, 1])
@@ -151,31 +131,6 @@ def test_margin_terms_with_sampled_counts_and_class_betas(n, seed, nu):
     if want.kink > 1e-3:
         scale = max(np.abs(want.grad).max(), 1e-6)
         np.testing.assert_allclose(grad / scale, want.grad / scale, atol=1e-3)
-
-
-@pytest.mark.parametrize("kind", sorted(LOSSES))
-def test_pk_batch_with_weights_and_compiled(kind):
-    rng = np.random.default_rng(3)
-    x = rng.normal(size=(48, 8)).astype("float32")
-    labels = np.repeat(np.arange(12), 4)
-    rng.shuffle(labels)
-    weights = rng.uniform(0.0, 2.0, size=48)
-    for compiled in (False, True) if BACKEND == "tensorflow" else (True,):
-        check(kind, x, labels, compiled=compiled, sample_weight=weights, margin=0.5)
-
-
-@pytest.mark.parametrize("kind", sorted(LOSSES))
-def test_reduction_none_and_sum(kind):
-    rng = np.random.default_rng(4)
-    x = rng.normal(size=(20, 4)).astype("float32")
-    labels = rng.integers(0, 5, size=20)
-    weights = rng.uniform(0.5, 1.5, size=20)
-    loss, ref = loss_and_reference(kind, margin=0.5, reduction=None)
-    got = np.asarray(loss(labels, x, sample_weight=weights))
-    np.testing.assert_allclose(got, weights * ref(x.astype("float64"), labels).per_anchor, rtol=1e-4, atol=1e-5)
-    summed = loss_and_reference(kind, margin=0.5, reduction="sum")[0](labels, x, sample_weight=weights)
-    want = ref(x.astype("float64"), labels, sample_weight=weights)
-    assert float(summed) == pytest.approx(want.weighted_sum, rel=1e-4)
 
 
 # ---------------------------------------------------------------- hard-negative selection

@@ -4,35 +4,15 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, check_against, tensor, value_and_grad
+from conftest import BACKEND, tensor, value_and_grad
 from hypothesis import assume, given, settings, strategies as st
 
 import reference
 import tfmetric as tfm
+from registry import LOSSES, TRIPLET_LOSSES, check, loss_and_reference
 
 DISTANCES = ["euclidean", "squared_euclidean", "cosine"]
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-
-# (loss class, its reference, the keyword arguments both take)
-LOSSES = {
-    "batch_hard": (tfm.BatchHardTriplet, reference.batch_hard, {}),
-    "batch_hard_soft": (tfm.BatchHardTriplet, reference.batch_hard, {"soft": True}),
-    "batch_all_nonzero": (tfm.BatchAllTriplet, reference.batch_all, {"average": "nonzero"}),
-    "batch_all_all": (tfm.BatchAllTriplet, reference.batch_all, {"average": "all"}),
-    "semi_hard": (tfm.SemiHardTriplet, reference.semi_hard, {}),
-}
-
-
-def loss_and_reference(kind, reduction="sum_over_batch_size", name=None, **kwargs):
-    cls, ref, fixed = LOSSES[kind]
-    loss = cls(**fixed, **kwargs, reduction=reduction, **({"name": name} if name else {}))
-    return loss, lambda x, y, **kw: ref(x, y, **fixed, **kwargs, **kw)
-
-
-def check(kind, x, labels, compiled=False, sample_weight=None, grad_rtol=1e-3, **kwargs):
-    loss, ref = loss_and_reference(kind, **kwargs)
-    return check_against(loss, ref, x, labels, compiled, sample_weight, grad_rtol)
-
 
 # ---------------------------------------------------------------- hand-made cases
 
@@ -88,7 +68,7 @@ def test_hand_made_batch_all_counts_only_positive_triplets():
 
 @settings(max_examples=20 if BACKEND == "tensorflow" else 8, deadline=None)
 @given(
-    kind=st.sampled_from(sorted(LOSSES)),
+    kind=st.sampled_from(sorted(TRIPLET_LOSSES)),
     n=st.integers(1, 64),
     num_classes=st.integers(1, 12),
     dim=st.integers(1, 8),
@@ -180,7 +160,7 @@ def test_reproduces_fixture(name, index, case):
 # ---------------------------------------------------------------- degenerate batches
 
 
-@pytest.mark.parametrize("kind", sorted(LOSSES))
+@pytest.mark.parametrize("kind", sorted(TRIPLET_LOSSES))
 @pytest.mark.parametrize(
     "case",
     ["one example", "one class", "all distinct", "identical embeddings", "zero embeddings", "huge", "tiny"],
@@ -215,7 +195,7 @@ def test_degenerate_batches_are_finite(kind, case):
                 assert float(value) == pytest.approx(expected, rel=1e-5, abs=1e-6), (distance, compiled)
 
 
-@pytest.mark.parametrize("kind", sorted(LOSSES))
+@pytest.mark.parametrize("kind", sorted(TRIPLET_LOSSES))
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
 def test_precisions(kind, dtype):
     rng = np.random.default_rng(6)
@@ -245,7 +225,7 @@ def test_scaled_batch_scales_the_loss():
 # ---------------------------------------------------------------- configuration
 
 
-@pytest.mark.parametrize("kind", sorted(LOSSES))
+@pytest.mark.parametrize("kind", sorted(TRIPLET_LOSSES))
 def test_config_round_trip(kind):
     loss = loss_and_reference(kind, margin=0.3, distance="cosine", normalize=True, reduction="sum", name="mine")[0]
     config = loss.get_config()

@@ -1,0 +1,33 @@
+"""Every in-batch loss next to its NumPy reference, for the tests they share."""
+
+from conftest import check_against
+
+import reference
+import tfmetric as tfm
+
+# kind: (loss class, reference, arguments of the loss only, arguments of both)
+TRIPLET_LOSSES = {
+    "batch_hard": (tfm.BatchHardTriplet, reference.batch_hard, {}, {}),
+    "batch_hard_soft": (tfm.BatchHardTriplet, reference.batch_hard, {}, {"soft": True}),
+    "batch_all_nonzero": (tfm.BatchAllTriplet, reference.batch_all, {}, {"average": "nonzero"}),
+    "batch_all_all": (tfm.BatchAllTriplet, reference.batch_all, {}, {"average": "all"}),
+    "semi_hard": (tfm.SemiHardTriplet, reference.semi_hard, {}, {}),
+}
+PAIR_LOSSES = {
+    "contrastive_all": (tfm.Contrastive, reference.contrastive, {}, {"negatives": "all"}),
+    "contrastive_hard": (tfm.Contrastive, reference.contrastive, {}, {"negatives": "hard"}),
+    "margin_all": (tfm.MarginLoss, reference.margin, {"sampling": "all"}, {}),
+}
+LOSSES = {**TRIPLET_LOSSES, **PAIR_LOSSES}
+
+
+def loss_and_reference(kind, reduction="sum_over_batch_size", name=None, **kwargs):
+    cls, ref, loss_only, shared = LOSSES[kind]
+    named = {"name": name} if name else {}
+    loss = cls(**loss_only, **shared, **kwargs, reduction=reduction, **named)
+    return loss, lambda x, y, **kw: ref(x, y, **shared, **kwargs, **kw)
+
+
+def check(kind, x, labels, compiled=False, sample_weight=None, **kwargs):
+    loss, ref = loss_and_reference(kind, **kwargs)
+    return check_against(loss, ref, x, labels, compiled, sample_weight)
