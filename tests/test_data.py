@@ -223,3 +223,30 @@ def test_pk_batches_sharding_and_errors():
     )
     with pytest.raises(ValueError, match="fixed shape"):
         tfm.data.pk_batches(ragged, 2, 2)
+
+
+REPLICAS_SCRIPT = """
+import numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import tfmetric as tfm
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+y = np.repeat(np.arange(10), 6)
+x = np.arange(len(y), dtype="float32")[:, None]
+dataset = strategy.experimental_distribute_dataset(tfm.data.pk_sampler(x, y, 4, 3, seed=0))
+for _, labels in dataset:
+    for replica in strategy.experimental_local_results(labels):
+        classes = replica.numpy().reshape(2, 3)
+        assert (classes == classes[:, :1]).all() and classes[0, 0] != classes[1, 0], classes
+print("whole classes per replica")
+"""
+
+
+def test_each_replica_gets_whole_classes():
+    import subprocess
+    import sys
+
+    # Two logical CPUs must be configured before TensorFlow starts: a new process.
+    result = subprocess.run([sys.executable, "-c", REPLICAS_SCRIPT], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "whole classes per replica" in result.stdout
