@@ -11,8 +11,9 @@ import tfmetric as tfm
 
 def unbalanced(seed=0, n=600, num_classes=25):
     rng = np.random.default_rng(seed)
-    # Class sizes from 1 to ~50: some below k, most with a remainder.
-    y = rng.integers(0, num_classes, size=n) ** 2 % num_classes
+    # Skewed class sizes, from ~170 down to ~2: some below k, most with a remainder.
+    frequency = 1.0 / np.arange(1, num_classes + 1) ** 1.5
+    y = rng.choice(num_classes, size=n, p=frequency / frequency.sum())
     x = np.arange(n, dtype="float32")[:, None] * np.ones((1, 3), "float32")
     return x, y
 
