@@ -5,6 +5,7 @@ import doctest
 import pytest
 
 import tfmetric.distances
+import tfmetric.evaluation
 import tfmetric.losses.contrastive
 import tfmetric.losses.margin
 import tfmetric.losses.offline
@@ -15,6 +16,7 @@ import tfmetric.losses.triplet
     "module",
     [
         tfmetric.distances,
+        tfmetric.evaluation,
         tfmetric.losses.triplet,
         tfmetric.losses.offline,
         tfmetric.losses.contrastive,

@@ -6,7 +6,7 @@ model.compile(optimizer="adam", loss=tfm.BatchHardTriplet(margin=0.5))
 ```
 """
 
-from tfmetric import distances, layers, losses, metrics
+from tfmetric import distances, evaluation, layers, losses, metrics
 from tfmetric.losses import (
     BatchAllTriplet,
     BatchHardTriplet,
@@ -41,6 +41,7 @@ __all__ = [
     "TripletLoss",
     "data",
     "distances",
+    "evaluation",
     "layers",
     "losses",
     "metrics",

@@ -1,0 +1,177 @@
+"""Retrieval quality of embeddings: precision@1, recall@k, R-precision, MAP@R, NMI.
+
+Every query's neighbours are ranked by distance, ties (equal up to 1e-12 of
+the data's scale) broken by the reference's index, so the numbers are exact
+and reproducible. Without a
+reference set each point queries all the others (leave-one-out). The
+distances are computed block by block, so 100 000 points fit in memory.
+
+Queries whose class has no other example among the references cannot be
+scored and are left out of every average (their number is reported).
+"""
+
+import numpy as np
+
+from tfmetric.distances import check_distance
+
+__all__ = ["retrieval_metrics"]
+
+# Distance entries held at once per block: 2**24 float64 values, 128 MiB.
+_BLOCK_ENTRIES = 2**24
+
+
+def retrieval_metrics(embeddings, labels, reference=None, reference_labels=None, k=(1, 5, 10), distance="euclidean", nmi=True):
+    """Retrieval metrics of `embeddings` against a reference set (or each other).
+
+    - `precision@1`: the share of queries whose nearest neighbour has their label.
+    - `recall@k`: the share of queries with at least one same-label neighbour
+      among their k nearest (the "Recall@K" of the metric-learning papers).
+    - `r_precision`: with R the number of same-label references, the share of
+      same-label ones among the R nearest.
+    - `map@r`: mean average precision at R (Musgrave et al. 2020), which
+      also rewards ranking the same-label references first.
+    - `nmi`: normalised mutual information between the labels and a k-means
+      clustering of the embeddings into as many clusters (scikit-learn).
+
+    Args:
+        embeddings: Query embeddings `(N, D)`.
+        labels: Their integer labels `(N,)`.
+        reference: Optional reference embeddings `(M, D)`; by default every
+            query is compared with all the other queries (leave-one-out).
+        reference_labels: Labels of `reference`.
+        k: The k of `recall@k`.
+        distance: `"euclidean"`, `"squared_euclidean"` or `"cosine"`.
+        nmi: Also compute NMI (needs scikit-learn, the `[viz]` extra).
+
+    Returns:
+        A dict of floats, plus `"queries"` (how many were scored).
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> x = np.array([[0.0], [0.1], [1.0], [1.2], [0.15]])
+    >>> metrics = tfm.evaluation.retrieval_metrics(x, [0, 0, 1, 1, 1], k=(1, 2), nmi=False)
+    >>> [round(metrics[name], 4) for name in ("precision@1", "recall@2", "r_precision", "map@r")]
+    [0.6, 0.8, 0.6, 0.6]
+    """
+    queries = np.asarray(embeddings, np.float64)
+    query_labels = np.asarray(labels).reshape(-1)
+    if queries.ndim != 2 or len(queries) != len(query_labels):
+        raise ValueError(
+            f"embeddings must be (N, D) with one label each; received {queries.shape} and {query_labels.shape}."
+        )
+    leave_one_out = reference is None
+    if leave_one_out:
+        references, reference_labels = queries, query_labels
+    else:
+        references = np.asarray(reference, np.float64)
+        reference_labels = np.asarray(reference_labels).reshape(-1)
+        if references.ndim != 2 or references.shape[1] != queries.shape[1] or len(references) != len(reference_labels):
+            raise ValueError(
+                f"reference must be (M, {queries.shape[1]}) with one label each; received "
+                f"{references.shape} and {reference_labels.shape}."
+            )
+    distance = check_distance(distance)
+    ks = tuple(sorted({int(value) for value in np.atleast_1d(k)}))
+    if not ks or ks[0] < 1:
+        raise ValueError(f"k must hold positive integers; received {k}.")
+    depths = tuple(sorted(set(ks) | {1}))
+
+    classes, reference_ids = np.unique(reference_labels, return_inverse=True)
+    class_sizes = np.bincount(reference_ids, minlength=len(classes))
+    position = np.minimum(np.searchsorted(classes, query_labels), len(classes) - 1)
+    relevant_counts = np.where(classes[position] == query_labels, class_sizes[position], 0)
+    if leave_one_out:
+        relevant_counts = relevant_counts - 1
+    scored = relevant_counts > 0
+    available = len(references) - (1 if leave_one_out else 0)
+    depth = min(max(depths[-1], int(relevant_counts.max(initial=0))), available)
+
+    hits_at = {value: np.zeros(len(queries)) for value in depths}
+    r_precision = np.zeros(len(queries))
+    average_precision = np.zeros(len(queries))
+    block = max(1, _BLOCK_ENTRIES // max(len(references), 1))
+    for start in range(0, len(queries) if depth > 0 else 0, block):
+        rows = np.arange(start, min(start + block, len(queries)))
+        d = _distances(queries[rows], references, distance)
+        if leave_one_out:
+            d[np.arange(len(rows)), rows] = np.inf
+        relevant = reference_labels[_nearest(d, depth)] == query_labels[rows, None]
+        for value in depths:
+            hits_at[value][rows] = relevant[:, :value].any(axis=1)
+        r = relevant_counts[rows]
+        hits_within_r = relevant & (np.arange(depth)[None, :] < r[:, None])
+        r_safe = np.maximum(r, 1)
+        r_precision[rows] = hits_within_r.sum(axis=1) / r_safe
+        precision_at_rank = np.cumsum(hits_within_r, axis=1) / np.arange(1, depth + 1)
+        average_precision[rows] = (precision_at_rank * hits_within_r).sum(axis=1) / r_safe
+
+    count = int(scored.sum())
+
+    def mean(values):
+        return float(values[scored].mean()) if count else 0.0
+
+    metrics = {"precision@1": mean(hits_at[1])}
+    for value in ks:
+        metrics[f"recall@{value}"] = mean(hits_at[value])
+    metrics["r_precision"] = mean(r_precision)
+    metrics["map@r"] = mean(average_precision)
+    if nmi:
+        metrics["nmi"] = normalized_mutual_information(queries, query_labels)
+    metrics["queries"] = count
+    return metrics
+
+
+def normalized_mutual_information(embeddings, labels, seed=0):
+    """NMI between `labels` and k-means clusters of `embeddings` (as many as labels)."""
+    try:
+        from sklearn.cluster import KMeans
+        from sklearn.metrics import normalized_mutual_info_score
+    except ImportError as error:  # pragma: no cover - depends on the install
+        raise ImportError("NMI needs scikit-learn: pip install 'tfmetric[viz]', or pass nmi=False.") from error
+    num_clusters = len(np.unique(labels))
+    if num_clusters < 2 or len(embeddings) <= num_clusters:
+        return 1.0 if num_clusters == len(np.unique(embeddings, axis=0)) else 0.0
+    clusters = KMeans(n_clusters=num_clusters, n_init=1, random_state=seed).fit_predict(embeddings)
+    return float(normalized_mutual_info_score(labels, clusters))
+
+
+def _distances(queries, references, distance):
+    """Query × reference distances, snapped to a grid 1e-12 of their scale, so
+    that equal distances compare equal despite rounding (ties then go to the
+    lower reference index)."""
+    if distance == "cosine":
+        queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-300)
+        references = references / np.maximum(np.linalg.norm(references, axis=1, keepdims=True), 1e-300)
+        return np.maximum(_snap(1.0 - queries @ references.T, 1.0), 0.0)
+    query_norms = np.sum(queries**2, axis=1)
+    reference_norms = np.sum(references**2, axis=1)
+    squared = query_norms[:, None] + reference_norms[None, :] - 2.0 * queries @ references.T
+    scale = max(query_norms.max(initial=0.0), reference_norms.max(initial=0.0), np.finfo(float).tiny)
+    squared = np.maximum(_snap(squared, scale), 0.0)
+    return squared if distance == "squared_euclidean" else np.sqrt(squared)
+
+
+def _snap(values, scale):
+    step = scale * 1e-12
+    return np.round(values / step) * step
+
+
+def _nearest(d, depth):
+    """Per row, the indices of the `depth` smallest entries, by (value, index)."""
+    if depth >= d.shape[1]:
+        return np.lexsort((np.broadcast_to(np.arange(d.shape[1]), d.shape), d), axis=-1)
+    part = np.argpartition(d, depth - 1, axis=1)[:, :depth]
+    values = np.take_along_axis(d, part, axis=1)
+    boundary = values.max(axis=1)
+    # argpartition takes any of the entries tied at the boundary; the
+    # smallest indices must win. Rare (exact ties), so row by row.
+    tied_everywhere = (d == boundary[:, None]).sum(axis=1)
+    tied_taken = (values == boundary[:, None]).sum(axis=1)
+    for row in np.flatnonzero(tied_everywhere > tied_taken):
+        below = np.flatnonzero(d[row] < boundary[row])
+        at = np.flatnonzero(d[row] == boundary[row])[: depth - len(below)]
+        part[row] = np.concatenate([below, at])
+    values = np.take_along_axis(d, part, axis=1)
+    order = np.lexsort((part, values), axis=-1)
+    return np.take_along_axis(part, order, axis=1)
