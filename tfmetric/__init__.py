@@ -6,7 +6,7 @@ model.compile(optimizer="adam", loss=tfm.BatchHardTriplet(margin=0.5))
 ```
 """
 
-from tfmetric import distances, evaluation, layers, losses, metrics
+from tfmetric import callbacks, distances, evaluation, layers, losses, metrics
 from tfmetric.losses import (
     BatchAllTriplet,
     BatchHardTriplet,
@@ -39,6 +39,7 @@ __all__ = [
     "PairContrastive",
     "SemiHardTriplet",
     "TripletLoss",
+    "callbacks",
     "data",
     "distances",
     "evaluation",

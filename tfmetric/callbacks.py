@@ -1,0 +1,116 @@
+"""Keras callbacks that watch an embedding model while it trains."""
+
+import warnings
+
+import keras
+import numpy as np
+
+from tfmetric.evaluation import retrieval_metrics
+
+__all__ = ["EmbeddingCollapseWarning", "RetrievalEvaluation", "check_collapse"]
+
+
+class EmbeddingCollapseWarning(UserWarning):
+    """All embeddings have (nearly) merged into one point."""
+
+
+class RetrievalEvaluation(keras.callbacks.Callback):
+    """Retrieval metrics of held-out data every few epochs, and a collapse alarm.
+
+    Embeds `x` with the model, computes `tfm.evaluation.retrieval_metrics`
+    (leave-one-out, or against `reference`/`reference_labels`) and adds them
+    to the epoch's logs as `val_precision@1`, `val_recall@5`, ... so they
+    appear in the history, the progress bar, and in TensorBoard when this
+    callback comes before `keras.callbacks.TensorBoard` in the list.
+
+    It also warns (`EmbeddingCollapseWarning`) when the embeddings have
+    collapsed: every point within `collapse_tolerance` × their typical norm
+    of the others, the most common failure of triplet training (the loss then
+    sits at the margin).
+
+    Args:
+        x: Inputs to embed.
+        y: Their integer labels.
+        reference, reference_labels: Optional reference inputs and labels.
+        k: The k of `recall@k`.
+        distance: Distance for ranking neighbours.
+        nmi: Also log NMI (scikit-learn).
+        every_n_epochs: Evaluate every this many epochs.
+        prefix: Prefix of the log names.
+        collapse_tolerance: Relative spread below which the embeddings count
+            as collapsed; `None` turns the check off.
+        batch_size: Batch size for `model.predict`.
+    """
+
+    def __init__(
+        self,
+        x,
+        y,
+        reference=None,
+        reference_labels=None,
+        k=(1, 5, 10),
+        distance="euclidean",
+        nmi=False,
+        every_n_epochs=1,
+        prefix="val_",
+        collapse_tolerance=1e-3,
+        batch_size=256,
+    ):
+        super().__init__()
+        if (reference is None) != (reference_labels is None):
+            raise ValueError("Pass reference and reference_labels together.")
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be at least 1; received {every_n_epochs}.")
+        self.x, self.y = x, np.asarray(y)
+        self.reference, self.reference_labels = reference, reference_labels
+        self.k, self.distance, self.nmi = k, distance, nmi
+        self.every_n_epochs = int(every_n_epochs)
+        self.prefix = prefix
+        self.collapse_tolerance = collapse_tolerance
+        self.batch_size = batch_size
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every_n_epochs:
+            return
+        embeddings = self.model.predict(self.x, batch_size=self.batch_size, verbose=0)
+        embeddings = np.asarray(embeddings, np.float64).reshape(len(embeddings), -1)
+        if self.collapse_tolerance is not None:
+            check_collapse(embeddings, self.collapse_tolerance, epoch)
+        reference = None
+        if self.reference is not None:
+            reference = self.model.predict(self.reference, batch_size=self.batch_size, verbose=0)
+        metrics = retrieval_metrics(
+            embeddings,
+            self.y,
+            reference,
+            self.reference_labels,
+            k=self.k,
+            distance=self.distance,
+            nmi=self.nmi,
+        )
+        metrics.pop("queries")
+        if logs is not None:
+            logs.update({self.prefix + name: value for name, value in metrics.items()})
+
+
+def check_collapse(embeddings, tolerance=1e-3, epoch=None):
+    """Warns when every embedding lies within `tolerance` × their norm of their mean.
+
+    Returns whether they have collapsed.
+    """
+    centre = embeddings.mean(axis=0)
+    spread = np.max(np.linalg.norm(embeddings - centre, axis=1))
+    scale = max(float(np.median(np.linalg.norm(embeddings, axis=1))), np.finfo(float).tiny)
+    collapsed = len(embeddings) > 1 and spread <= tolerance * scale
+    if collapsed:
+        when = "" if epoch is None else f" after epoch {epoch + 1}"
+        warnings.warn(
+            f"The embeddings have collapsed{when}: all {len(embeddings)} points lie within "
+            f"{spread:.3g} of their mean while their norm is about {scale:.3g}, so no distance "
+            "separates the classes (a triplet loss then sits at its margin). Usual remedies: a "
+            "lower learning rate, semi-hard instead of hard mining, a smaller margin, or "
+            "L2-normalised embeddings.",
+            EmbeddingCollapseWarning,
+            stacklevel=2,
+        )
+    return collapsed
