@@ -19,7 +19,7 @@ from tfmetric.mining import (
     smallest_entries,
 )
 
-DISTANCES = ["euclidean", "squared_euclidean", "cosine"]
+DISTANCES = tfm.distances.DISTANCES
 
 SQUARE = np.array([[0.0, 0.0], [0.0, 1.0], [2.0, 0.0], [2.0, 2.0]], "float32")
 SQUARE_LABELS = np.array([0, 0, 1, 1])
@@ -122,7 +122,7 @@ def test_margin_terms_with_sampled_counts_and_class_betas(n, seed, nu):
         distances = tfm.distances.pairwise_distance(e, "euclidean", normalize=True)
         anchor_beta = tensor(1.1 + class_beta[labels], "float32")
         sums, active = margin_terms(
-            distances, tensor(labels), anchor_beta, tensor(counts, "float32"), 0.2, nu
+            distances, *label_masks(tensor(labels)), anchor_beta, tensor(counts, "float32"), 0.2, nu
         )
         return tfm.losses.reduce_anchor_terms(sums, active)
 

@@ -7,6 +7,13 @@ from tfmetric.distances import as_embeddings, check_distance, pairwise_distance
 from tfmetric.labels import standardize_labels
 
 
+def check_choice(argument, value, choices):
+    """Returns `value` if it is one of `choices`, else raises a ValueError naming `argument`."""
+    if value not in choices:
+        raise ValueError(f"{argument} must be one of {choices}; received {value!r}.")
+    return value
+
+
 def divide_or_zero(numerator, denominator):
     """`numerator / denominator`, and 0 (with a zero gradient) where it is 0."""
     nonzero = denominator != 0

@@ -6,7 +6,7 @@ Notation: `d` is the `(N, N)` distance matrix of the batch, `m` the margin.
 import keras
 from keras import ops
 
-from tfmetric.losses.base import InBatchLoss
+from tfmetric.losses.base import InBatchLoss, check_choice
 from tfmetric.mining import label_masks, smallest_entries
 
 NEGATIVES = ("all", "hard")
@@ -89,10 +89,8 @@ class Contrastive(InBatchLoss):
         name="contrastive",
     ):
         super().__init__(distance, normalize, reduction, name)
-        if negatives not in NEGATIVES:
-            raise ValueError(f"negatives must be one of {NEGATIVES}; received {negatives!r}.")
         self.margin = float(margin)
-        self.negatives = negatives
+        self.negatives = check_choice("negatives", negatives, NEGATIVES)
 
     def anchor_terms(self, distances, labels):
         return contrastive_terms(distances, labels, self.margin, self.negatives)

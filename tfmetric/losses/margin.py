@@ -9,7 +9,7 @@ import keras
 from keras import ops
 
 from tfmetric.labels import check_class_ids
-from tfmetric.losses.base import InBatchLoss, labelled_distances
+from tfmetric.losses.base import InBatchLoss, check_choice, labelled_distances
 from tfmetric.losses.state import LossState
 from tfmetric.mining import (
     distance_weighted_log_weights,
@@ -23,10 +23,11 @@ SAMPLINGS = ("distance_weighted", "all")
 UNIFORMS_PER_ANCHOR = 32
 
 
-def margin_terms(distances, labels, anchor_beta, negative_weights=None, margin=0.2, nu=0.0):
+def margin_terms(distances, positive, negative, anchor_beta, negative_weights=None, margin=0.2, nu=0.0):
     """Per-anchor sums of margin-loss terms and how many of them are positive.
 
-    Every positive pair (a, p) gives `relu(m + d_ap − β_a)`; the negatives
+    `positive`, `negative` are the masks of `tfm.mining.label_masks`. Every
+    positive pair (a, p) gives `relu(m + d_ap − β_a)`; the negatives
     (a, n) give `relu(m − d_an + β_a)` with multiplicity
     `negative_weights[a, n]` (the number of times it was sampled; `None`:
     every negative once). `ν·β_a` is added once per term.
@@ -34,18 +35,16 @@ def margin_terms(distances, labels, anchor_beta, negative_weights=None, margin=0
     Returns:
         `(loss_sums, active_counts)`, both `(N,)`.
     """
-    same = ops.equal(labels[:, None], labels[None, :])
-    not_self = ops.logical_not(ops.eye(ops.shape(labels)[0], dtype="bool"))
     dtype = distances.dtype
     # One expression for both kinds of pair: the sign is +1 for positives,
     # -1 for negatives (half the elementwise passes of two hinges).
-    sign = ops.where(same, ops.ones_like(distances), -ops.ones_like(distances))
+    sign = ops.where(negative, -ops.ones_like(distances), ops.ones_like(distances))
     anchor_beta = ops.cast(anchor_beta, dtype)
     values = ops.relu(margin + sign * (distances - anchor_beta[:, None]))
     if negative_weights is None:
-        weights = ops.cast(not_self, dtype)
+        weights = ops.cast(ops.logical_or(positive, negative), dtype)
     else:
-        weights = ops.where(same, ops.cast(not_self, dtype), ops.cast(negative_weights, dtype))
+        weights = ops.where(negative, ops.cast(negative_weights, dtype), ops.cast(positive, dtype))
     loss_sums = ops.sum(weights * values, axis=1) + nu * anchor_beta * ops.sum(weights, axis=1)
     active = ops.sum(weights * ops.cast(values > 0, dtype), axis=1)
     return loss_sums, ops.stop_gradient(active)
@@ -122,8 +121,6 @@ class MarginLoss(InBatchLoss):
         name="margin_loss",
     ):
         super().__init__("euclidean", normalize, reduction, name)
-        if sampling not in SAMPLINGS:
-            raise ValueError(f"sampling must be one of {SAMPLINGS}; received {sampling!r}.")
         if num_classes is not None and not learn_beta:
             raise ValueError(
                 "num_classes adds a learned β offset per class; it needs learn_beta=True."
@@ -137,7 +134,7 @@ class MarginLoss(InBatchLoss):
         self.nu = float(nu)
         self.learn_beta = bool(learn_beta)
         self.num_classes = None if num_classes is None else int(num_classes)
-        self.sampling = sampling
+        self.sampling = check_choice("sampling", sampling, SAMPLINGS)
         self.cutoff = float(cutoff)
         self.nonzero_loss_cutoff = float(nonzero_loss_cutoff)
         self.seed = seed
@@ -177,12 +174,12 @@ class MarginLoss(InBatchLoss):
     def _terms(self, y_true, y_pred):
         distances, labels = labelled_distances(y_true, y_pred, "euclidean", self.normalize)
         num_examples = ops.shape(distances)[0]
+        positive, negative = label_masks(labels)
         negative_weights = None
         if self.sampling == "distance_weighted":
             dim = y_pred.shape[-1]
             if dim is None:
                 raise ValueError("Distance-weighted sampling needs a known embedding size.")
-            positive, negative = label_masks(labels)
             log_weights = distance_weighted_log_weights(
                 ops.stop_gradient(distances), negative, dim, self.cutoff, self.nonzero_loss_cutoff
             )
@@ -192,7 +189,7 @@ class MarginLoss(InBatchLoss):
             negative_weights = sample_negative_counts(log_weights, labels, positive, uniforms)
         anchor_beta = self._anchor_beta(y_true, num_examples, distances.dtype)
         return margin_terms(
-            distances, labels, anchor_beta, negative_weights, self.margin, self.nu
+            distances, positive, negative, anchor_beta, negative_weights, self.margin, self.nu
         )
 
     def __call__(self, y_true, y_pred, sample_weight=None):

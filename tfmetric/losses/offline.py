@@ -12,6 +12,7 @@ from keras import ops
 
 from tfmetric.distances import check_distance, paired_distance
 from tfmetric.labels import check_class_ids
+from tfmetric.losses.base import check_choice
 
 AGGREGATES = ("sum", "max")
 
@@ -184,10 +185,8 @@ class MulticlassHinge(keras.losses.Loss):
         dtype=None,
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        if aggregate not in AGGREGATES:
-            raise ValueError(f"aggregate must be one of {AGGREGATES}; received {aggregate!r}.")
         self.margin = float(margin)
-        self.aggregate = aggregate
+        self.aggregate = check_choice("aggregate", aggregate, AGGREGATES)
 
     def call(self, y_true, y_pred):
         scores = ops.convert_to_tensor(y_pred)

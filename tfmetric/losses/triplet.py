@@ -8,7 +8,7 @@ positives of anchor `a` (same label, not `a`), `Q(a)` its negatives
 import keras
 from keras import ops
 
-from tfmetric.losses.base import InBatchLoss
+from tfmetric.losses.base import InBatchLoss, check_choice
 from tfmetric.mining import (
     all_triplet_terms,
     hardest_negative_distance,
@@ -155,10 +155,8 @@ class BatchAllTriplet(InBatchLoss):
         name="batch_all_triplet",
     ):
         super().__init__(distance, normalize, reduction, name)
-        if average not in AVERAGES:
-            raise ValueError(f"average must be one of {AVERAGES}; received {average!r}.")
         self.margin = float(margin)
-        self.average = average
+        self.average = check_choice("average", average, AVERAGES)
 
     def anchor_terms(self, distances, labels):
         loss_sums, active, valid = all_triplet_terms(distances, labels, self.margin)
