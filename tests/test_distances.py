@@ -8,7 +8,7 @@ import reference
 import tfmetric as tfm
 from tfmetric.distances import pairwise_distance
 
-DISTANCES = ["euclidean", "squared_euclidean", "cosine"]
+DISTANCES = tfm.distances.DISTANCES
 
 
 @settings(max_examples=25, deadline=None)

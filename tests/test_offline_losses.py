@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 import reference
 import tfmetric as tfm
 
-DISTANCES = ["euclidean", "squared_euclidean", "cosine"]
+DISTANCES = tfm.distances.DISTANCES
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 
 

@@ -11,7 +11,7 @@ import reference
 import tfmetric as tfm
 from registry import LOSSES, TRIPLET_LOSSES, check, loss_and_reference
 
-DISTANCES = ["euclidean", "squared_euclidean", "cosine"]
+DISTANCES = tfm.distances.DISTANCES
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 
 # ---------------------------------------------------------------- hand-made cases
