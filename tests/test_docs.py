@@ -10,6 +10,7 @@ import tfmetric.losses.contrastive
 import tfmetric.losses.margin
 import tfmetric.losses.offline
 import tfmetric.losses.triplet
+import tfmetric.recurrent
 
 
 @pytest.mark.parametrize(
@@ -21,6 +22,7 @@ import tfmetric.losses.triplet
         tfmetric.losses.offline,
         tfmetric.losses.contrastive,
         tfmetric.losses.margin,
+        tfmetric.recurrent,
     ],
 )
 def test_docstring_examples(module):

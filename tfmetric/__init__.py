@@ -6,7 +6,7 @@ model.compile(optimizer="adam", loss=tfm.BatchHardTriplet(margin=0.5))
 ```
 """
 
-from tfmetric import callbacks, distances, evaluation, layers, losses, metrics
+from tfmetric import callbacks, distances, evaluation, layers, losses, metrics, plots, recurrent
 from tfmetric.losses import (
     BatchAllTriplet,
     BatchHardTriplet,
@@ -17,6 +17,7 @@ from tfmetric.losses import (
     SemiHardTriplet,
     TripletLoss,
 )
+from tfmetric.recurrent import lstm_gates
 
 __version__ = "0.1.0"
 
@@ -45,5 +46,8 @@ __all__ = [
     "evaluation",
     "layers",
     "losses",
+    "lstm_gates",
     "metrics",
+    "plots",
+    "recurrent",
 ]

@@ -16,8 +16,9 @@ def main(argv=None):
     demo.add_argument("--epochs", type=int, default=15)
     demo.add_argument("--margin", type=float, default=0.5)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--log-dir", help="write TensorBoard projector, PCA film and retrieval metrics here")
     args = parser.parse_args(argv)
-    demo_module.run(loss=args.loss, epochs=args.epochs, margin=args.margin, seed=args.seed)
+    demo_module.run(loss=args.loss, epochs=args.epochs, margin=args.margin, seed=args.seed, log_dir=args.log_dir)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,22 @@ def nearest_neighbour_accuracy(reference, reference_labels, queries, query_label
     return float(classifier.score(queries, query_labels))
 
 
-def run(loss="batch_hard", epochs=15, margin=0.5, seed=0, verbose=2):
+def watchers(log_dir, x_test, y_test):
+    """Callbacks writing what TensorBoard shows of the held-out digits under `log_dir`."""
+    import os
+
+    from tfmetric import callbacks
+
+    return [
+        callbacks.RetrievalEvaluation(x_test, y_test, k=(1, 5), log_dir=os.path.join(log_dir, "retrieval")),
+        callbacks.EmbeddingProjector(
+            os.path.join(log_dir, "projector"), x_test, labels=y_test, images=x_test.reshape(-1, 8, 8)
+        ),
+        callbacks.EmbeddingSnapshots(x_test, y_test, os.path.join(log_dir, "pca"), basis="last"),
+    ]
+
+
+def run(loss="batch_hard", epochs=15, margin=0.5, seed=0, verbose=2, log_dir=None):
     import keras
 
     keras.utils.set_random_seed(seed)
@@ -82,8 +97,11 @@ def run(loss="batch_hard", epochs=15, margin=0.5, seed=0, verbose=2):
     # 8 digits × 8 examples per batch: every anchor has positives.
     batches = pk_sampler(x_train, y_train, p=8, k=8, seed=seed)
     # The sampler shuffles every epoch itself.
-    history = model.fit(batches, epochs=epochs, shuffle=False, verbose=verbose).history["loss"]
+    callbacks = [] if log_dir is None else watchers(log_dir, x_test, y_test)
+    history = model.fit(batches, epochs=epochs, shuffle=False, verbose=verbose, callbacks=callbacks).history["loss"]
     after = accuracy()
     print(f"1-NN accuracy of held-out digits after training:  {after:.3f}")
     print(f"Training loss: {history[0]:.4f} (first epoch) -> {history[-1]:.4f} (last epoch)")
+    if log_dir is not None:
+        print(f"Projector, PCA film and retrieval metrics in {log_dir}: tensorboard --logdir {log_dir}")
     return {"loss": history, "accuracy_before": before, "accuracy_after": after}

@@ -13,6 +13,7 @@ scored and are left out of every average (their number is reported).
 import numpy as np
 
 from tfmetric.distances import check_distance
+from tfmetric.optional import optional_import
 
 __all__ = ["retrieval_metrics"]
 
@@ -124,16 +125,13 @@ def retrieval_metrics(embeddings, labels, reference=None, reference_labels=None,
 
 def normalized_mutual_information(embeddings, labels, seed=0):
     """NMI between `labels` and k-means clusters of `embeddings` (as many as labels)."""
-    try:
-        from sklearn.cluster import KMeans
-        from sklearn.metrics import normalized_mutual_info_score
-    except ImportError as error:  # pragma: no cover - depends on the install
-        raise ImportError("NMI needs scikit-learn: pip install 'tfmetric[viz]', or pass nmi=False.") from error
+    cluster = optional_import("sklearn.cluster", "NMI (or pass nmi=False)")
+    sklearn_metrics = optional_import("sklearn.metrics", "NMI (or pass nmi=False)")
     num_clusters = len(np.unique(labels))
     if num_clusters < 2 or len(embeddings) <= num_clusters:
         return 1.0 if num_clusters == len(np.unique(embeddings, axis=0)) else 0.0
-    clusters = KMeans(n_clusters=num_clusters, n_init=1, random_state=seed).fit_predict(embeddings)
-    return float(normalized_mutual_info_score(labels, clusters))
+    clusters = cluster.KMeans(n_clusters=num_clusters, n_init=1, random_state=seed).fit_predict(embeddings)
+    return float(sklearn_metrics.normalized_mutual_info_score(labels, clusters))
 
 
 def _distances(queries, references, distance):

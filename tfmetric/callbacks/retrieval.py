@@ -1,10 +1,10 @@
-"""Keras callbacks that watch an embedding model while it trains."""
+"""Retrieval quality of held-out data during training, and the collapse alarm."""
 
 import warnings
 
-import keras
 import numpy as np
 
+from tfmetric.callbacks.base import PeriodicCallback, SummaryLog
 from tfmetric.evaluation import retrieval_metrics
 
 __all__ = ["EmbeddingCollapseWarning", "RetrievalEvaluation", "check_collapse"]
@@ -14,14 +14,16 @@ class EmbeddingCollapseWarning(UserWarning):
     """All embeddings have (nearly) merged into one point."""
 
 
-class RetrievalEvaluation(keras.callbacks.Callback):
+class RetrievalEvaluation(PeriodicCallback):
     """Retrieval metrics of held-out data every few epochs, and a collapse alarm.
 
     Embeds `x` with the model, computes `tfm.evaluation.retrieval_metrics`
     (leave-one-out, or against `reference`/`reference_labels`) and adds them
     to the epoch's logs as `val_precision@1`, `val_recall@5`, ... so they
-    appear in the history, the progress bar, and in TensorBoard when this
-    callback comes before `keras.callbacks.TensorBoard` in the list.
+    appear in the history and the progress bar. With `log_dir` it writes them
+    to TensorBoard itself (scalars `val_precision@1`, ... at step `epoch`);
+    `keras.callbacks.TensorBoard` also picks them up when this callback comes
+    before it in the list.
 
     It also warns (`EmbeddingCollapseWarning`) when the embeddings have
     collapsed: every point within `collapse_tolerance` × their typical norm
@@ -40,6 +42,9 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         collapse_tolerance: Relative spread below which the embeddings count
             as collapsed; `None` turns the check off.
         batch_size: Batch size for `model.predict`.
+        layer: Evaluate the outputs of this layer (name or layer) instead of
+            the model's.
+        log_dir: Directory for TensorBoard scalars; None writes none.
     """
 
     def __init__(
@@ -55,30 +60,30 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         prefix="val_",
         collapse_tolerance=1e-3,
         batch_size=256,
+        layer=None,
+        log_dir=None,
     ):
-        super().__init__()
+        super().__init__(every_n_epochs)
         if (reference is None) != (reference_labels is None):
             raise ValueError("Pass reference and reference_labels together.")
-        if every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be at least 1; received {every_n_epochs}.")
         self.x, self.y = x, np.asarray(y)
         self.reference, self.reference_labels = reference, reference_labels
         self.k, self.distance, self.nmi = k, distance, nmi
-        self.every_n_epochs = int(every_n_epochs)
         self.prefix = prefix
         self.collapse_tolerance = collapse_tolerance
         self.batch_size = batch_size
+        self.layer = layer
+        self.summaries = None if log_dir is None else SummaryLog(log_dir)
 
     def on_epoch_end(self, epoch, logs=None):
-        if (epoch + 1) % self.every_n_epochs:
+        if not self.due(epoch):
             return
-        embeddings = self.model.predict(self.x, batch_size=self.batch_size, verbose=0)
-        embeddings = np.asarray(embeddings, np.float64).reshape(len(embeddings), -1)
+        embeddings = self.embed(self.x, self.layer, self.batch_size).astype(np.float64)
         if self.collapse_tolerance is not None:
             check_collapse(embeddings, self.collapse_tolerance, epoch)
         reference = None
         if self.reference is not None:
-            reference = self.model.predict(self.reference, batch_size=self.batch_size, verbose=0)
+            reference = self.embed(self.reference, self.layer, self.batch_size)
         metrics = retrieval_metrics(
             embeddings,
             self.y,
@@ -89,8 +94,15 @@ class RetrievalEvaluation(keras.callbacks.Callback):
             nmi=self.nmi,
         )
         metrics.pop("queries")
+        named = {self.prefix + name: value for name, value in metrics.items()}
         if logs is not None:
-            logs.update({self.prefix + name: value for name, value in metrics.items()})
+            logs.update(named)
+        if self.summaries is not None:
+            self.summaries.scalars(named, step=epoch)
+
+    def on_train_end(self, logs=None):
+        if self.summaries is not None:
+            self.summaries.close()
 
 
 def check_collapse(embeddings, tolerance=1e-3, epoch=None):

@@ -1,0 +1,111 @@
+"""What the callbacks share: an epoch schedule, embedding a dataset, TensorBoard logs."""
+
+import os
+import tempfile
+
+import keras
+import numpy as np
+
+__all__ = ["PeriodicCallback", "SummaryLog", "atomic_write", "embedding_model", "tsv_cell"]
+
+
+class PeriodicCallback(keras.callbacks.Callback):
+    """A callback that works at the end of every `every_n_epochs`-th epoch."""
+
+    def __init__(self, every_n_epochs=1):
+        super().__init__()
+        if int(every_n_epochs) != every_n_epochs or every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be a positive integer; received {every_n_epochs}.")
+        self.every_n_epochs = int(every_n_epochs)
+        self._embedders = {}
+
+    def due(self, epoch):
+        return (epoch + 1) % self.every_n_epochs == 0
+
+    def embed(self, x, layer=None, batch_size=256):
+        """The model's outputs for `x` (or those of its layer `layer`), as a 2-D float array."""
+        key = (id(self.model), layer if isinstance(layer, (str, type(None))) else id(layer))
+        if key not in self._embedders:
+            # One sub-model per layer, so that predict is traced once.
+            self._embedders = {key: embedding_model(self.model, layer)}
+        outputs = np.asarray(self._embedders[key].predict(x, batch_size=batch_size, verbose=0))
+        return outputs.reshape(len(outputs), -1)
+
+
+def embedding_model(model, layer=None):
+    """`model`, or the sub-model from its inputs to the outputs of its layer `layer` (a name or the layer)."""
+    if layer is None:
+        return model
+    try:
+        source = model.get_layer(layer) if isinstance(layer, str) else layer
+        return keras.Model(model.input, source.output)
+    except (AttributeError, ValueError) as error:
+        raise ValueError(
+            f"Cannot read layer {layer!r}'s outputs: it must be a layer of a Functional or "
+            "Sequential model that has been built."
+        ) from error
+
+
+class SummaryLog:
+    """TensorBoard event files in `log_dir`, opened on first write."""
+
+    def __init__(self, log_dir):
+        self.log_dir = str(log_dir)
+        self._writer = None
+
+    @property
+    def writer(self):
+        if self._writer is None:
+            import tensorflow as tf
+
+            self._writer = tf.summary.create_file_writer(self.log_dir)
+        return self._writer
+
+    def scalars(self, values, step):
+        import tensorflow as tf
+
+        with self.writer.as_default():
+            for name, value in values.items():
+                tf.summary.scalar(name, value, step=step)
+        self.writer.flush()
+
+    def image(self, name, picture, step, description=None):
+        """`picture`: a uint8 array `(height, width, channels)`."""
+        import tensorflow as tf
+
+        with self.writer.as_default():
+            tf.summary.image(name, picture[None], step=step, description=description)
+        self.writer.flush()
+
+    def text(self, name, value, step):
+        import tensorflow as tf
+
+        with self.writer.as_default():
+            tf.summary.text(name, value, step=step)
+        self.writer.flush()
+
+    def close(self):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def atomic_write(path, data):
+    """Writes `data` to `path` so that readers see the old file or the whole new one."""
+    directory = os.path.dirname(path) or "."
+    handle, temporary = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path), suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def tsv_cell(value):
+    """`value` as one TSV cell: tabs and newlines would shift the columns or rows."""
+    return str(value).replace("\t", " ").replace("\r", " ").replace("\n", " ")
