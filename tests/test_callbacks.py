@@ -280,6 +280,19 @@ def test_sprite_fits_tensorboards_limit():
         plots.sprite(np.zeros((2, 3)))
 
 
+def test_projector_counts_examples_of_multi_input_models(tmp_path):
+    first, second = keras.Input((3,), name="first"), keras.Input((2,), name="second")
+    model = keras.Model({"first": first, "second": second}, keras.layers.Concatenate()([first, second]))
+    x = {"first": np.ones((5, 3), "float32"), "second": np.zeros((5, 2), "float32")}
+    callback = tfm.callbacks.EmbeddingProjector(tmp_path, x, labels=np.arange(5))
+    callback.set_model(model)
+    callback.export(0)
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(tmp_path)))
+    assert reader.get_tensor("epoch_0001/.ATTRIBUTES/VARIABLE_VALUE").shape == (5, 5)
+
+
 def test_projector_bad_arguments():
     with pytest.raises(ValueError, match="one value per input"):
         tfm.callbacks.EmbeddingProjector("logs", np.zeros((3, 2)), labels=[0, 1])
@@ -388,6 +401,39 @@ def test_gate_activations_bad_arguments(tmp_path):
         callback.export(0)
     with pytest.raises(ValueError, match="threshold"):
         tfm.callbacks.GateActivations("encoder", tokens, tmp_path, threshold=1.5)
+
+
+def test_gate_activations_of_a_sequential_model_and_a_subclassed_one(tmp_path):
+    keras.utils.set_random_seed(0)
+    padded = np.array([[1, 2, 3, 0], [4, 5, 6, 7]])
+    model = keras.Sequential([
+        keras.Input((None,), dtype="int32"),
+        keras.layers.Embedding(10, 4, mask_zero=True),
+        keras.layers.Bidirectional(keras.layers.LSTM(3), name="encoder"),
+    ])
+    model.compile(optimizer="adam", loss=tfm.BatchHardTriplet())
+    callback = tfm.callbacks.GateActivations("encoder", padded, tmp_path, threshold=0.3)
+    model.fit(padded, np.array([0, 1]), epochs=1, verbose=0, callbacks=[callback])
+    rows = (tmp_path / "gates" / "epoch-0001" / "counts.tsv").read_text().splitlines()
+    assert [row.split("\t")[:3] for row in rows[1:]] == [
+        ["0", "0", "0"], ["0", "1", "1"], ["0", "2", "2"], ["1", "0", "0"], ["1", "1", "1"], ["1", "2", "2"], ["1", "3", "3"]
+    ]
+
+    class Encoder(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.embedding = keras.layers.Embedding(10, 4)
+            self.lstm = keras.layers.LSTM(3)
+
+        def call(self, x):
+            return self.lstm(self.embedding(x))
+
+    subclassed = Encoder()
+    subclassed(padded)
+    callback = tfm.callbacks.GateActivations(subclassed.lstm, padded, tmp_path)
+    callback.set_model(subclassed)
+    with pytest.raises(ValueError, match="subclassed model, call tfm.lstm_gates"):
+        callback.export(0)
 
 
 # --- PCA snapshots ----------------------------------------------------------

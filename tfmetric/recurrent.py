@@ -3,6 +3,8 @@
 import keras
 import numpy as np
 
+from tfmetric.inspection import submodel
+
 __all__ = ["GATES", "active_units", "layer_inputs", "lstm_gates"]
 
 # Keras packs an LSTM's kernels as [input | forget | cell | output].
@@ -131,20 +133,18 @@ def layer_inputs(model, layer):
     layer receives none.
     """
     if not model.built or not getattr(layer, "_inbound_nodes", None):
-        raise ValueError(f"Layer {layer.name!r} has no inputs in the model's graph: build the model on data first.")
+        raise ValueError(
+            f"Layer {layer.name!r} has no inputs in a graph of layers: build the Functional or Sequential "
+            "model first; for a subclassed model, call tfm.lstm_gates(layer, inputs, mask) with the "
+            "layer's inputs yourself."
+        )
     arguments = layer._inbound_nodes[0].arguments
     sequences = arguments.args[0] if arguments.args else next(iter(arguments.kwargs.values()))
     mask = arguments.kwargs.get("mask")
-    try:
-        submodel = keras.Model(model.input, [sequences] if mask is None else [sequences, mask])
-    except (AttributeError, ValueError) as error:
-        raise ValueError(
-            "Reading an inner layer's inputs needs a Functional or Sequential model; for a subclassed "
-            "model call tfm.lstm_gates(layer, inputs, mask) with the layer's inputs yourself."
-        ) from error
+    cut = submodel(model, [sequences] if mask is None else [sequences, mask])
 
     def inputs_and_mask(x):
-        outputs = submodel(x, training=False)
+        outputs = cut(x, training=False)
         sequences = keras.ops.convert_to_numpy(outputs[0])
         return sequences, (None if mask is None else keras.ops.convert_to_numpy(outputs[1]))
 

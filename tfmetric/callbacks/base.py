@@ -6,6 +6,8 @@ import tempfile
 import keras
 import numpy as np
 
+from tfmetric.inspection import submodel
+
 __all__ = ["PeriodicCallback", "SummaryLog", "atomic_write", "embedding_model", "tsv_cell"]
 
 
@@ -36,14 +38,12 @@ def embedding_model(model, layer=None):
     """`model`, or the sub-model from its inputs to the outputs of its layer `layer` (a name or the layer)."""
     if layer is None:
         return model
+    source = model.get_layer(layer) if isinstance(layer, str) else layer
     try:
-        source = model.get_layer(layer) if isinstance(layer, str) else layer
-        return keras.Model(model.input, source.output)
-    except (AttributeError, ValueError) as error:
-        raise ValueError(
-            f"Cannot read layer {layer!r}'s outputs: it must be a layer of a Functional or "
-            "Sequential model that has been built."
-        ) from error
+        outputs = source.output
+    except AttributeError as error:
+        raise ValueError(f"Layer {source.name!r} has no outputs in a graph of layers: {error}") from error
+    return submodel(model, outputs)
 
 
 class SummaryLog:

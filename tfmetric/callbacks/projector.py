@@ -136,6 +136,11 @@ class EmbeddingProjector(PeriodicCallback):
 
 
 def _count(x):
+    """How many examples `x` holds: one array, or a dict, tuple or list of arrays (one per model input)."""
+    if isinstance(x, dict):
+        x = next(iter(x.values()))
+    elif isinstance(x, (list, tuple)) and x and all(hasattr(part, "shape") for part in x):
+        x = x[0]
     try:
         return len(x)
     except TypeError:
