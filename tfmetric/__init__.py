@@ -6,7 +6,7 @@ model.compile(optimizer="adam", loss=tfm.BatchHardTriplet(margin=0.5))
 ```
 """
 
-from tfmetric import callbacks, distances, evaluation, layers, losses, metrics, plots, recurrent
+from tfmetric import callbacks, datasets, distances, evaluation, layers, losses, metrics, plots, recurrent
 from tfmetric.losses import (
     BatchAllTriplet,
     BatchHardTriplet,
@@ -23,12 +23,13 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    # tfm.data is TensorFlow by nature (tf.data); loaded on first use so that
-    # users of the JAX backend do not import TensorFlow for nothing.
-    if name == "data":
+    # tfm.data is TensorFlow by nature (tf.data), and the demo and comparison
+    # use it; loaded on first use so that users of the JAX backend do not
+    # import TensorFlow for nothing.
+    if name in ("compare", "data", "demo"):
         import importlib
 
-        return importlib.import_module("tfmetric.data")
+        return importlib.import_module(f"tfmetric.{name}")
     raise AttributeError(f"module 'tfmetric' has no attribute {name!r}")
 
 __all__ = [
@@ -41,7 +42,10 @@ __all__ = [
     "SemiHardTriplet",
     "TripletLoss",
     "callbacks",
+    "compare",
     "data",
+    "datasets",
+    "demo",
     "distances",
     "evaluation",
     "layers",

@@ -25,7 +25,7 @@ documents.
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["pk_batches", "pk_sampler"]
+__all__ = ["pk_batches", "pk_sampler", "random_pairs", "random_triplets"]
 
 
 def pk_sampler(
@@ -379,3 +379,56 @@ def _check_stream_spec(spec):
     if not (y_spec.dtype.is_integer or y_spec.dtype.is_floating) or y_spec.shape.num_elements() != 1:
         raise ValueError(f"y must be one integer label per example; received {y_spec}.")
     return x_spec, y_spec
+
+
+def _by_class(labels):
+    labels = np.asarray(labels).reshape(-1)
+    classes, codes = np.unique(labels, return_inverse=True)
+    members = [np.flatnonzero(codes == code) for code in range(len(classes))]
+    if len(classes) < 2:
+        raise ValueError("Random pairs and triplets need at least two classes.")
+    if not any(len(indices) > 1 for indices in members):
+        raise ValueError("Every class has a single example: there is no positive pair.")
+    return codes, members
+
+
+def _positive_and_negative(codes, members, anchors, rng):
+    positives = np.empty_like(anchors)
+    negatives = np.empty_like(anchors)
+    for slot, anchor in enumerate(anchors):
+        own = members[codes[anchor]]
+        choice = own[rng.integers(len(own) - 1)]
+        # Any other member of the class: skip over the anchor itself.
+        positives[slot] = choice if choice != anchor else own[-1]
+        negative_class = rng.integers(len(members) - 1)
+        negative_class += negative_class >= codes[anchor]
+        others = members[negative_class]
+        negatives[slot] = others[rng.integers(len(others))]
+    return positives, negatives
+
+
+def random_pairs(labels, count, seed=None):
+    """Offline pairs for a siamese network: half similar, half not, drawn at random.
+
+    Returns `(first, second, similar)`: two index arrays into `labels` and
+    `similar` (1 for the same class, 0 otherwise), `count` pairs in all.
+    Anchors come uniformly from the examples of classes with two or more.
+    """
+    codes, members = _by_class(labels)
+    rng = np.random.default_rng(seed)
+    eligible = np.concatenate([indices for indices in members if len(indices) > 1])
+    first = eligible[rng.integers(len(eligible), size=count)]
+    positives, negatives = _positive_and_negative(codes, members, first, rng)
+    similar = (np.arange(count) % 2 == 0).astype("int64")
+    rng.shuffle(similar)
+    return first, np.where(similar == 1, positives, negatives), similar
+
+
+def random_triplets(labels, count, seed=None):
+    """Offline triplets `(anchor, positive, negative)` of indices into `labels`, drawn at random."""
+    codes, members = _by_class(labels)
+    rng = np.random.default_rng(seed)
+    eligible = np.concatenate([indices for indices in members if len(indices) > 1])
+    anchors = eligible[rng.integers(len(eligible), size=count)]
+    positives, negatives = _positive_and_negative(codes, members, anchors, rng)
+    return anchors, positives, negatives

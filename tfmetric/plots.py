@@ -107,7 +107,7 @@ def gate_heatmap(counts, tokens, title="", maximum=None, font=None):
     return _png(figure)
 
 
-def scatter(points, labels, title="", limits=None):
+def scatter(points, labels, title="", limits=None, axis_labels=("PC 1", "PC 2")):
     """A 2-D scatter coloured by label, as PNG bytes.
 
     `limits` is `((x_min, x_max), (y_min, y_max))`; frames drawn with the
@@ -128,8 +128,8 @@ def scatter(points, labels, title="", limits=None):
         axes.set_ylim(*limits[1])
     if len(classes) <= 20:
         axes.legend(loc="upper right", fontsize=7, markerscale=1.5, title="label")
-    axes.set_xlabel("PC 1")
-    axes.set_ylabel("PC 2")
+    axes.set_xlabel(axis_labels[0])
+    axes.set_ylabel(axis_labels[1])
     if title:
         axes.set_title(title)
     figure.tight_layout()
