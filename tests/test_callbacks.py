@@ -298,6 +298,8 @@ def test_projector_bad_arguments():
         tfm.callbacks.EmbeddingProjector("logs", np.zeros((3, 2)), labels=[0, 1])
     with pytest.raises(ValueError, match="images has 2 entries"):
         tfm.callbacks.EmbeddingProjector("logs", np.zeros((3, 2)), images=np.zeros((2, 4, 4)))
+    with pytest.raises(ValueError, match=r"values in \[0, 1\]"):
+        tfm.callbacks.EmbeddingProjector("logs", np.zeros((3, 2)), images=np.full((3, 4, 4), 16.0))
 
 
 # --- Gate activations -------------------------------------------------------

@@ -39,6 +39,16 @@ def test_compare_reports_every_method_and_draws_it(tmp_path, capsys):
         compare.run(epochs=1, out_dir=str(tmp_path), methods=["k-means"], limit=50)
 
 
+def test_command_line(tmp_path, capsys):
+    from tfmetric.__main__ import main
+
+    main(["compare", "--epochs", "1", "--methods", "softmax", "semi-hard triplet", "--out-dir", str(tmp_path)])
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["semi_hard_triplet.png", "softmax.png"]
+    with pytest.raises(SystemExit):
+        main(["demo", "--loss", "n_pairs"])
+    assert "invalid choice: 'n_pairs'" in capsys.readouterr().err
+
+
 def test_offline_download_fails_with_a_clear_message(monkeypatch):
     def offline():
         raise OSError("[Errno -3] Temporary failure in name resolution")

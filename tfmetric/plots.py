@@ -13,7 +13,7 @@ import numpy as np
 
 from tfmetric.optional import optional_import
 
-__all__ = ["font_for", "gate_heatmap", "gif", "png_to_array", "scatter", "sprite"]
+__all__ = ["font_for", "gate_heatmap", "gif", "png_to_array", "scatter", "sprite", "sprite_images"]
 
 # TensorBoard's projector refuses sprites larger than this on either side.
 MAX_SPRITE_SIZE = 8192
@@ -149,6 +149,20 @@ def gif(frames, path, milliseconds_per_frame=500):
     pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=milliseconds_per_frame, loop=0)
 
 
+def sprite_images(images):
+    """`images` checked and as uint8: `(n, height, width)` or `(n, height, width, 3|4)`."""
+    images = np.asarray(images)
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (3, 4)):
+        raise ValueError(f"images must be (n, height, width[, 1|3|4]); received shape {images.shape}.")
+    if images.dtype != np.uint8:
+        if not np.all(np.isfinite(images)) or images.min(initial=0) < 0 or images.max(initial=0) > 1:
+            raise ValueError("Non-uint8 images must hold values in [0, 1].")
+        images = np.round(images * 255).astype(np.uint8)
+    return images
+
+
 def sprite(images, max_size=MAX_SPRITE_SIZE):
     """The projector's sprite: `images` tiled row-major in a square grid.
 
@@ -161,15 +175,7 @@ def sprite(images, max_size=MAX_SPRITE_SIZE):
         `(PIL image, (thumbnail width, thumbnail height))`.
     """
     image = optional_import("PIL.Image", "Sprites")
-    images = np.asarray(images)
-    if images.ndim == 4 and images.shape[-1] == 1:
-        images = images[..., 0]
-    if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (3, 4)):
-        raise ValueError(f"images must be (n, height, width[, 1|3|4]); received shape {images.shape}.")
-    if images.dtype != np.uint8:
-        if not np.all(np.isfinite(images)) or images.min(initial=0) < 0 or images.max(initial=0) > 1:
-            raise ValueError("Non-uint8 images must hold values in [0, 1].")
-        images = np.round(images * 255).astype(np.uint8)
+    images = sprite_images(images)
     count, height, width = images.shape[:3]
     columns = int(np.ceil(np.sqrt(count)))
     scale = min(1.0, max_size / (columns * height), max_size / (columns * width))

@@ -7,6 +7,7 @@ import numpy as np
 
 from tfmetric.callbacks.base import PeriodicCallback, SummaryLog, atomic_write, tsv_cell
 from tfmetric.optional import optional_import
+from tfmetric.plots import sprite, sprite_images
 
 __all__ = ["EmbeddingProjector"]
 
@@ -74,7 +75,7 @@ class EmbeddingProjector(PeriodicCallback):
         self.x = x
         self.count = _count(x)
         self.columns = _metadata_columns(labels, metadata, self.count)
-        self.images = None if images is None else np.asarray(images)
+        self.images = None if images is None else sprite_images(images)
         if self.images is not None and len(self.images) != self.count:
             raise ValueError(f"images has {len(self.images)} entries for {self.count} inputs.")
         self.layer = layer
@@ -100,19 +101,18 @@ class EmbeddingProjector(PeriodicCallback):
         # TensorBoard caches tensors by name, so each export has its own. The
         # checkpoint also holds the previous export, which the config names
         # until it is replaced: whatever the config says is always there.
-        tensors = {f"epoch_{epoch + 1:04d}": embeddings, **(self._previous or {})}
+        name = f"epoch_{epoch + 1:04d}"
+        tensors = {name: embeddings, **(self._previous or {})}
         checkpoint = tf.train.Checkpoint(**{key: tf.Variable(value, trainable=False) for key, value in tensors.items()})
         manager = tf.train.CheckpointManager(checkpoint, self.log_dir, max_to_keep=2, checkpoint_name=CHECKPOINT_PREFIX)
         manager.save(checkpoint_number=epoch + 1)
         self._write_config([key + TENSOR_SUFFIX for key in tensors])
-        self._previous = {f"epoch_{epoch + 1:04d}": embeddings}
+        self._previous = {name: embeddings}
 
     def _write_assets(self):
         if self.columns:
             atomic_write(os.path.join(self.log_dir, METADATA_FILE), _metadata_tsv(self.columns).encode("utf-8"))
         if self.images is not None:
-            from tfmetric.plots import sprite
-
             sheet, self._thumbnail = sprite(self.images)
             buffer = io.BytesIO()
             sheet.save(buffer, format="PNG")
