@@ -360,20 +360,26 @@ def test_cjk_tokens_render_with_a_cjk_font(monkeypatch):
     from matplotlib import font_manager
 
     counts = {"input": [1, 2, 3], "forget": [0, 1, 0], "output": [3, 3, 3]}
-    # Without a CJK font the glyphs would be boxes, and we say so.
+    installed = list(font_manager.fontManager.ttflist)
+    # Without a CJK font the glyphs would be boxes, and we say so. (matplotlib's
+    # own Last Resort font "covers" everything with boxes: it does not count.)
     monkeypatch.setattr(font_manager.fontManager, "ttflist", [
-        entry for entry in font_manager.fontManager.ttflist if "DejaVu" in entry.name
+        entry for entry in installed if "DejaVu" in entry.name or "Last Resort" in entry.name
     ])
     with pytest.warns(UserWarning, match="No installed font can draw"):
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")
         boxes = plots.gate_heatmap(counts, list("导航到"))
-    # A CJK font matplotlib knows is found by itself.
+    # A CJK font matplotlib knows is found by itself, among all the installed ones.
+    monkeypatch.setattr(font_manager.fontManager, "ttflist", installed)
     font_manager.fontManager.addfont(cjk_font())
-    assert plots.font_for("导航到").get_file() == cjk_font()
+    assert plots.font_for("导航到: units > 0.8").get_file() == cjk_font()
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         drawn = plots.gate_heatmap(counts, list("导航到"))
     assert not np.array_equal(plots.png_to_array(drawn), plots.png_to_array(boxes))
+    # The glyphs are real: the drawn characters differ from one another.
+    glyphs = [plots.png_to_array(plots.gate_heatmap({"input": [1]}, [character], font=cjk_font())) for character in "导航"]
+    assert not np.array_equal(*glyphs)
     assert plots.font_for("plain ascii") is None
 
 

@@ -63,6 +63,9 @@ def font_for(text, font=None):
     if needed <= _characters_of(default):
         return None
     for entry in font_manager.fontManager.ttflist:
+        # Last Resort maps every code point to a placeholder box.
+        if entry.name.startswith("Last Resort"):
+            continue
         if needed <= _characters_of(entry.fname):
             return font_manager.FontProperties(fname=entry.fname)
     missing = "".join(sorted({chr(code) for code in needed - _characters_of(default)})[:20])
