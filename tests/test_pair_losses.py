@@ -5,7 +5,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, tensor, value_and_grad
+from conftest import BACKEND, only_tensorflow, tensor, value_and_grad
 from hypothesis import given, settings, strategies as st
 
 import reference
@@ -458,3 +458,17 @@ def test_distance_weighted_sampling_draws_anew_in_compiled_fit():
     # through the compiled step as model state).
     assert not np.array_equal(before, after)
     assert any(v is state for v in model.non_trainable_variables)
+
+
+@only_tensorflow
+def test_hard_negatives_with_an_unknown_batch_size():
+    # A graph traced for any batch size (a dataset batched without
+    # drop_remainder, or a batch gathered across replicas).
+    import tensorflow as tf
+
+    loss = tfm.Contrastive(margin=1.0, negatives="hard")
+    traced = tf.function(loss, input_signature=[tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, 3], tf.float32)])
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 3).astype("int32")
+    embeddings = rng.normal(size=(12, 3)).astype("float32")
+    np.testing.assert_allclose(float(traced(labels, embeddings)), float(loss(labels, embeddings)), rtol=1e-6)

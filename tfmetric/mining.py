@@ -208,6 +208,18 @@ def all_triplet_terms(distances, labels, margin):
     return loss_sums, ops.stop_gradient(active_counts), valid_counts
 
 
+def _bit_pattern(values, key_dtype):
+    """The bits of `values` as integers of the same width."""
+    if backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        # keras.ops.view compares the last dimension with Python `==`, which
+        # fails when the batch size is unknown in a graph (a batch without
+        # drop_remainder, a gathered global batch).
+        return tf.bitcast(values, key_dtype)
+    return ops.view(values, key_dtype)
+
+
 def smallest_entries(values, candidates, count):
     """Weights selecting exactly `count` of the smallest candidate entries.
 
@@ -228,7 +240,7 @@ def smallest_entries(values, candidates, count):
         values = ops.cast(values, "float32")
         key_dtype, bits, infinity_key = "int32", 31, 0x7F800000
     # abs: -0.0 has the sign bit set, which would make it the smallest key.
-    keys = ops.view(ops.abs(values), key_dtype)
+    keys = _bit_pattern(ops.abs(values), key_dtype)
     keys = ops.where(candidates, keys, ops.full_like(keys, infinity_key))
     count = ops.minimum(
         ops.cast(count, key_dtype), ops.sum(ops.cast(candidates, key_dtype))

@@ -67,6 +67,9 @@ class Contrastive(InBatchLoss):
         reduction: `"sum_over_batch_size"` (the mean above, default),
             `"sum"`, or `None` for each example's mean over its pairs.
         name: Optional name of the loss.
+        cross_replica: Under a `tf.distribute` strategy, mine each replica's
+            anchors against the batches of all replicas, so that training
+            matches one device on the global batch (see the README).
 
     Example:
 
@@ -87,8 +90,9 @@ class Contrastive(InBatchLoss):
         negatives="all",
         reduction="sum_over_batch_size",
         name="contrastive",
+        cross_replica=False,
     ):
-        super().__init__(distance, normalize, reduction, name)
+        super().__init__(distance, normalize, reduction, name, cross_replica)
         self.margin = float(margin)
         self.negatives = check_choice("negatives", negatives, NEGATIVES)
 

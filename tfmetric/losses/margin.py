@@ -95,6 +95,9 @@ class MarginLoss(InBatchLoss):
         reduction: `"sum_over_batch_size"` (the loss above, default),
             `"sum"`, or `None` for each anchor's own mean.
         name: Optional name of the loss.
+        cross_replica: Under a `tf.distribute` strategy, mine each replica's
+            anchors against the batches of all replicas, so that training
+            matches one device on the global batch (see the README).
 
     Example:
 
@@ -119,8 +122,9 @@ class MarginLoss(InBatchLoss):
         seed=None,
         reduction="sum_over_batch_size",
         name="margin_loss",
+        cross_replica=False,
     ):
-        super().__init__("euclidean", normalize, reduction, name)
+        super().__init__("euclidean", normalize, reduction, name, cross_replica)
         if num_classes is not None and not learn_beta:
             raise ValueError(
                 "num_classes adds a learned β offset per class; it needs learn_beta=True."

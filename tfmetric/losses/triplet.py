@@ -75,6 +75,9 @@ class BatchHardTriplet(InBatchLoss):
             `"sum"`, or `None` for the per-anchor vector (0 for invalid
             anchors).
         name: Optional name of the loss.
+        cross_replica: Under a `tf.distribute` strategy, mine each replica's
+            anchors against the batches of all replicas, so that training
+            matches one device on the global batch (see the README).
 
     Example:
 
@@ -93,8 +96,9 @@ class BatchHardTriplet(InBatchLoss):
         normalize=False,
         reduction="sum_over_batch_size",
         name="batch_hard_triplet",
+        cross_replica=False,
     ):
-        super().__init__(distance, normalize, reduction, name)
+        super().__init__(distance, normalize, reduction, name, cross_replica)
         self.margin = float(margin)
         self.soft = bool(soft)
 
@@ -135,6 +139,9 @@ class BatchAllTriplet(InBatchLoss):
             `"sum"` (the weighted sum of triplet losses), or `None` for the
             per-anchor mean over its own triplets.
         name: Optional name of the loss.
+        cross_replica: Under a `tf.distribute` strategy, mine each replica's
+            anchors against the batches of all replicas, so that training
+            matches one device on the global batch (see the README).
 
     Example:
 
@@ -153,8 +160,9 @@ class BatchAllTriplet(InBatchLoss):
         average="nonzero",
         reduction="sum_over_batch_size",
         name="batch_all_triplet",
+        cross_replica=False,
     ):
-        super().__init__(distance, normalize, reduction, name)
+        super().__init__(distance, normalize, reduction, name, cross_replica)
         self.margin = float(margin)
         self.average = check_choice("average", average, AVERAGES)
 
@@ -193,6 +201,9 @@ class SemiHardTriplet(InBatchLoss):
         reduction: `"sum_over_batch_size"` (the mean above, default),
             `"sum"`, or `None` for the per-anchor mean over its pairs.
         name: Optional name of the loss.
+        cross_replica: Under a `tf.distribute` strategy, mine each replica's
+            anchors against the batches of all replicas, so that training
+            matches one device on the global batch (see the README).
 
     Example:
 
@@ -210,8 +221,9 @@ class SemiHardTriplet(InBatchLoss):
         normalize=False,
         reduction="sum_over_batch_size",
         name="semi_hard_triplet",
+        cross_replica=False,
     ):
-        super().__init__(distance, normalize, reduction, name)
+        super().__init__(distance, normalize, reduction, name, cross_replica)
         self.margin = float(margin)
 
     def anchor_terms(self, distances, labels):
