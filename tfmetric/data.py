@@ -61,7 +61,10 @@ def pk_sampler(
         p: Classes per batch.
         k: Examples per class in a batch, at least 2.
         seed: Integer seed. `None` draws one now, so each new sampler differs.
-            Required when sharding across several input pipelines.
+            Required when sharding across several input pipelines. The
+            epochs' draws also depend on TensorFlow's global seed
+            (`keras.utils.set_random_seed`), as every `tf.data` random op
+            does: workers sharding one plan must set the same one (or none).
         allow_repeats: Keep every example: a class's last incomplete group
             of K (or a class with fewer than K examples) is topped up by
             repeating examples of that class. By default those examples are
