@@ -73,6 +73,18 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
         local = train(lambda: make(False), mirrored)
         difference = lambda weights: max(float(np.max(np.abs(a - b))) for a, b in zip(one_device, weights))
         report[name] = {"cross_replica": difference(gathered), "local": difference(local)}
+    # Per-example losses (reduction=None): each replica returns its own examples'.
+    loss = tfm.SemiHardTriplet(margin=0.5, reduction=None, cross_replica=True)
+    x, y = x_steps[:16], y_steps[:16]
+    model = new_model(initial)
+    want = loss(y, model(x)).numpy()
+    halves = [x[:8], x[8:]], [y[:8], y[8:]]
+    values = mirrored.experimental_distribute_values_from_function(
+        lambda context: (halves[0][context.replica_id_in_sync_group], halves[1][context.replica_id_in_sync_group])
+    )
+    shares = mirrored.run(tf.function(lambda pair: loss(pair[1], model(pair[0]))), args=(values,))
+    got = np.concatenate([s.numpy() for s in mirrored.experimental_local_results(shares)])
+    report["per-example"] = {"cross_replica": float(np.max(np.abs(got - want))), "local": 1.0}
     print(json.dumps(report))
     """
 )

@@ -58,7 +58,7 @@ def reduce_anchor_terms(loss_sums, term_counts, sample_weight=None, reduction="s
     weights = check_sample_weight(sample_weight, loss_sums)
     if reduction is None or reduction == "none":
         per_anchor = weights * divide_or_zero(loss_sums, term_counts)
-        return per_anchor if share is None else per_anchor[share]
+        return per_anchor if share is None else ops.take(per_anchor, ops.where(share)[0])
     numerator = weights * loss_sums
     if share is not None:
         numerator = ops.where(share, numerator, ops.zeros_like(numerator))
