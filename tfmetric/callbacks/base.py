@@ -1,5 +1,6 @@
 """What the callbacks share: an epoch schedule, embedding a dataset, TensorBoard logs."""
 
+import contextlib
 import os
 import tempfile
 
@@ -12,25 +13,37 @@ __all__ = ["PeriodicCallback", "SummaryLog", "atomic_write", "embedding_model", 
 
 
 class PeriodicCallback(keras.callbacks.Callback):
-    """A callback that works at the end of every `every_n_epochs`-th epoch."""
+    """A callback that works at the end of every `every_n_epochs`-th epoch.
 
-    def __init__(self, every_n_epochs=1):
+    `layer` and `batch_size` say what `embed` reads: the model's outputs, or
+    those of its layer `layer` (a name or the layer).
+    """
+
+    def __init__(self, every_n_epochs=1, layer=None, batch_size=256):
         super().__init__()
         if int(every_n_epochs) != every_n_epochs or every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be a positive integer; received {every_n_epochs}.")
         self.every_n_epochs = int(every_n_epochs)
-        self._embedders = {}
+        self.layer = layer
+        self.batch_size = batch_size
+        self._built_for = self._built = None
 
     def due(self, epoch):
         return (epoch + 1) % self.every_n_epochs == 0
 
-    def embed(self, x, layer=None, batch_size=256):
-        """The model's outputs for `x` (or those of its layer `layer`), as a 2-D float array."""
-        key = (id(self.model), layer if isinstance(layer, (str, type(None))) else id(layer))
-        if key not in self._embedders:
-            # One sub-model per layer, so that predict is traced once.
-            self._embedders = {key: embedding_model(self.model, layer)}
-        outputs = np.asarray(self._embedders[key].predict(x, batch_size=batch_size, verbose=0))
+    def for_model(self, build):
+        """`build(self.model)`, kept until the callback is given another model.
+
+        Sub-models built once are traced once by `predict`.
+        """
+        if self._built_for is not self.model:
+            self._built, self._built_for = build(self.model), self.model
+        return self._built
+
+    def embed(self, x):
+        """The embeddings of `x`, as a 2-D array."""
+        embedder = self.for_model(lambda model: embedding_model(model, self.layer))
+        outputs = np.asarray(embedder.predict(x, batch_size=self.batch_size, verbose=0))
         return outputs.reshape(len(outputs), -1)
 
 
@@ -61,28 +74,27 @@ class SummaryLog:
             self._writer = tf.summary.create_file_writer(self.log_dir)
         return self._writer
 
-    def scalars(self, values, step):
+    @contextlib.contextmanager
+    def _writing(self):
         import tensorflow as tf
 
         with self.writer.as_default():
-            for name, value in values.items():
-                tf.summary.scalar(name, value, step=step)
+            yield tf.summary
         self.writer.flush()
+
+    def scalars(self, values, step):
+        with self._writing() as summary:
+            for name, value in values.items():
+                summary.scalar(name, value, step=step)
 
     def image(self, name, picture, step, description=None):
         """`picture`: a uint8 array `(height, width, channels)`."""
-        import tensorflow as tf
-
-        with self.writer.as_default():
-            tf.summary.image(name, picture[None], step=step, description=description)
-        self.writer.flush()
+        with self._writing() as summary:
+            summary.image(name, picture[None], step=step, description=description)
 
     def text(self, name, value, step):
-        import tensorflow as tf
-
-        with self.writer.as_default():
-            tf.summary.text(name, value, step=step)
-        self.writer.flush()
+        with self._writing() as summary:
+            summary.text(name, value, step=step)
 
     def close(self):
         if self._writer is not None:

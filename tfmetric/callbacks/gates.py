@@ -43,10 +43,9 @@ class GateActivations(PeriodicCallback):
     """
 
     def __init__(self, layer, samples, log_dir, threshold=0.8, tokens=None, every_n_epochs=1, font=None):
-        super().__init__(every_n_epochs)
+        super().__init__(every_n_epochs, layer)
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1] (gates are sigmoids); received {threshold}.")
-        self.layer = layer
         self.samples = samples
         self.log_dir = os.fspath(log_dir)
         self.threshold = float(threshold)
@@ -62,9 +61,10 @@ class GateActivations(PeriodicCallback):
         self.summaries.close()
 
     def counts(self):
-        """`[{"tokens": [...], "input": [...], "forget": [...], "output": [...]}]` per sample."""
+        """`(samples, units)`: per sample `{"tokens", "positions", "input", "forget", "output"}`,
+        and the number of units counted at each step (all directions)."""
         layer = self.model.get_layer(self.layer) if isinstance(self.layer, str) else self.layer
-        inputs, mask = layer_inputs(self.model, layer)(self.samples)
+        inputs, mask = self.for_model(lambda model: layer_inputs(model, layer))(self.samples)
         gates = lstm_gates(layer, inputs, mask)
         if mask is None:
             mask = np.ones(inputs.shape[:2], bool)
@@ -84,13 +84,12 @@ class GateActivations(PeriodicCallback):
             entry = {"tokens": tokens, "positions": positions.tolist()}
             entry.update({name: counts[name][index, positions].tolist() for name in COUNTED_GATES})
             samples.append(entry)
-        self.units = sum(direction["input"].shape[-1] for direction in gates.values())
-        return samples
+        return samples, sum(direction["input"].shape[-1] for direction in gates.values())
 
     def export(self, epoch):
         from tfmetric.plots import gate_heatmap, png_to_array
 
-        samples = self.counts()
+        samples, units = self.counts()
         directory = os.path.join(self.log_dir, "gates", f"epoch-{epoch + 1:04d}")
         os.makedirs(directory, exist_ok=True)
         rows = ["sample\tposition\ttoken\t" + "\t".join(COUNTED_GATES)]
@@ -99,7 +98,7 @@ class GateActivations(PeriodicCallback):
                 values = "\t".join(str(sample[name][step]) for name in COUNTED_GATES)
                 rows.append(f"{index}\t{sample['positions'][step]}\t{tsv_cell(token)}\t{values}")
         atomic_write(os.path.join(directory, "counts.tsv"), ("\n".join(rows) + "\n").encode("utf-8"))
-        summary = {"epoch": epoch + 1, "threshold": self.threshold, "units": self.units, "samples": samples}
+        summary = {"epoch": epoch + 1, "threshold": self.threshold, "units": units, "samples": samples}
         atomic_write(
             os.path.join(directory, "counts.json"), json.dumps(summary, ensure_ascii=False, indent=1).encode("utf-8")
         )
@@ -110,7 +109,7 @@ class GateActivations(PeriodicCallback):
                 {name: sample[name] for name in COUNTED_GATES},
                 sample["tokens"],
                 title=title,
-                maximum=self.units,
+                maximum=units,
                 font=self.font,
             )
             atomic_write(os.path.join(directory, f"sample-{index:03d}.png"), png)

@@ -70,7 +70,7 @@ class EmbeddingProjector(PeriodicCallback):
         every_n_epochs=1,
         batch_size=256,
     ):
-        super().__init__(every_n_epochs)
+        super().__init__(every_n_epochs, layer, batch_size)
         self.log_dir = os.fspath(log_dir)
         self.x = x
         self.count = _count(x)
@@ -78,8 +78,6 @@ class EmbeddingProjector(PeriodicCallback):
         self.images = None if images is None else sprite_images(images)
         if self.images is not None and len(self.images) != self.count:
             raise ValueError(f"images has {len(self.images)} entries for {self.count} inputs.")
-        self.layer = layer
-        self.batch_size = batch_size
         self._previous = None
 
     def on_epoch_end(self, epoch, logs=None):
@@ -90,7 +88,7 @@ class EmbeddingProjector(PeriodicCallback):
         """Writes the current embeddings (and, the first time, the metadata and sprite)."""
         import tensorflow as tf
 
-        embeddings = self.embed(self.x, self.layer, self.batch_size).astype(np.float32)
+        embeddings = self.embed(self.x).astype(np.float32)
         if self._previous is None:
             os.makedirs(self.log_dir, exist_ok=True)
             self._write_assets()

@@ -63,7 +63,7 @@ class RetrievalEvaluation(PeriodicCallback):
         layer=None,
         log_dir=None,
     ):
-        super().__init__(every_n_epochs)
+        super().__init__(every_n_epochs, layer, batch_size)
         if (reference is None) != (reference_labels is None):
             raise ValueError("Pass reference and reference_labels together.")
         self.x, self.y = x, np.asarray(y)
@@ -71,19 +71,17 @@ class RetrievalEvaluation(PeriodicCallback):
         self.k, self.distance, self.nmi = k, distance, nmi
         self.prefix = prefix
         self.collapse_tolerance = collapse_tolerance
-        self.batch_size = batch_size
-        self.layer = layer
         self.summaries = None if log_dir is None else SummaryLog(log_dir)
 
     def on_epoch_end(self, epoch, logs=None):
         if not self.due(epoch):
             return
-        embeddings = self.embed(self.x, self.layer, self.batch_size).astype(np.float64)
+        embeddings = self.embed(self.x).astype(np.float64)
         if self.collapse_tolerance is not None:
             check_collapse(embeddings, self.collapse_tolerance, epoch)
         reference = None
         if self.reference is not None:
-            reference = self.embed(self.reference, self.layer, self.batch_size)
+            reference = self.embed(self.reference)
         metrics = retrieval_metrics(
             embeddings,
             self.y,

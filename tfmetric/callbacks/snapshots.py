@@ -52,16 +52,14 @@ class EmbeddingSnapshots(PeriodicCallback):
         batch_size=256,
         basis="first",
     ):
-        super().__init__(every_n_epochs)
+        super().__init__(every_n_epochs, layer, batch_size)
         if basis not in ("first", "last"):
             raise ValueError(f'basis must be "first" or "last"; received {basis!r}.')
         self.basis = basis
         self.x = x
         self.labels = np.asarray(labels).reshape(-1)
         self.log_dir = os.fspath(log_dir)
-        self.layer = layer
         self.milliseconds_per_frame = milliseconds_per_frame
-        self.batch_size = batch_size
         self.gif_path = os.path.join(self.log_dir, "embeddings.gif")
         self.points_path = os.path.join(self.log_dir, "embeddings_pca.npz")
         self.summaries = SummaryLog(self.log_dir)
@@ -96,13 +94,13 @@ class EmbeddingSnapshots(PeriodicCallback):
         self.summaries.close()
 
     def _snapshot(self, epoch):
-        embeddings = self.embed(self.x, self.layer, self.batch_size).astype(np.float64)
+        embeddings = self.embed(self.x)
         if len(embeddings) != len(self.labels):
             raise ValueError(f"{len(self.labels)} labels for {len(embeddings)} embeddings.")
         self.epochs.append(epoch)
         if self.basis == "last":
             # Projected when training ends, on the basis of the last snapshot.
-            self.frames.append(embeddings.astype(np.float32))
+            self.frames.append(embeddings)
             return
         if self.mean is None:
             self.mean, self.axes = principal_axes(embeddings)
@@ -124,6 +122,7 @@ class EmbeddingSnapshots(PeriodicCallback):
 def principal_axes(embeddings, count=2):
     """Mean and the top `count` principal axes `(count, dim)`; zero rows when the data has fewer."""
     decomposition = optional_import("sklearn.decomposition", "EmbeddingSnapshots")
+    embeddings = np.asarray(embeddings, np.float64)
     mean = embeddings.mean(axis=0)
     axes = np.zeros((count, embeddings.shape[1]))
     available = min(count, *embeddings.shape)
