@@ -109,19 +109,24 @@ def _run_direction(lstm, inputs, mask):
     carry = np.zeros((batch, units), np.float32)
     gates = {name: np.zeros((batch, len(steps), units), np.float32) for name in GATES}
     for step in steps:
-        pre_activations = np.split(projected[:, step] + hidden @ recurrent_kernel, 4, axis=-1)
-        values = {}
-        for name, pre_activation in zip(GATES, pre_activations):
-            activation = cell.activation if name == "cell" else cell.recurrent_activation
-            values[name] = np.asarray(keras.ops.convert_to_numpy(activation(pre_activation)), np.float32)
+        pre_activations = projected[:, step] + hidden @ recurrent_kernel
+        # Elementwise: each block keeps its own activation of the two.
+        gated = np.split(_apply(cell.recurrent_activation, pre_activations), 4, axis=-1)
+        candidate = np.split(_apply(cell.activation, pre_activations), 4, axis=-1)[GATES.index("cell")]
+        values = dict(zip(GATES, gated), cell=candidate)
         new_carry = values["forget"] * carry + values["input"] * values["cell"]
-        new_hidden = values["output"] * np.asarray(keras.ops.convert_to_numpy(cell.activation(new_carry)), np.float32)
+        new_hidden = values["output"] * _apply(cell.activation, new_carry)
         live = mask[:, step, None]
         carry = np.where(live, new_carry, carry)
         hidden = np.where(live, new_hidden, hidden)
         for name in GATES:
             gates[name][:, step] = np.where(live, values[name], 0.0)
     return gates
+
+
+def _apply(activation, values):
+    """A Keras activation on a NumPy array, back as float32 NumPy."""
+    return np.asarray(keras.ops.convert_to_numpy(activation(values)), np.float32)
 
 
 def layer_inputs(model, layer):
