@@ -384,7 +384,8 @@ def _check_stream_spec(spec):
     return x_spec, y_spec
 
 
-def _by_class(labels):
+def _random_triplets(labels, count, rng):
+    """`count` (anchor, positive, negative) index triples; the two public samplers share them."""
     labels = np.asarray(labels).reshape(-1)
     classes, codes = np.unique(labels, return_inverse=True)
     members = [np.flatnonzero(codes == code) for code in range(len(classes))]
@@ -392,10 +393,9 @@ def _by_class(labels):
         raise ValueError("Random pairs and triplets need at least two classes.")
     if not any(len(indices) > 1 for indices in members):
         raise ValueError("Every class has a single example: there is no positive pair.")
-    return codes, members
-
-
-def _positive_and_negative(codes, members, anchors, rng):
+    # Anchors need a positive: examples of classes with two or more.
+    eligible = np.concatenate([indices for indices in members if len(indices) > 1])
+    anchors = eligible[rng.integers(len(eligible), size=count)]
     positives = np.empty_like(anchors)
     negatives = np.empty_like(anchors)
     for slot, anchor in enumerate(anchors):
@@ -407,7 +407,7 @@ def _positive_and_negative(codes, members, anchors, rng):
         negative_class += negative_class >= codes[anchor]
         others = members[negative_class]
         negatives[slot] = others[rng.integers(len(others))]
-    return positives, negatives
+    return anchors, positives, negatives
 
 
 def random_pairs(labels, count, seed=None):
@@ -417,11 +417,8 @@ def random_pairs(labels, count, seed=None):
     `similar` (1 for the same class, 0 otherwise), `count` pairs in all.
     Anchors come uniformly from the examples of classes with two or more.
     """
-    codes, members = _by_class(labels)
     rng = np.random.default_rng(seed)
-    eligible = np.concatenate([indices for indices in members if len(indices) > 1])
-    first = eligible[rng.integers(len(eligible), size=count)]
-    positives, negatives = _positive_and_negative(codes, members, first, rng)
+    first, positives, negatives = _random_triplets(labels, count, rng)
     similar = (np.arange(count) % 2 == 0).astype("int64")
     rng.shuffle(similar)
     return first, np.where(similar == 1, positives, negatives), similar
@@ -429,9 +426,4 @@ def random_pairs(labels, count, seed=None):
 
 def random_triplets(labels, count, seed=None):
     """Offline triplets `(anchor, positive, negative)` of indices into `labels`, drawn at random."""
-    codes, members = _by_class(labels)
-    rng = np.random.default_rng(seed)
-    eligible = np.concatenate([indices for indices in members if len(indices) > 1])
-    anchors = eligible[rng.integers(len(eligible), size=count)]
-    positives, negatives = _positive_and_negative(codes, members, anchors, rng)
-    return anchors, positives, negatives
+    return _random_triplets(labels, count, np.random.default_rng(seed))
