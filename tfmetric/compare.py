@@ -17,6 +17,7 @@ among held-out points), and draws the 2-D held-out embeddings.
 
 import os
 
+import keras
 import numpy as np
 
 from tfmetric.data import pk_sampler, random_pairs, random_triplets
@@ -33,6 +34,7 @@ from tfmetric.losses import (
     SemiHardTriplet,
     TripletLoss,
 )
+from tfmetric.plots import scatter
 
 # In a free 2-D space, a margin of 1 leaves the classes room.
 MARGIN = 1.0
@@ -47,14 +49,10 @@ METHODS = ("softmax", "siamese (random pairs)", "triplet (random triplets)", *ON
 
 
 def _optimizer():
-    import keras
-
     return keras.optimizers.Adam(1e-3)
 
 
 def train_softmax(encoder, x, y, epochs, seed, verbose):
-    import keras
-
     classes = int(y.max()) + 1
     classifier = keras.Sequential([encoder, keras.layers.Dense(classes)])
     classifier.compile(_optimizer(), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -62,8 +60,6 @@ def train_softmax(encoder, x, y, epochs, seed, verbose):
 
 
 def train_siamese(encoder, x, y, epochs, seed, verbose):
-    import keras
-
     left, right = keras.Input(x.shape[1:]), keras.Input(x.shape[1:])
     siamese = keras.Model([left, right], PairDistance()([encoder(left), encoder(right)]))
     siamese.compile(_optimizer(), PairContrastive(margin=MARGIN))
@@ -74,8 +70,6 @@ def train_siamese(encoder, x, y, epochs, seed, verbose):
 
 
 def train_triplet(encoder, x, y, epochs, seed, verbose):
-    import keras
-
     towers = [keras.Input(x.shape[1:]) for _ in range(3)]
     stacked = keras.layers.Lambda(lambda parts: keras.ops.stack(parts, axis=1))([encoder(t) for t in towers])
     triplet = keras.Model(towers, stacked)
@@ -106,21 +100,16 @@ TRAINERS = {
 
 def run(dataset="digits", epochs=20, seed=0, out_dir=None, methods=METHODS, verbose=0, limit=None):
     """Trains every method, prints the table, saves one figure per method; returns the rows."""
-    import keras
-
-    from tfmetric.plots import scatter
-
-    (x_train, y_train), (x_test, y_test), _ = load(dataset, seed)
-    if limit is not None:
-        x_train, y_train, x_test, y_test = x_train[:limit], y_train[:limit], x_test[:limit], y_test[:limit]
+    unknown = [method for method in methods if method not in TRAINERS]
+    if unknown:
+        raise ValueError(f"Unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}.")
+    (x_train, y_train), (x_test, y_test), _ = load(dataset, seed, limit=limit)
     out_dir = out_dir or os.path.join("tfmetric-logs", f"compare-{dataset}")
     os.makedirs(out_dir, exist_ok=True)
     print(f"{dataset}: {len(y_train)} training, {len(y_test)} held-out examples; 2-D embeddings, {epochs} epochs")
     header = f"{'method':<28}{'1-NN acc.':>10}{'P@1':>8}{'MAP@R':>8}"
     rows = []
     for method in methods:
-        if method not in TRAINERS:
-            raise ValueError(f"Unknown method {method!r}; choose from {', '.join(METHODS)}.")
         keras.utils.set_random_seed(seed)
         encoder = embedding_network(x_train.shape[1], 2, normalize=False, name="encoder")
         TRAINERS[method](encoder, x_train, y_train, epochs, seed, verbose)

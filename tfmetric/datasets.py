@@ -16,13 +16,21 @@ __all__ = ["DATASETS", "load", "navigation_queries"]
 DATASETS = ("digits", "mnist", "fashion_mnist")
 
 
-def load(name="digits", seed=0, test_fraction=0.2):
+def load(name="digits", seed=0, test_fraction=0.2, limit=None):
     """`((x_train, y_train), (x_test, y_test), image_shape)`, pixels scaled to [0, 1].
 
     `x` is flattened to `(n, pixels)` float32; `image_shape` gives the
     pictures back (for sprites and plots). The digits are split at random
     (`seed`, `test_fraction`); MNIST and Fashion-MNIST keep their own split.
+    `limit` keeps the first examples of each split (for quick runs).
     """
+    (x_train, y_train), (x_test, y_test), image_shape = _load(name, seed, test_fraction)
+    if limit is not None:
+        x_train, y_train, x_test, y_test = x_train[:limit], y_train[:limit], x_test[:limit], y_test[:limit]
+    return (x_train, y_train), (x_test, y_test), image_shape
+
+
+def _load(name, seed, test_fraction):
     if name == "digits":
         datasets = optional_import("sklearn.datasets", "The bundled digits")
         digits = datasets.load_digits()

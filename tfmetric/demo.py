@@ -11,6 +11,8 @@ before and after training.
 import functools
 import os
 
+import keras
+
 from tfmetric.data import pk_sampler
 from tfmetric.datasets import load
 from tfmetric.evaluation import retrieval_metrics
@@ -41,8 +43,6 @@ def nearest_neighbour_accuracy(reference, reference_labels, queries, query_label
 
 def embedding_network(inputs, dimensions, normalize=True, name="embedding"):
     """The demo's and the comparison's encoder: a small MLP."""
-    import keras
-
     layers = [keras.Input((inputs,)), keras.layers.Dense(128, activation="relu"), keras.layers.Dense(dimensions)]
     if normalize:
         layers.append(keras.layers.UnitNormalization())
@@ -68,12 +68,8 @@ def run(loss="batch_hard", epochs=15, margin=0.5, seed=0, dataset="digits", log_
     `log_dir` defaults to `tfmetric-logs/demo-<dataset>-<loss>`; `limit` keeps
     the first examples of each split (for quick runs).
     """
-    import keras
-
     keras.utils.set_random_seed(seed)
-    (x_train, y_train), (x_test, y_test), image_shape = load(dataset, seed)
-    if limit is not None:
-        x_train, y_train, x_test, y_test = x_train[:limit], y_train[:limit], x_test[:limit], y_test[:limit]
+    (x_train, y_train), (x_test, y_test), image_shape = load(dataset, seed, limit=limit)
     log_dir = log_dir or os.path.join("tfmetric-logs", f"demo-{dataset}-{loss}")
     model = embedding_network(x_train.shape[1], 32, name=f"{dataset}_embedding")
     model.compile(

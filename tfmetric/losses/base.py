@@ -128,9 +128,7 @@ class InBatchLoss(keras.losses.Loss):
         """
         embeddings = as_embeddings(y_pred)
         labels = standardize_labels(y_true, embeddings)
-        weights = ops.ones((ops.shape(embeddings)[0],), embeddings.dtype)
-        if sample_weight is not None:
-            weights = check_sample_weight(sample_weight, weights)
+        weights = check_sample_weight(sample_weight, ops.ones((ops.shape(embeddings)[0],), embeddings.dtype))
         all_embeddings, all_labels, all_weights, start = gather_across_replicas(context, embeddings, labels, weights)
         loss_sums, term_counts = self._terms(all_labels, all_embeddings)
         positions = ops.arange(ops.shape(all_labels)[0])
