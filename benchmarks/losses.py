@@ -18,27 +18,21 @@ Batches are P×K: N/K classes of K examples, D = 128, float32.
 import argparse
 import json
 import os
-import resource
-import statistics
-import subprocess
 import sys
-import time
+
+from timing import rss_mb, run_cell, tensorflow_step, time_calls
 
 LOSSES = {
     "distance matrix": None,
     "BatchHardTriplet": "BatchHardTriplet(margin=0.2)",
     "BatchAllTriplet": "BatchAllTriplet(margin=0.2)",
     "SemiHardTriplet": "SemiHardTriplet(margin=0.2)",
+    "LiftedStructure": "LiftedStructure(margin=1.0)",
     "Contrastive": "Contrastive(margin=1.0)",
     "Contrastive hard": "Contrastive(margin=1.0, negatives='hard')",
     "MarginLoss all": "MarginLoss(sampling='all')",
     "MarginLoss dw": "MarginLoss(seed=0)",
 }
-
-
-def _rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def measure(loss_name, n, k, dim, jit, min_seconds):
@@ -58,31 +52,7 @@ def measure(loss_name, n, k, dim, jit, min_seconds):
     else:
         objective = eval("tfm." + spec)
 
-    @tf.function(jit_compile=jit)
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            value = objective(y, x)
-        return value, tape.gradient(value, x)
-
-    baseline = _rss_mb()
-    step(x, y)[1].numpy()
-    times = []
-    start = time.perf_counter()
-    while len(times) < 3 or (time.perf_counter() - start < min_seconds and len(times) < 50):
-        t0 = time.perf_counter()
-        step(x, y)[1].numpy()
-        times.append(time.perf_counter() - t0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"ms": 1e3 * statistics.median(times), "peak_mb": peak, "extra_mb": peak - baseline}
-
-
-def run_cell(loss_name, n, k, dim, jit, min_seconds):
-    cmd = [sys.executable, __file__, "--cell", json.dumps([loss_name, n, k, dim, jit, min_seconds])]
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    if out.returncode != 0:
-        return {"error": out.stderr.strip().splitlines()[-1]}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return time_calls(tensorflow_step(objective, x, y, jit), min_seconds, baseline_mb=rss_mb())
 
 
 def main():
@@ -108,7 +78,7 @@ def main():
         for jit in (False, True):
             reference = None
             for name in ["distance matrix"] + [name for name in args.losses if name != "distance matrix"]:
-                r = run_cell(name, n, args.k, args.dim, jit, args.min_seconds)
+                r = run_cell(sys.executable, __file__, [name, n, args.k, args.dim, jit, args.min_seconds])
                 if "error" in r:
                     print(f"{name:<20}{n:>6}{str(jit):>6}  error: {r['error']}")
                     continue

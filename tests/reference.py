@@ -275,3 +275,35 @@ def margin(x, labels, margin=0.2, beta=1.2, nu=0.0, normalize=True, negative_cou
                 denominators[a] += count
                 gradient_d[a, other] += count * sign
     return _finish(x, "euclidean", normalize, numerators, denominators, gradient_d, weights, kink)
+
+
+def lifted_structure(x, labels, margin=1.0, distance="euclidean", normalize=False, sample_weight=None):
+    """Over ordered positive pairs (a, p): `relu(J_ap)² / 2`, J by its definition."""
+    d, positives, negatives, weights, numerators, denominators, gradient_d = _start(
+        x, labels, distance, normalize, sample_weight
+    )
+    for a in range(len(d)):
+        for p in positives[a]:
+            denominators[a] += 1
+            # Σ over the negatives of a and of p, each exp(m − d).
+            entries = [(a, q) for q in negatives[a]] + [(p, q) for q in negatives[p]]
+            if not entries:
+                continue
+            exponents = np.array([margin - d[i, q] for i, q in entries])
+            top = exponents.max()
+            shares = np.exp(exponents - top)
+            value = top + np.log(shares.sum()) + d[a, p]
+            if value <= 0:
+                continue
+            numerators[a] += value**2 / 2
+            # The term of anchor a also moves distances of row p: weight
+            # the gradient by a's weight here, not by the row's.
+            gradient_d[a, p] += weights[a] * value
+            for (i, q), share in zip(entries, shares / shares.sum()):
+                gradient_d[i, q] -= weights[a] * value * share
+    total = float(np.sum(weights * denominators))
+    weighted_sum = float(np.sum(weights * numerators))
+    per_anchor = np.where(denominators > 0, numerators / np.where(denominators > 0, denominators, 1), 0.0)
+    gradient = chain_distance_gradient(x, distance, normalize, gradient_d / total if total else gradient_d * 0)
+    kink = near_coincident(x, distance, normalize, gradient_d)
+    return Reference(weighted_sum / total if total else 0.0, gradient, per_anchor, kink, weighted_sum)

@@ -6,12 +6,15 @@ import reference
 import tfmetric as tfm
 
 # kind: (loss class, reference, arguments of the loss only, arguments of both)
+# The triplet losses, and the lifted structured loss, which takes the same
+# arguments (margin, distance, normalize) and shares their tests.
 TRIPLET_LOSSES = {
     "batch_hard": (tfm.BatchHardTriplet, reference.batch_hard, {}, {}),
     "batch_hard_soft": (tfm.BatchHardTriplet, reference.batch_hard, {}, {"soft": True}),
     "batch_all_nonzero": (tfm.BatchAllTriplet, reference.batch_all, {}, {"average": "nonzero"}),
     "batch_all_all": (tfm.BatchAllTriplet, reference.batch_all, {}, {"average": "all"}),
     "semi_hard": (tfm.SemiHardTriplet, reference.semi_hard, {}, {}),
+    "lifted_structure": (tfm.LiftedStructure, reference.lifted_structure, {}, {}),
 }
 PAIR_LOSSES = {
     "contrastive_all": (tfm.Contrastive, reference.contrastive, {}, {"negatives": "all"}),

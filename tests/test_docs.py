@@ -7,6 +7,7 @@ import pytest
 import tfmetric.distances
 import tfmetric.evaluation
 import tfmetric.losses.contrastive
+import tfmetric.losses.lifted
 import tfmetric.losses.margin
 import tfmetric.losses.offline
 import tfmetric.losses.triplet
@@ -21,6 +22,7 @@ import tfmetric.recurrent
         tfmetric.losses.triplet,
         tfmetric.losses.offline,
         tfmetric.losses.contrastive,
+        tfmetric.losses.lifted,
         tfmetric.losses.margin,
         tfmetric.recurrent,
     ],

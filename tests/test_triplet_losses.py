@@ -31,6 +31,15 @@ SQUARE_LABELS = np.array([0, 0, 1, 1])
         # (B0, B1): A0 is at exactly d_ap = 2, not beyond it: the negative is
         # A1 at √5. Equal distances must stay equal for this to hold.
         ("semi_hard", 2 * (3 - 5**0.5) / 4),
+        # Both positive pairs see negatives at 2, √8, √5, √5: S = Σ exp(1 − d);
+        # J = log S + d_ap with d_ap = 1 and 2; mean of J²/2 over 2 pairs.
+        (
+            "lifted_structure",
+            sum(
+                (np.log(np.exp(-1) + np.exp(1 - 8**0.5) + 2 * np.exp(1 - 5**0.5)) + d_ap) ** 2 / 4
+                for d_ap in (1.0, 2.0)
+            ),
+        ),
     ],
 )
 def test_hand_made_square(kind, expected):
@@ -122,7 +131,7 @@ def fixture_cases():
             continue
         data = np.load(path)
         for i, case in enumerate(json.loads(str(data["meta"]))):
-            if case["kind"] in ("semi_hard", "batch_hard", "batch_all_nonzero", "batch_all_all"):
+            if case["kind"] in ("semi_hard", "batch_hard", "batch_all_nonzero", "batch_all_all", "lifted_struct"):
                 cases.append(pytest.param(name, i, case, id=f"{name}-{i}-{case['kind']}"))
     return cases
 
@@ -132,6 +141,8 @@ def loss_for_fixture(case):
     common = {"margin": cfg["margin"], "distance": cfg["distance"]}
     if case["kind"] == "semi_hard":
         return tfm.SemiHardTriplet(**common)
+    if case["kind"] == "lifted_struct":
+        return tfm.LiftedStructure(**common)
     if case["kind"] == "batch_hard":
         return tfm.BatchHardTriplet(soft=cfg.get("soft", False), **common)
     average = "nonzero" if case["kind"] == "batch_all_nonzero" else "all"
@@ -182,8 +193,15 @@ def test_degenerate_batches_are_finite(kind, case):
             x = np.zeros_like(x) + (1.0 if case == "identical embeddings" else 0.0)
             # Every distance is 0 (cosine of zero vectors: 1 everywhere, still all equal).
             expected = np.log(2.0) if kind == "batch_hard_soft" else margin
+            if kind == "lifted_structure":
+                # J = log(8 exp(m)) for each positive pair: 4 negatives on either side.
+                expected = (margin + np.log(8.0)) ** 2 / 2
         elif case == "huge":
-            x = x * np.float32(1e15 if distance == "squared_euclidean" else 1e30)
+            scale = 1e15 if distance == "squared_euclidean" else 1e30
+            if kind == "lifted_structure":
+                # Its value grows like d²: beyond d ≈ 1e19 it is not a float32.
+                scale = scale**0.5
+            x = x * np.float32(scale)
         elif case == "tiny":
             x = x * np.float32(1e-30)
         loss = loss_and_reference(kind, margin=margin, distance=distance)[0]
@@ -271,3 +289,21 @@ def test_active_triplet_fraction_metric():
     assert float(one_batch.result()) == pytest.approx(want, rel=1e-6)
     one_batch.reset_state()
     assert float(one_batch.result()) == 0.0
+
+
+def test_batch_hard_terms_on_a_distance_matrix_match_the_loss():
+    # The loss differentiates only the chosen pairs, recomputed from the
+    # embeddings; the public terms function reads them from the matrix.
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(24, 6)).astype("float32")
+    labels = np.repeat(np.arange(6), 4)
+
+    def from_matrix(x):
+        losses, valid = tfm.losses.batch_hard_triplet_terms(tfm.distances.pairwise_distance(x), labels, margin=0.5)
+        return keras.ops.sum(losses) / keras.ops.sum(valid)
+
+    expected_value, expected_gradient = value_and_grad(from_matrix, x)
+    value, gradient = value_and_grad(lambda x: tfm.BatchHardTriplet(margin=0.5)(labels, x), x)
+    assert np.any(expected_gradient != 0)
+    np.testing.assert_allclose(value, expected_value, rtol=1e-6)
+    np.testing.assert_allclose(gradient, expected_gradient, rtol=1e-4, atol=1e-6)

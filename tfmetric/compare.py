@@ -1,13 +1,14 @@
 """`tfmetric compare`: softmax vs siamese vs triplet vs online mining, in 2-D.
 
 The siamese/triplet study, on the bundled digits (or MNIST/Fashion-MNIST
-online): one small encoder with a 2-D output, trained eight ways —
+online): one small encoder with a 2-D output, trained nine ways —
 
 - softmax: a classifier; its penultimate (2-D) layer is the embedding;
 - siamese: `PairContrastive` on random pairs, half similar (offline);
 - triplet: `TripletLoss` on random triplets (offline);
 - online contrastive, hard negatives: `Contrastive(negatives="hard")`;
 - online triplets: `BatchHardTriplet`, `BatchAllTriplet`, `SemiHardTriplet`;
+- lifted structured loss: `LiftedStructure`;
 - margin loss: `MarginLoss` with distance-weighted sampling and learned β;
 
 the online ones on P×K batches. For each it reports the held-out 1-NN
@@ -29,6 +30,7 @@ from tfmetric.losses import (
     BatchAllTriplet,
     BatchHardTriplet,
     Contrastive,
+    LiftedStructure,
     MarginLoss,
     PairContrastive,
     SemiHardTriplet,
@@ -43,6 +45,7 @@ ONLINE = {
     "batch-hard triplet": lambda: BatchHardTriplet(margin=MARGIN),
     "batch-all triplet": lambda: BatchAllTriplet(margin=MARGIN),
     "semi-hard triplet": lambda: SemiHardTriplet(margin=MARGIN),
+    "lifted structure": lambda: LiftedStructure(margin=MARGIN),
     "margin loss (dw)": lambda: MarginLoss(margin=0.2, beta=1.2, learn_beta=True),
 }
 METHODS = ("softmax", "siamese (random pairs)", "triplet (random triplets)", *ONLINE)

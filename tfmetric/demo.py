@@ -20,6 +20,7 @@ from tfmetric.losses import (
     BatchAllTriplet,
     BatchHardTriplet,
     Contrastive,
+    LiftedStructure,
     MarginLoss,
     SemiHardTriplet,
 )
@@ -31,6 +32,7 @@ LOSSES = {
     "semi_hard": SemiHardTriplet,
     "contrastive": Contrastive,
     "contrastive_hard": functools.partial(Contrastive, negatives="hard"),
+    "lifted": LiftedStructure,
     "margin": functools.partial(MarginLoss, learn_beta=True),
 }
 

@@ -30,16 +30,19 @@ def label_masks(labels):
     return ops.logical_and(same, not_self), ops.logical_not(same)
 
 
-def hardest_positive_distance(distances, positive):
-    """Per anchor, the largest distance to a positive (`-inf` if none)."""
-    masked = ops.where(positive, distances, ops.full_like(distances, float("-inf")))
-    return ops.max(masked, axis=1)
+def hardest_pairs(distances, positive, negative):
+    """Per anchor, the index of its farthest positive and of its closest negative.
 
+    Rows without a positive (or negative) get index 0 there; the caller
+    masks them out.
 
-def hardest_negative_distance(distances, negative):
-    """Per anchor, the smallest distance to a negative (`+inf` if none)."""
-    masked = ops.where(negative, distances, ops.full_like(distances, float("inf")))
-    return ops.min(masked, axis=1)
+    Returns:
+        `(positive_index, negative_index)`, int32 vectors of shape `(N,)`.
+    """
+    distances = ops.stop_gradient(distances)
+    farthest = ops.argmax(ops.where(positive, distances, ops.full_like(distances, float("-inf"))), axis=1)
+    closest = ops.argmin(ops.where(negative, distances, ops.full_like(distances, float("inf"))), axis=1)
+    return ops.cast(farthest, "int32"), ops.cast(closest, "int32")
 
 
 def _for_each_positive_slot(labels, positive, num_positives, body, state):
@@ -66,7 +69,7 @@ def _for_each_positive_slot(labels, positive, num_positives, body, state):
     def step(slot, *state):
         rank = slot + ops.cast(slot >= own_rank, "int32")
         slot_positive = ops.take(order, ops.minimum(start + rank, size - 1))
-        has_slot = ops.logical_and(slot < num_positives, _row_pick(positive, slot_positive))
+        has_slot = ops.logical_and(slot < num_positives, row_pick(positive, slot_positive))
         return (slot + 1, *body(slot_positive, has_slot, *state))
 
     result = ops.while_loop(
@@ -95,7 +98,7 @@ def _row_cumsum(matrix, block=32):
     return ops.reshape(within + before[:, :, None], (rows, -1))[:, :columns]
 
 
-def _row_pick(matrix, column):
+def row_pick(matrix, column):
     """`matrix[a, column[a]]` for every row a."""
     return ops.take_along_axis(matrix, column[:, None], axis=1)[:, 0]
 
@@ -143,13 +146,13 @@ def semi_hard_triplet_terms(distances, labels, margin=1.0):
     negative_distances = ops.where(negative, d, inf)
     farthest_candidates = ops.where(negative, d, -inf)
     farthest = ops.cast(ops.argmax(farthest_candidates, axis=1), "int32")
-    farthest_distance = _row_pick(d, farthest)
+    farthest_distance = row_pick(d, farthest)
 
     def body(slot_positive, has_slot, loss_sums, gradient):
-        positive_distance = _row_pick(d, slot_positive)
+        positive_distance = row_pick(d, slot_positive)
         beyond = ops.where(negative_distances > positive_distance[:, None], negative_distances, inf)
         nearest_beyond = ops.cast(ops.argmin(beyond, axis=1), "int32")
-        nearest_beyond_distance = _row_pick(beyond, nearest_beyond)
+        nearest_beyond_distance = row_pick(beyond, nearest_beyond)
         has_beyond = nearest_beyond_distance < float("inf")
         chosen = ops.where(has_beyond, nearest_beyond, farthest)
         chosen_distance = ops.where(has_beyond, nearest_beyond_distance, farthest_distance)
@@ -188,7 +191,7 @@ def all_triplet_terms(distances, labels, margin):
     negative_distances = ops.where(negative, d, ops.full_like(d, float("inf")))
 
     def body(slot_positive, has_slot, loss_sums, active_counts, gradient):
-        threshold = _row_pick(d, slot_positive) + margin
+        threshold = row_pick(d, slot_positive) + margin
         threshold = ops.where(has_slot, threshold, ops.full_like(threshold, float("-inf")))
         gaps = ops.relu(threshold[:, None] - negative_distances)
         active = ops.cast(gaps > 0, d.dtype)
@@ -332,7 +335,7 @@ def sample_negative_counts(log_weights, labels, positive, uniforms):
     def body(slot_positive, has_slot, counts, slot):
         column = ops.full_like(slot_positive, slot % num_columns)
         turns = ops.cast(slot // num_columns, weights.dtype) * golden
-        uniform = _row_pick(uniforms, column) + turns
+        uniform = row_pick(uniforms, column) + turns
         uniform = uniform - ops.floor(uniform)
         target = uniform * total
         # The first column whose cumulative weight exceeds the target has a

@@ -2,6 +2,7 @@
 
 from tfmetric.losses.base import InBatchLoss, reduce_anchor_terms
 from tfmetric.losses.contrastive import Contrastive, contrastive_terms
+from tfmetric.losses.lifted import LiftedStructure, lifted_structure_terms
 from tfmetric.losses.margin import MarginLoss, margin_terms
 from tfmetric.losses.offline import (
     MulticlassHinge,
@@ -23,6 +24,7 @@ __all__ = [
     "BatchHardTriplet",
     "Contrastive",
     "InBatchLoss",
+    "LiftedStructure",
     "MarginLoss",
     "MulticlassHinge",
     "PairContrastive",
@@ -33,6 +35,7 @@ __all__ = [
     "SemiHardTriplet",
     "batch_hard_triplet_terms",
     "contrastive_terms",
+    "lifted_structure_terms",
     "margin_terms",
     "reduce_anchor_terms",
 ]

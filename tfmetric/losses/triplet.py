@@ -8,40 +8,40 @@ positives of anchor `a` (same label, not `a`), `Q(a)` its negatives
 import keras
 from keras import ops
 
+from tfmetric.distances import as_embeddings, paired_distance, pairwise_distance
+from tfmetric.labels import standardize_labels
 from tfmetric.losses.base import InBatchLoss, check_choice
-from tfmetric.mining import (
-    all_triplet_terms,
-    hardest_negative_distance,
-    hardest_positive_distance,
-    label_masks,
-    semi_hard_triplet_terms,
-)
+from tfmetric.mining import all_triplet_terms, hardest_pairs, label_masks, row_pick, semi_hard_triplet_terms
 
 AVERAGES = ("nonzero", "all")
 
 
-def batch_hard_triplet_terms(distances, labels, margin=1.0, soft=False):
+def batch_hard_triplet_terms(distances, labels, margin=1.0, soft=False, pair_distance=None):
     """Per-anchor batch-hard triplet losses and validity.
 
     `ℓ_a = relu(max_{p∈P(a)} d_ap − min_{n∈Q(a)} d_an + m)`, or
     `softplus(max d_ap − min d_an)` when `soft`. An anchor is valid when it
     has a positive and a negative; invalid anchors get 0.
 
+    The hardest pairs are chosen on `distances`; their distances are read
+    from it too, or, with `pair_distance(index)` (the distance from every
+    anchor a to example `index[a]`), recomputed for the chosen pairs only
+    (see `BatchHardTriplet`).
+
     Returns:
         `(losses, valid)`, both `(N,)`, `valid` as 0/1 floats.
     """
     positive, negative = label_masks(labels)
     valid = ops.logical_and(ops.any(positive, axis=1), ops.any(negative, axis=1))
-    # Invalid rows have infinite extremes; keep them out of the arithmetic so
-    # that no inf - inf reaches the gradient.
-    gap = ops.where(
-        valid,
-        hardest_positive_distance(distances, positive)
-        - hardest_negative_distance(distances, negative),
-        ops.zeros(ops.shape(valid), distances.dtype),
-    )
+    positive_index, negative_index = hardest_pairs(distances, positive, negative)
+    if pair_distance is None:
+        gap = row_pick(distances, positive_index) - row_pick(distances, negative_index)
+    else:
+        gap = pair_distance(positive_index) - pair_distance(negative_index)
+    # Invalid rows picked arbitrary pairs: keep them out of the arithmetic.
+    gap = ops.where(valid, gap, ops.zeros_like(gap))
     losses = ops.softplus(gap) if soft else ops.relu(gap + margin)
-    valid = ops.cast(valid, distances.dtype)
+    valid = ops.cast(valid, gap.dtype)
     return losses * valid, valid
 
 
@@ -104,6 +104,19 @@ class BatchHardTriplet(InBatchLoss):
 
     def anchor_terms(self, distances, labels):
         return batch_hard_triplet_terms(distances, labels, self.margin, self.soft)
+
+    def _terms(self, y_true, y_pred):
+        # Only 2N distances enter the loss: mine on a gradient-free matrix and
+        # differentiate just the chosen pairs, recomputed from the embeddings
+        # (O(N·D)), instead of back-propagating through all N² distances.
+        embeddings = as_embeddings(y_pred)
+        labels = standardize_labels(y_true, embeddings)
+        distances = ops.stop_gradient(pairwise_distance(embeddings, self.distance, self.normalize))
+
+        def pair_distance(index):
+            return paired_distance(embeddings, ops.take(embeddings, index, axis=0), self.distance, self.normalize)
+
+        return batch_hard_triplet_terms(distances, labels, self.margin, self.soft, pair_distance)
 
     def get_config(self):
         config = super().get_config()

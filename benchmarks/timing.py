@@ -1,0 +1,76 @@
+"""Timing and memory of one benchmark cell, each in its own process.
+
+Standard library only: the peer benchmark runs cells with the Python of
+other virtual environments (TensorFlow 2.15 with TF Addons, PyTorch), which
+import this module by path without tfmetric installed.
+"""
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import time
+
+
+def rss_mb():
+    """The process's resident memory now, in MiB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def time_calls(call, min_seconds, baseline_mb, max_calls=50):
+    """Median milliseconds of `call()` after one warm-up call, and peak memory.
+
+    `call` must block until its result is computed. It runs at least 3
+    times, and until `min_seconds` have passed (at most `max_calls` times).
+    `extra_mb` is the peak resident memory above `baseline_mb`, the
+    resident memory taken before the warm-up (runtime, data and model).
+    """
+    call()
+    times = []
+    start = time.perf_counter()
+    while len(times) < 3 or (time.perf_counter() - start < min_seconds and len(times) < max_calls):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"ms": 1e3 * statistics.median(times), "peak_mb": peak, "extra_mb": peak - baseline_mb}
+
+
+def run_cell(python, script, cell, timeout=None):
+    """Runs `python script --cell JSON` and returns the JSON dict it prints last.
+
+    On failure the dict is `{"error": last line of stderr}` (a process killed
+    for memory has no stderr: the signal is named instead).
+    """
+    command = [python, script, "--cell", json.dumps(cell)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"took over {timeout:.0f} s"}
+    if out.returncode != 0:
+        lines = out.stderr.strip().splitlines()
+        if out.returncode < 0:
+            return {"error": f"killed by signal {-out.returncode} (out of memory?)"}
+        return {"error": lines[-1] if lines else f"exit status {out.returncode}"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def tensorflow_step(objective, x, y, jit):
+    """A blocking call computing `objective(y, x)` and its gradient w.r.t. `x`.
+
+    Imports TensorFlow only when called, so that this module stays
+    importable where TensorFlow is not installed.
+    """
+    import tensorflow as tf
+
+    @tf.function(jit_compile=jit)
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = objective(y, x)
+        return value, tape.gradient(value, x)
+
+    return lambda: step(x, y)[1].numpy()

@@ -1,0 +1,44 @@
+"""The benchmark scripts still run (on tiny sizes; their figures are not checked)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+pytestmark = pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow", reason="TensorFlow benchmarks")
+
+
+def run(script, *arguments):
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *arguments],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def table_rows(output, first_column):
+    return [line.split() for line in output.splitlines() if line.startswith(first_column)]
+
+
+def test_losses_benchmark():
+    output = run("losses.py", "--sizes", "16", "--min-seconds", "0", "--losses", "BatchHardTriplet", "LiftedStructure")
+    assert "error" not in output
+    assert len(table_rows(output, "LiftedStructure")) == 2  # without and with XLA
+
+
+def test_peers_benchmark_without_peers():
+    # The peers' own environments (TF 2.15 + TF Addons, PyTorch) are GBs to
+    # install: here only tfmetric's cells run.
+    output = run("peers.py", "--peers", "--sizes", "16", "--min-seconds", "0", "--tasks", "batch-hard", "lifted")
+    assert "error" not in output
+    assert len(table_rows(output, "batch-hard")) == 1 and len(table_rows(output, "lifted")) == 1
+
+
+def test_training_step_benchmark():
+    output = run("training_step.py", "--batch", "16", "--image", "8", "--min-seconds", "0")
+    rows = table_rows(output, "BatchHardTriplet")
+    assert len(rows) == 2 and all(row[-1].endswith("%") for row in rows)
