@@ -8,9 +8,8 @@ positives of anchor `a` (same label, not `a`), `Q(a)` its negatives
 import keras
 from keras import ops
 
-from tfmetric.distances import as_embeddings, paired_distance, pairwise_distance
-from tfmetric.labels import standardize_labels
-from tfmetric.losses.base import InBatchLoss, check_choice
+from tfmetric.distances import as_embeddings, paired_distance
+from tfmetric.losses.base import InBatchLoss, check_choice, labelled_distances
 from tfmetric.mining import all_triplet_terms, hardest_pairs, label_masks, row_pick, semi_hard_triplet_terms
 
 AVERAGES = ("nonzero", "all")
@@ -110,8 +109,8 @@ class BatchHardTriplet(InBatchLoss):
         # differentiate just the chosen pairs, recomputed from the embeddings
         # (O(N·D)), instead of back-propagating through all N² distances.
         embeddings = as_embeddings(y_pred)
-        labels = standardize_labels(y_true, embeddings)
-        distances = ops.stop_gradient(pairwise_distance(embeddings, self.distance, self.normalize))
+        distances, labels = labelled_distances(y_true, embeddings, self.distance, self.normalize)
+        distances = ops.stop_gradient(distances)
 
         def pair_distance(index):
             return paired_distance(embeddings, ops.take(embeddings, index, axis=0), self.distance, self.normalize)
