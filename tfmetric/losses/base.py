@@ -22,29 +22,6 @@ def divide_or_zero(numerator, denominator):
     return ops.where(nonzero, numerator / safe, ops.zeros_like(numerator))
 
 
-def masked_logsumexp(values, mask, plus_one=False):
-    """Row-wise `log Σ_{mask} exp(values)`, `−inf` for empty rows.
-
-    With `plus_one`, `log(1 + Σ_{mask} exp(values))` (0 for empty rows), the
-    soft-plus form of the multi-similarity and circle losses. Stable for
-    large values, and NaN-free in value and gradient for empty rows.
-    """
-    minus_inf = ops.full_like(values, float("-inf"))
-    shift = ops.stop_gradient(ops.max(ops.where(mask, values, minus_inf), axis=1))
-    if plus_one:
-        shift = ops.maximum(shift, ops.zeros_like(shift))
-    has_terms = ops.any(mask, axis=1)
-    shift = ops.where(has_terms, shift, ops.zeros_like(shift))
-    # The shifted exponents are <= 0 at the mask and -inf elsewhere, so that
-    # no inf reaches exp (or its gradient) outside the mask.
-    total = ops.sum(ops.exp(ops.where(mask, values - shift[:, None], minus_inf)), axis=1)
-    if plus_one:
-        return shift + ops.log(total + ops.exp(-shift))
-    # total >= 1 where the row has terms: its largest term is exp(0).
-    safe_total = ops.where(has_terms, total, ops.ones_like(total))
-    return ops.where(has_terms, shift + ops.log(safe_total), ops.full_like(total, float("-inf")))
-
-
 def check_sample_weight(sample_weight, loss_sums):
     """`sample_weight` as a vector like `loss_sums` (ones when None)."""
     if sample_weight is None:
