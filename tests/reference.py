@@ -115,12 +115,18 @@ def near_coincident(x, distance, normalize, gradient_d):
     return float(d[used].min()) / 300 if used.any() else np.inf
 
 
-def _finish(x, distance, normalize, numerators, denominators, gradient_d, weights, kink):
-    """Weighted mean over terms, its gradient, and the per-anchor losses."""
+def _finish(x, distance, normalize, numerators, denominators, gradient_d, weights, kink, weighted=False):
+    """Weighted mean over terms, its gradient, and the per-anchor losses.
+
+    `gradient_d[i, j]` is weighted here by row i's weight, unless `weighted`
+    says each entry already carries the weight of the anchor whose term it
+    comes from (terms that also move other rows' distances).
+    """
     kink = min(kink, near_coincident(x, distance, normalize, gradient_d))
     total = float(np.sum(weights * denominators))
     loss = float(np.sum(weights * numerators)) / total if total else 0.0
-    dloss_dd = gradient_d * (weights[:, None] / total) if total else np.zeros_like(gradient_d)
+    row_weights = np.ones_like(weights) if weighted else weights
+    dloss_dd = gradient_d * (row_weights[:, None] / total) if total else np.zeros_like(gradient_d)
     per_anchor = np.where(denominators > 0, numerators / np.where(denominators > 0, denominators, 1), 0.0)
     gradient = chain_distance_gradient(x, distance, normalize, dloss_dd)
     return Reference(loss, gradient, per_anchor, kink, float(np.sum(weights * numerators)))
@@ -301,9 +307,4 @@ def lifted_structure(x, labels, margin=1.0, distance="euclidean", normalize=Fals
             gradient_d[a, p] += weights[a] * value
             for (i, q), share in zip(entries, shares / shares.sum()):
                 gradient_d[i, q] -= weights[a] * value * share
-    total = float(np.sum(weights * denominators))
-    weighted_sum = float(np.sum(weights * numerators))
-    per_anchor = np.where(denominators > 0, numerators / np.where(denominators > 0, denominators, 1), 0.0)
-    gradient = chain_distance_gradient(x, distance, normalize, gradient_d / total if total else gradient_d * 0)
-    kink = near_coincident(x, distance, normalize, gradient_d)
-    return Reference(weighted_sum / total if total else 0.0, gradient, per_anchor, kink, weighted_sum)
+    return _finish(x, distance, normalize, numerators, denominators, gradient_d, weights, np.inf, weighted=True)
