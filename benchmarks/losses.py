@@ -20,7 +20,7 @@ import json
 import os
 import sys
 
-from timing import rss_mb, run_cell, tensorflow_step, time_calls
+from timing import pk_batch, rss_mb, run_cell, tensorflow_step, time_calls
 
 LOSSES = {
     "distance matrix": None,
@@ -35,23 +35,25 @@ LOSSES = {
 }
 
 
+def build_loss(name):
+    """The tfmetric loss benchmarked as `name` (the other benchmarks use these too)."""
+    import tfmetric as tfm
+
+    return eval("tfm." + LOSSES[name])
+
+
 def measure(loss_name, n, k, dim, jit, min_seconds):
     """Runs in a child process: times one cell and reports its memory."""
-    import numpy as np
     import tensorflow as tf
 
     import tfmetric as tfm
 
-    rng = np.random.default_rng(0)
-    x = tf.constant(rng.normal(size=(n, dim)).astype("float32"))
-    y = tf.constant(np.repeat(np.arange(n // k), k).astype("int64"))
-    spec = LOSSES[loss_name]
-    if spec is None:
+    x, y = (tf.constant(array) for array in pk_batch(n, k, dim))
+    if LOSSES[loss_name] is None:
         def objective(y, x):
             return tf.reduce_sum(tfm.distances.pairwise_distance(x))
     else:
-        objective = eval("tfm." + spec)
-
+        objective = build_loss(loss_name)
     return time_calls(tensorflow_step(objective, x, y, jit), min_seconds, baseline_mb=rss_mb())
 
 

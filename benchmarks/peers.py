@@ -47,7 +47,8 @@ import os
 import subprocess
 import sys
 
-from timing import rss_mb, run_cell, tensorflow_step, time_calls
+from losses import build_loss
+from timing import pk_batch, rss_mb, run_cell, tensorflow_step, time_calls
 
 PEERS = {
     "tfa": {
@@ -60,7 +61,7 @@ PEERS = {
     },
 }
 
-MARGIN = 0.2
+MARGIN = 0.2  # the triplet and margin losses' margin, as benchmarks/losses.py configures tfmetric's
 
 
 
@@ -100,7 +101,7 @@ TASKS = {
         ("PML ContrastiveLoss", "pml", no_cube),
     ],
     "margin": [
-        ("tfmetric MarginLoss (dw)", "tfmetric", no_cube),
+        ("tfmetric MarginLoss dw", "tfmetric", no_cube),
         ("PML DistanceWeighted+MarginLoss", "pml", no_cube),
     ],
     "lifted": [
@@ -110,27 +111,9 @@ TASKS = {
 }
 
 
-def batch(n, k, dim):
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(n, dim)).astype("float32")
-    y = np.repeat(np.arange(n // k), k).astype("int64")
-    return x, y
-
-
 def tensorflow_loss(implementation):
-    if implementation.startswith("tfmetric"):
-        import tfmetric as tfm
-
-        return {
-            "tfmetric SemiHardTriplet": lambda: tfm.SemiHardTriplet(margin=MARGIN),
-            "tfmetric BatchHardTriplet": lambda: tfm.BatchHardTriplet(margin=MARGIN),
-            "tfmetric BatchAllTriplet": lambda: tfm.BatchAllTriplet(margin=MARGIN),
-            "tfmetric Contrastive": lambda: tfm.Contrastive(margin=1.0),
-            "tfmetric MarginLoss (dw)": lambda: tfm.MarginLoss(margin=MARGIN, seed=0),
-            "tfmetric LiftedStructure": lambda: tfm.LiftedStructure(margin=1.0),
-        }[implementation]()
+    if implementation.startswith("tfmetric "):
+        return build_loss(implementation.removeprefix("tfmetric "))
     import tensorflow_addons as tfa
 
     return {
@@ -162,7 +145,7 @@ def torch_loss(implementation):
 
 def measure(implementation, environment, n, k, dim, jit, min_seconds):
     """Runs in a child process, under the environment's Python."""
-    x, y = batch(n, k, dim)
+    x, y = pk_batch(n, k, dim)
     if environment == "pml":
         import torch
 

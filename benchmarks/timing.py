@@ -13,6 +13,16 @@ import subprocess
 import time
 
 
+def pk_batch(n, k, dim):
+    """The benchmarks' batch: N/K classes of K examples, `(x (N, dim) float32, y (N,) int64)`."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, dim)).astype("float32")
+    y = np.repeat(np.arange(n // k), k).astype("int64")
+    return x, y
+
+
 def rss_mb():
     """The process's resident memory now, in MiB."""
     with open("/proc/self/statm") as f:
