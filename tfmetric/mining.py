@@ -24,10 +24,14 @@ def label_masks(labels):
     """Returns the boolean `(positive, negative)` masks of a batch of labels `(N,)`.
 
     `positive[a, p]`: same label and `p != a`; `negative[a, n]`: different labels.
+    A NaN label (a row that holds no example) is in neither mask, of any row.
     """
-    same = ops.equal(labels[:, None], labels[None, :])
+    row, column = labels[:, None], labels[None, :]
+    same = ops.equal(row, column)
     not_self = ops.logical_not(ops.eye(ops.shape(labels)[0], dtype="bool"))
-    return ops.logical_and(same, not_self), ops.logical_not(same)
+    # Not `not same`: NaN differs from nothing either.
+    different = ops.logical_or(ops.less(row, column), ops.greater(row, column))
+    return ops.logical_and(same, not_self), different
 
 
 def hardest_pairs(distances, positive, negative):

@@ -68,6 +68,29 @@ def reduce_anchor_terms(loss_sums, term_counts, sample_weight=None, reduction="s
     return divide_or_zero(weighted_sum, ops.sum(weights * term_counts))
 
 
+def row_logsumexp(values, mask, add_one=False):
+    """Row-wise `log Σ_{mask} exp(values)`, or `log(1 + Σ_{mask} exp(values))`.
+
+    Without `add_one`, rows with an empty mask give 0 (the caller leaves
+    them out); with it they give log 1 = 0, which is their value. Stable for
+    large values, and NaN-free in value and gradient for empty rows.
+    """
+    minus_inf = ops.full_like(values, float("-inf"))
+    has_terms = ops.any(mask, axis=1)
+    shift = ops.stop_gradient(ops.max(ops.where(mask, values, minus_inf), axis=1))
+    shift = ops.where(has_terms, shift, ops.zeros_like(shift))
+    if add_one:
+        # The 1 is exp(0): a term of every row, so the shift must cover it.
+        shift = ops.maximum(shift, ops.zeros_like(shift))
+    # The shifted exponents are <= 0 in the mask and -inf outside, so that
+    # no inf reaches exp (or its gradient); the largest term is exp(0), so
+    # the sum is >= 1 wherever the row has terms.
+    total = ops.sum(ops.exp(ops.where(mask, values - shift[:, None], minus_inf)), axis=1)
+    if add_one:
+        return shift + ops.log(total + ops.exp(-shift))
+    return shift + ops.log(ops.where(has_terms, total, ops.ones_like(total)))
+
+
 def labelled_distances(y_true, y_pred, distance="euclidean", normalize=False):
     """Validated labels `(N,)` and the distance matrix `(N, N)` of a batch."""
     embeddings = as_embeddings(y_pred)
@@ -83,7 +106,13 @@ class InBatchLoss(keras.losses.Loss):
     returns for every anchor the sum of its loss terms and
     how many terms it has; this class takes care of the labels (exact, never
     cast to float), the distances, the dtype (at least float32) and the
-    reduction (`reduce_anchor_terms`).
+    reduction (`reduce_anchor_terms`). Losses that need more than the
+    distance matrix override `batch_terms(labels, embeddings)` instead.
+
+    The labels reaching `batch_terms` may be floats with NaN for rows that
+    are no example (empty slots of `CrossBatchMemory`): NaN equals nothing
+    and differs from nothing, so such rows are neither positives nor
+    negatives of any anchor (`tfm.mining.label_masks`).
     """
 
     def __init__(
@@ -102,9 +131,13 @@ class InBatchLoss(keras.losses.Loss):
     def anchor_terms(self, distances, labels):
         raise NotImplementedError
 
+    def batch_terms(self, labels, embeddings):
+        """`(loss_sums, term_counts)` of every row, from validated labels `(N,)`."""
+        return self.anchor_terms(pairwise_distance(embeddings, self.distance, self.normalize), labels)
+
     def _terms(self, y_true, y_pred):
-        distances, labels = labelled_distances(y_true, y_pred, self.distance, self.normalize)
-        return self.anchor_terms(distances, labels)
+        embeddings = as_embeddings(y_pred)
+        return self.batch_terms(standardize_labels(y_true, embeddings), embeddings)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         # Keras' Loss.__call__ would cast y_true to float first, merging

@@ -7,25 +7,8 @@ positives of anchor `a`, `Q(a)` its negatives, `m` the margin.
 import keras
 from keras import ops
 
-from tfmetric.losses.base import InBatchLoss
+from tfmetric.losses.base import InBatchLoss, row_logsumexp
 from tfmetric.mining import label_masks
-
-
-def _row_logsumexp(values, mask):
-    """Row-wise `log Σ_{mask} exp(values)`; 0 for rows with an empty mask.
-
-    Stable for large values, and NaN-free in value and gradient for empty
-    rows (the caller leaves them out).
-    """
-    minus_inf = ops.full_like(values, float("-inf"))
-    has_terms = ops.any(mask, axis=1)
-    shift = ops.stop_gradient(ops.max(ops.where(mask, values, minus_inf), axis=1))
-    shift = ops.where(has_terms, shift, ops.zeros_like(shift))
-    # The shifted exponents are <= 0 in the mask and -inf outside, so that
-    # no inf reaches exp (or its gradient); the largest term is exp(0), so
-    # the sum is >= 1 wherever the row has terms.
-    total = ops.sum(ops.exp(ops.where(mask, values - shift[:, None], minus_inf)), axis=1)
-    return shift + ops.log(ops.where(has_terms, total, ops.ones_like(total)))
 
 
 def lifted_structure_terms(distances, labels, margin=1.0):
@@ -43,7 +26,7 @@ def lifted_structure_terms(distances, labels, margin=1.0):
         `(loss_sums, pair_counts)`, both `(N,)`.
     """
     positive, negative = label_masks(labels)
-    row_terms = _row_logsumexp(margin - distances, negative)
+    row_terms = row_logsumexp(margin - distances, negative)
     # A row lacks negatives only in a one-class batch (any other label is a
     # negative of every row): then no pair has a term.
     has_negative = ops.any(negative)

@@ -8,8 +8,9 @@ distances, `m` the margin around it.
 import keras
 from keras import ops
 
-from tfmetric.labels import check_class_ids
-from tfmetric.losses.base import InBatchLoss, check_choice, labelled_distances
+from tfmetric.distances import as_embeddings, pairwise_distance
+from tfmetric.labels import check_class_ids, standardize_labels
+from tfmetric.losses.base import InBatchLoss, check_choice
 from tfmetric.losses.state import LossState
 from tfmetric.mining import (
     distance_weighted_log_weights,
@@ -176,12 +177,19 @@ class MarginLoss(InBatchLoss):
         return beta + ops.cast(ops.take(self.state.class_beta, class_ids), dtype)
 
     def _terms(self, y_true, y_pred):
-        distances, labels = labelled_distances(y_true, y_pred, "euclidean", self.normalize)
+        embeddings = as_embeddings(y_pred)
+        labels = standardize_labels(y_true, embeddings)
+        anchor_beta = self._anchor_beta(y_true, ops.shape(embeddings)[0], embeddings.dtype)
+        return self.batch_terms(labels, embeddings, anchor_beta)
+
+    def batch_terms(self, labels, embeddings, anchor_beta=None):
+        """The terms of every row; `anchor_beta` defaults to the β shared by all classes."""
+        distances = pairwise_distance(embeddings, "euclidean", self.normalize)
         num_examples = ops.shape(distances)[0]
         positive, negative = label_masks(labels)
         negative_weights = None
         if self.sampling == "distance_weighted":
-            dim = y_pred.shape[-1]
+            dim = embeddings.shape[-1]
             if dim is None:
                 raise ValueError("Distance-weighted sampling needs a known embedding size.")
             log_weights = distance_weighted_log_weights(
@@ -191,7 +199,10 @@ class MarginLoss(InBatchLoss):
                 (num_examples, UNIFORMS_PER_ANCHOR), dtype="float32", seed=self.state.seed_generator
             )
             negative_weights = sample_negative_counts(log_weights, labels, positive, uniforms)
-        anchor_beta = self._anchor_beta(y_true, num_examples, distances.dtype)
+        if anchor_beta is None:
+            if self.num_classes is not None:
+                raise ValueError("A β per class needs the class ids of the anchors.")
+            anchor_beta = self._anchor_beta(None, num_examples, distances.dtype)
         return margin_terms(
             distances, positive, negative, anchor_beta, negative_weights, self.margin, self.nu
         )

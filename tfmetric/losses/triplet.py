@@ -8,8 +8,8 @@ positives of anchor `a` (same label, not `a`), `Q(a)` its negatives
 import keras
 from keras import ops
 
-from tfmetric.distances import as_embeddings, paired_distance
-from tfmetric.losses.base import InBatchLoss, check_choice, labelled_distances
+from tfmetric.distances import paired_distance, pairwise_distance
+from tfmetric.losses.base import InBatchLoss, check_choice
 from tfmetric.mining import all_triplet_terms, hardest_pairs, label_masks, row_pick, semi_hard_triplet_terms
 
 AVERAGES = ("nonzero", "all")
@@ -104,13 +104,11 @@ class BatchHardTriplet(InBatchLoss):
     def anchor_terms(self, distances, labels):
         return batch_hard_triplet_terms(distances, labels, self.margin, self.soft)
 
-    def _terms(self, y_true, y_pred):
+    def batch_terms(self, labels, embeddings):
         # Only 2N distances enter the loss: mine on a gradient-free matrix and
         # differentiate just the chosen pairs, recomputed from the embeddings
         # (O(N·D)), instead of back-propagating through all N² distances.
-        embeddings = as_embeddings(y_pred)
-        distances, labels = labelled_distances(y_true, embeddings, self.distance, self.normalize)
-        distances = ops.stop_gradient(distances)
+        distances = ops.stop_gradient(pairwise_distance(embeddings, self.distance, self.normalize))
 
         def pair_distance(index):
             return paired_distance(embeddings, ops.take(embeddings, index, axis=0), self.distance, self.normalize)
