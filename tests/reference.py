@@ -42,13 +42,15 @@ def distance_matrix(x, distance, normalize=False):
                 d[i, j] = np.sqrt(diff @ diff)
             elif distance == "squared_euclidean":
                 d[i, j] = diff @ diff
+            elif distance == "dot":
+                d[i, j] = x[i] @ x[j]
             else:
                 d[i, j] = max(1.0 - x[i] @ x[j], 0.0)
     return d
 
 
 def chain_distance_gradient(x, distance, normalize, dloss_dd):
-    """d(loss)/d(x) from d(loss)/d(d[i, j]) for every pair, by hand."""
+    """d(loss)/d(x) from d(loss)/d(d[i, j]) for every pair, by hand ("dot": similarities)."""
     x = np.asarray(x, np.float64)
     normalized = normalize or distance == "cosine"
     z = _normalized(x) if normalized else x
@@ -69,6 +71,9 @@ def chain_distance_gradient(x, distance, normalize, dloss_dd):
             elif distance == "squared_euclidean":
                 grad_z[i] += g * 2 * diff
                 grad_z[j] -= g * 2 * diff
+            elif distance == "dot":
+                grad_z[i] += g * z[j]
+                grad_z[j] += g * z[i]
             else:
                 if 1.0 - z[i] @ z[j] <= 0:
                     continue
@@ -76,8 +81,13 @@ def chain_distance_gradient(x, distance, normalize, dloss_dd):
                 grad_z[j] -= g * z[i]
     if not normalized:
         return grad_z
+    return _through_normalization(x, z, grad_z)
+
+
+def _through_normalization(x, z, grad_z):
+    """d/dx from d/dz, z the L2-normalised rows of x."""
     grad_x = np.zeros_like(x)
-    for i in range(n):
+    for i in range(len(x)):
         norm = np.linalg.norm(x[i])
         if norm > 0:
             grad_x[i] = (grad_z[i] - (grad_z[i] @ z[i]) * z[i]) / norm
@@ -308,3 +318,161 @@ def lifted_structure(x, labels, margin=1.0, distance="euclidean", normalize=Fals
             for (i, q), share in zip(entries, shares / shares.sum()):
                 gradient_d[i, q] -= weights[a] * value * share
     return _finish(x, distance, normalize, numerators, denominators, gradient_d, weights, np.inf, weighted=True)
+
+
+# ---------------------------------------------------------------- softmax and similarity losses
+
+
+def _lse(values):
+    values = np.asarray(values, np.float64)
+    top = values.max()
+    return top + np.log(np.exp(values - top).sum())
+
+
+def _softmax(values):
+    values = np.asarray(values, np.float64)
+    shares = np.exp(values - values.max())
+    return shares / shares.sum()
+
+
+def _softplus(v):
+    return np.logaddexp(0.0, v)
+
+
+def _sigmoid(v):
+    return 0.5 * (1 + np.tanh(v / 2))
+
+
+def npairs(x, labels, normalize=False, targets=None, sample_weight=None):
+    """Anchor a: softmax over every other example; target ∝ `targets[a]` (default: its positives)."""
+    n = len(x)
+    s, positives, negatives, weights, numerators, denominators, gradient_s = _start(
+        x, np.zeros(n) if targets is not None else labels, "dot", normalize, sample_weight
+    )
+    for a in range(n):
+        others = [j for j in range(n) if j != a]
+        share = np.array([0.0 if targets is None and j not in positives[a] else 1.0 for j in others])
+        if targets is not None:
+            share = np.array([targets[a, j] for j in others], np.float64)
+        if share.sum() == 0:
+            continue
+        share = share / share.sum()
+        logits = np.array([s[a, j] for j in others])
+        numerators[a] = _lse(logits) - share @ logits
+        denominators[a] = 1
+        for j, slope in zip(others, _softmax(logits) - share):
+            gradient_s[a, j] += slope
+    return _finish(x, "dot", normalize, numerators, denominators, gradient_s, weights, np.inf)
+
+
+def npairs_multilabel(x, multi_hot, normalize=False, sample_weight=None):
+    multi_hot = np.asarray(multi_hot, np.float64)
+    overlaps = np.array([[multi_hot[i] @ multi_hot[j] for j in range(len(x))] for i in range(len(x))])
+    return npairs(x, None, normalize, overlaps, sample_weight)
+
+
+def tfa_npairs(labels, similarity):
+    """TF Addons' npairs_loss by its definition: rows of anchors, columns of positives."""
+    labels = np.asarray(labels).reshape(-1)
+    losses = []
+    for i in range(len(labels)):
+        share = (labels == labels[i]).astype(np.float64)
+        losses.append(_lse(similarity[i]) - share @ similarity[i] / share.sum())
+    return float(np.mean(losses))
+
+
+def multi_similarity(x, labels, alpha=2.0, beta=50.0, base=0.5, epsilon=None, normalize=True, sample_weight=None):
+    s, positives, negatives, weights, numerators, denominators, gradient_s = _start(
+        x, labels, "dot", normalize, sample_weight
+    )
+    kink = np.inf
+    for a in range(len(s)):
+        kept_p, kept_n = positives[a], negatives[a]
+        if epsilon is not None:
+            hardest_p = min((s[a, p] for p in kept_p), default=np.inf)
+            hardest_n = max((s[a, q] for q in kept_n), default=-np.inf)
+            kept_n = [q for q in negatives[a] if s[a, q] + epsilon > hardest_p]
+            kept_p = [p for p in positives[a] if s[a, p] - epsilon < hardest_n]
+            kink = min([kink] + [abs(s[a, q] + epsilon - hardest_p) for q in negatives[a]])
+            kink = min([kink] + [abs(s[a, p] - epsilon - hardest_n) for p in positives[a]])
+        denominators[a] = 1
+        for kept, scale in ((kept_p, -alpha), (kept_n, beta)):
+            if not kept:
+                continue
+            exponents = np.array([scale * (s[a, j] - base) for j in kept])
+            numerators[a] += _lse(np.append(exponents, 0.0)) / abs(scale)
+            shares = _softmax(np.append(exponents, 0.0))[:-1]
+            for j, share in zip(kept, shares):
+                gradient_s[a, j] += share * np.sign(scale)
+    return _finish(x, "dot", normalize, numerators, denominators, gradient_s, weights, kink)
+
+
+def circle(x, labels, margin=0.4, gamma=80.0, normalize=True, sample_weight=None):
+    s, positives, negatives, weights, numerators, denominators, gradient_s = _start(
+        x, labels, "dot", normalize, sample_weight
+    )
+    for a in range(len(s)):
+        if not positives[a] or not negatives[a]:
+            continue
+        slope_p = [-gamma * max(1 + margin - s[a, p], 0.0) for p in positives[a]]
+        slope_n = [gamma * max(s[a, q] + margin, 0.0) for q in negatives[a]]
+        logits_p = [k * (s[a, p] - (1 - margin)) for k, p in zip(slope_p, positives[a])]
+        logits_n = [k * (s[a, q] - margin) for k, q in zip(slope_n, negatives[a])]
+        total = _lse(logits_p) + _lse(logits_n)
+        numerators[a], denominators[a] = _softplus(total), 1
+        outer = _sigmoid(total)
+        for js, slopes, logits in ((positives[a], slope_p, logits_p), (negatives[a], slope_n, logits_n)):
+            for j, k, share in zip(js, slopes, _softmax(logits)):
+                gradient_s[a, j] += outer * share * k
+    return _finish(x, "dot", normalize, numerators, denominators, gradient_s, weights, np.inf)
+
+
+def binomial_deviance(x, labels, alpha=2.0, threshold=0.5, cost=25.0, normalize=True, sample_weight=None):
+    s, positives, negatives, weights, numerators, denominators, gradient_s = _start(
+        x, labels, "dot", normalize, sample_weight
+    )
+    for a in range(len(s)):
+        if not positives[a] or not negatives[a]:
+            continue
+        denominators[a] = 1
+        for js, scale in ((positives[a], -alpha), (negatives[a], alpha * cost)):
+            for j in js:
+                numerators[a] += _softplus(scale * (s[a, j] - threshold)) / len(js)
+                gradient_s[a, j] += scale * _sigmoid(scale * (s[a, j] - threshold)) / len(js)
+    return _finish(x, "dot", normalize, numerators, denominators, gradient_s, weights, np.inf)
+
+
+def soft_nearest_neighbor(x, labels, temperature=1.0, distance="squared_euclidean", normalize=False, sample_weight=None):
+    d, positives, negatives, weights, numerators, denominators, gradient_d = _start(
+        x, labels, distance, normalize, sample_weight
+    )
+    for a in range(len(d)):
+        if not positives[a]:
+            continue
+        candidates = positives[a] + negatives[a]
+        logits = np.array([-d[a, j] / temperature for j in candidates])
+        own = logits[: len(positives[a])]
+        numerators[a], denominators[a] = _lse(logits) - _lse(own), 1
+        shares = _softmax(logits)
+        shares[: len(own)] -= _softmax(own)
+        for j, share in zip(candidates, shares):
+            gradient_d[a, j] -= share / temperature
+    return _finish(x, distance, normalize, numerators, denominators, gradient_d, weights, np.inf)
+
+
+def nca(x, labels, softmax_scale=1.0, distance="squared_euclidean", normalize=True, sample_weight=None):
+    return soft_nearest_neighbor(x, labels, 1.0 / softmax_scale, distance, normalize, sample_weight)
+
+
+def center(x, labels, centers, sample_weight=None):
+    """½‖x_i − c_{y_i}‖², mean over the batch; gradients for x and for the centres."""
+    x = np.asarray(x, np.float64)
+    labels = np.asarray(labels).reshape(-1)
+    weights = np.ones(len(x)) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    per_example = np.array([0.5 * np.sum((x[i] - centers[labels[i]]) ** 2) for i in range(len(x))])
+    total = weights.sum()
+    grad = np.array([weights[i] * (x[i] - centers[labels[i]]) for i in range(len(x))]) / total
+    grad_centers = np.zeros_like(centers, dtype=np.float64)
+    for i in range(len(x)):
+        grad_centers[labels[i]] -= grad[i]
+    return Reference(float(weights @ per_example / total), grad, per_example, np.inf, float(weights @ per_example)), grad_centers

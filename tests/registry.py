@@ -22,10 +22,21 @@ PAIR_LOSSES = {
     "margin_all": (tfm.MarginLoss, reference.margin, {"sampling": "all"}, {}),
 }
 LOSSES = {**TRIPLET_LOSSES, **PAIR_LOSSES}
+# The losses on similarities and soft neighbourhoods, with the arguments
+# their random tests draw from.
+SOFT_LOSSES = {
+    "npairs": (tfm.NPairs, reference.npairs, {}, {}),
+    "multi_similarity": (tfm.MultiSimilarity, reference.multi_similarity, {}, {}),
+    "multi_similarity_mined": (tfm.MultiSimilarity, reference.multi_similarity, {}, {"epsilon": 0.1}),
+    "circle": (tfm.Circle, reference.circle, {}, {}),
+    "binomial_deviance": (tfm.BinomialDeviance, reference.binomial_deviance, {}, {}),
+    "soft_nearest_neighbor": (tfm.SoftNearestNeighbor, reference.soft_nearest_neighbor, {}, {}),
+    "nca": (tfm.NCA, reference.nca, {}, {}),
+}
 
 
 def loss_and_reference(kind, reduction="sum_over_batch_size", name=None, **kwargs):
-    cls, ref, loss_only, shared = LOSSES[kind]
+    cls, ref, loss_only, shared = {**LOSSES, **SOFT_LOSSES}[kind]
     named = {"name": name} if name else {}
     loss = cls(**loss_only, **shared, **kwargs, reduction=reduction, **named)
     return loss, lambda x, y, **kw: ref(x, y, **shared, **kwargs, **kw)

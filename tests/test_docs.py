@@ -6,10 +6,15 @@ import pytest
 
 import tfmetric.distances
 import tfmetric.evaluation
+import tfmetric.losses.center
 import tfmetric.losses.contrastive
 import tfmetric.losses.lifted
 import tfmetric.losses.margin
+import tfmetric.losses.memory
+import tfmetric.losses.neighbours
+import tfmetric.losses.npairs
 import tfmetric.losses.offline
+import tfmetric.losses.similarity
 import tfmetric.losses.triplet
 import tfmetric.recurrent
 
@@ -24,6 +29,11 @@ import tfmetric.recurrent
         tfmetric.losses.contrastive,
         tfmetric.losses.lifted,
         tfmetric.losses.margin,
+        tfmetric.losses.npairs,
+        tfmetric.losses.similarity,
+        tfmetric.losses.neighbours,
+        tfmetric.losses.center,
+        tfmetric.losses.memory,
         tfmetric.recurrent,
     ],
 )

@@ -11,7 +11,7 @@ import numpy as np
 from keras import backend, ops
 
 
-def _is_backend_tensor(value):
+def is_backend_tensor(value):
     if backend.backend() == "tensorflow":
         import tensorflow as tf
 
@@ -23,7 +23,7 @@ def _is_backend_tensor(value):
     return backend.is_tensor(value)
 
 
-def _is_traced(tensor):
+def is_traced(tensor):
     """Whether `tensor` is symbolic (a graph or a trace), so no value to read."""
     if backend.backend() == "tensorflow":
         import tensorflow as tf
@@ -135,7 +135,7 @@ def standardize_labels(y_true, embeddings=None):
     if embeddings is not None:
         num_examples = embeddings.shape[0]
 
-    if not _is_backend_tensor(y_true):
+    if not is_backend_tensor(y_true):
         values = np.asarray(y_true)
         if values.dtype == object or not (
             np.issubdtype(values.dtype, np.number)
@@ -158,7 +158,7 @@ def standardize_labels(y_true, embeddings=None):
     if backend.standardize_dtype(labels.dtype) == "bool":
         labels = ops.cast(labels, "int32")
 
-    if not _is_traced(labels):
+    if not is_traced(labels):
         _check_values(np.asarray(ops.convert_to_numpy(labels)))
     elif backend.backend() == "tensorflow":
         import tensorflow as tf
@@ -177,9 +177,9 @@ def check_class_ids(y_true, num_classes):
     select no class. Under a trace the values cannot be read and this does
     nothing.
     """
-    if _is_backend_tensor(y_true) and _is_traced(y_true):
+    if is_backend_tensor(y_true) and is_traced(y_true):
         return
-    values = np.asarray(ops.convert_to_numpy(y_true) if _is_backend_tensor(y_true) else y_true)
+    values = np.asarray(ops.convert_to_numpy(y_true) if is_backend_tensor(y_true) else y_true)
     _check_values(values.reshape(-1))
     if values.size and (values.min() < 0 or values.max() >= num_classes):
         raise ValueError(

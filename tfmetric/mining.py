@@ -58,6 +58,10 @@ def _for_each_positive_slot(labels, positive, num_positives, body, state):
     every class are found once, by sorting the labels.
     """
     size = ops.shape(labels)[0]
+    if "float" in backend.standardize_dtype(labels.dtype):
+        # NaN labels (rows that hold no example) would break the sorted
+        # order the class search relies on: they sort last, as +inf.
+        labels = ops.where(ops.equal(labels, labels), labels, ops.full_like(labels, float("inf")))
     order = ops.cast(ops.argsort(labels), "int32")
     sorted_labels = ops.take(labels, order)
     class_start = ops.cast(ops.searchsorted(sorted_labels, sorted_labels, side="left"), "int32")

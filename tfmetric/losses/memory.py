@@ -1,0 +1,211 @@
+"""Cross-batch memory (Wang et al. 2020, XBM): mining against the embeddings of recent batches.
+
+The embeddings of a slowly changing model drift little from one step to the
+next, so those of the last few batches are nearly as good as fresh ones, and
+give every anchor far more positives and negatives than its own batch has.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from tfmetric.distances import as_embeddings
+from tfmetric.distribute import replica_context
+from tfmetric.labels import is_backend_tensor, standardize_labels
+from tfmetric.losses.base import InBatchLoss, divide_or_zero, reduce_anchor_terms
+from tfmetric.losses.state import LossState
+
+
+def _label_dtype():
+    # JAX without 64-bit mode has no int64: its labels are int32.
+    return "int64" if keras.backend.backend() == "tensorflow" else "int32"
+
+
+def union_ids(labels, valid):
+    """Float class ids of `labels`, equal exactly where the labels are; NaN where not `valid`.
+
+    The ids are positions in the sorted labels (< 2²⁴, exact in float32), so
+    labels of any size stay distinct; NaN rows are in no mask
+    (`tfm.mining.label_masks`).
+    """
+    ordered = ops.take(labels, ops.argsort(labels))
+    ids = ops.cast(ops.searchsorted(ordered, labels, side="left"), "float32")
+    return ops.where(valid, ids, ops.full_like(ids, float("nan")))
+
+
+@keras.saving.register_keras_serializable(package="tfmetric")
+class CrossBatchMemory(keras.losses.Loss):
+    """Cross-batch memory (Wang et al. 2020, "Cross-Batch Memory for
+    Embedding Learning"): an in-batch loss mined against recent batches too.
+
+    The wrapper keeps the embeddings and labels of the last `memory_size`
+    examples it has seen. At every call, the anchors of the batch are mined
+    by `loss` against the batch and the memory together (the remembered
+    embeddings are constants: no gradient reaches them), then the batch
+    joins the memory, replacing the oldest entries:
+
+    ```
+    loss = loss restricted to the batch's anchors, on the union batch ∪ memory
+    ```
+
+    The loss's reduction and sample weights apply to the batch's anchors
+    as usual. Empty slots (before the memory has filled) take part in no
+    pair. Use it in `model.compile(loss=tfm.CrossBatchMemory(tfm.Contrastive(), 4096))`:
+    the memory is saved with the model. Cost: the wrapped loss on
+    `batch + memory_size` rows. Not supported under `tf.distribute`
+    strategies (each replica would need the others' memory).
+
+    Args:
+        loss: The in-batch loss to wrap (any of tfmetric's, except
+            `CenterLoss`, `NPairsMultilabel`, and `MarginLoss` with a β
+            per class).
+        memory_size: How many past embeddings to keep; at least the batch
+            size.
+        embedding_dim: Size of the embeddings. When `None`, the memory is
+            created at the first call, which must then not be inside a JAX
+            trace.
+        name: Optional name of the loss.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> loss = tfm.CrossBatchMemory(tfm.Contrastive(margin=1.0), memory_size=4)
+    >>> first = float(loss(np.array([0, 1]), np.array([[0.0, 0.0], [0.5, 0.0]])))
+    >>> # The second batch also meets the first: its anchor 0 has a positive now.
+    >>> round(float(loss(np.array([0, 1]), np.array([[0.0, 0.3], [3.0, 0.0]]))), 4)
+    1.0856
+    """
+
+    def __init__(self, loss, memory_size=1024, embedding_dim=None, name="cross_batch_memory"):
+        if isinstance(loss, dict):
+            loss = keras.losses.deserialize(loss)
+        _check_wrappable(loss)
+        super().__init__(name=name, reduction=loss.reduction)
+        if int(memory_size) < 1:
+            raise ValueError(f"memory_size must be positive; received {memory_size}.")
+        self.loss = loss
+        self.memory_size = int(memory_size)
+        self.embedding_dim = None
+        self.state = None
+        if embedding_dim is not None:
+            self._build(int(embedding_dim))
+
+    def _build(self, embedding_dim):
+        state = LossState(name=f"{self.name}_state")
+        size = self.memory_size
+        state.embeddings = state.add_weight(
+            shape=(size, embedding_dim), initializer="zeros", trainable=False, name="embeddings"
+        )
+        state.labels = state.add_weight(
+            shape=(size,), initializer="zeros", dtype=_label_dtype(), trainable=False, name="labels"
+        )
+        state.filled = state.add_weight(shape=(size,), initializer="zeros", trainable=False, name="filled")
+        state.position = state.add_weight(shape=(), initializer="zeros", dtype="int32", trainable=False, name="position")
+        self.state = state
+        self.embedding_dim = embedding_dim
+
+    def _labels(self, y_true, embeddings):
+        """The batch's labels in the memory's integer dtype, exact and validated."""
+        if is_backend_tensor(y_true):
+            return ops.cast(standardize_labels(y_true, embeddings), _label_dtype())
+        values = np.asarray(y_true)
+        standardize_labels(values, embeddings)
+        values = values.reshape(-1)
+        limits = np.iinfo(_label_dtype())
+        if values.size and (values.min() < limits.min or values.max() > limits.max):
+            raise ValueError(
+                f"CrossBatchMemory stores labels as {_label_dtype()}; received labels from "
+                f"{values.min()} to {values.max()}."
+            )
+        return ops.convert_to_tensor(values.astype(_label_dtype()))
+
+    def _prepare(self, y_true, y_pred):
+        embeddings = as_embeddings(y_pred)
+        dim, batch = embeddings.shape[-1], embeddings.shape[0]
+        if self.state is None:
+            if dim is None:
+                raise ValueError("CrossBatchMemory needs a known embedding size: pass embedding_dim.")
+            self._build(dim)
+        elif dim is not None and dim != self.embedding_dim:
+            raise ValueError(f"Embeddings of size {dim} for a memory of size {self.embedding_dim}.")
+        if batch is not None and batch > self.memory_size:
+            raise ValueError(
+                f"A batch of {batch} examples does not fit a memory of {self.memory_size}: "
+                "memory_size must be at least the batch size."
+            )
+        return embeddings, self._labels(y_true, embeddings)
+
+    def _union_terms(self, embeddings, labels):
+        """The wrapped loss's terms of the batch's anchors on the batch and the memory."""
+        state = self.state
+        remembered = ops.stop_gradient(ops.cast(state.embeddings, embeddings.dtype))
+        all_embeddings = ops.concatenate([embeddings, remembered], axis=0)
+        all_labels = ops.concatenate([labels, ops.cast(state.labels, labels.dtype)], axis=0)
+        valid = ops.concatenate([ops.ones_like(labels, "bool"), ops.cast(state.filled, "bool")], axis=0)
+        loss_sums, term_counts = self.loss.batch_terms(union_ids(all_labels, valid), all_embeddings)
+        batch = ops.shape(embeddings)[0]
+        return loss_sums[:batch], term_counts[:batch]
+
+    def _remember(self, embeddings, labels):
+        state = self.state
+        batch = ops.shape(embeddings)[0]
+        slots = ((state.position + ops.arange(batch, dtype="int32")) % self.memory_size)[:, None]
+        state.embeddings.assign(
+            ops.scatter_update(state.embeddings, slots, ops.stop_gradient(ops.cast(embeddings, "float32")))
+        )
+        state.labels.assign(ops.scatter_update(state.labels, slots, ops.cast(labels, state.labels.dtype)))
+        state.filled.assign(ops.scatter_update(state.filled, slots, ops.ones((batch,), "float32")))
+        state.position.assign((state.position + batch) % self.memory_size)
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        if replica_context() is not None:
+            raise ValueError("CrossBatchMemory is not supported under a tf.distribute strategy.")
+        with keras.name_scope(self.name):
+            embeddings, labels = self._prepare(y_true, y_pred)
+            self.state.attach(self)
+            inner_state = getattr(self.loss, "state", None)
+            if inner_state is not None:
+                inner_state.attach(self)
+            loss_sums, term_counts = self._union_terms(embeddings, labels)
+            loss = reduce_anchor_terms(loss_sums, term_counts, sample_weight, self.reduction)
+            self._remember(embeddings, labels)
+            return loss
+
+    def call(self, y_true, y_pred):
+        """Per-anchor losses against the batch and the memory, leaving the memory as it is."""
+        embeddings, labels = self._prepare(y_true, y_pred)
+        return divide_or_zero(*self._union_terms(embeddings, labels))
+
+    def memory(self):
+        """`(embeddings, labels)` of the filled slots, as NumPy arrays in slot order."""
+        if self.state is None:
+            return np.zeros((0, 0), "float32"), np.zeros((0,), _label_dtype())
+        filled = keras.ops.convert_to_numpy(self.state.filled) > 0
+        return (
+            keras.ops.convert_to_numpy(self.state.embeddings)[filled],
+            keras.ops.convert_to_numpy(self.state.labels)[filled],
+        )
+
+    def get_config(self):
+        return {
+            "loss": keras.losses.serialize(self.loss),
+            "memory_size": self.memory_size,
+            "embedding_dim": self.embedding_dim,
+            "name": self.name,
+        }
+
+
+def _check_wrappable(loss):
+    from tfmetric.losses.center import CenterLoss
+    from tfmetric.losses.margin import MarginLoss
+    from tfmetric.losses.npairs import NPairsMultilabel
+
+    if not isinstance(loss, InBatchLoss) or isinstance(loss, (CenterLoss, NPairsMultilabel)):
+        raise ValueError(
+            f"CrossBatchMemory wraps a loss mined from class labels, such as "
+            f"tfm.Contrastive(); received {loss!r}."
+        )
+    if isinstance(loss, MarginLoss) and loss.num_classes is not None:
+        raise ValueError("CrossBatchMemory cannot wrap a MarginLoss with a β per class (num_classes).")
+    if loss.cross_replica:
+        raise ValueError("CrossBatchMemory cannot wrap a loss with cross_replica=True.")

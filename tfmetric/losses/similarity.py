@@ -1,0 +1,292 @@
+"""Pair losses on cosine similarities: multi-similarity, circle, binomial deviance.
+
+Notation: `s` is the `(N, N)` similarity matrix of the batch
+(`tfm.distances.pairwise_similarity`: cosine by default), `P(a)` the
+positives of anchor `a`, `Q(a)` its negatives.
+"""
+
+import keras
+from keras import ops
+
+from tfmetric.distances import pairwise_similarity
+from tfmetric.losses.base import InBatchLoss, divide_or_zero, row_logsumexp
+from tfmetric.mining import label_masks
+
+
+def _row_mean(values, mask):
+    # where, not a product: 0 · inf is NaN.
+    total = ops.sum(ops.where(mask, values, ops.zeros_like(values)), axis=1)
+    return divide_or_zero(total, ops.sum(ops.cast(mask, values.dtype), axis=1))
+
+
+def multi_similarity_pairs(similarity, positive, negative, epsilon):
+    """The pairs kept by the multi-similarity miner (Wang et al. 2019, §4.1).
+
+    A negative is kept when `s(a, n) + ε > min_{p∈P(a)} s(a, p)`, a positive
+    when `s(a, p) − ε < max_{n∈Q(a)} s(a, n)`: each set is compared with the
+    hardest member of the other, so an anchor lacking either keeps nothing.
+    """
+    similarity = ops.stop_gradient(similarity)
+    inf = ops.full_like(similarity, float("inf"))
+    hardest_positive = ops.min(ops.where(positive, similarity, inf), axis=1)
+    hardest_negative = ops.max(ops.where(negative, similarity, -inf), axis=1)
+    kept_negative = ops.logical_and(negative, similarity + epsilon > hardest_positive[:, None])
+    kept_positive = ops.logical_and(positive, similarity - epsilon < hardest_negative[:, None])
+    return kept_positive, kept_negative
+
+
+def multi_similarity_terms(similarity, labels, alpha=2.0, beta=50.0, base=0.5, epsilon=None):
+    """Per-anchor multi-similarity losses; every anchor counts once.
+
+    `ℓ_a = 1/α log(1 + Σ_{p∈P(a)} e^{−α(s_ap − λ)}) + 1/β log(1 + Σ_{n∈Q(a)} e^{β(s_an − λ)})`,
+    `λ = base`, over the pairs `multi_similarity_pairs` keeps when `epsilon`
+    is given.
+
+    Returns:
+        `(losses, ones)`, both `(N,)`.
+    """
+    positive, negative = label_masks(labels)
+    if epsilon is not None:
+        positive, negative = multi_similarity_pairs(similarity, positive, negative, epsilon)
+    pull = row_logsumexp(-alpha * (similarity - base), positive, add_one=True) / alpha
+    push = row_logsumexp(beta * (similarity - base), negative, add_one=True) / beta
+    losses = pull + push
+    return losses, ops.ones_like(losses)
+
+
+def circle_terms(similarity, labels, margin=0.4, gamma=80.0):
+    """Per-anchor circle losses and whether the anchor has a positive and a negative.
+
+    `ℓ_a = softplus(log Σ_{p∈P(a)} e^{−γ α_p (s_ap − Δ_p)} + log Σ_{n∈Q(a)} e^{γ α_n (s_an − Δ_n)})`
+    with `α_p = relu(1 + m − s_ap)`, `α_n = relu(s_an + m)` (constants for
+    the gradient), `Δ_p = 1 − m`, `Δ_n = m`.
+    """
+    positive, negative = label_masks(labels)
+    fixed = ops.stop_gradient(similarity)
+    pull = -gamma * ops.relu(1.0 + margin - fixed) * (similarity - (1.0 - margin))
+    push = gamma * ops.relu(fixed + margin) * (similarity - margin)
+    valid = ops.logical_and(ops.any(positive, axis=1), ops.any(negative, axis=1))
+    losses = ops.softplus(row_logsumexp(pull, positive) + row_logsumexp(push, negative))
+    return ops.where(valid, losses, ops.zeros_like(losses)), ops.cast(valid, similarity.dtype)
+
+
+def binomial_deviance_terms(similarity, labels, alpha=2.0, threshold=0.5, cost=25.0):
+    """Per-anchor binomial deviances and whether the anchor has a positive and a negative.
+
+    `ℓ_a = mean_{p∈P(a)} softplus(−α(s_ap − λ)) + mean_{n∈Q(a)} softplus(αC(s_an − λ))`,
+    `λ = threshold`, `C = cost`.
+    """
+    positive, negative = label_masks(labels)
+    valid = ops.logical_and(ops.any(positive, axis=1), ops.any(negative, axis=1))
+    pull = _row_mean(ops.softplus(-alpha * (similarity - threshold)), positive)
+    push = _row_mean(ops.softplus(alpha * cost * (similarity - threshold)), negative)
+    losses = pull + push
+    return ops.where(valid, losses, ops.zeros_like(losses)), ops.cast(valid, similarity.dtype)
+
+
+class SimilarityLoss(InBatchLoss):
+    """The frame of the losses on `pairwise_similarity`: no distance argument.
+
+    Subclasses implement `similarity_terms(similarity, labels)`.
+    """
+
+    def __init__(self, normalize, reduction, name, cross_replica):
+        super().__init__("euclidean", normalize, reduction, name, cross_replica)
+
+    def batch_terms(self, labels, embeddings):
+        return self.similarity_terms(pairwise_similarity(embeddings, self.normalize), labels)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["distance"]
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfmetric")
+class MultiSimilarity(SimilarityLoss):
+    """Multi-similarity loss (Wang et al. 2019, "Multi-Similarity Loss with
+    General Pair Weighting for Deep Metric Learning").
+
+    Each anchor weighs its pairs by their own similarity and by the others'
+    (soft maxima around the threshold `λ = base`):
+
+    ```
+    ℓ_a = 1/α log(1 + Σ_{p∈P(a)} exp(−α (s(a, p) − λ)))
+        + 1/β log(1 + Σ_{n∈Q(a)} exp( β (s(a, n) − λ)))
+    loss = mean of ℓ_a over all anchors
+    ```
+
+    With `epsilon`, the paper's pair mining first keeps only the negatives
+    more similar than the least similar positive minus ε, and the positives
+    less similar than the most similar negative plus ε (PyTorch Metric
+    Learning's `MultiSimilarityMiner`). Without it, every pair is used:
+    PyTorch Metric Learning's `MultiSimilarityLoss`, same values.
+
+    Args:
+        alpha: Scale `α` of the positive pairs.
+        beta: Scale `β` of the negative pairs.
+        base: The threshold `λ`.
+        epsilon: Margin of the pair mining; `None` (default) uses every pair.
+        normalize: Cosine similarities (default), or raw dot products.
+        reduction: `"sum_over_batch_size"` (the mean above, default),
+            `"sum"`, or `None` for each anchor's loss.
+        name: Optional name of the loss.
+        cross_replica: Under a `tf.distribute` strategy, mine each replica's
+            anchors against the batches of all replicas (see the README).
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> labels = np.array([0, 0, 1, 1])
+    >>> embeddings = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]])
+    >>> round(float(tfm.MultiSimilarity()(labels, embeddings)), 4)
+    0.2688
+    """
+
+    def __init__(
+        self,
+        alpha=2.0,
+        beta=50.0,
+        base=0.5,
+        epsilon=None,
+        normalize=True,
+        reduction="sum_over_batch_size",
+        name="multi_similarity",
+        cross_replica=False,
+    ):
+        super().__init__(normalize, reduction, name, cross_replica)
+        if alpha <= 0 or beta <= 0:
+            raise ValueError(f"alpha and beta must be positive; received {alpha} and {beta}.")
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.base = float(base)
+        self.epsilon = None if epsilon is None else float(epsilon)
+
+    def similarity_terms(self, similarity, labels):
+        return multi_similarity_terms(similarity, labels, self.alpha, self.beta, self.base, self.epsilon)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"alpha": self.alpha, "beta": self.beta, "base": self.base, "epsilon": self.epsilon})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfmetric")
+class Circle(SimilarityLoss):
+    """Circle loss (Sun et al. 2020, "Circle Loss: A Unified Perspective of
+    Pair Similarity Optimization"), pair-based form.
+
+    Pairs far from their optimum (`O_p = 1 + m` for positives, `O_n = −m`
+    for negatives) get larger weights:
+
+    ```
+    α_p = relu(1 + m − s(a, p)),  α_n = relu(s(a, n) + m)   (no gradient)
+    ℓ_a = softplus(log Σ_{p∈P(a)} exp(−γ α_p (s(a, p) − 1 + m))
+                 + log Σ_{n∈Q(a)} exp( γ α_n (s(a, n) − m)))
+    loss = mean of ℓ_a over the anchors with a positive and a negative
+    ```
+
+    Same values as PyTorch Metric Learning's `CircleLoss` (whose
+    `AvgNonZeroReducer` averages over the same anchors whenever no loss is
+    exactly 0).
+
+    Args:
+        margin: The relaxation `m` (paper: 0.25 for faces and re-id, 0.4
+            for fine-grained retrieval).
+        gamma: The scale `γ` (paper: 256, 128, 80 respectively).
+        normalize: Cosine similarities (default), or raw dot products.
+        reduction: `"sum_over_batch_size"` (the mean above, default),
+            `"sum"`, or `None` for each anchor's loss.
+        name: Optional name of the loss.
+        cross_replica: Under a `tf.distribute` strategy, mine each replica's
+            anchors against the batches of all replicas (see the README).
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> labels = np.array([0, 0, 1, 1])
+    >>> embeddings = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]])
+    >>> round(float(tfm.Circle()(labels, embeddings)), 4)
+    3.2009
+    """
+
+    def __init__(
+        self,
+        margin=0.4,
+        gamma=80.0,
+        normalize=True,
+        reduction="sum_over_batch_size",
+        name="circle",
+        cross_replica=False,
+    ):
+        super().__init__(normalize, reduction, name, cross_replica)
+        self.margin = float(margin)
+        self.gamma = float(gamma)
+
+    def similarity_terms(self, similarity, labels):
+        return circle_terms(similarity, labels, self.margin, self.gamma)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"margin": self.margin, "gamma": self.gamma})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfmetric")
+class BinomialDeviance(SimilarityLoss):
+    """Binomial deviance loss (Yi et al. 2014, "Deep Metric Learning for
+    Person Re-Identification").
+
+    A logistic loss on every pair's similarity around the threshold `λ`,
+    negatives scaled by the cost `C` that balances their number, each kind
+    averaged per anchor (the paper's weights 1/n₊, 1/n₋):
+
+    ```
+    ℓ_a = mean_{p∈P(a)} log(1 + exp(−α (s(a, p) − λ)))
+        + mean_{n∈Q(a)} log(1 + exp( αC (s(a, n) − λ)))
+    loss = mean of ℓ_a over the anchors with a positive and a negative
+    ```
+
+    Args:
+        alpha: The scale `α`.
+        threshold: The threshold `λ`.
+        cost: The cost `C` of the negative pairs.
+        normalize: Cosine similarities (default, as in the paper), or raw
+            dot products.
+        reduction: `"sum_over_batch_size"` (the mean above, default),
+            `"sum"`, or `None` for each anchor's loss.
+        name: Optional name of the loss.
+        cross_replica: Under a `tf.distribute` strategy, mine each replica's
+            anchors against the batches of all replicas (see the README).
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> labels = np.array([0, 0, 1, 1])
+    >>> embeddings = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]])
+    >>> round(float(tfm.BinomialDeviance()(labels, embeddings)), 4)
+    1.6892
+    """
+
+    def __init__(
+        self,
+        alpha=2.0,
+        threshold=0.5,
+        cost=25.0,
+        normalize=True,
+        reduction="sum_over_batch_size",
+        name="binomial_deviance",
+        cross_replica=False,
+    ):
+        super().__init__(normalize, reduction, name, cross_replica)
+        self.alpha = float(alpha)
+        self.threshold = float(threshold)
+        self.cost = float(cost)
+
+    def similarity_terms(self, similarity, labels):
+        return binomial_deviance_terms(similarity, labels, self.alpha, self.threshold, self.cost)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"alpha": self.alpha, "threshold": self.threshold, "cost": self.cost})
+        return config
