@@ -247,7 +247,7 @@ def test_every_in_batch_loss_can_be_wrapped():
     x, labels = next(batches(2, [12]))
     for kind in sorted({**LOSSES, **SOFT_LOSSES}):
         loss = tfm.CrossBatchMemory(loss_and_reference(kind)[0], memory_size=24)
-        for _ in range(3):
+        for _ in range(3 if BACKEND == "tensorflow" else 2):
             value, grad = value_and_grad(lambda e: keras.ops.sum(loss.call(labels, e)), x)
             assert np.all(np.isfinite(grad)) and np.all(np.isfinite(value)), kind
             loss(labels, x)

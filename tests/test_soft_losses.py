@@ -93,7 +93,8 @@ def test_hand_made_binomial_deviance_and_circle():
 def test_reproduces_pytorch_metric_learning():
     data = np.load(FIXTURES / "peers_pml.npz")
     losses = {"multi_similarity": tfm.MultiSimilarity(), "circle": tfm.Circle(), "nca": tfm.NCA()}
-    for i in range(6):
+    # Under JAX, every new shape is a new compilation: three cases suffice.
+    for i in range(6 if BACKEND == "tensorflow" else 3):
         x, labels = data[f"x{i}"].astype("float32"), data[f"y{i}"]
         for kind, loss in losses.items():
             value, grad = value_and_grad(lambda e: loss(labels, e), x, compiled=i % 2 == 0)
@@ -115,7 +116,7 @@ def test_reproduces_tf_addons_npairs():
 # ---------------------------------------------------------------- random cases
 
 
-@settings(max_examples=40 if BACKEND == "tensorflow" else 10, deadline=None)
+@settings(max_examples=40 if BACKEND == "tensorflow" else 6, deadline=None)
 @given(
     kind=st.sampled_from(sorted(SOFT_LOSSES)),
     n=st.integers(1, 40),
