@@ -9,8 +9,10 @@ memory is its own.
     python benchmarks/losses.py --sizes 1024 --k 8
     python benchmarks/losses.py --losses Contrastive "MarginLoss all"
 
-MarginLoss normalises the embeddings first (its default); the distance
-matrix it is compared with does not.
+MarginLoss, MultiSimilarity, Circle, BinomialDeviance and NCA normalise the
+embeddings first (their default); the distance matrix they are compared with
+does not. XBM(Contrastive) mines each batch against a full memory of 1024
+earlier embeddings: the wrapped loss runs on N + 1024 rows.
 
 Batches are P×K: N/K classes of K examples, D = 128, float32.
 """
@@ -32,14 +34,23 @@ LOSSES = {
     "Contrastive hard": "Contrastive(margin=1.0, negatives='hard')",
     "MarginLoss all": "MarginLoss(sampling='all')",
     "MarginLoss dw": "MarginLoss(seed=0)",
+    "NPairs": "NPairs()",
+    "MultiSimilarity": "MultiSimilarity()",
+    "MultiSimilarity ε": "MultiSimilarity(epsilon=0.1)",
+    "Circle": "Circle()",
+    "BinomialDeviance": "BinomialDeviance()",
+    "SoftNearestNeighbor": "SoftNearestNeighbor()",
+    "NCA": "NCA()",
+    "CenterLoss": "CenterLoss(num_classes=N, embedding_dim=D)",
+    "XBM(Contrastive)": "CrossBatchMemory(tfm.Contrastive(margin=1.0), memory_size=1024)",
 }
 
 
-def build_loss(name):
-    """The tfmetric loss benchmarked as `name` (the other benchmarks use these too)."""
+def build_loss(name, n=None, dim=None):
+    """The tfmetric loss benchmarked as `name` (the other benchmarks use these too); N, D: for CenterLoss."""
     import tfmetric as tfm
 
-    return eval("tfm." + LOSSES[name])
+    return eval("tfm." + LOSSES[name], {"tfm": tfm, "N": n, "D": dim})
 
 
 def measure(loss_name, n, k, dim, jit, min_seconds):
@@ -53,7 +64,7 @@ def measure(loss_name, n, k, dim, jit, min_seconds):
         def objective(y, x):
             return tf.reduce_sum(tfm.distances.pairwise_distance(x))
     else:
-        objective = build_loss(loss_name)
+        objective = build_loss(loss_name, n, dim)
     return time_calls(tensorflow_step(objective, x, y, jit), min_seconds, baseline_mb=rss_mb())
 
 

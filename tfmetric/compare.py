@@ -1,15 +1,19 @@
 """`tfmetric compare`: softmax vs siamese vs triplet vs online mining, in 2-D.
 
 The siamese/triplet study, on the bundled digits (or MNIST/Fashion-MNIST
-online): one small encoder with a 2-D output, trained nine ways —
+online): one small encoder with a 2-D output, trained seventeen ways —
 
 - softmax: a classifier; its penultimate (2-D) layer is the embedding;
+- softmax + center loss: the same, with `CenterLoss` on the embedding;
 - siamese: `PairContrastive` on random pairs, half similar (offline);
 - triplet: `TripletLoss` on random triplets (offline);
 - online contrastive, hard negatives: `Contrastive(negatives="hard")`;
 - online triplets: `BatchHardTriplet`, `BatchAllTriplet`, `SemiHardTriplet`;
 - lifted structured loss: `LiftedStructure`;
 - margin loss: `MarginLoss` with distance-weighted sampling and learned β;
+- `NPairs`, `MultiSimilarity`, `Circle`, `BinomialDeviance`,
+  `SoftNearestNeighbor`, `NCA`;
+- cross-batch memory: `Contrastive` mined against the last 256 embeddings;
 
 the online ones on P×K batches. For each it reports the held-out 1-NN
 accuracy (training set as reference), precision@1 and MAP@R (leave-one-out
@@ -27,13 +31,21 @@ from tfmetric.demo import embedding_network, nearest_neighbour_accuracy
 from tfmetric.evaluation import retrieval_metrics
 from tfmetric.layers import PairDistance
 from tfmetric.losses import (
+    NCA,
     BatchAllTriplet,
     BatchHardTriplet,
+    BinomialDeviance,
+    CenterLoss,
+    Circle,
     Contrastive,
+    CrossBatchMemory,
     LiftedStructure,
     MarginLoss,
+    MultiSimilarity,
+    NPairs,
     PairContrastive,
     SemiHardTriplet,
+    SoftNearestNeighbor,
     TripletLoss,
 )
 from tfmetric.plots import scatter
@@ -47,8 +59,17 @@ ONLINE = {
     "semi-hard triplet": lambda: SemiHardTriplet(margin=MARGIN),
     "lifted structure": lambda: LiftedStructure(margin=MARGIN),
     "margin loss (dw)": lambda: MarginLoss(margin=0.2, beta=1.2, learn_beta=True),
+    "n-pairs": lambda: NPairs(),
+    "multi-similarity": lambda: MultiSimilarity(),
+    "circle": lambda: Circle(),
+    "binomial deviance": lambda: BinomialDeviance(),
+    "soft nearest neighbour": lambda: SoftNearestNeighbor(),
+    "nca": lambda: NCA(),
+    "cross-batch memory": lambda: CrossBatchMemory(Contrastive(margin=MARGIN), memory_size=256, embedding_dim=2),
 }
-METHODS = ("softmax", "siamese (random pairs)", "triplet (random triplets)", *ONLINE)
+# The weight λ of the center loss next to the softmax loss (the paper's range).
+CENTER_WEIGHT = 0.1
+METHODS = ("softmax", "softmax + center loss", "siamese (random pairs)", "triplet (random triplets)", *ONLINE)
 
 
 def _optimizer():
@@ -60,6 +81,20 @@ def train_softmax(encoder, x, y, epochs, seed, verbose):
     classifier = keras.Sequential([encoder, keras.layers.Dense(classes)])
     classifier.compile(_optimizer(), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     classifier.fit(x, y, batch_size=64, epochs=epochs, verbose=verbose)
+
+
+def train_softmax_center(encoder, x, y, epochs, seed, verbose):
+    classes = int(y.max()) + 1
+    inputs = keras.Input(x.shape[1:])
+    embedding = encoder(inputs)
+    logits = keras.layers.Dense(classes)(embedding)
+    model = keras.Model(inputs, [logits, embedding])
+    model.compile(
+        _optimizer(),
+        [keras.losses.SparseCategoricalCrossentropy(from_logits=True), CenterLoss(classes, embedding.shape[-1])],
+        loss_weights=[1.0, CENTER_WEIGHT],
+    )
+    model.fit(x, (y, y), batch_size=64, epochs=epochs, verbose=verbose)
 
 
 def train_siamese(encoder, x, y, epochs, seed, verbose):
@@ -95,6 +130,7 @@ def train_online(loss):
 
 TRAINERS = {
     "softmax": train_softmax,
+    "softmax + center loss": train_softmax_center,
     "siamese (random pairs)": train_siamese,
     "triplet (random triplets)": train_triplet,
     **{name: train_online(loss) for name, loss in ONLINE.items()},
