@@ -35,8 +35,16 @@ SOFT_LOSSES = {
 }
 
 
+ALL_LOSSES = {**LOSSES, **SOFT_LOSSES}
+
+
+def typical_arguments(kind):
+    """Arguments for the tests every loss shares: a margin of 0.5 where there is one."""
+    return {"margin": 0.5} if kind in LOSSES else {}
+
+
 def loss_and_reference(kind, reduction="sum_over_batch_size", name=None, **kwargs):
-    cls, ref, loss_only, shared = {**LOSSES, **SOFT_LOSSES}[kind]
+    cls, ref, loss_only, shared = ALL_LOSSES[kind]
     named = {"name": name} if name else {}
     loss = cls(**loss_only, **shared, **kwargs, reduction=reduction, **named)
     return loss, lambda x, y, **kw: ref(x, y, **shared, **kwargs, **kw)

@@ -133,31 +133,6 @@ def test_matches_brute_force(kind, n, num_classes, dim, seed, data):
     check(kind, x, labels, **options)
 
 
-@pytest.mark.parametrize("kind", sorted(SOFT_LOSSES))
-def test_pk_batch_with_weights_and_compiled(kind):
-    rng = np.random.default_rng(3)
-    x = rng.normal(size=(48, 8)).astype("float32")
-    labels = np.repeat(np.arange(12), 4)
-    rng.shuffle(labels)
-    weights = rng.uniform(0.0, 2.0, size=48)
-    for compiled in (False, True) if BACKEND == "tensorflow" else (True,):
-        check(kind, x, labels, compiled=compiled, sample_weight=weights)
-
-
-@pytest.mark.parametrize("kind", sorted(SOFT_LOSSES))
-def test_reduction_none_and_sum(kind):
-    rng = np.random.default_rng(4)
-    x = rng.normal(size=(20, 4)).astype("float32")
-    labels = rng.integers(0, 5, size=20)
-    loss, ref = loss_and_reference(kind, reduction=None)
-    weights = rng.uniform(0.5, 1.5, size=20)
-    got = np.asarray(loss(labels, x, sample_weight=weights))
-    np.testing.assert_allclose(got, weights * ref(x.astype("float64"), labels).per_anchor, rtol=1e-4, atol=1e-5)
-    summed = loss_and_reference(kind, reduction="sum")[0](labels, x, sample_weight=weights)
-    want = ref(x.astype("float64"), labels, sample_weight=weights)
-    assert float(summed) == pytest.approx(want.weighted_sum, rel=1e-4)
-
-
 # ---------------------------------------------------------------- multi-label N-pairs
 
 

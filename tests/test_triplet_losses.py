@@ -9,7 +9,7 @@ from hypothesis import assume, given, settings, strategies as st
 
 import reference
 import tfmetric as tfm
-from registry import LOSSES, TRIPLET_LOSSES, check, loss_and_reference
+from registry import ALL_LOSSES, TRIPLET_LOSSES, check, loss_and_reference, typical_arguments
 
 DISTANCES = tfm.distances.DISTANCES
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
@@ -95,7 +95,8 @@ def test_matches_brute_force(kind, n, num_classes, dim, seed, distance, margin, 
     check(kind, x, labels, distance=distance, margin=margin, normalize=normalize)
 
 
-@pytest.mark.parametrize("kind", sorted(LOSSES))
+# Every in-batch loss, the soft ones of test_soft_losses.py too.
+@pytest.mark.parametrize("kind", sorted(ALL_LOSSES))
 def test_pk_batch_with_weights_and_compiled(kind):
     rng = np.random.default_rng(3)
     x = rng.normal(size=(48, 8)).astype("float32")
@@ -103,19 +104,19 @@ def test_pk_batch_with_weights_and_compiled(kind):
     rng.shuffle(labels)
     weights = rng.uniform(0.0, 2.0, size=48)
     for compiled in (False, True) if BACKEND == "tensorflow" else (True,):
-        check(kind, x, labels, compiled=compiled, sample_weight=weights, margin=0.5)
+        check(kind, x, labels, compiled=compiled, sample_weight=weights, **typical_arguments(kind))
 
 
-@pytest.mark.parametrize("kind", sorted(LOSSES))
+@pytest.mark.parametrize("kind", sorted(ALL_LOSSES))
 def test_reduction_none_gives_per_anchor_losses(kind):
     rng = np.random.default_rng(4)
     x = rng.normal(size=(20, 4)).astype("float32")
     labels = rng.integers(0, 5, size=20)
-    loss, ref = loss_and_reference(kind, margin=0.5, reduction=None)
+    loss, ref = loss_and_reference(kind, reduction=None, **typical_arguments(kind))
     weights = rng.uniform(0.5, 1.5, size=20)
     got = np.asarray(loss(labels, x, sample_weight=weights))
     np.testing.assert_allclose(got, weights * ref(x.astype("float64"), labels).per_anchor, rtol=1e-4, atol=1e-5)
-    summed = loss_and_reference(kind, margin=0.5, reduction="sum")[0](labels, x, sample_weight=weights)
+    summed = loss_and_reference(kind, reduction="sum", **typical_arguments(kind))[0](labels, x, sample_weight=weights)
     want = ref(x.astype("float64"), labels, sample_weight=weights)
     assert float(summed) == pytest.approx(want.weighted_sum, rel=1e-4)
 
