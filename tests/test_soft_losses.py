@@ -116,7 +116,7 @@ def test_reproduces_tf_addons_npairs():
 # ---------------------------------------------------------------- random cases
 
 
-@settings(max_examples=40 if BACKEND == "tensorflow" else 6, deadline=None)
+@settings(max_examples=40 if BACKEND == "tensorflow" else 4, deadline=None)
 @given(
     kind=st.sampled_from(sorted(SOFT_LOSSES)),
     n=st.integers(1, 40),
@@ -196,7 +196,10 @@ def test_degenerate_batches_are_finite(kind, case):
     elif case == "tiny":
         x = x * np.float32(1e-30)
     loss = loss_and_reference(kind)[0]
-    for compiled in (False, True) if case in ("one example", "identical embeddings", "huge") else (False,):
+    # Compiled too for the cases most likely to differ (under JAX, where each
+    # compilation is slow, for the extreme values only).
+    compiled_cases = ("one example", "identical embeddings", "huge") if BACKEND == "tensorflow" else ("huge",)
+    for compiled in (False, True) if case in compiled_cases else (False,):
         value, grad = value_and_grad(lambda e: loss(labels, e), x, compiled)
         assert np.isfinite(value) and np.all(np.isfinite(grad)), (compiled, value)
         if expected is not None:
