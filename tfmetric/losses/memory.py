@@ -13,6 +13,9 @@ from tfmetric.distances import as_embeddings
 from tfmetric.distribute import replica_context
 from tfmetric.labels import is_backend_tensor, standardize_labels
 from tfmetric.losses.base import InBatchLoss, divide_or_zero, reduce_anchor_terms
+from tfmetric.losses.center import CenterLoss
+from tfmetric.losses.margin import MarginLoss
+from tfmetric.losses.npairs import NPairsMultilabel
 from tfmetric.losses.state import LossState
 
 
@@ -196,10 +199,6 @@ class CrossBatchMemory(keras.losses.Loss):
 
 
 def _check_wrappable(loss):
-    from tfmetric.losses.center import CenterLoss
-    from tfmetric.losses.margin import MarginLoss
-    from tfmetric.losses.npairs import NPairsMultilabel
-
     if not isinstance(loss, InBatchLoss) or isinstance(loss, (CenterLoss, NPairsMultilabel)):
         raise ValueError(
             f"CrossBatchMemory wraps a loss mined from class labels, such as "
