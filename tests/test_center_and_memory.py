@@ -112,6 +112,9 @@ def test_center_loss_edges():
 # The wrapped losses checked against their references on the union batch.
 WRAPPED = ["contrastive_all", "batch_hard", "semi_hard", "batch_all_nonzero", "lifted_structure",
            "margin_all", "multi_similarity", "npairs", "soft_nearest_neighbor", "circle"]
+if BACKEND != "tensorflow":
+    # The memory's mechanics are the backend's; three losses check them (CI time).
+    WRAPPED = ["contrastive_all", "semi_hard", "multi_similarity"]
 
 
 def batches(seed, sizes, dim=4, num_classes=5):
@@ -247,7 +250,7 @@ def test_every_in_batch_loss_can_be_wrapped():
     x, labels = next(batches(2, [12]))
     for kind in sorted({**LOSSES, **SOFT_LOSSES}):
         loss = tfm.CrossBatchMemory(loss_and_reference(kind)[0], memory_size=24)
-        for _ in range(3 if BACKEND == "tensorflow" else 2):
+        for _ in range(3 if BACKEND == "tensorflow" else 1):
             value, grad = value_and_grad(lambda e: keras.ops.sum(loss.call(labels, e)), x)
             assert np.all(np.isfinite(grad)) and np.all(np.isfinite(value)), kind
             loss(labels, x)

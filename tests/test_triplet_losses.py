@@ -161,7 +161,9 @@ def test_reproduces_fixture(name, index, case):
     labels = data[f"y{index}"]
     recorded_grad = data[f"g{index}"]
     loss = loss_for_fixture(case)
-    value, grad = value_and_grad(lambda e: loss(labels, e), x, compiled=index % 2 == 0)
+    # Under JAX every shape is a new compilation: compile one case in eight (CI time).
+    compiled = index % 2 == 0 if BACKEND == "tensorflow" else index % 8 == 0
+    value, grad = value_and_grad(lambda e: loss(labels, e), x, compiled=compiled)
     assert abs(float(value) - case["loss"]) <= 1e-4 * abs(case["loss"])
     assert np.all(np.isfinite(grad))
     if recorded_grad.size:
