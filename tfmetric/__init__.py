@@ -8,6 +8,7 @@ model.compile(optimizer="adam", loss=tfm.BatchHardTriplet(margin=0.5))
 
 from tfmetric import callbacks, datasets, distances, evaluation, layers, losses, metrics, plots, recurrent
 from tfmetric.losses import (
+    NCA,
     BatchAllTriplet,
     BatchHardTriplet,
     BinomialDeviance,
@@ -17,9 +18,8 @@ from tfmetric.losses import (
     CrossBatchMemory,
     LiftedStructure,
     MarginLoss,
-    MultiSimilarity,
     MulticlassHinge,
-    NCA,
+    MultiSimilarity,
     NPairs,
     NPairsMultilabel,
     PairContrastive,

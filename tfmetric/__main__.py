@@ -7,8 +7,7 @@ import os
 def main(argv=None):
     # Before TensorFlow is imported (by the commands' modules), or it logs its set-up.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from tfmetric import compare as compare_module
-    from tfmetric import demo as demo_module
+    from tfmetric import compare as compare_module, demo as demo_module
     from tfmetric.datasets import DATASETS
 
     parser = argparse.ArgumentParser(prog="tfmetric", description="Deep metric learning for Keras 3.")

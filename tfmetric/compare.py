@@ -104,7 +104,9 @@ def train_siamese(encoder, x, y, epochs, seed, verbose):
     # Fresh random pairs every epoch, as many as examples.
     for epoch in range(epochs):
         first, second, similar = random_pairs(y, len(y), seed=seed + epoch)
-        siamese.fit([x[first], x[second]], similar, batch_size=64, epochs=epoch + 1, initial_epoch=epoch, verbose=verbose)
+        siamese.fit(
+            [x[first], x[second]], similar, batch_size=64, epochs=epoch + 1, initial_epoch=epoch, verbose=verbose
+        )
 
 
 def train_triplet(encoder, x, y, epochs, seed, verbose):
@@ -115,8 +117,12 @@ def train_triplet(encoder, x, y, epochs, seed, verbose):
     for epoch in range(epochs):
         anchors, positives, negatives = random_triplets(y, len(y), seed=seed + epoch)
         triplet.fit(
-            [x[anchors], x[positives], x[negatives]], np.zeros(len(y)), batch_size=64,
-            epochs=epoch + 1, initial_epoch=epoch, verbose=verbose,
+            [x[anchors], x[positives], x[negatives]],
+            np.zeros(len(y)),
+            batch_size=64,
+            epochs=epoch + 1,
+            initial_epoch=epoch,
+            verbose=verbose,
         )
 
 

@@ -21,7 +21,9 @@ __all__ = ["retrieval_metrics"]
 _BLOCK_ENTRIES = 2**24
 
 
-def retrieval_metrics(embeddings, labels, reference=None, reference_labels=None, k=(1, 5, 10), distance="euclidean", nmi=True):
+def retrieval_metrics(
+    embeddings, labels, reference=None, reference_labels=None, k=(1, 5, 10), distance="euclidean", nmi=True
+):
     """Retrieval metrics of `embeddings` against a reference set (or each other).
 
     - `precision@1`: the share of queries whose nearest neighbour has their label.

@@ -12,6 +12,7 @@ from keras import backend, ops
 
 
 def is_backend_tensor(value):
+    """Whether `value` is a tensor of the current Keras backend (not NumPy)."""
     if backend.backend() == "tensorflow":
         import tensorflow as tf
 
@@ -20,7 +21,11 @@ def is_backend_tensor(value):
         import jax
 
         return isinstance(value, jax.Array)
-    return backend.is_tensor(value)
+    if backend.backend() == "torch":
+        import torch
+
+        return isinstance(value, torch.Tensor)
+    return False
 
 
 def is_traced(tensor):
@@ -33,6 +38,11 @@ def is_traced(tensor):
         import jax
 
         return isinstance(tensor, jax.core.Tracer)
+    if backend.backend() == "torch":
+        import torch
+
+        # Keras infers output shapes on the "meta" device, which holds no values.
+        return torch.compiler.is_compiling() or tensor.device.type == "meta"
     return False
 
 

@@ -34,6 +34,17 @@ def label_masks(labels):
     return ops.logical_and(same, not_self), different
 
 
+def first_positions(sorted_values, values):
+    """For each of `values`, the first position of an equal entry in `sorted_values` (int32)."""
+    if backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        # Keras' searchsorted takes len() of its input before Keras 3.12,
+        # which fails in a graph.
+        return tf.searchsorted(sorted_values, values, side="left", out_type=tf.int32)
+    return ops.cast(ops.searchsorted(sorted_values, values, side="left"), "int32")
+
+
 def hardest_pairs(distances, positive, negative):
     """Per anchor, the index of its farthest positive and of its closest negative.
 
@@ -64,7 +75,7 @@ def _for_each_positive_slot(labels, positive, num_positives, body, state):
         labels = ops.where(ops.equal(labels, labels), labels, ops.full_like(labels, float("inf")))
     order = ops.cast(ops.argsort(labels), "int32")
     sorted_labels = ops.take(labels, order)
-    class_start = ops.cast(ops.searchsorted(sorted_labels, sorted_labels, side="left"), "int32")
+    class_start = first_positions(sorted_labels, sorted_labels)
     position = ops.cast(ops.argsort(order), "int32")
     start = ops.take(class_start, position)
     own_rank = position - start
@@ -88,6 +99,16 @@ def _for_each_positive_slot(labels, positive, num_positives, body, state):
     return tuple(result[1:])
 
 
+def _upper_ones(size, dtype, diagonal=True):
+    """The upper triangle of a `(size, size)` matrix of ones, with or without the diagonal.
+
+    Not `ops.triu`, whose TensorFlow form fails in a graph before Keras 3.9.
+    """
+    index = ops.arange(size)
+    above = index[:, None] <= index[None, :] if diagonal else index[:, None] < index[None, :]
+    return ops.cast(above, dtype)
+
+
 def _row_cumsum(matrix, block=32):
     """`cumsum(matrix, axis=1)` as two small triangular matrix products.
 
@@ -99,10 +120,10 @@ def _row_cumsum(matrix, block=32):
     padding = (block - columns % block) % block
     padded = ops.concatenate([matrix, ops.zeros((rows, padding), matrix.dtype)], axis=1)
     blocks = ops.reshape(padded, (rows, -1, block))
-    within = ops.matmul(blocks, ops.triu(ops.ones((block, block), matrix.dtype)))
+    within = ops.matmul(blocks, _upper_ones(block, matrix.dtype))
     totals = within[:, :, -1]
     num_blocks = ops.shape(totals)[1]
-    before = ops.matmul(totals, ops.triu(ops.ones((num_blocks, num_blocks), matrix.dtype), k=1))
+    before = ops.matmul(totals, _upper_ones(num_blocks, matrix.dtype, diagonal=False))
     return ops.reshape(within + before[:, :, None], (rows, -1))[:, :columns]
 
 
@@ -228,6 +249,15 @@ def _bit_pattern(values, key_dtype):
         # fails when the batch size is unknown in a graph (a batch without
         # drop_remainder, a gathered global batch).
         return tf.bitcast(values, key_dtype)
+    # keras.ops.view arrives in Keras 3.12.
+    if backend.backend() == "jax":
+        import jax
+
+        return jax.lax.bitcast_convert_type(values, key_dtype)
+    if backend.backend() == "torch":
+        import torch
+
+        return values.view(getattr(torch, key_dtype))
     return ops.view(values, key_dtype)
 
 

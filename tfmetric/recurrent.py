@@ -56,7 +56,9 @@ def lstm_gates(layer, inputs, mask=None):
     elif isinstance(layer, keras.layers.LSTM):
         directions = {"backward" if layer.go_backwards else "forward": layer}
     else:
-        raise TypeError(f"lstm_gates needs a keras.layers.LSTM or Bidirectional(LSTM); received {type(layer).__name__}.")
+        raise TypeError(
+            f"lstm_gates needs a keras.layers.LSTM or Bidirectional(LSTM); received {type(layer).__name__}."
+        )
     for direction in directions.values():
         if not isinstance(direction, keras.layers.LSTM):
             raise TypeError(f"lstm_gates needs LSTM layers; this Bidirectional wraps {type(direction).__name__}.")
@@ -89,10 +91,7 @@ def active_units(gates, threshold=0.8, names=("input", "forget", "output")):
         `{gate name: int array (batch, time)}`, between 0 and
         units × directions.
     """
-    return {
-        name: sum(np.sum(direction[name] > threshold, axis=-1) for direction in gates.values())
-        for name in names
-    }
+    return {name: sum(np.sum(direction[name] > threshold, axis=-1) for direction in gates.values()) for name in names}
 
 
 def _run_direction(lstm, inputs, mask):

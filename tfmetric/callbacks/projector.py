@@ -157,7 +157,9 @@ def _metadata_columns(labels, metadata, count):
     for name, values in columns.items():
         values = np.asarray(values)
         if values.ndim != 1 or len(values) != count:
-            raise ValueError(f"Metadata column {name!r} must hold one value per input ({count}); received shape {values.shape}.")
+            raise ValueError(
+                f"Metadata column {name!r} must hold one value per input ({count}); received shape {values.shape}."
+            )
         columns[name] = values
     return columns
 

@@ -87,7 +87,9 @@ class EmbeddingSnapshots(PeriodicCallback):
         low, high = points.min(axis=(0, 1)), points.max(axis=(0, 1))
         margin = 0.05 * np.maximum(high - low, 1e-12)
         limits = tuple(zip(low - margin, high + margin))
-        pictures = [scatter(frame, self.labels, _title(epoch), limits) for epoch, frame in zip(self.epochs, self.frames)]
+        pictures = [
+            scatter(frame, self.labels, _title(epoch), limits) for epoch, frame in zip(self.epochs, self.frames)
+        ]
         gif(pictures, self.gif_path, self.milliseconds_per_frame)
         epochs = np.array([-1 if epoch is None else epoch for epoch in self.epochs])
         np.savez(self.points_path, epochs=epochs, points=points, labels=self.labels, mean=self.mean, axes=self.axes)
@@ -116,7 +118,9 @@ class EmbeddingSnapshots(PeriodicCallback):
         from tfmetric.plots import png_to_array, scatter
 
         picture = png_to_array(scatter(points, self.labels, _title(epoch)))
-        self.summaries.image("embeddings/pca", picture, step=epoch, description=f"PCA of the embeddings ({self.basis} basis)")
+        self.summaries.image(
+            "embeddings/pca", picture, step=epoch, description=f"PCA of the embeddings ({self.basis} basis)"
+        )
 
 
 def principal_axes(embeddings, count=2):

@@ -24,6 +24,7 @@ from tfmetric.losses.similarity import (
     circle_terms,
     multi_similarity_terms,
 )
+from tfmetric.losses.state import attach_state
 from tfmetric.losses.triplet import (
     BatchAllTriplet,
     BatchHardTriplet,
@@ -51,6 +52,7 @@ __all__ = [
     "SemiHardTriplet",
     "SoftNearestNeighbor",
     "TripletLoss",
+    "attach_state",
     "batch_hard_triplet_terms",
     "binomial_deviance_terms",
     "center_terms",

@@ -5,7 +5,7 @@ import numpy as np
 from keras import ops
 
 from tfmetric.distances import as_embeddings
-from tfmetric.labels import is_backend_tensor, check_class_ids, standardize_labels
+from tfmetric.labels import check_class_ids, is_backend_tensor, standardize_labels
 from tfmetric.losses.base import InBatchLoss
 from tfmetric.losses.state import LossState
 
@@ -33,7 +33,9 @@ class CenterLoss(InBatchLoss):
     gradient pulls each centre towards its class's embeddings, the paper's
     update); `model.save` stores them and `keras.models.load_model`
     restores them (compile the loaded model again before training it
-    further). Read them as `loss.centers_value()`. Alone, the loss is
+    further). In a custom training loop, call
+    `tfm.losses.attach_state(model, loss)` first. Read them as
+    `loss.centers_value()`. Alone, the loss is
     minimised by collapsing every embedding onto one point; the paper adds
     it, weighted by λ, to a softmax loss on the same embeddings (a model
     with two outputs, `loss_weights`).

@@ -77,8 +77,9 @@ class MarginLoss(InBatchLoss):
     `learn_beta=True` makes β (and the class offsets) trainable: compile a
     model with this loss and `model.fit` trains β with the model's own
     optimizer; `model.save` stores it and `keras.models.load_model` restores
-    it (compile the loaded model again before training it further). Read it
-    as `loss.beta_value()`.
+    it (compile the loaded model again before training it further); in a
+    custom training loop, call `tfm.losses.attach_state(model, loss)` first.
+    Read it as `loss.beta_value()`.
 
     Args:
         margin: The margin `m`.

@@ -17,11 +17,12 @@ from tfmetric.losses.center import CenterLoss
 from tfmetric.losses.margin import MarginLoss
 from tfmetric.losses.npairs import NPairsMultilabel
 from tfmetric.losses.state import LossState
+from tfmetric.mining import first_positions
 
 
 def _label_dtype():
     # JAX without 64-bit mode has no int64: its labels are int32.
-    return "int64" if keras.backend.backend() == "tensorflow" else "int32"
+    return "int32" if keras.backend.backend() == "jax" else "int64"
 
 
 def union_ids(labels, valid):
@@ -32,7 +33,7 @@ def union_ids(labels, valid):
     (`tfm.mining.label_masks`).
     """
     ordered = ops.take(labels, ops.argsort(labels))
-    ids = ops.cast(ops.searchsorted(ordered, labels, side="left"), "float32")
+    ids = ops.cast(first_positions(ordered, labels), "float32")
     return ops.where(valid, ids, ops.full_like(ids, float("nan")))
 
 
@@ -54,7 +55,8 @@ class CrossBatchMemory(keras.losses.Loss):
     The loss's reduction and sample weights apply to the batch's anchors
     as usual. Empty slots (before the memory has filled) take part in no
     pair. Use it in `model.compile(loss=tfm.CrossBatchMemory(tfm.Contrastive(), 4096))`:
-    the memory is saved with the model. Cost: the wrapped loss on
+    the memory is saved with the model (in a custom training loop, call
+    `tfm.losses.attach_state(model, loss)` first). Cost: the wrapped loss on
     `batch + memory_size` rows. Not supported under `tf.distribute`
     strategies (each replica would need the others' memory).
 
@@ -103,7 +105,9 @@ class CrossBatchMemory(keras.losses.Loss):
             shape=(size,), initializer="zeros", dtype=_label_dtype(), trainable=False, name="labels"
         )
         state.filled = state.add_weight(shape=(size,), initializer="zeros", trainable=False, name="filled")
-        state.position = state.add_weight(shape=(), initializer="zeros", dtype="int32", trainable=False, name="position")
+        state.position = state.add_weight(
+            shape=(), initializer="zeros", dtype="int32", trainable=False, name="position"
+        )
         self.state = state
         self.embedding_dim = embedding_dim
 
@@ -201,8 +205,7 @@ class CrossBatchMemory(keras.losses.Loss):
 def _check_wrappable(loss):
     if not isinstance(loss, InBatchLoss) or isinstance(loss, (CenterLoss, NPairsMultilabel)):
         raise ValueError(
-            f"CrossBatchMemory wraps a loss mined from class labels, such as "
-            f"tfm.Contrastive(); received {loss!r}."
+            f"CrossBatchMemory wraps a loss mined from class labels, such as tfm.Contrastive(); received {loss!r}."
         )
     if isinstance(loss, MarginLoss) and loss.num_classes is not None:
         raise ValueError("CrossBatchMemory cannot wrap a MarginLoss with a β per class (num_classes).")
