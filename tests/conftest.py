@@ -1,6 +1,11 @@
-"""Backend-neutral helpers: the loss tests run under TensorFlow and JAX."""
+"""Backend-neutral helpers: the loss tests run under TensorFlow, JAX and PyTorch."""
 
+import contextlib
 import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -15,11 +20,52 @@ settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def _refuse_reading_beside_the_repository():
+    """Makes a test that opens a file beside the repository fail.
+
+    A user's clone has nothing beside it (no shared folder): whatever a test
+    reads must be in the repository, an installed package, or a temporary
+    directory. Checked for every file this process opens; the test of the
+    test sources (`test_repository.py`) covers the other processes.
+    """
+    beside = str(REPOSITORY.parent) + os.sep
+    allowed = tuple(
+        str(Path(path).resolve()) + os.sep
+        for path in (REPOSITORY, sys.prefix, sys.base_prefix, tempfile.gettempdir())
+    )
+
+    def hook(event, args):
+        if event != "open" or not isinstance(args[0], (str, os.PathLike)):
+            return
+        path = os.path.abspath(args[0])
+        if path.startswith(beside) and not (path + os.sep).startswith(allowed):
+            raise RuntimeError(f"Tests must not read outside the repository; opened {path}.")
+
+    sys.addaudithook(hook)
+
+
+_refuse_reading_beside_the_repository()
 BACKEND = keras.backend.backend()
+# How `model.fit` runs a loss for each backend's users, and so in the tests:
+# TensorFlow in a graph without and with XLA, JAX jitted (un-jitted JAX
+# fits are tens of times slower), PyTorch eagerly (Keras' default for it;
+# torch.compile would add minutes).
+FIT_JIT_COMPILE = {"tensorflow": [False, True], "jax": [True], "torch": [False]}[BACKEND]
+# The `compiled` arguments of `value_and_grad` that differ on this backend.
+COMPILE_MODES = (False, True) if BACKEND == "tensorflow" else (False,)
 
 
-def value_and_grad(fn, x, compiled=False):
-    """`(fn(x), d fn / d x)` as NumPy, eagerly or compiled (XLA / jax.jit)."""
+def value_and_grad(fn, x, compiled=False, stateful=False):
+    """`(fn(x), d fn / d x)` as NumPy, eagerly or compiled.
+
+    `compiled`: XLA under TensorFlow. JAX jits unless `fn` assigns
+    variables (`stateful`): un-jitted, it compiles every operation for every
+    new shape, which is slower than one compilation of the whole function.
+    PyTorch always runs eagerly.
+    """
     if BACKEND == "tensorflow":
         import tensorflow as tf
 
@@ -37,11 +83,54 @@ def value_and_grad(fn, x, compiled=False):
         import jax
 
         both = jax.value_and_grad(fn)
-        if compiled:
-            both = jax.jit(both)
-        value, grad = both(jax.numpy.asarray(x))
+        value, grad = (both if stateful else jax.jit(both))(jax.numpy.asarray(x))
         return np.asarray(value), np.asarray(grad)
+    if BACKEND == "torch":
+        import torch
+
+        # PyTorch users train eagerly (Keras' "auto" jit_compile is off for
+        # torch); torch.compile would add minutes of compilation.
+        x = torch.tensor(np.asarray(x), requires_grad=True)
+        value = fn(x)
+        (grad,) = torch.autograd.grad(value, x, allow_unused=True)
+        grad = torch.zeros_like(x) if grad is None else grad
+        return value.detach().cpu().numpy(), grad.detach().cpu().numpy()
     pytest.skip(f"no gradient helper for the {BACKEND} backend")
+
+
+def variable_gradient(fn, variable):
+    """d fn() / d `variable` (a Keras variable that `fn` reads), as NumPy."""
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            value = fn()
+        return np.asarray(tf.convert_to_tensor(tape.gradient(value, variable.value)))
+    if BACKEND == "jax":
+        import jax
+
+        def of_variable(value):
+            with keras.StatelessScope(state_mapping=[(variable, value)]):
+                return fn()
+
+        return np.asarray(jax.grad(of_variable)(jax.numpy.asarray(keras.ops.convert_to_numpy(variable))))
+    import torch
+
+    (grad,) = torch.autograd.grad(fn(), variable.value)
+    return grad.detach().cpu().numpy()
+
+
+@contextlib.contextmanager
+def no_warnings():
+    """Turns every warning a user would see into an error.
+
+    Libraries' DeprecationWarnings are hidden from users by default (and
+    NumPy 2 raises one for every PyTorch tensor Keras converts).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
 
 
 def check_against(loss, ref, x, labels, compiled=False, sample_weight=None, grad_rtol=1e-3):

@@ -270,7 +270,9 @@ def contrastive(x, labels, margin=1.0, distance="euclidean", normalize=False, ne
     return Reference(loss, gradient, per_anchor, kink, weighted_sum)
 
 
-def margin(x, labels, margin=0.2, beta=1.2, nu=0.0, normalize=True, negative_counts=None, class_beta=None, sample_weight=None):
+def margin(
+    x, labels, margin=0.2, beta=1.2, nu=0.0, normalize=True, negative_counts=None, class_beta=None, sample_weight=None
+):
     """Over ordered pairs; `negative_counts[a, n]` repeats the negative term (a, n)."""
     d, positives, negatives, weights, numerators, denominators, gradient_d = _start(
         x, labels, "euclidean", normalize, sample_weight
@@ -442,7 +444,9 @@ def binomial_deviance(x, labels, alpha=2.0, threshold=0.5, cost=25.0, normalize=
     return _finish(x, "dot", normalize, numerators, denominators, gradient_s, weights, np.inf)
 
 
-def soft_nearest_neighbor(x, labels, temperature=1.0, distance="squared_euclidean", normalize=False, sample_weight=None):
+def soft_nearest_neighbor(
+    x, labels, temperature=1.0, distance="squared_euclidean", normalize=False, sample_weight=None
+):
     d, positives, negatives, weights, numerators, denominators, gradient_d = _start(
         x, labels, distance, normalize, sample_weight
     )
@@ -475,4 +479,6 @@ def center(x, labels, centers, sample_weight=None):
     grad_centers = np.zeros_like(centers, dtype=np.float64)
     for i in range(len(x)):
         grad_centers[labels[i]] -= grad[i]
-    return Reference(float(weights @ per_example / total), grad, per_example, np.inf, float(weights @ per_example)), grad_centers
+    return Reference(
+        float(weights @ per_example / total), grad, per_example, np.inf, float(weights @ per_example)
+    ), grad_centers

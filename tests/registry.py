@@ -1,9 +1,9 @@
 """Every in-batch loss next to its NumPy reference, for the tests they share."""
 
-from conftest import check_against
+import tfmetric as tfm
 
 import reference
-import tfmetric as tfm
+from conftest import check_against
 
 # kind: (loss class, reference, arguments of the loss only, arguments of both)
 # The triplet losses, and the lifted structured loss, which takes the same

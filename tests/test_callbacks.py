@@ -8,6 +8,11 @@ import pytest
 
 import tfmetric as tfm
 
+from conftest import only_tensorflow
+
+# TensorBoard writers, tf.data.
+pytestmark = only_tensorflow
+
 
 def clustered(n=120, classes=6, dim=8, seed=0):
     rng = np.random.default_rng(seed)
@@ -34,7 +39,9 @@ def test_retrieval_evaluation_logs_the_metrics_every_n_epochs():
 
 def test_collapse_is_reported_plainly():
     x, y = clustered()
-    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, kernel_initializer="zeros", bias_initializer="ones")])
+    model = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(4, kernel_initializer="zeros", bias_initializer="ones")]
+    )
     model.compile(optimizer=keras.optimizers.SGD(0.0), loss=tfm.BatchHardTriplet(margin=0.5))
     with pytest.warns(tfm.callbacks.EmbeddingCollapseWarning, match="collapsed after epoch 1"):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[tfm.callbacks.RetrievalEvaluation(x, y)])
@@ -106,9 +113,24 @@ class TensorBoardServer:
 
     def __init__(self, log_dir):
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tensorboard.main", "--logdir", str(log_dir), "--host", "127.0.0.1",
-             "--port", "0", "--load_fast", "false", "--reload_interval", "1"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                "-m",
+                "tensorboard.main",
+                "--logdir",
+                str(log_dir),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--load_fast",
+                "false",
+                "--reload_interval",
+                "1",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         started = time.monotonic()
         output = ""
@@ -152,6 +174,7 @@ class TensorBoardServer:
         self.process.stdout.close()
 
 
+@pytest.mark.slow
 def test_embedding_projector_is_served_by_tensorboard(tmp_path):
     keras.utils.set_random_seed(0)
     x, y = clustered(n=60)
@@ -162,7 +185,9 @@ def test_embedding_projector_is_served_by_tensorboard(tmp_path):
     model = keras.Model(inputs, keras.layers.Dense(3)(hidden))
     model.compile(optimizer="adam", loss=tfm.BatchAllTriplet())
     run = tmp_path / "projector"
-    callback = tfm.callbacks.EmbeddingProjector(run, x, labels=y, metadata={"name": names}, images=images, layer="hidden")
+    callback = tfm.callbacks.EmbeddingProjector(
+        run, x, labels=y, metadata={"name": names}, images=images, layer="hidden"
+    )
     model.fit(x, y, epochs=1, verbose=0, callbacks=[callback])
     hidden_model = keras.Model(inputs, hidden)
     with TensorBoardServer(tmp_path) as server:
@@ -363,9 +388,11 @@ def test_cjk_tokens_render_with_a_cjk_font(monkeypatch):
     installed = list(font_manager.fontManager.ttflist)
     # Without a CJK font the glyphs would be boxes, and we say so. (matplotlib's
     # own Last Resort font "covers" everything with boxes: it does not count.)
-    monkeypatch.setattr(font_manager.fontManager, "ttflist", [
-        entry for entry in installed if "DejaVu" in entry.name or "Last Resort" in entry.name
-    ])
+    monkeypatch.setattr(
+        font_manager.fontManager,
+        "ttflist",
+        [entry for entry in installed if "DejaVu" in entry.name or "Last Resort" in entry.name],
+    )
     with pytest.warns(UserWarning, match="No installed font can draw"):
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")
         boxes = plots.gate_heatmap(counts, list("导航到"))
@@ -378,11 +405,14 @@ def test_cjk_tokens_render_with_a_cjk_font(monkeypatch):
         drawn = plots.gate_heatmap(counts, list("导航到"))
     assert not np.array_equal(plots.png_to_array(drawn), plots.png_to_array(boxes))
     # The glyphs are real: the drawn characters differ from one another.
-    glyphs = [plots.png_to_array(plots.gate_heatmap({"input": [1]}, [character], font=cjk_font())) for character in "导航"]
+    glyphs = [
+        plots.png_to_array(plots.gate_heatmap({"input": [1]}, [character], font=cjk_font())) for character in "导航"
+    ]
     assert not np.array_equal(*glyphs)
     assert plots.font_for("plain ascii") is None
 
 
+@pytest.mark.slow
 def test_importing_tfmetric_needs_no_viz_extra():
     # matplotlib, Pillow, scikit-learn and TensorBoard load only when a picture or file needs them.
     blocked = ["matplotlib", "PIL", "sklearn", "tensorboard"]
@@ -414,17 +444,25 @@ def test_gate_activations_bad_arguments(tmp_path):
 def test_gate_activations_of_a_sequential_model_and_a_subclassed_one(tmp_path):
     keras.utils.set_random_seed(0)
     padded = np.array([[1, 2, 3, 0], [4, 5, 6, 7]])
-    model = keras.Sequential([
-        keras.Input((None,), dtype="int32"),
-        keras.layers.Embedding(10, 4, mask_zero=True),
-        keras.layers.Bidirectional(keras.layers.LSTM(3), name="encoder"),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((None,), dtype="int32"),
+            keras.layers.Embedding(10, 4, mask_zero=True),
+            keras.layers.Bidirectional(keras.layers.LSTM(3), name="encoder"),
+        ]
+    )
     model.compile(optimizer="adam", loss=tfm.BatchHardTriplet())
     callback = tfm.callbacks.GateActivations("encoder", padded, tmp_path, threshold=0.3)
     model.fit(padded, np.array([0, 1]), epochs=1, verbose=0, callbacks=[callback])
     rows = (tmp_path / "gates" / "epoch-0001" / "counts.tsv").read_text().splitlines()
     assert [row.split("\t")[:3] for row in rows[1:]] == [
-        ["0", "0", "0"], ["0", "1", "1"], ["0", "2", "2"], ["1", "0", "0"], ["1", "1", "1"], ["1", "2", "2"], ["1", "3", "3"]
+        ["0", "0", "0"],
+        ["0", "1", "1"],
+        ["0", "2", "2"],
+        ["1", "0", "0"],
+        ["1", "1", "1"],
+        ["1", "2", "2"],
+        ["1", "3", "3"],
     ]
 
     class Encoder(keras.Model):

@@ -1,15 +1,14 @@
 """CenterLoss (learned class centres) and CrossBatchMemory (mining against past batches)."""
 
-import warnings
-
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, tensor, value_and_grad
 from hypothesis import given, settings, strategies as st
 
-import reference
 import tfmetric as tfm
+
+import reference
+from conftest import BACKEND, FIT_JIT_COMPILE, no_warnings, tensor, value_and_grad, variable_gradient
 from registry import LOSSES, SOFT_LOSSES, loss_and_reference
 
 # ---------------------------------------------------------------- CenterLoss
@@ -17,23 +16,6 @@ from registry import LOSSES, SOFT_LOSSES, loss_and_reference
 
 def set_centers(loss, centers):
     loss.state.centers.assign(np.asarray(centers, "float32"))
-
-
-def center_gradient(loss, labels, x):
-    """d loss / d centres."""
-    if BACKEND == "tensorflow":
-        import tensorflow as tf
-
-        with tf.GradientTape() as tape:
-            value = loss(labels, x)
-        return np.asarray(tf.convert_to_tensor(tape.gradient(value, loss.state.centers.value)))
-    import jax
-
-    def of_centers(centers):
-        with keras.StatelessScope(state_mapping=[(loss.state.centers, centers)]):
-            return loss(labels, x)
-
-    return np.asarray(jax.grad(of_centers)(jax.numpy.asarray(loss.centers_value())))
 
 
 @settings(max_examples=15 if BACKEND == "tensorflow" else 5, deadline=None)
@@ -51,8 +33,9 @@ def test_center_loss_matches_brute_force(n, num_classes, dim, seed):
     assert float(value) == pytest.approx(want.loss, rel=1e-5, abs=1e-6)
     np.testing.assert_allclose(grad, want.grad, rtol=1e-4, atol=1e-5)
     unweighted = reference.center(x, labels, centers.astype("float32").astype("float64"))[1]
-    np.testing.assert_allclose(center_gradient(loss, labels, x), unweighted, rtol=1e-4, atol=1e-5)
-    per_example = np.asarray(tfm.CenterLoss(num_classes, dim, reduction=None)(labels, x))
+    centers_gradient = variable_gradient(lambda: loss(labels, x), loss.state.centers)
+    np.testing.assert_allclose(centers_gradient, unweighted, rtol=1e-4, atol=1e-5)
+    per_example = keras.ops.convert_to_numpy(tfm.CenterLoss(num_classes, dim, reduction=None)(labels, x))
     np.testing.assert_allclose(per_example, 0.5 * np.sum(x.astype("float64") ** 2, axis=1), rtol=1e-5)
     assert want_centers.shape == centers.shape
 
@@ -72,9 +55,8 @@ def test_center_loss_trains_centres_in_plain_fit_and_saves_them(kind, tmp_path):
     x = rng.normal(size=(30, 8)).astype("float32") + labels[:, None]
     model = center_model(kind)
     loss = tfm.CenterLoss(num_classes=3, embedding_dim=4)
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=loss, jit_compile=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=loss, jit_compile=FIT_JIT_COMPILE[-1])
+    with no_warnings():
         model.fit(x, labels, batch_size=10, epochs=3, verbose=0)
     centers = loss.centers_value()
     # Each centre moved towards its class's embeddings, away from the origin.
@@ -84,7 +66,9 @@ def test_center_loss_trains_centres_in_plain_fit_and_saves_them(kind, tmp_path):
     model.save(path)
     loaded = keras.models.load_model(path)
     np.testing.assert_allclose(loaded.loss.centers_value(), centers, rtol=1e-6)
-    assert float(loaded.evaluate(x, labels, verbose=0)) == pytest.approx(float(model.evaluate(x, labels, verbose=0)), rel=1e-5)
+    assert float(loaded.evaluate(x, labels, verbose=0)) == pytest.approx(
+        float(model.evaluate(x, labels, verbose=0)), rel=1e-5
+    )
 
 
 def test_center_loss_edges():
@@ -110,8 +94,18 @@ def test_center_loss_edges():
 # ---------------------------------------------------------------- CrossBatchMemory
 
 # The wrapped losses checked against their references on the union batch.
-WRAPPED = ["contrastive_all", "batch_hard", "semi_hard", "batch_all_nonzero", "lifted_structure",
-           "margin_all", "multi_similarity", "npairs", "soft_nearest_neighbor", "circle"]
+WRAPPED = [
+    "contrastive_all",
+    "batch_hard",
+    "semi_hard",
+    "batch_all_nonzero",
+    "lifted_structure",
+    "margin_all",
+    "multi_similarity",
+    "npairs",
+    "soft_nearest_neighbor",
+    "circle",
+]
 if BACKEND != "tensorflow":
     # The memory's mechanics are the backend's; three losses check them (CI time).
     WRAPPED = ["contrastive_all", "semi_hard", "multi_similarity"]
@@ -144,14 +138,14 @@ def test_memory_matches_the_loss_on_batch_and_memory(kind):
         memory_labels = np.concatenate(kept_labels[-20:]) if kept_labels else np.zeros(0, int)
         memory_x, memory_labels = memory_x[-20:], memory_labels[-20:]
         want, want_grad = union_reference(kind, x, labels, memory_x, memory_labels)
-        if BACKEND == "tensorflow":
-            value, grad = value_and_grad(lambda e: memory(labels, e), x, compiled=step % 2 == 1)
-        else:
+        if BACKEND == "jax":
             # Under jax.grad the memory's update is traced: record it in a scope and apply it.
             with keras.StatelessScope() as scope:
-                value, grad = value_and_grad(lambda e: memory(labels, e), x)
+                value, grad = value_and_grad(lambda e: memory(labels, e), x, stateful=True)
             for variable in memory.state.variables:
                 variable.assign(scope.get_current_value(variable))
+        else:
+            value, grad = value_and_grad(lambda e: memory(labels, e), x, compiled=step % 2 == 1)
         assert float(value) == pytest.approx(want.loss, rel=1e-4, abs=1e-5), step
         if want.kink > 1e-3:
             scale = max(np.abs(want_grad).max(), 1e-6)
@@ -178,7 +172,7 @@ def test_memory_gives_anchors_positives_their_batch_lacks():
 
 
 def test_memory_keeps_large_labels_apart():
-    big = 2**40 if BACKEND == "tensorflow" else 2**30
+    big = 2**30 if BACKEND == "jax" else 2**40
     loss = tfm.CrossBatchMemory(tfm.Contrastive(margin=1.0), memory_size=4)
     loss(np.array([big, big + 1]), np.array([[0.0], [0.2]]))
     # Four distinct labels: the remembered examples at 0 and 0.2 are
@@ -195,15 +189,14 @@ def memory_data():
     return rng.normal(size=(32, 8)).astype("float32") + labels[:, None], labels
 
 
-@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize("jit_compile", FIT_JIT_COMPILE)
 def test_memory_in_plain_fit_fills_and_saves(jit_compile, tmp_path):
     keras.utils.set_random_seed(0)
     x, labels = memory_data()
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
     loss = tfm.CrossBatchMemory(tfm.Contrastive(margin=1.0), memory_size=24, embedding_dim=4)
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss=loss, jit_compile=jit_compile)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with no_warnings():
         history = model.fit(x, labels, batch_size=8, epochs=2, verbose=0, shuffle=False)
     assert np.all(np.isfinite(history.history["loss"]))
     remembered_x, remembered_labels = loss.memory()
@@ -217,7 +210,7 @@ def test_memory_in_plain_fit_fills_and_saves(jit_compile, tmp_path):
     np.testing.assert_allclose(loaded.loss.memory()[0], remembered_x)
 
 
-@pytest.mark.skipif(BACKEND != "tensorflow", reason="JAX needs embedding_dim: its variables cannot be created in a trace")
+@pytest.mark.skipif(BACKEND == "jax", reason="JAX needs embedding_dim: its variables cannot be created in a trace")
 def test_memory_created_at_the_first_call_in_fit():
     x, labels = memory_data()
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
@@ -251,6 +244,6 @@ def test_every_in_batch_loss_can_be_wrapped():
     for kind in sorted({**LOSSES, **SOFT_LOSSES}):
         loss = tfm.CrossBatchMemory(loss_and_reference(kind)[0], memory_size=24)
         for _ in range(3 if BACKEND == "tensorflow" else 1):
-            value, grad = value_and_grad(lambda e: keras.ops.sum(loss.call(labels, e)), x)
+            value, grad = value_and_grad(lambda e: keras.ops.sum(loss.call(labels, e)), x, stateful=True)
             assert np.all(np.isfinite(grad)) and np.all(np.isfinite(value)), kind
             loss(labels, x)

@@ -8,6 +8,11 @@ import tensorflow as tf
 
 import tfmetric as tfm
 
+from conftest import only_tensorflow
+
+# The sampler is tf.data.
+pytestmark = only_tensorflow
+
 
 def unbalanced(seed=0, n=600, num_classes=25):
     rng = np.random.default_rng(seed)

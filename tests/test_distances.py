@@ -1,12 +1,13 @@
 import keras
 import numpy as np
 import pytest
-from conftest import tensor, value_and_grad
 from hypothesis import example, given, settings, strategies as st
 
-import reference
 import tfmetric as tfm
 from tfmetric.distances import pairwise_distance
+
+import reference
+from conftest import tensor, value_and_grad
 
 DISTANCES = tfm.distances.DISTANCES
 

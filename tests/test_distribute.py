@@ -12,9 +12,10 @@ import sys
 import textwrap
 
 import pytest
-from conftest import BACKEND
 
-pytestmark = pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute")
+from conftest import only_tensorflow
+
+pytestmark = only_tensorflow
 
 COMMON = """
 import json, os, sys
@@ -94,6 +95,7 @@ def run_script(script, env=None, timeout=600):
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_mirrored_cross_replica_training_equals_one_device():
     result = run_script(MIRRORED)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -156,6 +158,7 @@ def free_ports(count):
     return ports
 
 
+@pytest.mark.slow
 def test_two_workers_train_in_step_like_one_device(tmp_path):
     import keras
     import numpy as np
@@ -189,7 +192,11 @@ def test_two_workers_train_in_step_like_one_device(tmp_path):
     features, labels = namespace["features"], namespace["labels"]
     keras.utils.set_random_seed(0)
     shards = [
-        iter(tfm.data.pk_sampler(features, labels, 2, 4, seed=0, input_context=tf.distribute.InputContext(2, worker)).repeat())
+        iter(
+            tfm.data.pk_sampler(
+                features, labels, 2, 4, seed=0, input_context=tf.distribute.InputContext(2, worker)
+            ).repeat()
+        )
         for worker in range(2)
     ]
     optimizer = keras.optimizers.SGD(0.05)
@@ -215,7 +222,12 @@ def test_cross_replica_changes_nothing_outside_a_strategy():
     labels = np.repeat(np.arange(4), 3)
     embeddings = rng.normal(size=(12, 5)).astype("float32")
     weights = rng.random(12).astype("float32")
-    for make in (tfm.BatchHardTriplet, tfm.SemiHardTriplet, tfm.Contrastive, lambda **kw: tfm.MarginLoss(sampling="all", **kw)):
+    for make in (
+        tfm.BatchHardTriplet,
+        tfm.SemiHardTriplet,
+        tfm.Contrastive,
+        lambda **kw: tfm.MarginLoss(sampling="all", **kw),
+    ):
         plain, gathered = make(), make(cross_replica=True)
         assert gathered.get_config()["cross_replica"] and not plain.get_config()["cross_replica"]
         assert type(gathered).from_config(gathered.get_config()).cross_replica

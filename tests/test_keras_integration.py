@@ -3,9 +3,10 @@
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND
 
 import tfmetric as tfm
+
+from conftest import BACKEND, FIT_JIT_COMPILE
 
 LOSSES = [
     tfm.BatchHardTriplet(margin=0.5),
@@ -36,8 +37,8 @@ def grouped(x, y, batch_size=24):
     return x[order], y[order]
 
 
-@pytest.mark.parametrize("loss", LOSSES, ids=lambda l: l.name)
-@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize("loss", LOSSES, ids=lambda loss: loss.name)
+@pytest.mark.parametrize("jit_compile", FIT_JIT_COMPILE)
 def test_fit_lowers_the_loss(loss, jit_compile):
     keras.utils.set_random_seed(0)
     x, y = grouped(*clustered_data())
@@ -88,7 +89,9 @@ def test_sample_weight_through_fit():
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-@pytest.mark.parametrize("make_loss", [lambda: tfm.BatchAllTriplet(margin=0.2), lambda: tfm.MarginLoss(learn_beta=True)])
+@pytest.mark.parametrize(
+    "make_loss", [lambda: tfm.BatchAllTriplet(margin=0.2), lambda: tfm.MarginLoss(learn_beta=True)]
+)
 def test_mixed_precision(policy, make_loss):
     keras.mixed_precision.set_global_policy(policy)
     try:
@@ -118,3 +121,82 @@ def test_mirrored_strategy_runs():
         history = model.fit(x, y, batch_size=24, epochs=2, verbose=0).history
         assert all(np.isfinite(history["loss"]))
     assert model.loss.beta_value() != pytest.approx(1.2)
+
+
+# ---------------------------------------------------------------- a loss's own variables
+
+
+def stateful_losses():
+    return [
+        tfm.CenterLoss(num_classes=6, embedding_dim=4),
+        tfm.MarginLoss(learn_beta=True, seed=0),
+        tfm.CrossBatchMemory(tfm.MarginLoss(learn_beta=True, seed=0), memory_size=48, embedding_dim=4),
+    ]
+
+
+@pytest.mark.parametrize("loss", stateful_losses(), ids=lambda loss: loss.name)
+def test_attach_state_makes_the_loss_variables_the_models(loss):
+    model = embedding_model()
+    tfm.losses.attach_state(model, loss)
+    tfm.losses.attach_state(model, loss)  # once is enough; again changes nothing
+    trainable = [id(v) for v in model.trainable_variables]
+    every = trainable + [id(v) for v in model.non_trainable_variables]
+    states = [loss.state] + ([loss.loss.state] if isinstance(loss, tfm.CrossBatchMemory) else [])
+    for state in states:
+        assert all(trainable.count(id(v)) == 1 for v in state.trainable_variables)
+        assert all(every.count(id(v)) == 1 for v in state.variables)
+    # The model's own layers and config are unchanged.
+    assert len(model.layers) == 2 and "state" not in str(model.get_config())
+    tfm.losses.attach_state(model, tfm.BatchHardTriplet())  # no state: nothing to do
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="a GradientTape training loop")
+def test_custom_training_loop_trains_the_attached_state():
+    import tensorflow as tf
+
+    x, y = grouped(*clustered_data())
+    model = embedding_model()
+    loss = tfm.CenterLoss(num_classes=6, embedding_dim=4)
+    tfm.losses.attach_state(model, loss)
+    optimizer = keras.optimizers.SGD(0.1)
+    for start in range(0, 96, 24):
+        with tf.GradientTape() as tape:
+            value = loss(y[start : start + 24], model(x[start : start + 24], training=True))
+        optimizer.apply(tape.gradient(value, model.trainable_variables), model.trainable_variables)
+    assert np.all(np.linalg.norm(loss.centers_value(), axis=1) > 1e-3)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="a custom train_step of the TensorFlow trainer")
+def test_a_custom_train_step_asks_for_attach_state():
+    import tensorflow as tf
+
+    loss = tfm.CenterLoss(num_classes=6, embedding_dim=4)
+
+    class Custom(keras.Sequential):
+        def train_step(self, data):
+            x, y = data
+            with tf.GradientTape() as tape:
+                value = loss(y, self(x, training=True))
+            self.optimizer.apply(tape.gradient(value, self.trainable_variables), self.trainable_variables)
+            return {"loss": value}
+
+    x, y = grouped(*clustered_data())
+    model = Custom([keras.Input((10,)), keras.layers.Dense(4)])
+    model.compile(optimizer="sgd")
+    with pytest.warns(UserWarning, match="attach_state"):
+        model.fit(x, y, batch_size=24, epochs=1, verbose=0)
+
+
+def test_state_that_keras_does_not_track_is_an_error(monkeypatch):
+    # As if a Keras release stopped tracking layers nested this way: the
+    # variables would silently stop training and saving.
+    import tfmetric.losses.state
+
+    monkeypatch.setattr(tfmetric.losses.state, "_host_layer", lambda model: keras.layers.Dense(1))
+    x, y = grouped(*clustered_data())
+    with pytest.raises(RuntimeError, match=f"Keras {keras.__version__}"):
+        tfm.losses.attach_state(embedding_model(), tfm.CenterLoss(num_classes=6, embedding_dim=4))
+    model = embedding_model()
+    model.compile(optimizer="sgd", loss=tfm.MarginLoss(learn_beta=True, seed=0))
+    with pytest.raises(RuntimeError, match="would not train or save with the model"):
+        model.fit(x, y, batch_size=24, epochs=1, verbose=0)

@@ -1,10 +1,11 @@
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, only_tensorflow, tensor
 
 import tfmetric as tfm
 from tfmetric.labels import standardize_labels
+
+from conftest import BACKEND, only_tensorflow, tensor
 
 EMBEDDINGS = np.array([[0.0, 0.0], [0.0, 1.0], [2.0, 0.0], [2.0, 2.0]], "float32")
 LOSS = tfm.BatchHardTriplet(margin=1.0)

@@ -8,13 +8,18 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-from conftest import only_tensorflow
 
 import tfmetric as tfm
 from tfmetric import compare, datasets, demo
 from tfmetric.data import random_pairs, random_triplets
 
+from conftest import only_tensorflow
 
+# tf.data pipelines and TensorBoard logs.
+pytestmark = only_tensorflow
+
+
+@pytest.mark.slow
 def test_demo_trains_writes_tensorboard_logs_and_reports(tmp_path, capsys):
     result = demo.run(epochs=3, log_dir=str(tmp_path), verbose=0)
     assert result["after"]["accuracy"] > result["before"]["accuracy"] - 0.01
@@ -27,8 +32,9 @@ def test_demo_trains_writes_tensorboard_logs_and_reports(tmp_path, capsys):
     assert list((tmp_path / "retrieval").glob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_compare_reports_every_method_and_draws_it(tmp_path, capsys):
-    rows = compare.run(epochs=2, out_dir=str(tmp_path), limit=400)
+    rows = compare.run(epochs=1, out_dir=str(tmp_path), limit=200)
     assert [row["method"] for row in rows] == list(compare.METHODS)
     for row in rows:
         assert 0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["map@r"] <= 1.0
@@ -95,12 +101,14 @@ def test_navigation_queries_are_balanced_distinct_and_share_places():
     assert texts == datasets.navigation_queries()[0]
 
 
-@only_tensorflow
+@pytest.mark.slow
 def test_exported_and_saved_models_serve_identically_in_a_fresh_process(tmp_path):
     keras.utils.set_random_seed(0)
     (x, y), _, _ = datasets.load("digits")
     model = demo.embedding_network(64, 16)
-    model.compile(optimizer="adam", loss=tfm.SemiHardTriplet(margin=0.3), metrics=[tfm.metrics.ActiveTripletFraction(margin=0.3)])
+    model.compile(
+        optimizer="adam", loss=tfm.SemiHardTriplet(margin=0.3), metrics=[tfm.metrics.ActiveTripletFraction(margin=0.3)]
+    )
     model.fit(tfm.data.pk_sampler(x, y, 8, 8, seed=0), epochs=1, shuffle=False, verbose=0)
     model.export(str(tmp_path / "served"), verbose=False)
     model.save(tmp_path / "model.keras")

@@ -7,6 +7,10 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from conftest import only_tensorflow
+
+pytestmark = only_tensorflow
+
 NOTEBOOKS = sorted((pathlib.Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 
 
@@ -14,6 +18,7 @@ def test_there_are_notebooks():
     assert [path.name[:2] for path in NOTEBOOKS] == ["01", "02", "03"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
 def test_notebook_runs(path, tmp_path, monkeypatch):
     notebook = nbformat.read(path, as_version=4)
@@ -21,7 +26,11 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv("TFMETRIC_FAST", "1")
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
     # The kernel imports this checkout's tfmetric, whatever the working directory.
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(path.parent.parent), os.environ.get("PYTHONPATH")])))
-    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(path.parent.parent), os.environ.get("PYTHONPATH")]))
+    )
+    NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
     errors = [output for cell in notebook.cells for output in cell.get("outputs", []) if output.output_type == "error"]
     assert not errors

@@ -1,17 +1,15 @@
-import json
-from pathlib import Path
-
 import keras
 import numpy as np
 import pytest
-from conftest import value_and_grad
 from hypothesis import given, settings, strategies as st
 
-import reference
 import tfmetric as tfm
 
+import recorded
+import reference
+from conftest import COMPILE_MODES, value_and_grad
+
 DISTANCES = tfm.distances.DISTANCES
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 
 
 # ---------------------------------------------------------------- references (loops)
@@ -94,27 +92,19 @@ def test_pair_contrastive_matches_brute_force(n, seed, margin):
     similar = rng.integers(0, 2, size=n)
     want, want_grad = reference_pair_contrastive(distances.astype("float64"), similar, margin)
     loss = tfm.PairContrastive(margin=margin)
-    for compiled in (False, True):
+    for compiled in COMPILE_MODES:
         value, grad = value_and_grad(lambda d: loss(similar, d), distances, compiled)
         assert float(value) == pytest.approx(want, rel=1e-5, abs=1e-6)
         assert_grad_close(grad, want_grad)
 
 
-def pair_fixture_cases():
-    path = FIXTURES / "tfa_public.npz"
-    data = np.load(path)
-    return [
-        pytest.param(i, case, id=f"pair-{i}")
-        for i, case in enumerate(json.loads(str(data["meta"])))
-        if case["kind"] == "pair_contrastive"
-    ]
-
-
-@pytest.mark.parametrize("index, case", pair_fixture_cases())
-def test_pair_contrastive_reproduces_tf_addons(index, case):
-    data = np.load(FIXTURES / "tfa_public.npz")
-    value = tfm.PairContrastive(margin=case["cfg"]["margin"])(data[f"y{index}"], data[f"x{index}"].astype("float32"))
+@pytest.mark.parametrize("peer, index, case", recorded.cases("tfa", ["pair_contrastive"]))
+def test_pair_contrastive_reproduces_tf_addons(peer, index, case):
+    distances, similar, recorded_grad = recorded.arrays(peer, index)
+    loss = tfm.PairContrastive(margin=case["cfg"]["margin"])
+    value, grad = value_and_grad(lambda d: loss(similar, d), distances.astype("float32"))
     assert abs(float(value) - case["loss"]) <= 1e-4 * abs(case["loss"])
+    np.testing.assert_allclose(grad, recorded_grad, rtol=1e-4, atol=1e-6)
 
 
 def test_pair_contrastive_shapes_and_weights():
@@ -153,7 +143,7 @@ def test_offline_triplet_degenerate_is_finite(distance, scale):
     # Anchor, positive and negative all equal: every distance is 0.
     triplets = np.ones((4, 3, 5), "float32") * np.float32(scale)
     loss = tfm.TripletLoss(margin=0.5, distance=distance)
-    for compiled in (False, True):
+    for compiled in COMPILE_MODES:
         value, grad = value_and_grad(lambda t: loss(np.zeros(4), t), triplets, compiled)
         assert float(value) == pytest.approx(0.5)
         assert np.all(np.isfinite(grad))
@@ -189,7 +179,7 @@ def test_multiclass_hinge_matches_brute_force(n, num_classes, seed, margin, aggr
     classes = rng.integers(0, num_classes, size=n)
     want, want_grad, kink = reference_hinge(scores.astype("float64"), classes, margin, aggregate)
     loss = tfm.MulticlassHinge(margin=margin, aggregate=aggregate)
-    for compiled in (False, True):
+    for compiled in COMPILE_MODES:
         value, grad = value_and_grad(lambda s: loss(classes, s), scores, compiled)
         assert float(value) == pytest.approx(want, rel=1e-5, abs=1e-5)
         if kink > 1e-3:
@@ -223,7 +213,7 @@ def test_multiclass_hinge_errors():
         tfm.TripletLoss(margin=0.3, distance="cosine", soft=True),
         tfm.MulticlassHinge(margin=2.0, aggregate="max"),
     ],
-    ids=lambda l: type(l).__name__,
+    ids=lambda loss: type(loss).__name__,
 )
 def test_config_round_trip(loss):
     restored = keras.losses.deserialize(keras.losses.serialize(loss))
@@ -248,7 +238,9 @@ def test_siamese_model_trains_saves_and_loads(tmp_path):
     path = tmp_path / "siamese.keras"
     model.save(path)
     restored = keras.models.load_model(path)
-    np.testing.assert_allclose(restored.predict([left, right], verbose=0), model.predict([left, right], verbose=0), rtol=1e-5)
+    np.testing.assert_allclose(
+        restored.predict([left, right], verbose=0), model.predict([left, right], verbose=0), rtol=1e-5
+    )
     assert isinstance(restored.loss, tfm.PairContrastive)
 
 

@@ -1,16 +1,11 @@
 """Contrastive and MarginLoss: brute force, sampling statistics, learned β."""
 
-import warnings
-
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, only_tensorflow, tensor, value_and_grad
 from hypothesis import given, settings, strategies as st
 
-import reference
 import tfmetric as tfm
-from registry import check
 from tfmetric.losses.margin import margin_terms
 from tfmetric.mining import (
     distance_weighted_log_weights,
@@ -18,6 +13,19 @@ from tfmetric.mining import (
     sample_negative_counts,
     smallest_entries,
 )
+
+import reference
+from conftest import (
+    BACKEND,
+    COMPILE_MODES,
+    FIT_JIT_COMPILE,
+    no_warnings,
+    only_tensorflow,
+    tensor,
+    value_and_grad,
+    variable_gradient,
+)
+from registry import check
 
 DISTANCES = tfm.distances.DISTANCES
 
@@ -255,7 +263,7 @@ def test_distance_weighted_margin_loss_gradient_is_finite_and_compiled():
     x = rng.normal(size=(24, 512)).astype("float32")
     labels = np.repeat(np.arange(6), 4)
     loss = tfm.MarginLoss(seed=2)
-    for compiled in (False, True):
+    for compiled in COMPILE_MODES:
         value, grad = value_and_grad(lambda e: loss(labels, e), x, compiled)
         assert np.isfinite(value) and np.all(np.isfinite(grad)) and float(value) > 0
 
@@ -297,7 +305,7 @@ def test_degenerate_batches_are_finite(index, case):
     elif case == "tiny":
         x = x * np.float32(1e-30)
     # Compiled (XLA / jax.jit) for the cases most likely to differ from eager.
-    for compiled in (False, True) if case in ("one example", "identical embeddings", "huge") else (False,):
+    for compiled in COMPILE_MODES if case in ("one example", "identical embeddings", "huge") else (False,):
         value, grad = value_and_grad(lambda e: loss(labels, e), x, compiled)
         assert np.isfinite(value) and np.all(np.isfinite(grad)), (compiled, value)
         if case == "one example":
@@ -322,9 +330,9 @@ def test_precisions(index, dtype):
 def test_large_int64_labels_stay_distinct():
     x = np.array([[0.0], [0.1], [3.0], [3.1]], "float32")
     big = 2**53
-    labels = tensor(np.array([big, big, big + 1, big + 1]), "int64") if BACKEND == "tensorflow" else np.array(
-        [big, big, big + 1, big + 1]
-    )
+    labels = np.array([big, big, big + 1, big + 1])
+    if BACKEND != "jax":  # JAX without x64 has no int64 tensor
+        labels = tensor(labels, "int64")
     merged = np.zeros(4, int)
     for loss in (tfm.Contrastive(margin=1.0), tfm.MarginLoss(sampling="all", normalize=False)):
         assert float(loss(labels, x)) != pytest.approx(float(loss(merged, x)))
@@ -394,8 +402,7 @@ def test_learn_beta_trains_beta_in_plain_fit(kind, tmp_path):
     loss = tfm.MarginLoss(learn_beta=True, num_classes=4, nu=0.1, seed=1)
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss=loss)
     before = loss.beta_value().copy()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with no_warnings():
         model.fit(x, labels, batch_size=16, epochs=2, verbose=0, shuffle=False)
     after = loss.beta_value()
     assert not np.allclose(after, before)
@@ -426,30 +433,17 @@ def test_learned_beta_gradient_is_exact():
     x = np.array([[0.0], [0.5], [1.1]], "float32")
     labels = np.array([0, 0, 1])
     loss = tfm.MarginLoss(margin=0.2, beta=1.0, nu=0.1, learn_beta=True, sampling="all", normalize=False)
-    if BACKEND == "tensorflow":
-        import tensorflow as tf
-
-        with tf.GradientTape() as tape:
-            value = loss(labels, x)
-        gradient = float(tape.gradient(value, loss.state.beta.value))
-    else:
-        import jax
-
-        def of_beta(beta):
-            with keras.StatelessScope(state_mapping=[(loss.state.beta, beta)]):
-                return loss(labels, x)
-
-        gradient = float(jax.grad(of_beta)(jax.numpy.asarray(1.0)))
+    gradient = float(variable_gradient(lambda: loss(labels, x), loss.state.beta))
     # 4 active negative terms, 6 terms in all: (4 + 0.6) / 4.
     assert gradient == pytest.approx((4 + 0.6) / 4)
 
 
-def test_distance_weighted_sampling_draws_anew_in_compiled_fit():
+def test_distance_weighted_sampling_draws_anew_in_fit():
     keras.utils.set_random_seed(0)
     x, labels = margin_data()
     model = embedding_model("functional")
     loss = tfm.MarginLoss(seed=4)
-    model.compile(optimizer="sgd", loss=loss, jit_compile=True)
+    model.compile(optimizer="sgd", loss=loss, jit_compile=FIT_JIT_COMPILE[-1])
     state = loss.state.seed_generator.state
     before = np.asarray(keras.ops.convert_to_numpy(state)).copy()
     model.fit(x, labels, batch_size=16, epochs=1, verbose=0)

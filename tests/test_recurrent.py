@@ -71,7 +71,9 @@ def test_plain_lstm_with_its_own_activations_and_no_bias(go_backwards):
     gates = tfm.lstm_gates(layer, x)
     direction = "backward" if go_backwards else "forward"
     assert list(gates) == [direction]
-    rebuilt = rebuild_hidden_states(gates[direction], np.ones((2, 7), bool), lambda v: v / (1 + np.abs(v)), go_backwards)
+    rebuilt = rebuild_hidden_states(
+        gates[direction], np.ones((2, 7), bool), lambda v: v / (1 + np.abs(v)), go_backwards
+    )
     if go_backwards:
         # Keras returns a go_backwards layer's outputs in reading order.
         rebuilt = rebuilt[:, ::-1]

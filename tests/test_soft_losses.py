@@ -1,19 +1,18 @@
 """N-pair, multi-similarity, circle, binomial deviance, soft nearest neighbour, NCA."""
 
-from pathlib import Path
-
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, check_against, tensor, value_and_grad
 from hypothesis import given, settings, strategies as st
 
-import reference
 import tfmetric as tfm
+
+import recorded
+import reference
+from conftest import BACKEND, COMPILE_MODES, check_against, tensor, value_and_grad
 from registry import SOFT_LOSSES, loss_and_reference
 
 DISTANCES = tfm.distances.DISTANCES
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SQUARE = np.array([[0.0, 0.0], [0.0, 1.0], [2.0, 0.0], [2.0, 2.0]], "float32")
 SQUARE_LABELS = np.array([0, 0, 1, 1])
 # Arguments the random tests draw, per loss.
@@ -52,7 +51,9 @@ def test_hand_made_npairs_is_the_paper_loss_with_one_positive():
     labels = np.array([0, 0, 1, 1])
     s = x.astype("float64") @ x.T.astype("float64")
     pairs = {0: 1, 1: 0, 2: 3, 3: 2}
-    want = np.mean([np.log1p(sum(np.exp(s[a, n] - s[a, p]) for n in range(4) if n not in (a, p))) for a, p in pairs.items()])
+    want = np.mean(
+        [np.log1p(sum(np.exp(s[a, n] - s[a, p]) for n in range(4) if n not in (a, p))) for a, p in pairs.items()]
+    )
     assert check("npairs", x, labels).loss == pytest.approx(want)
 
 
@@ -90,27 +91,26 @@ def test_hand_made_binomial_deviance_and_circle():
 # ---------------------------------------------------------------- the peers' values
 
 
-def test_reproduces_pytorch_metric_learning():
-    data = np.load(FIXTURES / "peers_pml.npz")
-    losses = {"multi_similarity": tfm.MultiSimilarity(), "circle": tfm.Circle(), "nca": tfm.NCA()}
-    # Under JAX, every new shape is a new compilation: three cases suffice.
-    for i in range(6 if BACKEND == "tensorflow" else 3):
-        x, labels = data[f"x{i}"].astype("float32"), data[f"y{i}"]
-        for kind, loss in losses.items():
-            value, grad = value_and_grad(lambda e: loss(labels, e), x, compiled=i % 2 == 0)
-            assert float(value) == pytest.approx(float(data[f"{kind}{i}"]), rel=1e-5), (kind, i)
-            recorded = data[f"{kind}_grad{i}"]
-            assert np.abs(grad - recorded).max() <= 1e-4 * np.abs(recorded).max(), (kind, i)
+PML_LOSSES = {"multi_similarity": tfm.MultiSimilarity, "circle": tfm.Circle, "nca": tfm.NCA}
 
 
-def test_reproduces_tf_addons_npairs():
-    data = np.load(FIXTURES / "peers_tfa.npz")
-    for i in range(4):
-        similarity, labels = data[f"s{i}"].astype("float32"), data[f"y{i}"]
-        assert float(tfm.losses.npairs_loss(labels, similarity)) == pytest.approx(float(data[f"npairs{i}"]), rel=1e-5)
-        assert reference.tfa_npairs(labels, data[f"s{i}"]) == pytest.approx(float(data[f"npairs{i}"]), rel=1e-9)
-        multi = tfm.losses.npairs_multilabel_loss(data[f"multi_hot{i}"], similarity)
-        assert float(multi) == pytest.approx(float(data[f"npairs_multilabel{i}"]), rel=1e-5)
+@pytest.mark.parametrize("peer, index, case", recorded.cases("pml", PML_LOSSES))
+def test_reproduces_pytorch_metric_learning(peer, index, case):
+    x, labels, recorded_grad = recorded.arrays(peer, index)
+    loss = PML_LOSSES[case["kind"]]()
+    value, grad = value_and_grad(lambda e: loss(labels, e), x.astype("float32"))
+    assert float(value) == pytest.approx(case["loss"], rel=1e-5)
+    assert np.abs(grad - recorded_grad).max() <= 1e-4 * np.abs(recorded_grad).max()
+
+
+@pytest.mark.parametrize("peer, index, case", recorded.cases("tfa", ["npairs", "npairs_multilabel"]))
+def test_reproduces_tf_addons_npairs(peer, index, case):
+    similarity, labels, _ = recorded.arrays(peer, index)
+    if case["kind"] == "npairs":
+        assert float(tfm.losses.npairs_loss(labels, similarity)) == pytest.approx(case["loss"], rel=1e-5)
+        assert reference.tfa_npairs(labels, similarity.astype("float64")) == pytest.approx(case["loss"], rel=1e-6)
+    else:
+        assert float(tfm.losses.npairs_multilabel_loss(labels, similarity)) == pytest.approx(case["loss"], rel=1e-5)
 
 
 # ---------------------------------------------------------------- random cases
@@ -196,10 +196,8 @@ def test_degenerate_batches_are_finite(kind, case):
     elif case == "tiny":
         x = x * np.float32(1e-30)
     loss = loss_and_reference(kind)[0]
-    # Compiled too for the cases most likely to differ (under JAX, where each
-    # compilation is slow, for the extreme values only).
-    compiled_cases = ("one example", "identical embeddings", "huge") if BACKEND == "tensorflow" else ("huge",)
-    for compiled in (False, True) if case in compiled_cases else (False,):
+    # Compiled too for the cases most likely to differ.
+    for compiled in COMPILE_MODES if case in ("one example", "identical embeddings", "huge") else (False,):
         value, grad = value_and_grad(lambda e: loss(labels, e), x, compiled)
         assert np.isfinite(value) and np.all(np.isfinite(grad)), (compiled, value)
         if expected is not None:
@@ -224,7 +222,7 @@ def test_large_int64_labels_stay_distinct():
     x = np.random.default_rng(7).normal(size=(4, 3)).astype("float32")
     big = 2**53
     labels = np.array([big, big, big + 1, big + 1])
-    if BACKEND == "tensorflow":
+    if BACKEND != "jax":  # JAX without x64 has no int64 tensor
         labels = tensor(labels, "int64")
     merged = np.zeros(4, int)
     for kind in SOFT_LOSSES:

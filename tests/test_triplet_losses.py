@@ -1,18 +1,16 @@
-import json
-from pathlib import Path
-
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, tensor, value_and_grad
 from hypothesis import assume, given, settings, strategies as st
 
-import reference
 import tfmetric as tfm
+
+import recorded
+import reference
+from conftest import BACKEND, COMPILE_MODES, tensor, value_and_grad
 from registry import ALL_LOSSES, TRIPLET_LOSSES, check, loss_and_reference, typical_arguments
 
 DISTANCES = tfm.distances.DISTANCES
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 
 # ---------------------------------------------------------------- hand-made cases
 
@@ -103,7 +101,7 @@ def test_pk_batch_with_weights_and_compiled(kind):
     labels = np.repeat(np.arange(12), 4)
     rng.shuffle(labels)
     weights = rng.uniform(0.0, 2.0, size=48)
-    for compiled in (False, True) if BACKEND == "tensorflow" else (True,):
+    for compiled in COMPILE_MODES:
         check(kind, x, labels, compiled=compiled, sample_weight=weights, **typical_arguments(kind))
 
 
@@ -124,17 +122,12 @@ def test_reduction_none_gives_per_anchor_losses(kind):
 # ---------------------------------------------------------------- fixtures
 
 
-def fixture_cases():
-    cases = []
-    for name in ("tfa_public", "pml_public"):
-        path = FIXTURES / f"{name}.npz"
-        if not path.exists():
-            continue
-        data = np.load(path)
-        for i, case in enumerate(json.loads(str(data["meta"]))):
-            if case["kind"] in ("semi_hard", "batch_hard", "batch_all_nonzero", "batch_all_all", "lifted_struct"):
-                cases.append(pytest.param(name, i, case, id=f"{name}-{i}-{case['kind']}"))
-    return cases
+FIXTURE_KINDS = ("semi_hard", "batch_hard", "batch_all_nonzero", "batch_all_all", "lifted_struct")
+FIXTURE_CASES = recorded.cases("tfa", FIXTURE_KINDS) + recorded.cases("pml", FIXTURE_KINDS)
+# The peers' values are checked in full under TensorFlow and PyTorch; under
+# JAX, where every case is a compilation of its own, one case in five
+# checks the backend.
+BACKEND_CASES = FIXTURE_CASES[::5] if BACKEND == "jax" else FIXTURE_CASES
 
 
 def loss_for_fixture(case):
@@ -151,24 +144,22 @@ def loss_for_fixture(case):
 
 
 def test_fixtures_are_present():
-    assert len(fixture_cases()) >= 100, f"fixtures missing under {FIXTURES}"
+    assert len(FIXTURE_CASES) >= 100
 
 
-@pytest.mark.parametrize("name, index, case", fixture_cases())
-def test_reproduces_fixture(name, index, case):
-    data = np.load(FIXTURES / f"{name}.npz")
-    x = data[f"x{index}"].astype("float32")
-    labels = data[f"y{index}"]
-    recorded_grad = data[f"g{index}"]
+@pytest.mark.parametrize("peer, index, case", BACKEND_CASES)
+def test_reproduces_fixture(peer, index, case):
+    x, labels, recorded_grad = recorded.arrays(peer, index)
+    x = x.astype("float32")
     loss = loss_for_fixture(case)
-    # Under JAX every shape is a new compilation: compile one case in eight (CI time).
-    compiled = index % 2 == 0 if BACKEND == "tensorflow" else index % 8 == 0
-    value, grad = value_and_grad(lambda e: loss(labels, e), x, compiled=compiled)
-    assert abs(float(value) - case["loss"]) <= 1e-4 * abs(case["loss"])
-    assert np.all(np.isfinite(grad))
-    if recorded_grad.size:
-        error = np.abs(grad - recorded_grad).max() / np.abs(recorded_grad).max()
-        assert error <= 1e-3
+    # Eagerly, and one case in eight compiled too.
+    for compiled in COMPILE_MODES if index % 8 == 0 else (False,):
+        value, grad = value_and_grad(lambda e: loss(labels, e), x, compiled=compiled)
+        assert abs(float(value) - case["loss"]) <= 1e-4 * abs(case["loss"])
+        assert np.all(np.isfinite(grad))
+        if recorded_grad.size:
+            error = np.abs(grad - recorded_grad).max() / np.abs(recorded_grad).max()
+            assert error <= 1e-3
 
 
 # ---------------------------------------------------------------- degenerate batches
@@ -181,7 +172,9 @@ def test_reproduces_fixture(name, index, case):
 )
 def test_degenerate_batches_are_finite(kind, case):
     rng = np.random.default_rng(5)
-    for distance in DISTANCES:
+    # Under JAX, where each distance is a compilation, the distances' own
+    # degenerate cases are left to test_distances.py.
+    for distance in DISTANCES if BACKEND != "jax" else ("euclidean",):
         x = rng.normal(size=(8, 3)).astype("float32")
         labels = np.repeat([0, 1], 4)
         margin = 0.5
@@ -208,8 +201,8 @@ def test_degenerate_batches_are_finite(kind, case):
         elif case == "tiny":
             x = x * np.float32(1e-30)
         loss = loss_and_reference(kind, margin=margin, distance=distance)[0]
-        # Compiled once per case (XLA / jax.jit), eagerly for every distance.
-        for compiled in (False, True) if distance == "euclidean" else (BACKEND == "jax",):
+        # Compiled once per case, eagerly for every distance.
+        for compiled in COMPILE_MODES if distance == "euclidean" else (False,):
             value, grad = value_and_grad(lambda e: loss(labels, e), x, compiled)
             assert np.isfinite(value) and np.all(np.isfinite(grad)), (distance, compiled, value)
             if expected is not None:
@@ -227,9 +220,8 @@ def test_precisions(kind, dtype):
     value = loss(labels, typed)
     as_float = np.asarray(tensor(typed, "float32"), "float64")
     want = loss_and_reference(kind, margin=0.5)[1](as_float, labels).loss
-    expected_dtype = "float64" if dtype == "float64" and keras.backend.backend() == "tensorflow" else "float32"
-    if dtype == "float64" and BACKEND == "jax":
-        expected_dtype = keras.backend.standardize_dtype(typed.dtype)
+    # float64 stays what the backend makes of it (float32 in JAX without x64).
+    expected_dtype = keras.backend.standardize_dtype(typed.dtype) if dtype == "float64" else "float32"
     assert keras.backend.standardize_dtype(value.dtype) == expected_dtype
     assert float(value) == pytest.approx(want, rel=1e-5, abs=1e-6)
 
