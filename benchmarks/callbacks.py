@@ -40,7 +40,12 @@ def embedding_rows(n, repeats, log_dir):
     y = rng.integers(0, 10, size=n)
     images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
     model = keras.Sequential(
-        [keras.Input((64,)), keras.layers.Dense(128, activation="relu"), keras.layers.Dense(32), keras.layers.UnitNormalization()]
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(128, activation="relu"),
+            keras.layers.Dense(32),
+            keras.layers.UnitNormalization(),
+        ]
     )
     callbacks = {
         "RetrievalEvaluation": tfm.callbacks.RetrievalEvaluation(x, y, k=(1, 5), log_dir=os.path.join(log_dir, "r")),
@@ -69,7 +74,10 @@ def gate_rows(samples, repeats, log_dir):
     base = median_seconds(lambda: model.predict(padded, verbose=0), repeats)
     callback = tfm.callbacks.GateActivations("encoder", padded, log_dir)
     callback.set_model(model)
-    return [("model.predict", samples, base), ("GateActivations", samples, median_seconds(lambda: callback.export(0), repeats))], base
+    return [
+        ("model.predict", samples, base),
+        ("GateActivations", samples, median_seconds(lambda: callback.export(0), repeats)),
+    ], base
 
 
 def main():
@@ -88,7 +96,8 @@ def main():
                 print(f"{name:<22}{n:>7}{seconds * 1e3:>11.1f}{seconds / base:>11.2f}")
         rows, base = gate_rows(3, args.repeats, os.path.join(log_dir, "gates"))
         for name, n, seconds in rows:
-            print(f"{name + ' (text)' if name == 'model.predict' else name:<22}{n:>7}{seconds * 1e3:>11.1f}{seconds / base:>11.2f}")
+            label = name + " (text)" if name == "model.predict" else name
+            print(f"{label:<22}{n:>7}{seconds * 1e3:>11.1f}{seconds / base:>11.2f}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Forward+backward time and peak memory of the in-batch losses.
 
 Every time is divided by the forward+backward time of the Euclidean distance
-matrix alone (`tfm.distances.pairwise_distance`), measured in the same run, so the ratios mean the same on a fast or a slow, busy machine.
+matrix alone (`tfm.distances.pairwise_distance`), measured in the same run, so
+the ratios mean the same on a fast or a slow, busy machine.
 Each (loss, N, jit) cell runs in its own process so that its peak resident
 memory is its own.
 
@@ -61,6 +62,7 @@ def measure(loss_name, n, k, dim, jit, min_seconds):
 
     x, y = (tf.constant(array) for array in pk_batch(n, k, dim))
     if LOSSES[loss_name] is None:
+
         def objective(y, x):
             return tf.reduce_sum(tfm.distances.pairwise_distance(x))
     else:

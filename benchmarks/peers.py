@@ -186,7 +186,9 @@ def environment_python(environment, env_dir, pip_args):
     python = os.path.join(env_dir, environment, "bin", "python")
     check = subprocess.run([python, "-c", peer["check"]], capture_output=True) if os.path.exists(python) else None
     if check is None or check.returncode != 0:
-        print(f"Creating {os.path.dirname(os.path.dirname(python))} ({', '.join(peer['requirements'])}) ...", flush=True)
+        print(
+            f"Creating {os.path.dirname(os.path.dirname(python))} ({', '.join(peer['requirements'])}) ...", flush=True
+        )
         subprocess.run([sys.executable, "-m", "venv", os.path.join(env_dir, environment)], check=True)
         subprocess.run([python, "-m", "pip", "install", "--quiet", *pip_args, *peer["requirements"]], check=True)
     return python
@@ -204,7 +206,9 @@ def main():
     parser.add_argument("--pip-args", default="", help="extra arguments for pip when creating the peer environments")
     total_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     parser.add_argument(
-        "--max-memory-gb", type=float, default=round(0.6 * total_gb, 1),
+        "--max-memory-gb",
+        type=float,
+        default=round(0.6 * total_gb, 1),
         help="skip the cells whose (N, N, N) tensors would need more (default: 60%% of RAM)",
     )
     parser.add_argument("--cell-timeout", type=float, default=900, help="seconds before a cell is given up")
@@ -221,13 +225,23 @@ def main():
                 pythons[environment] = environment_python(environment, args.env_dir, args.pip_args.split())
     versions = {
         "tfmetric": "import tensorflow as t, tfmetric; print('tfmetric on TensorFlow', t.__version__)",
-        "tfa": "import tensorflow as t, tensorflow_addons as a; print('TF Addons', a.__version__, 'on TensorFlow', t.__version__)",
-        "pml": "import torch, pytorch_metric_learning as p; print('PML', p.__version__, 'on torch', torch.__version__, torch.get_num_threads(), 'threads')",
+        "tfa": "import tensorflow as t, tensorflow_addons as a; "
+        "print('TF Addons', a.__version__, 'on TensorFlow', t.__version__)",
+        "pml": "import torch, pytorch_metric_learning as p; "
+        "print('PML', p.__version__, 'on torch', torch.__version__, torch.get_num_threads(), 'threads')",
     }
     for environment, python in pythons.items():
-        out = subprocess.run([python, "-c", versions[environment]], capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        out = subprocess.run(
+            [python, "-c", versions[environment]],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )
         print(out.stdout.strip())
-    print(f"{os.cpu_count()} CPUs, D={args.dim}, K={args.k}, float32, forward+backward; × = peer ms ÷ tfmetric ms, same column")
+    print(
+        f"{os.cpu_count()} CPUs, D={args.dim}, K={args.k}, float32, forward+backward; "
+        "× = peer ms ÷ tfmetric ms, same column"
+    )
     header = (
         f"{'task':<12}{'N':>5}  {'implementation':<33}{'ms':>10}{'ms XLA':>10}{'+MB':>7}{'+MB XLA':>8}"
         f"{'×':>8}{'× XLA':>8}{'value':>10}"
