@@ -32,16 +32,24 @@ def _refuse_reading_beside_the_repository():
     test sources (`test_repository.py`) covers the other processes.
     """
     beside = str(REPOSITORY.parent) + os.sep
-    allowed = tuple(
-        str(Path(path).resolve()) + os.sep
-        for path in (REPOSITORY, sys.prefix, sys.base_prefix, tempfile.gettempdir())
-    )
+    inside = str(REPOSITORY) + os.sep
+    environments = tuple(str(Path(path).resolve()) + os.sep for path in (sys.prefix, sys.base_prefix))
+    temporary = str(Path(tempfile.gettempdir()).resolve()) + os.sep
+
+    def allowed(path):
+        if path.startswith((inside, *environments)):
+            return True
+        if not path.startswith(temporary):
+            return False
+        # A clone inside the temporary directory: only pytest's and
+        # tempfile's own folders there, not the clone's neighbours.
+        return not inside.startswith(temporary) or path[len(temporary) :].startswith(("pytest-of-", "tmp"))
 
     def hook(event, args):
         if event != "open" or not isinstance(args[0], (str, os.PathLike)):
             return
         path = os.path.abspath(args[0])
-        if path.startswith(beside) and not (path + os.sep).startswith(allowed):
+        if path.startswith(beside) and not allowed(path + os.sep):
             raise RuntimeError(f"Tests must not read outside the repository; opened {path}.")
 
     sys.addaudithook(hook)
