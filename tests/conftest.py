@@ -66,32 +66,45 @@ FIT_JIT_COMPILE = {"tensorflow": [False, True], "jax": [True], "torch": [False]}
 COMPILE_MODES = (False, True) if BACKEND == "tensorflow" else (False,)
 
 
-def value_and_grad(fn, x, compiled=False, stateful=False):
-    """`(fn(x), d fn / d x)` as NumPy, eagerly or compiled.
+# Compiled value-and-gradient functions of the `fn`s given data as `args`.
+_COMPILED = {}
+
+
+def value_and_grad(fn, x, *args, compiled=False, stateful=False):
+    """`(fn(x, *args), d fn / d x)` as NumPy, eagerly or compiled.
 
     `compiled`: XLA under TensorFlow. JAX jits unless `fn` assigns
     variables (`stateful`): un-jitted, it compiles every operation for every
     new shape, which is slower than one compilation of the whole function.
-    PyTorch always runs eagerly.
+    PyTorch always runs eagerly. A closure over its data compiles anew at
+    every call; the same `fn` with its data as `args` (labels, say) compiles
+    once per shape.
     """
     if BACKEND == "tensorflow":
         import tensorflow as tf
 
-        def both(x):
+        def both(x, *args):
             with tf.GradientTape() as tape:
                 tape.watch(x)
-                value = fn(x)
+                value = fn(x, *args)
             return value, tape.gradient(value, x)
 
         if compiled:
-            both = tf.function(both, jit_compile=True)
-        value, grad = both(tf.convert_to_tensor(x))
+            if args:
+                both = _COMPILED.setdefault(fn, tf.function(both, jit_compile=True))
+                args = [tf.convert_to_tensor(arg) for arg in args]
+            else:
+                both = tf.function(both, jit_compile=True)
+        value, grad = both(tf.convert_to_tensor(x), *args)
         return np.asarray(value), np.asarray(grad)
     if BACKEND == "jax":
         import jax
 
         both = jax.value_and_grad(fn)
-        value, grad = (both if stateful else jax.jit(both))(jax.numpy.asarray(x))
+        if not stateful:
+            both = _COMPILED.setdefault(fn, jax.jit(both)) if args else jax.jit(both)
+            args = [jax.numpy.asarray(arg) for arg in args]
+        value, grad = both(jax.numpy.asarray(x), *args)
         return np.asarray(value), np.asarray(grad)
     if BACKEND == "torch":
         import torch
@@ -99,7 +112,7 @@ def value_and_grad(fn, x, compiled=False, stateful=False):
         # PyTorch users train eagerly (Keras' "auto" jit_compile is off for
         # torch); torch.compile would add minutes of compilation.
         x = torch.tensor(np.asarray(x), requires_grad=True)
-        value = fn(x)
+        value = fn(x, *args)
         (grad,) = torch.autograd.grad(value, x, allow_unused=True)
         grad = torch.zeros_like(x) if grad is None else grad
         return value.detach().cpu().numpy(), grad.detach().cpu().numpy()
@@ -149,7 +162,7 @@ def check_against(loss, ref, x, labels, compiled=False, sample_weight=None, grad
     """
     want = ref(x.astype("float64"), labels, sample_weight=sample_weight)
     value, grad = value_and_grad(
-        lambda e: loss(labels, e, sample_weight=sample_weight), x.astype("float32"), compiled
+        lambda e: loss(labels, e, sample_weight=sample_weight), x.astype("float32"), compiled=compiled
     )
     assert np.isfinite(value) and np.all(np.isfinite(grad))
     # Near a hinge, a term may count as active in one and not the other

@@ -1,5 +1,7 @@
 """Every in-batch loss next to its NumPy reference, for the tests they share."""
 
+import functools
+
 import tfmetric as tfm
 
 import reference
@@ -48,6 +50,13 @@ def loss_and_reference(kind, reduction="sum_over_batch_size", name=None, **kwarg
     named = {"name": name} if name else {}
     loss = cls(**loss_only, **shared, **kwargs, reduction=reduction, **named)
     return loss, lambda x, y, **kw: ref(x, y, **shared, **kwargs, **kw)
+
+
+@functools.lru_cache(maxsize=None)
+def loss_function(kind, **kwargs):
+    """`(x, labels) -> loss(labels, x)`, one per configuration: compiled once per shape."""
+    loss = loss_and_reference(kind, **kwargs)[0]
+    return lambda x, labels: loss(labels, x)
 
 
 def check(kind, x, labels, compiled=False, sample_weight=None, **kwargs):

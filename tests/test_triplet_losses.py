@@ -8,7 +8,7 @@ import tfmetric as tfm
 import recorded
 import reference
 from conftest import BACKEND, COMPILE_MODES, tensor, value_and_grad
-from registry import ALL_LOSSES, TRIPLET_LOSSES, check, loss_and_reference, typical_arguments
+from registry import ALL_LOSSES, TRIPLET_LOSSES, check, loss_and_reference, loss_function, typical_arguments
 
 DISTANCES = tfm.distances.DISTANCES
 
@@ -152,8 +152,8 @@ def test_reproduces_fixture(peer, index, case):
     x, labels, recorded_grad = recorded.arrays(peer, index)
     x = x.astype("float32")
     loss = loss_for_fixture(case)
-    # Eagerly, and one case in eight compiled too.
-    for compiled in COMPILE_MODES if index % 8 == 0 else (False,):
+    # Eagerly, and one case in sixteen compiled too.
+    for compiled in COMPILE_MODES if index % 16 == 0 else (False,):
         value, grad = value_and_grad(lambda e: loss(labels, e), x, compiled=compiled)
         assert abs(float(value) - case["loss"]) <= 1e-4 * abs(case["loss"])
         assert np.all(np.isfinite(grad))
@@ -200,10 +200,10 @@ def test_degenerate_batches_are_finite(kind, case):
             x = x * np.float32(scale)
         elif case == "tiny":
             x = x * np.float32(1e-30)
-        loss = loss_and_reference(kind, margin=margin, distance=distance)[0]
-        # Compiled once per case, eagerly for every distance.
+        loss = loss_function(kind, margin=margin, distance=distance)
+        # Eagerly for every distance, and compiled (once per loss and shape) too.
         for compiled in COMPILE_MODES if distance == "euclidean" else (False,):
-            value, grad = value_and_grad(lambda e: loss(labels, e), x, compiled)
+            value, grad = value_and_grad(loss, x, labels, compiled=compiled)
             assert np.isfinite(value) and np.all(np.isfinite(grad)), (distance, compiled, value)
             if expected is not None:
                 assert float(value) == pytest.approx(expected, rel=1e-5, abs=1e-6), (distance, compiled)
