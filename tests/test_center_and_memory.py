@@ -106,9 +106,11 @@ WRAPPED = [
     "soft_nearest_neighbor",
     "circle",
 ]
-if BACKEND != "tensorflow":
-    # The memory's mechanics are the backend's; three losses check them (CI time).
-    WRAPPED = ["contrastive_all", "semi_hard", "multi_similarity"]
+if BACKEND == "jax":
+    # Un-jitted (the memory assigns variables), every JAX operation compiles
+    # for every shape: one loss checks the memory's mechanics there, the one
+    # whose positive slots sort the empty slots' NaN labels.
+    WRAPPED = ["semi_hard"]
 
 
 def batches(seed, sizes, dim=4, num_classes=5):

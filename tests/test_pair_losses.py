@@ -185,12 +185,19 @@ def sphere_layout(dim, negative_distances, class_size):
 
 
 def sampled_counts(x, labels, seed, cutoff=0.5, nonzero_loss_cutoff=1.4):
-    distances = tfm.distances.pairwise_distance(tensor(x), "euclidean", normalize=True)
-    labels_t = tensor(labels)
-    positive, negative = label_masks(labels_t)
-    log_weights = distance_weighted_log_weights(distances, negative, x.shape[1], cutoff, nonzero_loss_cutoff)
-    uniforms = keras.random.uniform((len(labels), 32), seed=seed)
-    return np.asarray(sample_negative_counts(log_weights, labels_t, positive, uniforms))
+    def counts(x, labels):
+        distances = tfm.distances.pairwise_distance(x, "euclidean", normalize=True)
+        positive, negative = label_masks(labels)
+        log_weights = distance_weighted_log_weights(distances, negative, x.shape[1], cutoff, nonzero_loss_cutoff)
+        uniforms = keras.random.uniform((len(labels), 32), seed=seed)
+        return sample_negative_counts(log_weights, labels, positive, uniforms)
+
+    if BACKEND == "jax":
+        import jax
+
+        # One compilation instead of one per operation and shape.
+        counts = jax.jit(counts)
+    return keras.ops.convert_to_numpy(counts(tensor(x), tensor(labels)))
 
 
 def expected_probabilities(dim, distances, cutoff=0.5, nonzero_loss_cutoff=1.4):

@@ -125,9 +125,9 @@ def test_reduction_none_gives_per_anchor_losses(kind):
 FIXTURE_KINDS = ("semi_hard", "batch_hard", "batch_all_nonzero", "batch_all_all", "lifted_struct")
 FIXTURE_CASES = recorded.cases("tfa", FIXTURE_KINDS) + recorded.cases("pml", FIXTURE_KINDS)
 # The peers' values are checked in full under TensorFlow and PyTorch; under
-# JAX, where every case is a compilation of its own, one case in five
-# checks the backend.
-BACKEND_CASES = FIXTURE_CASES[::5] if BACKEND == "jax" else FIXTURE_CASES
+# JAX, where every case is a compilation of its own, one case in ten checks
+# the backend.
+BACKEND_CASES = FIXTURE_CASES[::10] if BACKEND == "jax" else FIXTURE_CASES
 
 
 def loss_for_fixture(case):
