@@ -2,6 +2,7 @@
 
     python benchmarks/peers.py                       # N = 256 ... 4096
     python benchmarks/peers.py --sizes 512 1024 --tasks semi-hard batch-hard
+    python benchmarks/peers.py --setup               # only create the peers' environments
 
 The peers live in virtual environments of their own, which this script
 creates on first use under `--env-dir` (default `~/.cache/tfmetric-peers`):
@@ -212,10 +213,17 @@ def main():
         help="skip the cells whose (N, N, N) tensors would need more (default: 60%% of RAM)",
     )
     parser.add_argument("--cell-timeout", type=float, default=900, help="seconds before a cell is given up")
+    parser.add_argument(
+        "--setup", action="store_true", help="create the peers' environments, print their Pythons and stop"
+    )
     parser.add_argument("--cell", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cell:
         print(json.dumps(measure(*json.loads(args.cell))))
+        return
+    if args.setup:
+        for environment in args.peers:
+            print(environment_python(environment, args.env_dir, args.pip_args.split()))
         return
 
     pythons = {}
