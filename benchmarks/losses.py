@@ -8,12 +8,20 @@ memory is its own.
 
     python benchmarks/losses.py                 # N = 256, 1024, 4096
     python benchmarks/losses.py --sizes 1024 --k 8
-    python benchmarks/losses.py --losses Contrastive "MarginLoss all"
+    python benchmarks/losses.py --losses contrastive_all margin_all
+    python benchmarks/losses.py --memory 16384 --sizes 256   # the cross-batch memory
 
-MarginLoss, MultiSimilarity, Circle, BinomialDeviance and NCA normalise the
-embeddings first (their default); the distance matrix they are compared with
-does not. XBM(Contrastive) mines each batch against a full memory of 1024
-earlier embeddings: the wrapped loss runs on N + 1024 rows.
+The losses are those of `tfm.losses.registry.LOSSES`, built with their
+defaults (margin 1.0 where there is one), plus `CenterLoss` and the
+cross-batch memory. The margin loss, multi-similarity, circle, binomial
+deviance and NCA normalise the embeddings first (their default); the
+distance matrix they are compared with does not. xbm_contrastive mines each
+batch against a full memory of 1024 earlier embeddings.
+
+With `--memory M`, the rows are the wrapped contrastive, batch-hard and
+multi-similarity losses in a `CrossBatchMemory` of M rows (full, D = 128),
+each divided by the forward+backward time of the N × (N + M) distance
+rectangle alone.
 
 Batches are P×K: N/K classes of K examples, D = 128, float32.
 """
@@ -25,48 +33,56 @@ import sys
 
 from timing import pk_batch, rss_mb, run_cell, tensorflow_step, time_calls
 
-LOSSES = {
-    "distance matrix": None,
-    "BatchHardTriplet": "BatchHardTriplet(margin=0.2)",
-    "BatchAllTriplet": "BatchAllTriplet(margin=0.2)",
-    "SemiHardTriplet": "SemiHardTriplet(margin=0.2)",
-    "LiftedStructure": "LiftedStructure(margin=1.0)",
-    "Contrastive": "Contrastive(margin=1.0)",
-    "Contrastive hard": "Contrastive(margin=1.0, negatives='hard')",
-    "MarginLoss all": "MarginLoss(sampling='all')",
-    "MarginLoss dw": "MarginLoss(seed=0)",
-    "NPairs": "NPairs()",
-    "MultiSimilarity": "MultiSimilarity()",
-    "MultiSimilarity ε": "MultiSimilarity(epsilon=0.1)",
-    "Circle": "Circle()",
-    "BinomialDeviance": "BinomialDeviance()",
-    "SoftNearestNeighbor": "SoftNearestNeighbor()",
-    "NCA": "NCA()",
-    "CenterLoss": "CenterLoss(num_classes=N, embedding_dim=D)",
-    "XBM(Contrastive)": "CrossBatchMemory(tfm.Contrastive(margin=1.0), memory_size=1024)",
-}
+from tfmetric.losses.registry import LOSSES as REGISTRY
+
+BASELINE = "distance matrix"
+EXTRA = ("center_loss", "xbm_contrastive")
+LOSSES = (BASELINE, *REGISTRY, *EXTRA)
+# With --memory: the rectangle, then the memory around these registry losses.
+RECTANGLE = "rectangle N×(N+M)"
+MEMORY_LOSSES = ("contrastive_all", "batch_hard", "multi_similarity")
 
 
-def build_loss(name, n=None, dim=None):
+def build_loss(name, n=None, dim=None, memory=1024):
     """The tfmetric loss benchmarked as `name` (the other benchmarks use these too); N, D: for CenterLoss."""
     import tfmetric as tfm
 
-    return eval("tfm." + LOSSES[name], {"tfm": tfm, "N": n, "D": dim})
+    if name in REGISTRY:
+        return REGISTRY[name].build()
+    if name == "center_loss":
+        return tfm.CenterLoss(num_classes=n, embedding_dim=dim)
+    if name == "xbm_contrastive":
+        return tfm.CrossBatchMemory(tfm.Contrastive(margin=1.0), memory_size=memory)
+    if name.startswith("xbm "):
+        return tfm.CrossBatchMemory(REGISTRY[name.removeprefix("xbm ")].build(), memory_size=memory)
+    raise ValueError(f"Unknown loss {name!r}; choose from {', '.join(LOSSES)}.")
 
 
-def measure(loss_name, n, k, dim, jit, min_seconds):
+def measure(loss_name, n, k, dim, jit, min_seconds, memory=0):
     """Runs in a child process: times one cell and reports its memory."""
+    import numpy as np
     import tensorflow as tf
 
     import tfmetric as tfm
 
     x, y = (tf.constant(array) for array in pk_batch(n, k, dim))
-    if LOSSES[loss_name] is None:
+    if loss_name == BASELINE:
 
         def objective(y, x):
             return tf.reduce_sum(tfm.distances.pairwise_distance(x))
+    elif loss_name == RECTANGLE:
+        remembered = tf.constant(np.random.default_rng(1).normal(size=(memory, dim)).astype("float32"))
+
+        def objective(y, x):
+            reference = tf.concat([x, tf.stop_gradient(remembered)], axis=0)
+            return tf.reduce_sum(tfm.distances.pairwise_distance(x, ref_embeddings=reference))
     else:
-        objective = build_loss(loss_name, n, dim)
+        objective = build_loss(loss_name, n, dim, memory or 1024)
+        if isinstance(objective, tfm.CrossBatchMemory):
+            # A full memory of earlier (here: random P×K) batches.
+            for seed in range(1 + (memory or 1024) // n):
+                past_x, past_y = pk_batch(n, k, dim, seed=seed + 1)
+                objective(past_y, past_x)
     return time_calls(tensorflow_step(objective, x, y, jit), min_seconds, baseline_mb=rss_mb())
 
 
@@ -76,7 +92,8 @@ def main():
     parser.add_argument("--k", type=int, default=4, help="examples per class (K of P×K)")
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--min-seconds", type=float, default=2.0)
-    parser.add_argument("--losses", nargs="+", choices=list(LOSSES), default=list(LOSSES))
+    parser.add_argument("--losses", nargs="+", choices=LOSSES, default=list(LOSSES))
+    parser.add_argument("--memory", type=int, default=0, help="M: benchmark the cross-batch memory instead")
     parser.add_argument("--cell", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cell:
@@ -86,20 +103,26 @@ def main():
     import tensorflow as tf
 
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, D={args.dim}, K={args.k}, float32, forward+backward")
-    header = f"{'loss':<20}{'N':>6}{'jit':>6}{'ms':>10}{'× dist':>9}{'peak MB':>10}{'+MB':>8}"
+    header = f"{'loss':<24}{'N':>6}{'jit':>6}{'ms':>10}{'× dist':>9}{'peak MB':>10}{'+MB':>8}"
     print(header)
     print("-" * len(header))
+    if args.memory:
+        names = [RECTANGLE] + [f"xbm {name}" for name in MEMORY_LOSSES]
+        print(f"cross-batch memory of M = {args.memory} rows; × = time over the N × (N + M) rectangle's")
+    else:
+        names = [BASELINE] + [name for name in args.losses if name != BASELINE]
     for n in args.sizes:
         for jit in (False, True):
             reference = None
-            for name in ["distance matrix"] + [name for name in args.losses if name != "distance matrix"]:
-                r = run_cell(sys.executable, __file__, [name, n, args.k, args.dim, jit, args.min_seconds])
+            for name in names:
+                cell = [name, n, args.k, args.dim, jit, args.min_seconds, args.memory]
+                r = run_cell(sys.executable, __file__, cell)
                 if "error" in r:
-                    print(f"{name:<20}{n:>6}{str(jit):>6}  error: {r['error']}")
+                    print(f"{name:<24}{n:>6}{str(jit):>6}  error: {r['error']}")
                     continue
                 reference = reference or r["ms"]
                 print(
-                    f"{name:<20}{n:>6}{str(jit):>6}{r['ms']:>10.2f}{r['ms'] / reference:>9.2f}"
+                    f"{name:<24}{n:>6}{str(jit):>6}{r['ms']:>10.2f}{r['ms'] / reference:>9.2f}"
                     f"{r['peak_mb']:>10.0f}{r['extra_mb']:>8.0f}",
                     flush=True,
                 )

@@ -85,28 +85,28 @@ def pml_all_triplets_gb(n):
 # task -> [(implementation, environment, GB its (N, N, N) tensors need)]
 TASKS = {
     "semi-hard": [
-        ("tfmetric SemiHardTriplet", "tfmetric", no_cube),
+        ("tfmetric semi_hard", "tfmetric", no_cube),
         ("TF Addons TripletSemiHardLoss", "tfa", tfa_tiled_gb),
     ],
     "batch-hard": [
-        ("tfmetric BatchHardTriplet", "tfmetric", no_cube),
+        ("tfmetric batch_hard", "tfmetric", no_cube),
         ("TF Addons TripletHardLoss", "tfa", no_cube),
         ("PML BatchHardMiner+TripletMargin", "pml", no_cube),
     ],
     "batch-all": [
-        ("tfmetric BatchAllTriplet", "tfmetric", no_cube),
+        ("tfmetric batch_all_nonzero", "tfmetric", no_cube),
         ("PML TripletMarginLoss (all)", "pml", pml_all_triplets_gb),
     ],
     "contrastive": [
-        ("tfmetric Contrastive", "tfmetric", no_cube),
+        ("tfmetric contrastive_all", "tfmetric", no_cube),
         ("PML ContrastiveLoss", "pml", no_cube),
     ],
     "margin": [
-        ("tfmetric MarginLoss dw", "tfmetric", no_cube),
+        ("tfmetric margin_dw", "tfmetric", no_cube),
         ("PML DistanceWeighted+MarginLoss", "pml", no_cube),
     ],
     "lifted": [
-        ("tfmetric LiftedStructure", "tfmetric", no_cube),
+        ("tfmetric lifted_structure", "tfmetric", no_cube),
         ("TF Addons LiftedStructLoss", "tfa", tfa_tiled_gb),
     ],
 }

@@ -13,11 +13,11 @@ import subprocess
 import time
 
 
-def pk_batch(n, k, dim):
+def pk_batch(n, k, dim, seed=0):
     """The benchmarks' batch: N/K classes of K examples, `(x (N, dim) float32, y (N,) int64)`."""
     import numpy as np
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, dim)).astype("float32")
     y = np.repeat(np.arange(n // k), k).astype("int64")
     return x, y

@@ -2,7 +2,7 @@
 
     python benchmarks/training_step.py
     python benchmarks/training_step.py --batch 512 --image 64
-    python benchmarks/training_step.py --losses BatchHardTriplet
+    python benchmarks/training_step.py --losses batch_hard
 
 Model: 3 × (Conv 3×3 + ReLU + 2×2 max-pool) with 32/64/128 filters, global
 average pooling, Dense 128, unit-normalised; Adam. Batches are P×K (K = 4) of
@@ -28,7 +28,7 @@ from timing import tensorflow_step, time_calls
 
 # The stand-in, then the losses as benchmarks/losses.py configures them.
 STAND_IN = "stand-in mean(y²)"
-LOSSES = (STAND_IN, "BatchHardTriplet", "BatchAllTriplet", "SemiHardTriplet", "Contrastive", "MarginLoss dw")
+LOSSES = (STAND_IN, "batch_hard", "batch_all_nonzero", "semi_hard", "contrastive_all", "margin_dw")
 
 
 def make_loss(name):

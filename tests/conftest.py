@@ -180,4 +180,17 @@ def tensor(x, dtype=None):
     return keras.ops.convert_to_tensor(x, dtype=dtype)
 
 
-only_tensorflow = pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow-specific")
+# TensorFlow by nature (tf.data, TensorBoard, tf.distribute): skipped on the
+# other backends. Every other test is marked `backend_neutral`, which CI runs
+# under JAX and PyTorch and on the oldest TensorFlow and Keras.
+only_tensorflow = pytest.mark.tensorflow_only
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    # tryfirst: the markers must be there before `-m` selects on them.
+    for item in items:
+        if item.get_closest_marker("tensorflow_only") is None:
+            item.add_marker(pytest.mark.backend_neutral)
+        elif BACKEND != "tensorflow":
+            item.add_marker(pytest.mark.skip(reason="TensorFlow-specific"))

@@ -1,11 +1,50 @@
 """Brute-force NumPy references, float64, written as loops over pairs and triplets.
 
-Each loss reference returns `Reference(loss, grad, per_anchor, kink, weighted_sum)`:
-`grad` is d(loss)/d(embeddings), from the loss's derivative with respect to
-every distance chained through the distance by hand; `kink` is how close the
-inputs are to a point where the loss is not differentiable (a hinge at 0, a
-tie in a max/min/selection), so that tests compare gradients only away from
-those points.
+Queries against a reference
+---------------------------
+Every loss reference mines N queries (`x`, `labels`) against R reference
+rows (`ref_x`, `ref_labels`): the distances form an N×R rectangle
+`d[a, r]`, from query a to reference row r.
+
+- Without a reference (`ref_x=None`), the reference is the batch itself and
+  the diagonal is removed: the square in-batch losses, whose values and
+  gradients are those of the losses mined from a batch against itself.
+- `remove_diagonal` (None: True without a reference, False with one): when
+  True, reference row r == a is never a positive or a negative of query a
+  (the convention: the queries sit first in the reference, as in
+  reference = [batch; memory]).
+- positives(a): the reference rows with query a's label, negatives(a): the
+  reference rows with another label; either without row a when the diagonal
+  is removed (a row always has its own label anyway, for single labels).
+- `multi_label=True`: the labels are `(N, C)` and `(R, C)` multi-hot 0/1
+  matrices; r is a positive of a when they share at least one label
+  (`y[a] @ ry[r] > 0`), a negative when they share none. An example without
+  any label is a negative of every row.
+- Each loss's formula for a row is that of the square loss, running over the
+  reference columns. Special cases: contrastive (every entry of the
+  rectangle is a term of its query; "hard" keeps the closest negative
+  entries) and lifted structure (the negatives of a positive reference row
+  are taken among the queries), in their docstrings; the margin loss takes a
+  β per query.
+- A term of query a is weighted by query a's sample weight.
+- A query's loss, `per_anchor[a]`, is the sum of its terms divided by their
+  count (0 without a term); the loss is `Σ_a w_a·sum_a / Σ_a w_a·count_a`.
+
+Each loss reference returns a `Reference`: `loss`, `per_anchor`,
+`weighted_sum` (`Σ_a w_a·sum_a`), and gradients from the derivatives with
+respect to every distance chained through the distance by hand:
+
+- `grad`: d(loss)/d(x); without a reference, through both of the batch's
+  roles (query and reference row), the gradient of the square loss;
+- `ref_grad`: d(loss)/d(ref_x), None without a reference;
+- `per_query_grad`, `per_query_ref_grad`: the gradients of `Σ_a per_anchor[a]`
+  with respect to x and to ref_x (the latter None without a reference, the
+  former then through both roles).
+
+The term counts are constant where the losses are differentiable. `kink` is
+how close the inputs are to a point where the loss is not differentiable (a
+hinge at 0, a tie in a max/min/selection), so that tests compare gradients
+only away from those points.
 """
 
 from dataclasses import dataclass
@@ -20,6 +59,9 @@ class Reference:
     per_anchor: np.ndarray
     kink: float
     weighted_sum: float
+    ref_grad: np.ndarray = None
+    per_query_grad: np.ndarray = None
+    per_query_ref_grad: np.ndarray = None
 
 
 def _normalized(x):
@@ -27,61 +69,85 @@ def _normalized(x):
     return np.where(norms > 0, x / np.where(norms > 0, norms, 1), 0.0)
 
 
-def distance_matrix(x, distance, normalize=False):
+def _rows(x, distance, normalize):
+    """x as float64, L2-normalised where the distance works on normalised rows."""
     x = np.asarray(x, np.float64)
-    if normalize or distance == "cosine":
-        x = _normalized(x)
-    n = len(x)
-    d = np.zeros((n, n))
-    for i in range(n):
-        for j in range(n):
-            if i == j:
+    return _normalized(x) if normalize or distance == "cosine" else x
+
+
+def _distance(u, v, distance):
+    diff = u - v
+    if distance == "euclidean":
+        return np.sqrt(diff @ diff)
+    if distance == "squared_euclidean":
+        return diff @ diff
+    if distance == "dot":
+        return u @ v
+    return max(1.0 - u @ v, 0.0)
+
+
+def _distance_gradient(u, v, distance):
+    """(d/du, d/dv) of the distance from u to v; zeros where it has none (coincident, clamped)."""
+    diff = u - v
+    if distance == "euclidean":
+        norm = np.sqrt(diff @ diff)
+        if norm == 0:
+            return np.zeros_like(u), np.zeros_like(v)
+        return diff / norm, -diff / norm
+    if distance == "squared_euclidean":
+        return 2 * diff, -2 * diff
+    if distance == "dot":
+        return v, u
+    if 1.0 - u @ v <= 0:
+        return np.zeros_like(u), np.zeros_like(v)
+    return -v, -u
+
+
+def distance_matrix(x, distance, normalize=False, ref_x=None):
+    """Distances ("dot": similarities) from the rows of x to those of `ref_x`, `(N, R)`.
+
+    Without `ref_x`: the `(N, N)` matrix of x, with a zero diagonal.
+    """
+    z = _rows(x, distance, normalize)
+    square = ref_x is None
+    zr = z if square else _rows(ref_x, distance, normalize)
+    d = np.zeros((len(z), len(zr)))
+    for i in range(len(z)):
+        for j in range(len(zr)):
+            if square and i == j:
                 continue
-            diff = x[i] - x[j]
-            if distance == "euclidean":
-                d[i, j] = np.sqrt(diff @ diff)
-            elif distance == "squared_euclidean":
-                d[i, j] = diff @ diff
-            elif distance == "dot":
-                d[i, j] = x[i] @ x[j]
-            else:
-                d[i, j] = max(1.0 - x[i] @ x[j], 0.0)
+            d[i, j] = _distance(z[i], zr[j], distance)
     return d
 
 
-def chain_distance_gradient(x, distance, normalize, dloss_dd):
-    """d(loss)/d(x) from d(loss)/d(d[i, j]) for every pair, by hand ("dot": similarities)."""
+def chain_distance_gradient(x, distance, normalize, dloss_dd, ref_x=None):
+    """d(loss)/d(x) from d(loss)/d(d[i, j]) for every pair, by hand ("dot": similarities).
+
+    Without `ref_x`, `dloss_dd` is `(N, N)` over the pairs of x (its diagonal
+    ignored) and the gradient is x's; with it, `dloss_dd` is `(N, R)` from
+    the rows of x to those of `ref_x` and the result is
+    `(d(loss)/d(x), d(loss)/d(ref_x))`.
+    """
     x = np.asarray(x, np.float64)
+    square = ref_x is None
+    ref_x = x if square else np.asarray(ref_x, np.float64)
     normalized = normalize or distance == "cosine"
-    z = _normalized(x) if normalized else x
-    grad_z = np.zeros_like(z)
-    n = len(z)
-    for i in range(n):
-        for j in range(n):
+    z, zr = _rows(x, distance, normalize), _rows(ref_x, distance, normalize)
+    grad_z, grad_zr = np.zeros_like(z), np.zeros_like(zr)
+    for i in range(len(z)):
+        for j in range(len(zr)):
             g = dloss_dd[i, j]
-            if i == j or g == 0:
+            if (square and i == j) or g == 0:
                 continue
-            diff = z[i] - z[j]
-            if distance == "euclidean":
-                norm = np.sqrt(diff @ diff)
-                if norm == 0:
-                    continue
-                grad_z[i] += g * diff / norm
-                grad_z[j] -= g * diff / norm
-            elif distance == "squared_euclidean":
-                grad_z[i] += g * 2 * diff
-                grad_z[j] -= g * 2 * diff
-            elif distance == "dot":
-                grad_z[i] += g * z[j]
-                grad_z[j] += g * z[i]
-            else:
-                if 1.0 - z[i] @ z[j] <= 0:
-                    continue
-                grad_z[i] -= g * z[j]
-                grad_z[j] -= g * z[i]
+            along_u, along_v = _distance_gradient(z[i], zr[j], distance)
+            grad_z[i] += g * along_u
+            grad_zr[j] += g * along_v
+    if square:
+        grad_z = grad_z + grad_zr
+        return _through_normalization(x, z, grad_z) if normalized else grad_z
     if not normalized:
-        return grad_z
-    return _through_normalization(x, z, grad_z)
+        return grad_z, grad_zr
+    return _through_normalization(x, z, grad_z), _through_normalization(ref_x, zr, grad_zr)
 
 
 def _through_normalization(x, z, grad_z):
@@ -94,68 +160,117 @@ def _through_normalization(x, z, grad_z):
     return grad_x
 
 
-def _masks(labels):
-    labels = np.asarray(labels).reshape(-1)
-    n = len(labels)
-    positives = [[p for p in range(n) if p != a and labels[p] == labels[a]] for a in range(n)]
-    negatives = [[q for q in range(n) if labels[q] != labels[a]] for a in range(n)]
-    return positives, negatives
-
-
-def _start(x, labels, distance, normalize, sample_weight):
-    """Distances, positives, negatives, weights and empty accumulators."""
-    d = distance_matrix(x, distance, normalize)
-    positives, negatives = _masks(labels)
-    n = len(d)
-    weights = np.ones(n) if sample_weight is None else np.asarray(sample_weight, np.float64).reshape(-1)
-    return d, positives, negatives, weights, np.zeros(n), np.zeros(n), np.zeros((n, n))
-
-
-def near_coincident(x, distance, normalize, gradient_d):
+def near_coincident(x, distance, normalize, gradient_d, ref_x=None):
     """A kink measure for Euclidean distances near 0 that the loss depends on.
 
     The Euclidean distance is not differentiable at 0, and near it float32's
     Gram expansion errs by ~sqrt(eps) ≈ 3e-4 in d, so the gradient
     direction (x_i − x_j) / d is accurate to 1e-3 only beyond d ≈ 0.3.
+    `gradient_d`: `(N, N)` over the pairs of x (diagonal ignored), or
+    `(N, R)` from x to `ref_x`.
     """
     if distance != "euclidean":
         return np.inf
-    d = distance_matrix(x, distance, normalize)
-    used = (gradient_d != 0) & ~np.eye(len(d), dtype=bool)
+    d = distance_matrix(x, distance, normalize, ref_x)
+    used = gradient_d != 0
+    if ref_x is None:
+        used &= ~np.eye(len(d), dtype=bool)
     return float(d[used].min()) / 300 if used.any() else np.inf
 
 
-def _finish(x, distance, normalize, numerators, denominators, gradient_d, weights, kink, weighted=False):
-    """Weighted mean over terms, its gradient, and the per-anchor losses.
+class _Rectangle:
+    """N queries mined against R reference rows: distances, masks, and the terms' accumulators.
 
-    `gradient_d[i, j]` is weighted here by row i's weight, unless `weighted`
-    says each entry already carries the weight of the anchor whose term it
-    comes from (terms that also move other rows' distances).
+    A loss fills, for every query a, `numerators[a]` (the sum of its terms),
+    `denominators[a]` (their count) and `gradient_d[a]`, the `(N, R)`
+    derivatives of `numerators[a]` with respect to every distance `d[i, j]`
+    (row a only, except for terms that also move other queries' distances).
     """
-    kink = min(kink, near_coincident(x, distance, normalize, gradient_d))
-    total = float(np.sum(weights * denominators))
-    loss = float(np.sum(weights * numerators)) / total if total else 0.0
-    row_weights = np.ones_like(weights) if weighted else weights
-    dloss_dd = gradient_d * (row_weights[:, None] / total) if total else np.zeros_like(gradient_d)
-    per_anchor = np.where(denominators > 0, numerators / np.where(denominators > 0, denominators, 1), 0.0)
-    gradient = chain_distance_gradient(x, distance, normalize, dloss_dd)
-    return Reference(loss, gradient, per_anchor, kink, float(np.sum(weights * numerators)))
+
+    def __init__(self, x, labels, distance, normalize, sample_weight, ref_x, ref_labels, remove_diagonal, multi_label):
+        self.x = np.asarray(x, np.float64)
+        self.square = ref_x is None
+        if self.square:
+            if ref_labels is not None:
+                raise ValueError("ref_labels without ref_x")
+            ref_x, ref_labels = self.x, labels
+        elif ref_labels is None:
+            raise ValueError("ref_x without ref_labels")
+        self.ref_x = np.asarray(ref_x, np.float64)
+        self.distance, self.normalize = distance, normalize
+        if remove_diagonal is None:
+            remove_diagonal = self.square
+        n, r = len(self.x), len(self.ref_x)
+        self.n = n
+        self.d = distance_matrix(self.x, distance, normalize, self.ref_x)
+        if multi_label:
+            y = np.asarray(labels, np.float64).reshape(n, -1)
+            ry = np.asarray(ref_labels, np.float64).reshape(r, -1)
+            same = [[y[a] @ ry[j] > 0 for j in range(r)] for a in range(n)]
+        else:
+            y, ry = np.asarray(labels).reshape(-1), np.asarray(ref_labels).reshape(-1)
+            same = [[y[a] == ry[j] for j in range(r)] for a in range(n)]
+        kept = [[not (remove_diagonal and a == j) for j in range(r)] for a in range(n)]
+        self.positives = [[j for j in range(r) if kept[a][j] and same[a][j]] for a in range(n)]
+        self.negatives = [[j for j in range(r) if kept[a][j] and not same[a][j]] for a in range(n)]
+        self.weights = np.ones(n) if sample_weight is None else np.asarray(sample_weight, np.float64).reshape(-1)
+        self.numerators, self.denominators = np.zeros(n), np.zeros(n)
+        self.gradient_d = np.zeros((n, n, r))
+
+    def _chain(self, dloss_dd):
+        """(d/dx, d/d ref_x); without a reference (d/dx through both roles, None)."""
+        grad, ref_grad = chain_distance_gradient(self.x, self.distance, self.normalize, dloss_dd, self.ref_x)
+        return (grad + ref_grad, None) if self.square else (grad, ref_grad)
+
+    def finish(self, kink, coincident=None):
+        """The `Reference` of the filled accumulators.
+
+        `coincident`: the entries whose Euclidean distance must stay away
+        from 0 for the gradient to be defined (default: every entry the loss
+        depends on).
+        """
+        used = np.any(self.gradient_d != 0, axis=0) if coincident is None else coincident
+        kink = min(kink, near_coincident(self.x, self.distance, self.normalize, used, self.ref_x))
+        weights, numerators, denominators = self.weights, self.numerators, self.denominators
+        total = float(np.sum(weights * denominators))
+        weighted_sum = float(np.sum(weights * numerators))
+        loss = weighted_sum / total if total else 0.0
+        has_terms = denominators > 0
+        per_anchor = np.where(has_terms, numerators / np.where(has_terms, denominators, 1), 0.0)
+        dloss_dd = np.einsum("a,aij->ij", weights / total if total else 0 * weights, self.gradient_d)
+        grad, ref_grad = self._chain(dloss_dd)
+        inverse_counts = np.where(has_terms, 1 / np.where(has_terms, denominators, 1), 0.0)
+        per_query_grad, per_query_ref_grad = self._chain(np.einsum("a,aij->ij", inverse_counts, self.gradient_d))
+        return Reference(loss, grad, per_anchor, kink, weighted_sum, ref_grad, per_query_grad, per_query_ref_grad)
 
 
-def batch_hard(x, labels, margin=1.0, soft=False, distance="euclidean", normalize=False, sample_weight=None):
-    d, positives, negatives, weights, numerators, denominators, gradient_d = _start(
-        x, labels, distance, normalize, sample_weight
-    )
+def batch_hard(
+    x,
+    labels,
+    margin=1.0,
+    soft=False,
+    distance="euclidean",
+    normalize=False,
+    sample_weight=None,
+    *,
+    ref_x=None,
+    ref_labels=None,
+    remove_diagonal=None,
+    multi_label=False,
+):
+    b = _Rectangle(x, labels, distance, normalize, sample_weight, ref_x, ref_labels, remove_diagonal, multi_label)
+    d = b.d
     kink = np.inf
-    for a in range(len(d)):
-        if not positives[a] or not negatives[a]:
+    for a in range(b.n):
+        positives, negatives = b.positives[a], b.negatives[a]
+        if not positives or not negatives:
             continue
-        hardest_p = max(positives[a], key=lambda p: d[a, p])
-        hardest_n = min(negatives[a], key=lambda q: d[a, q])
-        for p in positives[a]:
+        hardest_p = max(positives, key=lambda p: d[a, p])
+        hardest_n = min(negatives, key=lambda q: d[a, q])
+        for p in positives:
             if p != hardest_p:
                 kink = min(kink, d[a, hardest_p] - d[a, p])
-        for q in negatives[a]:
+        for q in negatives:
             if q != hardest_n:
                 kink = min(kink, d[a, q] - d[a, hardest_n])
         gap = d[a, hardest_p] - d[a, hardest_n]
@@ -166,63 +281,90 @@ def batch_hard(x, labels, margin=1.0, soft=False, distance="euclidean", normaliz
             value = max(gap + margin, 0.0)
             slope = float(gap + margin > 0)
             kink = min(kink, abs(gap + margin))
-        numerators[a], denominators[a] = value, 1.0
-        gradient_d[a, hardest_p] += slope
-        gradient_d[a, hardest_n] -= slope
-    return _finish(x, distance, normalize, numerators, denominators, gradient_d, weights, kink)
+        b.numerators[a], b.denominators[a] = value, 1.0
+        b.gradient_d[a, a, hardest_p] += slope
+        b.gradient_d[a, a, hardest_n] -= slope
+    return b.finish(kink)
 
 
-def batch_all(x, labels, margin=1.0, distance="euclidean", normalize=False, average="nonzero", sample_weight=None):
-    d, positives, negatives, weights, numerators, denominators, gradient_d = _start(
-        x, labels, distance, normalize, sample_weight
-    )
+def batch_all(
+    x,
+    labels,
+    margin=1.0,
+    distance="euclidean",
+    normalize=False,
+    average="nonzero",
+    sample_weight=None,
+    *,
+    ref_x=None,
+    ref_labels=None,
+    remove_diagonal=None,
+    multi_label=False,
+):
+    b = _Rectangle(x, labels, distance, normalize, sample_weight, ref_x, ref_labels, remove_diagonal, multi_label)
+    d = b.d
     kink = np.inf
-    for a in range(len(d)):
-        for p in positives[a]:
-            for q in negatives[a]:
+    for a in range(b.n):
+        for p in b.positives[a]:
+            for q in b.negatives[a]:
                 value = d[a, p] - d[a, q] + margin
                 kink = min(kink, abs(value))
                 if average == "all":
-                    denominators[a] += 1
+                    b.denominators[a] += 1
                 if value > 0:
-                    numerators[a] += value
-                    gradient_d[a, p] += 1
-                    gradient_d[a, q] -= 1
+                    b.numerators[a] += value
+                    b.gradient_d[a, a, p] += 1
+                    b.gradient_d[a, a, q] -= 1
                     if average == "nonzero":
-                        denominators[a] += 1
-    return _finish(x, distance, normalize, numerators, denominators, gradient_d, weights, kink)
+                        b.denominators[a] += 1
+    return b.finish(kink)
 
 
-def semi_hard(x, labels, margin=1.0, distance="euclidean", normalize=False, sample_weight=None):
-    d, positives, negatives, weights, numerators, denominators, gradient_d = _start(
-        x, labels, distance, normalize, sample_weight
-    )
+def semi_hard(
+    x,
+    labels,
+    margin=1.0,
+    distance="euclidean",
+    normalize=False,
+    sample_weight=None,
+    *,
+    ref_x=None,
+    ref_labels=None,
+    remove_diagonal=None,
+    multi_label=False,
+):
+    b = _Rectangle(x, labels, distance, normalize, sample_weight, ref_x, ref_labels, remove_diagonal, multi_label)
+    d = b.d
     kink = np.inf
-    for a in range(len(d)):
-        if not negatives[a]:
+    for a in range(b.n):
+        negatives = b.negatives[a]
+        if not negatives:
             continue
-        for p in positives[a]:
-            beyond = [q for q in negatives[a] if d[a, q] > d[a, p]]
-            chosen = min(beyond, key=lambda q: d[a, q]) if beyond else max(negatives[a], key=lambda q: d[a, q])
-            for q in negatives[a]:
+        for p in b.positives[a]:
+            beyond = [q for q in negatives if d[a, q] > d[a, p]]
+            chosen = min(beyond, key=lambda q: d[a, q]) if beyond else max(negatives, key=lambda q: d[a, q])
+            for q in negatives:
                 kink = min(kink, abs(d[a, q] - d[a, p]))
                 if q != chosen:
                     kink = min(kink, abs(d[a, q] - d[a, chosen]))
             value = d[a, p] - d[a, chosen] + margin
             kink = min(kink, abs(value))
-            denominators[a] += 1
+            b.denominators[a] += 1
             if value > 0:
-                numerators[a] += value
-                gradient_d[a, p] += 1
-                gradient_d[a, chosen] -= 1
-    return _finish(x, distance, normalize, numerators, denominators, gradient_d, weights, kink)
+                b.numerators[a] += value
+                b.gradient_d[a, a, p] += 1
+                b.gradient_d[a, a, chosen] -= 1
+    return b.finish(kink)
 
 
 def active_triplet_fraction(x, labels, margin=1.0, distance="euclidean", normalize=False):
     d = distance_matrix(x, distance, normalize)
-    positives, negatives = _masks(labels)
+    labels = np.asarray(labels).reshape(-1)
+    n = len(d)
+    positives = [[p for p in range(n) if p != a and labels[p] == labels[a]] for a in range(n)]
+    negatives = [[q for q in range(n) if labels[q] != labels[a]] for a in range(n)]
     active = valid = 0
-    for a in range(len(d)):
+    for a in range(n):
         for p in positives[a]:
             for q in negatives[a]:
                 valid += 1
@@ -230,96 +372,143 @@ def active_triplet_fraction(x, labels, margin=1.0, distance="euclidean", normali
     return active / valid if valid else 0.0
 
 
-def contrastive(x, labels, margin=1.0, distance="euclidean", normalize=False, negatives="all", sample_weight=None):
-    """Over unordered pairs i < j; a pair weighs `w_i + w_j`."""
-    d = distance_matrix(x, distance, normalize)
-    labels = np.asarray(labels).reshape(-1)
-    n = len(d)
-    weights = np.ones(n) if sample_weight is None else np.asarray(sample_weight, np.float64).reshape(-1)
-    positive_pairs = [(i, j) for i in range(n) for j in range(i + 1, n) if labels[i] == labels[j]]
-    negative_pairs = [(i, j) for i in range(n) for j in range(i + 1, n) if labels[i] != labels[j]]
+def contrastive(
+    x,
+    labels,
+    margin=1.0,
+    distance="euclidean",
+    normalize=False,
+    negatives="all",
+    sample_weight=None,
+    *,
+    ref_x=None,
+    ref_labels=None,
+    remove_diagonal=None,
+    multi_label=False,
+):
+    """Every entry (a, r) of the rectangle is a term of query a: `d²` if positive, `relu(m − d)²` if negative.
+
+    `negatives="hard"` keeps as many negative entries as the rectangle has
+    positive entries, those with the smallest d; entries tied at the cut
+    share the count left equally (each a fraction of a term, in the loss
+    sum and in the count). In the square, every unordered pair appears
+    twice, once from either side: the mean over unordered pairs, a pair
+    weighing `w_i + w_j`.
+    """
+    b = _Rectangle(x, labels, distance, normalize, sample_weight, ref_x, ref_labels, remove_diagonal, multi_label)
+    d = b.d
+    positive_entries = [(a, r) for a in range(b.n) for r in b.positives[a]]
+    negative_entries = [(a, r) for a in range(b.n) for r in b.negatives[a]]
+    kept = {entry: 1.0 for entry in negative_entries}
     kink = np.inf
     if negatives == "hard":
-        negative_pairs.sort(key=lambda pair: d[pair])
-        keep = len(positive_pairs)
-        if 0 < keep < len(negative_pairs):
-            kink = d[negative_pairs[keep]] - d[negative_pairs[keep - 1]]
-        negative_pairs = negative_pairs[:keep]
-    numerators, denominators, gradient_d = np.zeros(n), np.zeros(n), np.zeros((n, n))
-    for pairs, is_positive in ((positive_pairs, True), (negative_pairs, False)):
-        for i, j in pairs:
-            if is_positive:
-                value, slope = d[i, j] ** 2, 2 * d[i, j]
-            else:
-                gap = max(margin - d[i, j], 0.0)
-                value, slope = gap**2, -2 * gap
-            for anchor in (i, j):
-                numerators[anchor] += value
-                denominators[anchor] += 1
-            gradient_d[i, j] += (weights[i] + weights[j]) * slope
-    negative_gradient = np.zeros_like(gradient_d)
-    for i, j in negative_pairs:
-        negative_gradient[i, j] = gradient_d[i, j]
-    # d² is smooth at 0 (its gradient 2(x_i − x_j) has no direction to lose).
-    kink = min(kink, near_coincident(x, distance, normalize, negative_gradient))
-    total = float(np.sum(weights * denominators))  # = Σ over pairs of w_i + w_j
-    weighted_sum = float(np.sum(weights * numerators))
-    loss = weighted_sum / total if total else 0.0
-    gradient = chain_distance_gradient(x, distance, normalize, gradient_d / total if total else gradient_d * 0)
-    per_anchor = np.where(denominators > 0, numerators / np.where(denominators > 0, denominators, 1), 0.0)
-    return Reference(loss, gradient, per_anchor, kink, weighted_sum)
+        ordered = sorted(negative_entries, key=lambda entry: d[entry])
+        keep = len(positive_entries)
+        if keep == 0:
+            kept = {}
+        elif keep < len(ordered):
+            kink = d[ordered[keep]] - d[ordered[keep - 1]]
+            cut = d[ordered[keep - 1]]
+            below = [entry for entry in ordered if d[entry] < cut]
+            tied = [entry for entry in ordered if d[entry] == cut]
+            kept = {entry: 1.0 for entry in below}
+            kept.update({entry: (keep - len(below)) / len(tied) for entry in tied})
+    for a, r in positive_entries:
+        b.numerators[a] += d[a, r] ** 2
+        b.denominators[a] += 1
+        b.gradient_d[a, a, r] += 2 * d[a, r]
+    coincident = np.zeros(d.shape, bool)
+    for (a, r), share in kept.items():
+        gap = max(margin - d[a, r], 0.0)
+        b.numerators[a] += share * gap**2
+        b.denominators[a] += share
+        b.gradient_d[a, a, r] -= share * 2 * gap
+        # d² is smooth at 0 (its gradient 2(x_i − x_j) has no direction to lose); the hinge is not.
+        coincident[a, r] = gap > 0
+    return b.finish(kink, coincident)
 
 
 def margin(
-    x, labels, margin=0.2, beta=1.2, nu=0.0, normalize=True, negative_counts=None, class_beta=None, sample_weight=None
+    x,
+    labels,
+    margin=0.2,
+    beta=1.2,
+    nu=0.0,
+    normalize=True,
+    negative_counts=None,
+    class_beta=None,
+    sample_weight=None,
+    *,
+    ref_x=None,
+    ref_labels=None,
+    remove_diagonal=None,
+    multi_label=False,
 ):
-    """Over ordered pairs; `negative_counts[a, n]` repeats the negative term (a, n)."""
-    d, positives, negatives, weights, numerators, denominators, gradient_d = _start(
-        x, labels, "euclidean", normalize, sample_weight
-    )
-    labels = np.asarray(labels).reshape(-1)
+    """Over the entries of the rectangle; `negative_counts[a, r]` repeats the negative term (a, r).
+
+    `beta`: a float, or a β per query; `class_beta[c]` adds to the β of the
+    queries of class c.
+    """
+    b = _Rectangle(x, labels, "euclidean", normalize, sample_weight, ref_x, ref_labels, remove_diagonal, multi_label)
+    d = b.d
+    betas = np.broadcast_to(np.asarray(beta, np.float64), (b.n,))
     kink = np.inf
-    for a in range(len(d)):
-        beta_a = beta + (class_beta[labels[a]] if class_beta is not None else 0.0)
-        terms = [(p, 1, +1) for p in positives[a]]
-        terms += [(q, 1 if negative_counts is None else negative_counts[a, q], -1) for q in negatives[a]]
+    for a in range(b.n):
+        beta_a = betas[a] + (class_beta[np.asarray(labels).reshape(-1)[a]] if class_beta is not None else 0.0)
+        terms = [(p, 1, +1) for p in b.positives[a]]
+        terms += [(q, 1 if negative_counts is None else negative_counts[a, q], -1) for q in b.negatives[a]]
         for other, count, sign in terms:
             if count == 0:
                 continue
             value = margin + sign * (d[a, other] - beta_a)
             kink = min(kink, abs(value))
-            numerators[a] += count * (max(value, 0.0) + nu * beta_a)
+            b.numerators[a] += count * (max(value, 0.0) + nu * beta_a)
             if value > 0:
-                denominators[a] += count
-                gradient_d[a, other] += count * sign
-    return _finish(x, "euclidean", normalize, numerators, denominators, gradient_d, weights, kink)
+                b.denominators[a] += count
+                b.gradient_d[a, a, other] += count * sign
+    return b.finish(kink)
 
 
-def lifted_structure(x, labels, margin=1.0, distance="euclidean", normalize=False, sample_weight=None):
-    """Over ordered positive pairs (a, p): `relu(J_ap)² / 2`, J by its definition."""
-    d, positives, negatives, weights, numerators, denominators, gradient_d = _start(
-        x, labels, distance, normalize, sample_weight
-    )
-    for a in range(len(d)):
-        for p in positives[a]:
-            denominators[a] += 1
-            # Σ over the negatives of a and of p, each exp(m − d).
-            entries = [(a, q) for q in negatives[a]] + [(p, q) for q in negatives[p]]
+def lifted_structure(
+    x,
+    labels,
+    margin=1.0,
+    distance="euclidean",
+    normalize=False,
+    sample_weight=None,
+    *,
+    ref_x=None,
+    ref_labels=None,
+    remove_diagonal=None,
+    multi_label=False,
+):
+    """Over query a's positive reference rows r: `relu(J_ar)² / 2`, J by its definition.
+
+    `J_ar = log(Σ_{k ∈ neg(a)} exp(m − d[a, k]) + Σ_{q: r ∈ neg(q)} exp(m − d[q, r])) + d[a, r]`:
+    the negatives of reference row r are taken among the queries (column r
+    of the rectangle). In the square, d and the masks are symmetric: the
+    negatives of a and of p on either side.
+    """
+    b = _Rectangle(x, labels, distance, normalize, sample_weight, ref_x, ref_labels, remove_diagonal, multi_label)
+    d = b.d
+    for a in range(b.n):
+        for r in b.positives[a]:
+            b.denominators[a] += 1
+            entries = [(a, k) for k in b.negatives[a]] + [(q, r) for q in range(b.n) if r in b.negatives[q]]
             if not entries:
                 continue
-            exponents = np.array([margin - d[i, q] for i, q in entries])
+            exponents = np.array([margin - d[entry] for entry in entries])
             top = exponents.max()
             shares = np.exp(exponents - top)
-            value = top + np.log(shares.sum()) + d[a, p]
+            value = top + np.log(shares.sum()) + d[a, r]
             if value <= 0:
                 continue
-            numerators[a] += value**2 / 2
-            # The term of anchor a also moves distances of row p: weight
-            # the gradient by a's weight here, not by the row's.
-            gradient_d[a, p] += weights[a] * value
-            for (i, q), share in zip(entries, shares / shares.sum()):
-                gradient_d[i, q] -= weights[a] * value * share
-    return _finish(x, distance, normalize, numerators, denominators, gradient_d, weights, np.inf, weighted=True)
+            b.numerators[a] += value**2 / 2
+            # Query a's term also moves distances of other queries' rows.
+            b.gradient_d[a, a, r] += value
+            for (i, j), share in zip(entries, shares / shares.sum()):
+                b.gradient_d[a, i, j] -= value * share
+    return b.finish(np.inf)
 
 
 # ---------------------------------------------------------------- softmax and similarity losses
@@ -345,26 +534,45 @@ def _sigmoid(v):
     return 0.5 * (1 + np.tanh(v / 2))
 
 
-def npairs(x, labels, normalize=False, targets=None, sample_weight=None):
-    """Anchor a: softmax over every other example; target ∝ `targets[a]` (default: its positives)."""
-    n = len(x)
-    s, positives, negatives, weights, numerators, denominators, gradient_s = _start(
-        x, np.zeros(n) if targets is not None else labels, "dot", normalize, sample_weight
-    )
-    for a in range(n):
-        others = [j for j in range(n) if j != a]
-        share = np.array([0.0 if targets is None and j not in positives[a] else 1.0 for j in others])
-        if targets is not None:
-            share = np.array([targets[a, j] for j in others], np.float64)
+def npairs(
+    x,
+    labels,
+    normalize=False,
+    targets=None,
+    sample_weight=None,
+    *,
+    ref_x=None,
+    ref_labels=None,
+    remove_diagonal=None,
+    multi_label=False,
+):
+    """Query a: softmax over its candidates, target ∝ `targets[a]` (default: its positives).
+
+    The candidates are a's positives and negatives (in the square, every
+    other example); with `targets` (`(N, R)`, or `(N, N)` without a
+    reference), every reference row but a removed diagonal, and the labels
+    are not read.
+    """
+    if targets is not None:
+        labels, multi_label = np.zeros(len(x)), False
+        ref_labels = None if ref_x is None else np.zeros(len(ref_x))
+    b = _Rectangle(x, labels, "dot", normalize, sample_weight, ref_x, ref_labels, remove_diagonal, multi_label)
+    s = b.d
+    for a in range(b.n):
+        candidates = sorted(b.positives[a] + b.negatives[a])
+        if targets is None:
+            share = np.array([1.0 if j in b.positives[a] else 0.0 for j in candidates])
+        else:
+            share = np.array([targets[a, j] for j in candidates], np.float64)
         if share.sum() == 0:
             continue
         share = share / share.sum()
-        logits = np.array([s[a, j] for j in others])
-        numerators[a] = _lse(logits) - share @ logits
-        denominators[a] = 1
-        for j, slope in zip(others, _softmax(logits) - share):
-            gradient_s[a, j] += slope
-    return _finish(x, "dot", normalize, numerators, denominators, gradient_s, weights, np.inf)
+        logits = np.array([s[a, j] for j in candidates])
+        b.numerators[a] = _lse(logits) - share @ logits
+        b.denominators[a] = 1
+        for j, slope in zip(candidates, _softmax(logits) - share):
+            b.gradient_d[a, a, j] += slope
+    return b.finish(np.inf)
 
 
 def npairs_multilabel(x, multi_hot, normalize=False, sample_weight=None):
@@ -383,89 +591,162 @@ def tfa_npairs(labels, similarity):
     return float(np.mean(losses))
 
 
-def multi_similarity(x, labels, alpha=2.0, beta=50.0, base=0.5, epsilon=None, normalize=True, sample_weight=None):
-    s, positives, negatives, weights, numerators, denominators, gradient_s = _start(
-        x, labels, "dot", normalize, sample_weight
-    )
+def multi_similarity(
+    x,
+    labels,
+    alpha=2.0,
+    beta=50.0,
+    base=0.5,
+    epsilon=None,
+    normalize=True,
+    sample_weight=None,
+    *,
+    ref_x=None,
+    ref_labels=None,
+    remove_diagonal=None,
+    multi_label=False,
+):
+    b = _Rectangle(x, labels, "dot", normalize, sample_weight, ref_x, ref_labels, remove_diagonal, multi_label)
+    s = b.d
     kink = np.inf
-    for a in range(len(s)):
-        kept_p, kept_n = positives[a], negatives[a]
+    for a in range(b.n):
+        positives, negatives = b.positives[a], b.negatives[a]
+        kept_p, kept_n = positives, negatives
         if epsilon is not None:
-            hardest_p = min((s[a, p] for p in kept_p), default=np.inf)
-            hardest_n = max((s[a, q] for q in kept_n), default=-np.inf)
-            kept_n = [q for q in negatives[a] if s[a, q] + epsilon > hardest_p]
-            kept_p = [p for p in positives[a] if s[a, p] - epsilon < hardest_n]
-            kink = min([kink] + [abs(s[a, q] + epsilon - hardest_p) for q in negatives[a]])
-            kink = min([kink] + [abs(s[a, p] - epsilon - hardest_n) for p in positives[a]])
-        denominators[a] = 1
+            hardest_p = min((s[a, p] for p in positives), default=np.inf)
+            hardest_n = max((s[a, q] for q in negatives), default=-np.inf)
+            kept_n = [q for q in negatives if s[a, q] + epsilon > hardest_p]
+            kept_p = [p for p in positives if s[a, p] - epsilon < hardest_n]
+            kink = min([kink] + [abs(s[a, q] + epsilon - hardest_p) for q in negatives])
+            kink = min([kink] + [abs(s[a, p] - epsilon - hardest_n) for p in positives])
+        b.denominators[a] = 1
         for kept, scale in ((kept_p, -alpha), (kept_n, beta)):
             if not kept:
                 continue
             exponents = np.array([scale * (s[a, j] - base) for j in kept])
-            numerators[a] += _lse(np.append(exponents, 0.0)) / abs(scale)
+            b.numerators[a] += _lse(np.append(exponents, 0.0)) / abs(scale)
             shares = _softmax(np.append(exponents, 0.0))[:-1]
             for j, share in zip(kept, shares):
-                gradient_s[a, j] += share * np.sign(scale)
-    return _finish(x, "dot", normalize, numerators, denominators, gradient_s, weights, kink)
+                b.gradient_d[a, a, j] += share * np.sign(scale)
+    return b.finish(kink)
 
 
-def circle(x, labels, margin=0.4, gamma=80.0, normalize=True, sample_weight=None):
-    s, positives, negatives, weights, numerators, denominators, gradient_s = _start(
-        x, labels, "dot", normalize, sample_weight
-    )
-    for a in range(len(s)):
-        if not positives[a] or not negatives[a]:
+def circle(
+    x,
+    labels,
+    margin=0.4,
+    gamma=80.0,
+    normalize=True,
+    sample_weight=None,
+    *,
+    ref_x=None,
+    ref_labels=None,
+    remove_diagonal=None,
+    multi_label=False,
+):
+    b = _Rectangle(x, labels, "dot", normalize, sample_weight, ref_x, ref_labels, remove_diagonal, multi_label)
+    s = b.d
+    for a in range(b.n):
+        positives, negatives = b.positives[a], b.negatives[a]
+        if not positives or not negatives:
             continue
-        slope_p = [-gamma * max(1 + margin - s[a, p], 0.0) for p in positives[a]]
-        slope_n = [gamma * max(s[a, q] + margin, 0.0) for q in negatives[a]]
-        logits_p = [k * (s[a, p] - (1 - margin)) for k, p in zip(slope_p, positives[a])]
-        logits_n = [k * (s[a, q] - margin) for k, q in zip(slope_n, negatives[a])]
+        slope_p = [-gamma * max(1 + margin - s[a, p], 0.0) for p in positives]
+        slope_n = [gamma * max(s[a, q] + margin, 0.0) for q in negatives]
+        logits_p = [k * (s[a, p] - (1 - margin)) for k, p in zip(slope_p, positives)]
+        logits_n = [k * (s[a, q] - margin) for k, q in zip(slope_n, negatives)]
         total = _lse(logits_p) + _lse(logits_n)
-        numerators[a], denominators[a] = _softplus(total), 1
+        b.numerators[a], b.denominators[a] = _softplus(total), 1
         outer = _sigmoid(total)
-        for js, slopes, logits in ((positives[a], slope_p, logits_p), (negatives[a], slope_n, logits_n)):
+        for js, slopes, logits in ((positives, slope_p, logits_p), (negatives, slope_n, logits_n)):
             for j, k, share in zip(js, slopes, _softmax(logits)):
-                gradient_s[a, j] += outer * share * k
-    return _finish(x, "dot", normalize, numerators, denominators, gradient_s, weights, np.inf)
+                b.gradient_d[a, a, j] += outer * share * k
+    return b.finish(np.inf)
 
 
-def binomial_deviance(x, labels, alpha=2.0, threshold=0.5, cost=25.0, normalize=True, sample_weight=None):
-    s, positives, negatives, weights, numerators, denominators, gradient_s = _start(
-        x, labels, "dot", normalize, sample_weight
-    )
-    for a in range(len(s)):
-        if not positives[a] or not negatives[a]:
+def binomial_deviance(
+    x,
+    labels,
+    alpha=2.0,
+    threshold=0.5,
+    cost=25.0,
+    normalize=True,
+    sample_weight=None,
+    *,
+    ref_x=None,
+    ref_labels=None,
+    remove_diagonal=None,
+    multi_label=False,
+):
+    b = _Rectangle(x, labels, "dot", normalize, sample_weight, ref_x, ref_labels, remove_diagonal, multi_label)
+    s = b.d
+    for a in range(b.n):
+        positives, negatives = b.positives[a], b.negatives[a]
+        if not positives or not negatives:
             continue
-        denominators[a] = 1
-        for js, scale in ((positives[a], -alpha), (negatives[a], alpha * cost)):
+        b.denominators[a] = 1
+        for js, scale in ((positives, -alpha), (negatives, alpha * cost)):
             for j in js:
-                numerators[a] += _softplus(scale * (s[a, j] - threshold)) / len(js)
-                gradient_s[a, j] += scale * _sigmoid(scale * (s[a, j] - threshold)) / len(js)
-    return _finish(x, "dot", normalize, numerators, denominators, gradient_s, weights, np.inf)
+                b.numerators[a] += _softplus(scale * (s[a, j] - threshold)) / len(js)
+                b.gradient_d[a, a, j] += scale * _sigmoid(scale * (s[a, j] - threshold)) / len(js)
+    return b.finish(np.inf)
 
 
 def soft_nearest_neighbor(
-    x, labels, temperature=1.0, distance="squared_euclidean", normalize=False, sample_weight=None
+    x,
+    labels,
+    temperature=1.0,
+    distance="squared_euclidean",
+    normalize=False,
+    sample_weight=None,
+    *,
+    ref_x=None,
+    ref_labels=None,
+    remove_diagonal=None,
+    multi_label=False,
 ):
-    d, positives, negatives, weights, numerators, denominators, gradient_d = _start(
-        x, labels, distance, normalize, sample_weight
-    )
-    for a in range(len(d)):
-        if not positives[a]:
+    b = _Rectangle(x, labels, distance, normalize, sample_weight, ref_x, ref_labels, remove_diagonal, multi_label)
+    d = b.d
+    for a in range(b.n):
+        positives = b.positives[a]
+        if not positives:
             continue
-        candidates = positives[a] + negatives[a]
+        candidates = positives + b.negatives[a]
         logits = np.array([-d[a, j] / temperature for j in candidates])
-        own = logits[: len(positives[a])]
-        numerators[a], denominators[a] = _lse(logits) - _lse(own), 1
+        own = logits[: len(positives)]
+        b.numerators[a], b.denominators[a] = _lse(logits) - _lse(own), 1
         shares = _softmax(logits)
         shares[: len(own)] -= _softmax(own)
         for j, share in zip(candidates, shares):
-            gradient_d[a, j] -= share / temperature
-    return _finish(x, distance, normalize, numerators, denominators, gradient_d, weights, np.inf)
+            b.gradient_d[a, a, j] -= share / temperature
+    return b.finish(np.inf)
 
 
-def nca(x, labels, softmax_scale=1.0, distance="squared_euclidean", normalize=True, sample_weight=None):
-    return soft_nearest_neighbor(x, labels, 1.0 / softmax_scale, distance, normalize, sample_weight)
+def nca(
+    x,
+    labels,
+    softmax_scale=1.0,
+    distance="squared_euclidean",
+    normalize=True,
+    sample_weight=None,
+    *,
+    ref_x=None,
+    ref_labels=None,
+    remove_diagonal=None,
+    multi_label=False,
+):
+    """The soft nearest neighbour loss at temperature `1 / softmax_scale`."""
+    return soft_nearest_neighbor(
+        x,
+        labels,
+        1.0 / softmax_scale,
+        distance,
+        normalize,
+        sample_weight,
+        ref_x=ref_x,
+        ref_labels=ref_labels,
+        remove_diagonal=remove_diagonal,
+        multi_label=multi_label,
+    )
 
 
 def center(x, labels, centers, sample_weight=None):

@@ -1,42 +1,54 @@
-"""Every in-batch loss next to its NumPy reference, for the tests they share."""
+"""Every loss of `tfm.losses.registry.LOSSES` next to its NumPy reference, for the tests they share.
+
+The list of losses is the library's; this file only adds the references.
+`test_every_registered_loss_has_a_reference` fails for a loss added there
+without one here.
+"""
 
 import functools
+import inspect
 
-import tfmetric as tfm
+from tfmetric.losses.registry import LOSSES as REGISTRY
 
 import reference
 from conftest import check_against
 
+# The brute-force reference of each class (by the registry's function name).
+REFERENCES = {
+    "batch_hard_triplet": reference.batch_hard,
+    "batch_all_triplet": reference.batch_all,
+    "semi_hard_triplet": reference.semi_hard,
+    "lifted_structure": reference.lifted_structure,
+    "contrastive": reference.contrastive,
+    "margin_loss": reference.margin,
+    "npairs": reference.npairs,
+    "multi_similarity": reference.multi_similarity,
+    "circle": reference.circle,
+    "binomial_deviance": reference.binomial_deviance,
+    "soft_nearest_neighbor": reference.soft_nearest_neighbor,
+    "nca": reference.nca,
+}
+
+
+def _split(entry):
+    """(class, reference, arguments of the loss only, arguments of both) of a registry entry."""
+    ref = REFERENCES[entry.function.__name__]
+    accepted = inspect.signature(ref).parameters
+    shared = {name: value for name, value in entry.arguments.items() if name in accepted}
+    loss_only = {name: value for name, value in entry.arguments.items() if name not in accepted}
+    return entry.loss_class, ref, loss_only, shared
+
+
+# The deterministic configurations (distance-weighted sampling draws at random).
+_TESTED = {key: entry for key, entry in REGISTRY.items() if entry.deterministic}
 # kind: (loss class, reference, arguments of the loss only, arguments of both)
-# The triplet losses, and the lifted structured loss, which takes the same
-# arguments (margin, distance, normalize) and shares their tests.
-TRIPLET_LOSSES = {
-    "batch_hard": (tfm.BatchHardTriplet, reference.batch_hard, {}, {}),
-    "batch_hard_soft": (tfm.BatchHardTriplet, reference.batch_hard, {}, {"soft": True}),
-    "batch_all_nonzero": (tfm.BatchAllTriplet, reference.batch_all, {}, {"average": "nonzero"}),
-    "batch_all_all": (tfm.BatchAllTriplet, reference.batch_all, {}, {"average": "all"}),
-    "semi_hard": (tfm.SemiHardTriplet, reference.semi_hard, {}, {}),
-    "lifted_structure": (tfm.LiftedStructure, reference.lifted_structure, {}, {}),
-}
-PAIR_LOSSES = {
-    "contrastive_all": (tfm.Contrastive, reference.contrastive, {}, {"negatives": "all"}),
-    "contrastive_hard": (tfm.Contrastive, reference.contrastive, {}, {"negatives": "hard"}),
-    "margin_all": (tfm.MarginLoss, reference.margin, {"sampling": "all"}, {}),
-}
+# The triplet family takes the same arguments (margin, distance, normalize)
+# and shares its tests; so do the contrastive and margin families.
+TRIPLET_LOSSES = {key: _split(entry) for key, entry in _TESTED.items() if entry.family == "triplet"}
+PAIR_LOSSES = {key: _split(entry) for key, entry in _TESTED.items() if entry.family in ("contrastive", "margin")}
 LOSSES = {**TRIPLET_LOSSES, **PAIR_LOSSES}
-# The losses on similarities and soft neighbourhoods, with the arguments
-# their random tests draw from.
-SOFT_LOSSES = {
-    "npairs": (tfm.NPairs, reference.npairs, {}, {}),
-    "multi_similarity": (tfm.MultiSimilarity, reference.multi_similarity, {}, {}),
-    "multi_similarity_mined": (tfm.MultiSimilarity, reference.multi_similarity, {}, {"epsilon": 0.1}),
-    "circle": (tfm.Circle, reference.circle, {}, {}),
-    "binomial_deviance": (tfm.BinomialDeviance, reference.binomial_deviance, {}, {}),
-    "soft_nearest_neighbor": (tfm.SoftNearestNeighbor, reference.soft_nearest_neighbor, {}, {}),
-    "nca": (tfm.NCA, reference.nca, {}, {}),
-}
-
-
+# The losses on similarities and soft neighbourhoods.
+SOFT_LOSSES = {key: _split(entry) for key, entry in _TESTED.items() if entry.family in ("similarity", "neighbourhood")}
 ALL_LOSSES = {**LOSSES, **SOFT_LOSSES}
 
 

@@ -27,9 +27,15 @@ def table_rows(output, first_column):
 
 
 def test_losses_benchmark():
-    output = run("losses.py", "--sizes", "16", "--min-seconds", "0", "--losses", "LiftedStructure")
+    output = run("losses.py", "--sizes", "16", "--min-seconds", "0", "--losses", "lifted_structure")
     assert "error" not in output
-    assert len(table_rows(output, "LiftedStructure")) == 2  # without and with XLA
+    assert len(table_rows(output, "lifted_structure")) == 2  # without and with XLA
+
+
+def test_memory_benchmark():
+    output = run("losses.py", "--sizes", "16", "--min-seconds", "0", "--memory", "32")
+    assert "error" not in output
+    assert len(table_rows(output, "xbm")) == 6  # three losses, without and with XLA
 
 
 def test_peers_benchmark_without_peers():
@@ -42,7 +48,7 @@ def test_peers_benchmark_without_peers():
 
 def test_training_step_benchmark():
     output = run(
-        "training_step.py", "--batch", "16", "--image", "8", "--min-seconds", "0", "--losses", "BatchHardTriplet"
+        "training_step.py", "--batch", "16", "--image", "8", "--min-seconds", "0", "--losses", "batch_hard"
     )
-    rows = table_rows(output, "BatchHardTriplet")
+    rows = table_rows(output, "batch_hard")
     assert len(rows) == 2 and all(row[-1].endswith("%") for row in rows)

@@ -37,6 +37,20 @@ def test_retrieval_evaluation_logs_the_metrics_every_n_epochs():
     assert history["val_recall@5"][-1] == pytest.approx(want["recall@5"])
 
 
+def test_retrieval_evaluation_with_multi_hot_labels():
+    keras.utils.set_random_seed(0)
+    x, y = clustered(n=48)
+    # A second tag on every third example.
+    tags = np.eye(6)[y]
+    tags[::3, 0] = 1
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+    model.compile(optimizer="adam", loss=tfm.Contrastive(multi_label=True))
+    callback = tfm.callbacks.RetrievalEvaluation(x, tags, k=(1,), multi_label=True)
+    history = model.fit(x, tags, batch_size=16, epochs=1, verbose=0, callbacks=[callback]).history
+    want = tfm.evaluation.retrieval_metrics(model.predict(x, verbose=0), tags, k=(1,), nmi=False, multi_label=True)
+    assert history["val_map@r"][-1] == pytest.approx(want["map@r"])
+
+
 def test_collapse_is_reported_plainly():
     x, y = clustered()
     model = keras.Sequential(

@@ -6,10 +6,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import tfmetric as tfm
+from tfmetric.losses.registry import LOSSES as REGISTRY
 
 import reference
 from conftest import BACKEND, FIT_JIT_COMPILE, no_warnings, tensor, value_and_grad, variable_gradient
-from registry import LOSSES, SOFT_LOSSES, loss_and_reference
+from registry import ALL_LOSSES, loss_and_reference
 
 # ---------------------------------------------------------------- CenterLoss
 
@@ -94,22 +95,12 @@ def test_center_loss_edges():
 # ---------------------------------------------------------------- CrossBatchMemory
 
 # The wrapped losses checked against their references on the union batch.
-WRAPPED = [
-    "contrastive_all",
-    "batch_hard",
-    "semi_hard",
-    "batch_all_nonzero",
-    "lifted_structure",
-    "margin_all",
-    "multi_similarity",
-    "npairs",
-    "soft_nearest_neighbor",
-    "circle",
-]
+# Every loss class of the registry once (its first deterministic configuration).
+WRAPPED = sorted({REGISTRY[kind].loss_class: kind for kind in reversed(list(ALL_LOSSES))}.values())
 if BACKEND == "jax":
     # Un-jitted (the memory assigns variables), every JAX operation compiles
-    # for every shape: one loss checks the memory's mechanics there, the one
-    # whose positive slots sort the empty slots' NaN labels.
+    # for every shape: one loss checks the memory's mechanics there, one
+    # whose positive slots visit the memory's rows.
     WRAPPED = ["semi_hard"]
 
 
@@ -120,13 +111,16 @@ def batches(seed, sizes, dim=4, num_classes=5):
 
 
 def union_reference(kind, x, labels, memory_x, memory_labels):
-    """The reference loss of the batch's anchors over the batch and the memory, and its gradient for the batch."""
+    """The reference loss of the batch's queries against batch ∪ memory, and its gradient for the batch.
+
+    The batch is both the queries and the reference's first rows (no query
+    its own pair); the memory's rows are constants.
+    """
     ref = loss_and_reference(kind)[1]
     all_x = np.concatenate([x, memory_x]).astype("float64") if len(memory_x) else x.astype("float64")
     all_labels = np.concatenate([labels, memory_labels]) if len(memory_labels) else labels
-    weights = np.concatenate([np.ones(len(x)), np.zeros(len(memory_x))])
-    want = ref(all_x, all_labels, sample_weight=weights)
-    return want, want.grad[: len(x)]
+    want = ref(x.astype("float64"), labels, ref_x=all_x, ref_labels=all_labels, remove_diagonal=True)
+    return want, want.grad + want.ref_grad[: len(x)]
 
 
 @pytest.mark.parametrize("kind", WRAPPED)
@@ -243,7 +237,7 @@ def test_memory_config_and_errors():
 
 def test_every_in_batch_loss_can_be_wrapped():
     x, labels = next(batches(2, [12]))
-    for kind in sorted({**LOSSES, **SOFT_LOSSES}):
+    for kind in sorted(ALL_LOSSES):
         loss = tfm.CrossBatchMemory(loss_and_reference(kind)[0], memory_size=24)
         for _ in range(3 if BACKEND == "tensorflow" else 1):
             value, grad = value_and_grad(lambda e: keras.ops.sum(loss.call(labels, e)), x, stateful=True)

@@ -141,8 +141,12 @@ def test_errors_name_the_numbers():
         tfm.data.pk_sampler(x[:-1], y, 4, 3)
     with pytest.raises(ValueError, match="integer"):
         tfm.data.pk_sampler(x, y + 0.5, 4, 3)
-    with pytest.raises(ValueError, match="one integer label"):
+    with pytest.raises(ValueError, match="one class id per example.*multi-hot"):
         tfm.data.pk_sampler(x, np.eye(600), 4, 3)
+    with pytest.raises(ValueError, match="one class id per example.*SparseTensor"):
+        tfm.data.pk_sampler(x, tf.sparse.from_dense(np.eye(600)), 4, 3)
+    with pytest.raises(ValueError, match="one integer label"):
+        tfm.data.pk_sampler(x, np.zeros((600, 1, 1)), 4, 3)
 
 
 def test_fit_with_a_triplet_loss():

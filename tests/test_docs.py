@@ -7,12 +7,12 @@ import pytest
 import tfmetric.distances
 import tfmetric.evaluation
 import tfmetric.losses.center
-import tfmetric.losses.contrastive
+import tfmetric.losses.contrastive_loss
 import tfmetric.losses.lifted
 import tfmetric.losses.margin
 import tfmetric.losses.memory
+import tfmetric.losses.n_pairs
 import tfmetric.losses.neighbours
-import tfmetric.losses.npairs
 import tfmetric.losses.offline
 import tfmetric.losses.similarity
 import tfmetric.losses.triplet
@@ -26,10 +26,10 @@ import tfmetric.recurrent
         tfmetric.evaluation,
         tfmetric.losses.triplet,
         tfmetric.losses.offline,
-        tfmetric.losses.contrastive,
+        tfmetric.losses.contrastive_loss,
         tfmetric.losses.lifted,
         tfmetric.losses.margin,
-        tfmetric.losses.npairs,
+        tfmetric.losses.n_pairs,
         tfmetric.losses.similarity,
         tfmetric.losses.neighbours,
         tfmetric.losses.center,

@@ -8,6 +8,13 @@ import tfmetric as tfm
 import tfmetric.evaluation
 
 
+def _shares_a_label(a, b):
+    """Same class id, or for multi-hot rows at least one label in common."""
+    if np.ndim(a):
+        return any(x and y for x, y in zip(a, b))
+    return a == b
+
+
 def brute_force(queries, labels, references, reference_labels, ks, distance, leave_one_out):
     scored, p1, recall, r_prec, ap = 0, 0.0, {k: 0.0 for k in ks}, 0.0, 0.0
     for q in range(len(queries)):
@@ -23,7 +30,7 @@ def brute_force(queries, labels, references, reference_labels, ks, distance, lea
                 return 1.0
             return max(1.0 - float(a @ b) / (na * nb), 0.0)
         ranked = sorted(candidates, key=lambda i: (round(dist(i), 9), i))
-        relevant = [reference_labels[i] == labels[q] for i in ranked]
+        relevant = [_shares_a_label(reference_labels[i], labels[q]) for i in ranked]
         r = sum(relevant)
         if r == 0:
             continue
@@ -70,6 +77,48 @@ def test_matches_brute_force(n, m, dim, num_classes, seed, distance, leave_one_o
     if want["queries"]:
         for name, value in want.items():
             assert got[name] == pytest.approx(value, abs=1e-12), name
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 20),
+    m=st.integers(1, 20),
+    num_classes=st.integers(1, 4),
+    seed=st.integers(0, 2**31),
+    leave_one_out=st.booleans(),
+)
+def test_multi_label_matches_brute_force(n, m, num_classes, seed, leave_one_out):
+    rng = np.random.default_rng(seed)
+    queries = rng.integers(-2, 3, size=(n, 2)).astype(float)
+    # Some rows with several labels, some with none.
+    labels = (rng.random((n, num_classes)) < 0.4).astype(int)
+    if leave_one_out:
+        references, reference_labels = queries, labels
+        got = tfm.evaluation.retrieval_metrics(queries, labels, k=(1, 3), nmi=False, multi_label=True)
+    else:
+        references = rng.integers(-2, 3, size=(m, 2)).astype(float)
+        reference_labels = (rng.random((m, num_classes)) < 0.4).astype(int)
+        got = tfm.evaluation.retrieval_metrics(
+            queries, labels, references, reference_labels, k=(1, 3), nmi=False, multi_label=True
+        )
+    want = brute_force(queries, labels, references, reference_labels, (1, 3), "euclidean", leave_one_out)
+    assert got["queries"] == want["queries"]
+    if want["queries"]:
+        for name, value in want.items():
+            assert got[name] == pytest.approx(value, abs=1e-12), name
+
+
+def test_multi_label_one_hot_rows_are_class_ids_and_errors():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(30, 3)), rng.integers(0, 4, size=30)
+    want = tfm.evaluation.retrieval_metrics(x, y, nmi=False)
+    assert tfm.evaluation.retrieval_metrics(x, np.eye(4)[y], nmi=False, multi_label=True) == want
+    with pytest.raises(ValueError, match="nmi=False"):
+        tfm.evaluation.retrieval_metrics(x, np.eye(4)[y], multi_label=True)
+    with pytest.raises(ValueError, match="0/1 matrix"):
+        tfm.evaluation.retrieval_metrics(x, y, nmi=False, multi_label=True)
+    with pytest.raises(ValueError, match="4 classes against reference labels with 3"):
+        tfm.evaluation.retrieval_metrics(x, np.eye(4)[y], x, np.eye(3)[y % 3], nmi=False, multi_label=True)
 
 
 def test_blocks_give_the_same_answer(monkeypatch):

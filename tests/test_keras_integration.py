@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import tfmetric as tfm
+from tfmetric.losses.registry import LOSSES as REGISTRY
 
 from conftest import BACKEND, FIT_JIT_COMPILE
 
@@ -37,10 +38,11 @@ def grouped(x, y, batch_size=24):
     return x[order], y[order]
 
 
-# Every loss as each backend's users fit by default (XLA on TensorFlow, Keras'
-# "auto"); the semi-hard loop and the random sampling in a TensorFlow graph
-# without XLA too.
-FITS = [(loss, FIT_JIT_COMPILE[-1]) for loss in LOSSES]
+# Every loss of the registry, and the configurations above, as each
+# backend's users fit by default (XLA on TensorFlow, Keras' "auto"); the
+# semi-hard loop and the random sampling in a TensorFlow graph without XLA too.
+FITS = [(entry.build(margin=0.5), FIT_JIT_COMPILE[-1]) for entry in REGISTRY.values() if not entry.variant]
+FITS += [(loss, FIT_JIT_COMPILE[-1]) for loss in LOSSES[1:3]]
 FITS += [(LOSSES[i], False) for i in (3, 5) if BACKEND == "tensorflow"]
 
 

@@ -190,7 +190,7 @@ def sampled_counts(x, labels, seed, cutoff=0.5, nonzero_loss_cutoff=1.4):
         positive, negative = label_masks(labels)
         log_weights = distance_weighted_log_weights(distances, negative, x.shape[1], cutoff, nonzero_loss_cutoff)
         uniforms = keras.random.uniform((len(labels), 32), seed=seed)
-        return sample_negative_counts(log_weights, labels, positive, uniforms)
+        return sample_negative_counts(log_weights, positive, uniforms)
 
     if BACKEND == "jax":
         import jax

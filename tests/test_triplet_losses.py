@@ -294,7 +294,9 @@ def test_batch_hard_terms_on_a_distance_matrix_match_the_loss():
     labels = np.repeat(np.arange(6), 4)
 
     def from_matrix(x):
-        losses, valid = tfm.losses.batch_hard_triplet_terms(tfm.distances.pairwise_distance(x), labels, margin=0.5)
+        positive, negative = tfm.mining.label_masks(keras.ops.convert_to_tensor(labels))
+        distances = tfm.distances.pairwise_distance(x)
+        losses, valid = tfm.losses.batch_hard_triplet_terms(distances, positive, negative, margin=0.5)
         return keras.ops.sum(losses) / keras.ops.sum(valid)
 
     expected_value, expected_gradient = value_and_grad(from_matrix, x)

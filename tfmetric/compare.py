@@ -1,25 +1,22 @@
 """`tfmetric compare`: softmax vs siamese vs triplet vs online mining, in 2-D.
 
 The siamese/triplet study, on the bundled digits (or MNIST/Fashion-MNIST
-online): one small encoder with a 2-D output, trained seventeen ways —
+online): one small encoder with a 2-D output, trained in each of `METHODS` —
 
 - softmax: a classifier; its penultimate (2-D) layer is the embedding;
 - softmax + center loss: the same, with `CenterLoss` on the embedding;
 - siamese: `PairContrastive` on random pairs, half similar (offline);
 - triplet: `TripletLoss` on random triplets (offline);
-- online contrastive, hard negatives: `Contrastive(negatives="hard")`;
-- online triplets: `BatchHardTriplet`, `BatchAllTriplet`, `SemiHardTriplet`;
-- lifted structured loss: `LiftedStructure`;
-- margin loss: `MarginLoss` with distance-weighted sampling and learned β;
-- `NPairs`, `MultiSimilarity`, `Circle`, `BinomialDeviance`,
-  `SoftNearestNeighbor`, `NCA`;
-- cross-batch memory: `Contrastive` mined against the last 256 embeddings;
+- every loss class of `tfm.losses.registry.LOSSES` once (its main
+  configuration), mined online from P×K batches;
+- cross-batch memory: `Contrastive` mined against the last 256 embeddings.
 
-the online ones on P×K batches. For each it reports the held-out 1-NN
-accuracy (training set as reference), precision@1 and MAP@R (leave-one-out
-among held-out points), and draws the 2-D held-out embeddings.
+For each it reports the held-out 1-NN accuracy (training set as reference),
+precision@1 and MAP@R (leave-one-out among held-out points), and draws the
+2-D held-out embeddings.
 """
 
+import functools
 import os
 
 import keras
@@ -30,41 +27,14 @@ from tfmetric.datasets import load
 from tfmetric.demo import embedding_network, nearest_neighbour_accuracy
 from tfmetric.evaluation import retrieval_metrics
 from tfmetric.layers import PairDistance
-from tfmetric.losses import (
-    NCA,
-    BatchAllTriplet,
-    BatchHardTriplet,
-    BinomialDeviance,
-    CenterLoss,
-    Circle,
-    Contrastive,
-    CrossBatchMemory,
-    LiftedStructure,
-    MarginLoss,
-    MultiSimilarity,
-    NPairs,
-    PairContrastive,
-    SemiHardTriplet,
-    SoftNearestNeighbor,
-    TripletLoss,
-)
+from tfmetric.losses import CenterLoss, Contrastive, CrossBatchMemory, PairContrastive, TripletLoss
+from tfmetric.losses.registry import LOSSES
 from tfmetric.plots import scatter
 
 # In a free 2-D space, a margin of 1 leaves the classes room.
 MARGIN = 1.0
 ONLINE = {
-    "online contrastive (hard)": lambda: Contrastive(margin=MARGIN, negatives="hard"),
-    "batch-hard triplet": lambda: BatchHardTriplet(margin=MARGIN),
-    "batch-all triplet": lambda: BatchAllTriplet(margin=MARGIN),
-    "semi-hard triplet": lambda: SemiHardTriplet(margin=MARGIN),
-    "lifted structure": lambda: LiftedStructure(margin=MARGIN),
-    "margin loss (dw)": lambda: MarginLoss(margin=0.2, beta=1.2, learn_beta=True),
-    "n-pairs": lambda: NPairs(),
-    "multi-similarity": lambda: MultiSimilarity(),
-    "circle": lambda: Circle(),
-    "binomial deviance": lambda: BinomialDeviance(),
-    "soft nearest neighbour": lambda: SoftNearestNeighbor(),
-    "nca": lambda: NCA(),
+    **{entry.title: functools.partial(entry.build, margin=MARGIN) for entry in LOSSES.values() if not entry.variant},
     "cross-batch memory": lambda: CrossBatchMemory(Contrastive(margin=MARGIN), memory_size=256, embedding_dim=2),
 }
 # The weight λ of the center loss next to the softmax loss (the paper's range).

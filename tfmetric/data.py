@@ -141,9 +141,20 @@ def pk_sampler(
 
 
 def _check_labels(y):
+    if hasattr(y, "dense_shape"):
+        raise ValueError(
+            "The P×K sampler needs one class id per example; received a SparseTensor (multi-label data). "
+            "Sample multi-label batches with tf.data.Dataset.shuffle().batch() instead."
+        )
     labels = np.asarray(y)
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
+    if labels.ndim == 2:
+        raise ValueError(
+            f"The P×K sampler needs one class id per example; received labels of shape {labels.shape} "
+            "(multi-hot rows?). P classes × K examples has no meaning when an example has several labels: "
+            "sample multi-label batches with tf.data.Dataset.shuffle().batch() instead."
+        )
     if labels.ndim != 1:
         raise ValueError(f"y must hold one integer label per example; received shape {labels.shape}.")
     if not np.issubdtype(labels.dtype, np.integer):

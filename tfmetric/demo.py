@@ -8,7 +8,6 @@ metrics every epoch), and prints the held-out 1-NN accuracy and recall@1
 before and after training.
 """
 
-import functools
 import os
 
 import keras
@@ -16,25 +15,8 @@ import keras
 from tfmetric.data import pk_sampler
 from tfmetric.datasets import load
 from tfmetric.evaluation import retrieval_metrics
-from tfmetric.losses import (
-    BatchAllTriplet,
-    BatchHardTriplet,
-    Contrastive,
-    LiftedStructure,
-    MarginLoss,
-    SemiHardTriplet,
-)
+from tfmetric.losses.registry import LOSSES
 from tfmetric.metrics import ActiveTripletFraction
-
-LOSSES = {
-    "batch_hard": BatchHardTriplet,
-    "batch_all": BatchAllTriplet,
-    "semi_hard": SemiHardTriplet,
-    "contrastive": Contrastive,
-    "contrastive_hard": functools.partial(Contrastive, negatives="hard"),
-    "lifted": LiftedStructure,
-    "margin": functools.partial(MarginLoss, learn_beta=True),
-}
 
 
 def nearest_neighbour_accuracy(reference, reference_labels, queries, query_labels):
@@ -67,7 +49,8 @@ def watchers(log_dir, x_test, y_test, image_shape):
 def run(loss="batch_hard", epochs=15, margin=0.5, seed=0, dataset="digits", log_dir=None, verbose=1, limit=None):
     """Trains, reports, and returns the figures as a dict.
 
-    `log_dir` defaults to `tfmetric-logs/demo-<dataset>-<loss>`; `limit` keeps
+    `loss` is a key of `tfm.losses.registry.LOSSES`; `margin` applies to
+    the losses whose margin is on distances. `log_dir` defaults to `tfmetric-logs/demo-<dataset>-<loss>`; `limit` keeps
     the first examples of each split (for quick runs).
     """
     keras.utils.set_random_seed(seed)
@@ -76,7 +59,7 @@ def run(loss="batch_hard", epochs=15, margin=0.5, seed=0, dataset="digits", log_
     model = embedding_network(x_train.shape[1], 32, name=f"{dataset}_embedding")
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
-        loss=LOSSES[loss](margin=margin),
+        loss=LOSSES[loss].build(margin=margin),
         metrics=[ActiveTripletFraction(margin=margin)],
     )
 

@@ -82,28 +82,34 @@ def _power_of_two_scale(x):
     return ops.power(ops.full_like(exponent, 2.0), exponent)
 
 
-def _scaled_squared_euclidean(x):
-    """Returns `(d2, scale)` with `scale**2 * d2` the squared distances.
+def _scaled_squared_euclidean(x, ref=None):
+    """Returns `(d2, scale)` with `scale**2 * d2` the squared distances from `x` to `ref` (or `x`).
 
-    Distances do not change under translation, so the batch is moved to put
-    its first row at the origin before the `|a|² + |b|² − 2a·b` expansion:
-    the cancellation error is then relative to the spread of the batch, not
-    to its distance from the origin. (The first row rather than the mean:
-    subtracting a nearby float is exact, so equal distances stay equal.)
-    Batches of extreme magnitude are divided by a power of two, exactly, so
-    that their squares neither overflow nor underflow. Both are constants
+    Distances do not change under translation, so both sets are moved to put
+    the first row of `x` at the origin before the `|a|² + |b|² − 2a·b`
+    expansion: the cancellation error is then relative to the spread of the
+    rows, not to their distance from the origin. (The first row rather than
+    the mean: subtracting a nearby float is exact, so equal distances stay
+    equal.) Rows of extreme magnitude are divided by a power of two, exactly,
+    so that their squares neither overflow nor underflow. Both are constants
     for the gradient, which is exact for the original input.
     """
-    x = x - ops.stop_gradient(x[:1])
-    scale = _power_of_two_scale(x)
+    origin = ops.stop_gradient(x[:1])
+    x = x - origin
+    if ref is None:
+        scale = _power_of_two_scale(x)
+    else:
+        ref = ref - origin
+        scale = ops.maximum(_power_of_two_scale(x), _power_of_two_scale(ref))
     x = x / scale
-    square_norms = ops.sum(ops.square(x), axis=1)
+    y = x if ref is None else ref / scale
     d2 = (
-        square_norms[:, None]
-        + square_norms[None, :]
-        - 2.0 * ops.matmul(x, ops.transpose(x))
+        ops.sum(ops.square(x), axis=1)[:, None]
+        + ops.sum(ops.square(y), axis=1)[None, :]
+        - 2.0 * ops.matmul(x, ops.transpose(y))
     )
-    return _zero_diagonal(_clip_at_zero(d2)), scale
+    d2 = _clip_at_zero(d2)
+    return (_zero_diagonal(d2) if ref is None else d2), scale
 
 
 def _safe_sqrt(x):
@@ -113,7 +119,7 @@ def _safe_sqrt(x):
     return ops.where(positive, ops.sqrt(safe), ops.zeros_like(x))
 
 
-def pairwise_distance(x, distance="euclidean", normalize=False):
+def pairwise_distance(x, distance="euclidean", normalize=False, *, ref_embeddings=None):
     """Computes the `(N, N)` matrix of distances between the rows of `x`.
 
     | `distance` | value for rows a, b |
@@ -122,7 +128,9 @@ def pairwise_distance(x, distance="euclidean", normalize=False):
     | `"squared_euclidean"` | `‖a − b‖₂²` |
     | `"cosine"` | `max(1 − cos(a, b), 0)` |
 
-    The diagonal is exactly zero. The gradient is finite everywhere,
+    With `ref_embeddings` `(R, D)`, the `(N, R)` rectangle of distances from
+    every row of `x` to every reference row instead. The diagonal of the
+    square matrix is exactly zero. The gradient is finite everywhere,
     including where two rows coincide (it is 0 there for `"euclidean"`).
     float16 and bfloat16 inputs are computed in float32; float64 stays
     float64.
@@ -131,9 +139,10 @@ def pairwise_distance(x, distance="euclidean", normalize=False):
         x: Embeddings of shape `(N, D)`.
         distance: One of `"euclidean"`, `"squared_euclidean"`, `"cosine"`.
         normalize: Whether to L2-normalise the rows before the distance.
+        ref_embeddings: Optional reference embeddings of shape `(R, D)`.
 
     Returns:
-        A float tensor of shape `(N, N)`.
+        A float tensor of shape `(N, N)`, or `(N, R)`.
 
     Example:
 
@@ -143,25 +152,41 @@ def pairwise_distance(x, distance="euclidean", normalize=False):
     [[0.0, 5.0], [5.0, 0.0]]
     """
     check_distance(distance)
-    x = as_embeddings(x)
+    x, ref = _with_reference(x, ref_embeddings)
     if normalize or distance == "cosine":
         x = l2_normalize(x)
+        ref = None if ref is None else l2_normalize(ref)
     if distance == "cosine":
-        cosine = 1.0 - ops.matmul(x, ops.transpose(x))
-        return _zero_diagonal(_clip_at_zero(cosine))
-    d2, scale = _scaled_squared_euclidean(x)
+        cosine = _clip_at_zero(1.0 - ops.matmul(x, ops.transpose(x if ref is None else ref)))
+        return _zero_diagonal(cosine) if ref is None else cosine
+    d2, scale = _scaled_squared_euclidean(x, ref)
     if distance == "squared_euclidean":
         return d2 * ops.square(scale)
     return _safe_sqrt(d2) * scale
 
 
-def pairwise_similarity(x, normalize=True):
+def _with_reference(x, ref):
+    """`x` and `ref` (or None) as embeddings of one dtype and one size."""
+    x = as_embeddings(x)
+    if ref is None:
+        return x, None
+    ref = ops.cast(as_embeddings(ref), x.dtype)
+    if x.shape[-1] is not None and ref.shape[-1] is not None and x.shape[-1] != ref.shape[-1]:
+        raise ValueError(
+            f"Embeddings of size {x.shape[-1]} against reference embeddings of size {ref.shape[-1]}."
+        )
+    return x, ref
+
+
+def pairwise_similarity(x, normalize=True, *, ref_embeddings=None):
     """The `(N, N)` matrix of dot products between the rows of `x`.
 
     With `normalize` (the default) the rows are L2-normalised first: the
     cosine similarity, in [−1, 1]. The similarity losses (`MultiSimilarity`,
     `Circle`, `BinomialDeviance`, `NPairs`) start from it, as the distance
-    losses start from `pairwise_distance`. Computed in at least float32.
+    losses start from `pairwise_distance`. With `ref_embeddings` `(R, D)`,
+    the `(N, R)` similarities to the reference rows. Computed in at least
+    float32.
 
     Example:
 
@@ -170,10 +195,11 @@ def pairwise_similarity(x, normalize=True):
     >>> [[round(float(v), 2) for v in row] for row in s]
     [[1.0, 0.8], [0.8, 1.0]]
     """
-    x = as_embeddings(x)
+    x, ref = _with_reference(x, ref_embeddings)
     if normalize:
         x = l2_normalize(x)
-    return ops.matmul(x, ops.transpose(x))
+        ref = None if ref is None else l2_normalize(ref)
+    return ops.matmul(x, ops.transpose(x if ref is None else ref))
 
 
 def paired_distance(a, b, distance="euclidean", normalize=False):

@@ -7,7 +7,9 @@ reference set each point queries all the others (leave-one-out). The
 distances are computed block by block, so 100 000 points fit in memory.
 
 Queries whose class has no other example among the references cannot be
-scored and are left out of every average (their number is reported).
+scored and are left out of every average (their number is reported). With
+`multi_label=True` the labels are 0/1 rows `(N, C)` and a neighbour is
+relevant when it shares at least one label with the query.
 """
 
 import numpy as np
@@ -22,7 +24,14 @@ _BLOCK_ENTRIES = 2**24
 
 
 def retrieval_metrics(
-    embeddings, labels, reference=None, reference_labels=None, k=(1, 5, 10), distance="euclidean", nmi=True
+    embeddings,
+    labels,
+    reference=None,
+    reference_labels=None,
+    k=(1, 5, 10),
+    distance="euclidean",
+    nmi=True,
+    multi_label=False,
 ):
     """Retrieval metrics of `embeddings` against a reference set (or each other).
 
@@ -44,7 +53,11 @@ def retrieval_metrics(
         reference_labels: Labels of `reference`.
         k: The k of `recall@k`.
         distance: `"euclidean"`, `"squared_euclidean"` or `"cosine"`.
-        nmi: Also compute NMI (needs scikit-learn, the `[viz]` extra).
+        nmi: Also compute NMI (needs scikit-learn, the `[viz]` extra; one
+            class per example, so not with `multi_label`).
+        multi_label: `labels` and `reference_labels` are 0/1 rows `(N, C)`
+            (or `tf.SparseTensor`s); "same label" above then means "at
+            least one shared label".
 
     Returns:
         A dict of floats, plus `"queries"` (how many were scored).
@@ -58,21 +71,28 @@ def retrieval_metrics(
     [0.6, 0.8, 0.6, 0.6]
     """
     queries = np.asarray(embeddings, np.float64)
-    query_labels = np.asarray(labels).reshape(-1)
+    query_labels = _labels(labels, multi_label)
     if queries.ndim != 2 or len(queries) != len(query_labels):
         raise ValueError(
             f"embeddings must be (N, D) with one label each; received {queries.shape} and {query_labels.shape}."
         )
+    if multi_label and nmi:
+        raise ValueError("NMI compares one class per example with clusters: pass nmi=False with multi_label.")
     leave_one_out = reference is None
     if leave_one_out:
         references, reference_labels = queries, query_labels
     else:
         references = np.asarray(reference, np.float64)
-        reference_labels = np.asarray(reference_labels).reshape(-1)
+        reference_labels = _labels(reference_labels, multi_label)
         if references.ndim != 2 or references.shape[1] != queries.shape[1] or len(references) != len(reference_labels):
             raise ValueError(
                 f"reference must be (M, {queries.shape[1]}) with one label each; received "
                 f"{references.shape} and {reference_labels.shape}."
+            )
+        if multi_label and reference_labels.shape[1] != query_labels.shape[1]:
+            raise ValueError(
+                f"Multi-hot labels with {query_labels.shape[1]} classes against reference labels with "
+                f"{reference_labels.shape[1]}."
             )
     distance = check_distance(distance)
     ks = tuple(sorted({int(value) for value in np.atleast_1d(k)}))
@@ -80,12 +100,18 @@ def retrieval_metrics(
         raise ValueError(f"k must hold positive integers; received {k}.")
     depths = tuple(sorted(set(ks) | {1}))
 
-    classes, reference_ids = np.unique(reference_labels, return_inverse=True)
-    class_sizes = np.bincount(reference_ids, minlength=len(classes))
-    position = np.minimum(np.searchsorted(classes, query_labels), len(classes) - 1)
-    relevant_counts = np.where(classes[position] == query_labels, class_sizes[position], 0)
-    if leave_one_out:
-        relevant_counts = relevant_counts - 1
+    if multi_label:
+        relevant_counts = _shared_label_counts(query_labels, reference_labels)
+        if leave_one_out:
+            # A query with a label shares it with itself, which is no neighbour.
+            relevant_counts = relevant_counts - query_labels.any(axis=1)
+    else:
+        classes, reference_ids = np.unique(reference_labels, return_inverse=True)
+        class_sizes = np.bincount(reference_ids, minlength=len(classes))
+        position = np.minimum(np.searchsorted(classes, query_labels), len(classes) - 1)
+        relevant_counts = np.where(classes[position] == query_labels, class_sizes[position], 0)
+        if leave_one_out:
+            relevant_counts = relevant_counts - 1
     scored = relevant_counts > 0
     available = len(references) - (1 if leave_one_out else 0)
     depth = min(max(depths[-1], int(relevant_counts.max(initial=0))), available)
@@ -99,7 +125,12 @@ def retrieval_metrics(
         d = _distances(queries[rows], references, distance)
         if leave_one_out:
             d[np.arange(len(rows)), rows] = np.inf
-        relevant = reference_labels[_nearest(d, depth)] == query_labels[rows, None]
+        nearest = _nearest(d, depth)
+        if multi_label:
+            shared = query_labels[rows, None, :] & reference_labels[nearest]
+            relevant = shared.any(axis=2)
+        else:
+            relevant = reference_labels[nearest] == query_labels[rows, None]
         for value in depths:
             hits_at[value][rows] = relevant[:, :value].any(axis=1)
         r = relevant_counts[rows]
@@ -123,6 +154,33 @@ def retrieval_metrics(
         metrics["nmi"] = normalized_mutual_information(queries, query_labels)
     metrics["queries"] = count
     return metrics
+
+
+def _labels(labels, multi_label):
+    """Class ids `(N,)`, or with `multi_label` boolean rows `(N, C)` (a `tf.SparseTensor` densified)."""
+    if not multi_label:
+        return np.asarray(labels).reshape(-1)
+    if hasattr(labels, "dense_shape"):
+        import tensorflow as tf
+
+        labels = tf.sparse.to_dense(labels)
+    values = np.asarray(labels)
+    if values.ndim != 2 or not np.all((values == 0) | (values == 1)):
+        raise ValueError(
+            f"Multi-label targets must be a (N, num_classes) 0/1 matrix; received shape {values.shape}."
+        )
+    return values.astype(bool)
+
+
+def _shared_label_counts(query_labels, reference_labels):
+    """For every query, how many references share at least one label with it (block by block)."""
+    counts = np.zeros(len(query_labels), np.int64)
+    references = reference_labels.astype(np.float64)
+    block = max(1, _BLOCK_ENTRIES // max(len(reference_labels), 1))
+    for start in range(0, len(query_labels), block):
+        rows = slice(start, start + block)
+        counts[rows] = ((query_labels[rows].astype(np.float64) @ references.T) > 0).sum(axis=1)
+    return counts
 
 
 def normalized_mutual_information(embeddings, labels, seed=0):

@@ -196,3 +196,68 @@ def check_class_ids(y_true, num_classes):
             f"Class ids must lie in [0, {num_classes}) for scores of {num_classes} "
             f"classes; received ids from {values.min()} to {values.max()}."
         )
+
+
+def standardize_multi_hot(y_true, num_examples=None):
+    """Validates `(N, C)` 0/1 multi-hot labels (or a `tf.SparseTensor`) and returns them as float32.
+
+    Two examples share a label where the product of their rows is positive.
+    Raises ValueError for another rank, a batch-size mismatch, or (when the
+    values can be read) entries other than 0 and 1.
+    """
+    if backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if isinstance(y_true, tf.SparseTensor):
+            y_true = tf.sparse.to_dense(y_true)
+    if not is_backend_tensor(y_true):
+        y_true = np.asarray(y_true)
+    if len(y_true.shape) != 2:
+        raise ValueError(
+            "Multi-label targets must be a (batch_size, num_classes) 0/1 matrix; "
+            f"received shape {tuple(y_true.shape)}."
+        )
+    if num_examples is not None and y_true.shape[0] is not None and y_true.shape[0] != num_examples:
+        raise ValueError(f"{y_true.shape[0]} label rows for {num_examples} examples.")
+    if not (is_backend_tensor(y_true) and is_traced(y_true)):
+        values = np.asarray(ops.convert_to_numpy(y_true) if is_backend_tensor(y_true) else y_true)
+        if not np.all((values == 0) | (values == 1)):
+            raise ValueError("Multi-label targets must hold only 0 and 1.")
+    return ops.cast(y_true, "float32")
+
+
+def standardize_label_pair(labels, ref_labels, embeddings=None, ref_embeddings=None, multi_label=False):
+    """Validated labels of queries and of their reference, comparable with each other.
+
+    Class ids given as NumPy arrays on both sides are mapped to dense ids
+    together, so equal labels stay equal across the two sets; tensors keep
+    their values and are cast to one dtype. Multi-hot labels must have the
+    same number of classes on both sides.
+    """
+    num = None if embeddings is None else embeddings.shape[0]
+    ref_num = None if ref_embeddings is None else ref_embeddings.shape[0]
+    if multi_label:
+        labels, ref_labels = standardize_multi_hot(labels, num), standardize_multi_hot(ref_labels, ref_num)
+        if labels.shape[1] is not None and ref_labels.shape[1] is not None and labels.shape[1] != ref_labels.shape[1]:
+            raise ValueError(
+                f"Multi-hot labels with {labels.shape[1]} classes against reference labels with "
+                f"{ref_labels.shape[1]}."
+            )
+        return labels, ref_labels
+    if not is_backend_tensor(labels) and not is_backend_tensor(ref_labels):
+        values, ref_values = np.asarray(labels), np.asarray(ref_labels)
+        # Validated apart (shapes, dtypes, values), then numbered together.
+        standardize_labels(values, embeddings)
+        standardize_labels(ref_values, ref_embeddings)
+        both = np.concatenate([values.reshape(-1), ref_values.reshape(-1)])
+        ids = standardize_labels(both)
+        size = values.size
+        return ids[:size], ids[size:]
+    if not is_backend_tensor(labels):
+        labels = ops.convert_to_tensor(np.asarray(labels))
+    if not is_backend_tensor(ref_labels):
+        ref_labels = ops.convert_to_tensor(np.asarray(ref_labels))
+    labels = standardize_labels(labels, embeddings)
+    ref_labels = standardize_labels(ref_labels, ref_embeddings)
+    dtype = backend.result_type(labels.dtype, ref_labels.dtype)
+    return ops.cast(labels, dtype), ops.cast(ref_labels, dtype)

@@ -4,8 +4,9 @@ import keras
 from keras import ops
 
 from tfmetric.distances import check_distance
-from tfmetric.losses.base import labelled_distances
-from tfmetric.mining import all_triplet_terms
+from tfmetric.losses.base import pair_distances
+from tfmetric.losses.triplet import all_triplet_terms
+from tfmetric.mining import mine_pairs
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -49,8 +50,9 @@ class ActiveTripletFraction(keras.metrics.Metric):
         self.valid = self.add_variable((), initializer="zeros", name="valid")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        distances, labels = labelled_distances(y_true, y_pred, self.distance, self.normalize)
-        _, active, valid = all_triplet_terms(distances, labels, self.margin)
+        pairs = mine_pairs(y_true, y_pred)
+        distances = pair_distances(pairs.embeddings, pairs.ref_embeddings, self.distance, self.normalize)
+        _, active, valid = all_triplet_terms(distances, pairs.positive, pairs.negative, self.margin)
         if sample_weight is not None:
             weights = ops.reshape(ops.cast(sample_weight, active.dtype), (-1,))
             active, valid = active * weights, valid * weights

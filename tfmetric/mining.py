@@ -1,48 +1,120 @@
-"""In-batch mining: which pairs and triplets of a batch a loss looks at.
+"""Mining: which pairs of queries and reference rows a loss looks at.
 
-Everything works on the `(N, N)` distance matrix of a batch and the masks of
-its positive pairs (same label, not the anchor itself) and negative pairs
-(different labels), and never builds an `(N, N, N)` tensor: memory is O(N²).
+A loss compares N queries with R reference rows: the batch with itself
+(the square case, R = N, where a row is never its own pair), the batch with
+a separate reference set (a second tower, a cross-batch memory). Everything
+here works on the `(N, R)` distance or similarity rectangle and the masks of
+its positive pairs (shared label) and negative pairs (no shared label), and
+never builds an `(N, R, R)` tensor: memory is O(N·R).
 
-The per-positive-pair searches (semi-hard negatives, all triplets) visit the
-positives of every anchor one "slot" at a time: slot s holds the s-th
-positive of every anchor. The work is O(N²·k), k the largest number of
-positives of an anchor (K − 1 for P×K batches); each slot is a few
+The per-positive-pair searches (semi-hard negatives, all triplets, sampled
+negatives) visit the positives of every query one "slot" at a time: slot s
+holds the s-th positive of every query. The work is O(N·R·k), k the largest
+number of positives of a query (K − 1 for P×K batches); each slot is a few
 elementwise passes and row reductions, which stay fast under XLA, where
 sorting does not. The loops run on gradient-free copies of the distances and
-return each anchor's exact loss together with its derivative with respect to
-every distance (the losses are piecewise linear in them);
-`_attach_gradient` joins the two, so no loop is ever differentiated (JAX
-cannot differentiate a loop of data-dependent length).
+return each query's exact loss together with its derivative with respect to
+every distance (the losses are piecewise linear in them); `attach_gradient`
+joins the two, so no loop is ever differentiated (JAX cannot differentiate a
+loop of data-dependent length).
 """
+
+from typing import NamedTuple
 
 import numpy as np
 from keras import backend, ops
 
+from tfmetric.distances import as_embeddings
+from tfmetric.labels import standardize_label_pair, standardize_labels, standardize_multi_hot
+
+
+def pair_masks(labels, ref_labels=None, *, multi_label=False, remove_diagonal=None, ref_valid=None):
+    """The boolean `(positive, negative)` masks of queries against reference rows.
+
+    Args:
+        labels: Validated labels of the N queries: class ids `(N,)`, or with
+            `multi_label` 0/1 rows `(N, C)`.
+        ref_labels: Those of the R reference rows; `None`: the queries
+            themselves.
+        multi_label: A positive pair shares at least one label, a negative
+            pair none; otherwise they have the same or different class ids.
+        remove_diagonal: Leave entry `(a, a)` out of both masks, for
+            references that start with the queries themselves (so that no
+            query is its own positive). `None`: only when `ref_labels` is
+            `None`.
+        ref_valid: Optional boolean `(R,)`: reference rows that hold an
+            example (the filled slots of a memory); others are in no pair.
+
+    Returns:
+        `(positive, negative)`, boolean `(N, R)`.
+    """
+    if remove_diagonal is None:
+        remove_diagonal = ref_labels is None
+    if ref_labels is None:
+        ref_labels = labels
+    if multi_label:
+        shared = ops.matmul(ops.cast(labels, "float32"), ops.transpose(ops.cast(ref_labels, "float32")))
+        same = shared > 0
+    else:
+        same = ops.equal(labels[:, None], ref_labels[None, :])
+    different = ops.logical_not(same)
+    keep = None
+    if remove_diagonal:
+        rows = ops.arange(ops.shape(labels)[0], dtype="int32")
+        columns = ops.arange(ops.shape(ref_labels)[0], dtype="int32")
+        keep = rows[:, None] != columns[None, :]
+    if ref_valid is not None:
+        valid = ops.cast(ref_valid, "bool")[None, :]
+        keep = valid if keep is None else ops.logical_and(keep, valid)
+    if keep is None:
+        return same, different
+    return ops.logical_and(same, keep), ops.logical_and(different, keep)
+
 
 def label_masks(labels):
-    """Returns the boolean `(positive, negative)` masks of a batch of labels `(N,)`.
+    """The `(positive, negative)` masks of a batch of class ids `(N,)` against itself."""
+    return pair_masks(labels)
 
-    `positive[a, p]`: same label and `p != a`; `negative[a, n]`: different labels.
-    A NaN label (a row that holds no example) is in neither mask, of any row.
+
+class Pairs(NamedTuple):
+    """Validated queries, their reference, and the masks of their pairs."""
+
+    embeddings: object
+    ref_embeddings: object
+    positive: object
+    negative: object
+
+
+def mine_pairs(labels, embeddings, ref_labels=None, ref_embeddings=None, *, multi_label=False, remove_diagonal=None,
+               ref_valid=None):
+    """Validates queries and reference and returns their `Pairs`.
+
+    Without `ref_labels`/`ref_embeddings` the reference is the batch itself
+    and the diagonal is removed (`remove_diagonal=None`). Labels are class
+    ids `(N,)` or `(N, 1)` (never cast to float: large ids stay distinct),
+    or with `multi_label` 0/1 rows `(N, C)` or a `tf.SparseTensor`.
     """
-    row, column = labels[:, None], labels[None, :]
-    same = ops.equal(row, column)
-    not_self = ops.logical_not(ops.eye(ops.shape(labels)[0], dtype="bool"))
-    # Not `not same`: NaN differs from nothing either.
-    different = ops.logical_or(ops.less(row, column), ops.greater(row, column))
-    return ops.logical_and(same, not_self), different
-
-
-def first_positions(sorted_values, values):
-    """For each of `values`, the first position of an equal entry in `sorted_values` (int32)."""
-    if backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        # Keras' searchsorted takes len() of its input before Keras 3.12,
-        # which fails in a graph.
-        return tf.searchsorted(sorted_values, values, side="left", out_type=tf.int32)
-    return ops.cast(ops.searchsorted(sorted_values, values, side="left"), "int32")
+    if (ref_labels is None) != (ref_embeddings is None):
+        raise ValueError("Pass both ref_labels and ref_embeddings, or neither.")
+    embeddings = as_embeddings(embeddings)
+    if ref_embeddings is None:
+        if multi_label:
+            labels = standardize_multi_hot(labels, embeddings.shape[0])
+        else:
+            labels = standardize_labels(labels, embeddings)
+        positive, negative = pair_masks(labels, multi_label=multi_label, remove_diagonal=remove_diagonal)
+        return Pairs(embeddings, embeddings, positive, negative)
+    ref_embeddings = ops.cast(as_embeddings(ref_embeddings), embeddings.dtype)
+    if embeddings.shape[-1] is not None and ref_embeddings.shape[-1] not in (None, embeddings.shape[-1]):
+        raise ValueError(
+            f"Embeddings of size {embeddings.shape[-1]} against reference embeddings of size "
+            f"{ref_embeddings.shape[-1]}."
+        )
+    labels, ref_labels = standardize_label_pair(labels, ref_labels, embeddings, ref_embeddings, multi_label)
+    positive, negative = pair_masks(
+        labels, ref_labels, multi_label=multi_label, remove_diagonal=bool(remove_diagonal), ref_valid=ref_valid
+    )
+    return Pairs(embeddings, ref_embeddings, positive, negative)
 
 
 def hardest_pairs(distances, positive, negative):
@@ -60,43 +132,31 @@ def hardest_pairs(distances, positive, negative):
     return ops.cast(farthest, "int32"), ops.cast(closest, "int32")
 
 
-def _for_each_positive_slot(labels, positive, num_positives, body, state):
-    """Runs `state = body(slot_positive, has_slot, state)` for every slot.
+def for_each_positive(positive, body, state):
+    """Runs `state = body(slot_positive, has_slot, *state)` for every slot.
 
-    Slot s holds, for every anchor a, its s-th positive `slot_positive[a]`
-    (an index into the batch); `has_slot[a]` says whether a has that many
-    positives. Only vectors of length N are built per slot: the positives of
-    every class are found once, by sorting the labels.
+    Slot s holds, for every query a, one of its positives `slot_positive[a]`
+    (a reference column), a different one at every slot, until `has_slot[a]`
+    says that a has no more. Each slot takes the first positive column not
+    yet visited: two passes over the mask, whatever the labels are (class
+    ids, multi-hot rows, rows of a memory).
     """
-    size = ops.shape(labels)[0]
-    if "float" in backend.standardize_dtype(labels.dtype):
-        # NaN labels (rows that hold no example) would break the sorted
-        # order the class search relies on: they sort last, as +inf.
-        labels = ops.where(ops.equal(labels, labels), labels, ops.full_like(labels, float("inf")))
-    order = ops.cast(ops.argsort(labels), "int32")
-    sorted_labels = ops.take(labels, order)
-    class_start = first_positions(sorted_labels, sorted_labels)
-    position = ops.cast(ops.argsort(order), "int32")
-    start = ops.take(class_start, position)
-    own_rank = position - start
-    # `num_positives` comes from the mask rather than the class sizes, so
-    # that labels that equal nothing (NaN, unvalidated under XLA) have no
-    # positive here either.
-    num_positives = ops.cast(num_positives, "int32")
+    num_positives = ops.sum(ops.cast(positive, "int32"), axis=1)
     num_slots = ops.max(ops.concatenate([num_positives, ops.zeros((1,), "int32")]))
+    columns = ops.arange(ops.shape(positive)[1], dtype="int32")
 
-    def step(slot, *state):
-        rank = slot + ops.cast(slot >= own_rank, "int32")
-        slot_positive = ops.take(order, ops.minimum(start + rank, size - 1))
-        has_slot = ops.logical_and(slot < num_positives, row_pick(positive, slot_positive))
-        return (slot + 1, *body(slot_positive, has_slot, *state))
+    def step(slot, remaining, *state):
+        slot_positive = ops.cast(ops.argmax(ops.cast(remaining, "float32"), axis=1), "int32")
+        has_slot = slot < num_positives
+        remaining = ops.logical_and(remaining, columns[None, :] != slot_positive[:, None])
+        return (slot + 1, remaining, *body(slot_positive, has_slot, *state))
 
     result = ops.while_loop(
         lambda slot, *_: slot < num_slots,
         step,
-        (ops.convert_to_tensor(0, "int32"), *state),
+        (ops.convert_to_tensor(0, "int32"), positive, *state),
     )
-    return tuple(result[1:])
+    return tuple(result[2:])
 
 
 def _upper_ones(size, dtype, diagonal=True):
@@ -132,7 +192,7 @@ def row_pick(matrix, column):
     return ops.take_along_axis(matrix, column[:, None], axis=1)[:, 0]
 
 
-def _scatter_rows(columns_and_values, shape):
+def scatter_rows(columns_and_values, shape):
     """A dense `shape` matrix with `value[a]` added at `(a, column[a])`."""
     rows = ops.arange(shape[0], dtype="int32")
     indices = ops.concatenate(
@@ -142,7 +202,7 @@ def _scatter_rows(columns_and_values, shape):
     return ops.scatter(indices, values, shape)
 
 
-def _attach_gradient(value, distances, gradient):
+def attach_gradient(value, distances, gradient):
     """`value` in the forward pass, with `gradient` as its gradient w.r.t. `distances`.
 
     The slot loops compute each anchor's loss exactly and, separately, the
@@ -152,92 +212,6 @@ def _attach_gradient(value, distances, gradient):
     """
     surrogate = ops.sum(ops.stop_gradient(gradient) * distances, axis=1)
     return ops.stop_gradient(value) + (surrogate - ops.stop_gradient(surrogate))
-
-
-def semi_hard_triplet_terms(distances, labels, margin=1.0):
-    """Per-anchor sums of semi-hard triplet losses over positive pairs (FaceNet).
-
-    For the positive pair (a, p), the negative is the n with the smallest
-    `d[a, n]` such that `d[a, n] > d[a, p]`; when there is none, the n with
-    the largest `d[a, n]`, exactly as TF Addons' `TripletSemiHardLoss`
-    chooses. `ℓ_ap = relu(d[a, p] − d[a, n] + margin)`. Pairs whose anchor
-    has no negative have no term.
-
-    Returns:
-        `(loss_sums, pair_counts)`, both `(N,)`; `loss_sums` is
-        differentiable with respect to `distances`.
-    """
-    positive, negative = label_masks(labels)
-    d = ops.stop_gradient(distances)
-    inf = ops.full_like(d, float("inf"))
-    has_negative = ops.any(negative, axis=1)
-    # +inf at non-negatives takes them out of every minimum below.
-    negative_distances = ops.where(negative, d, inf)
-    farthest_candidates = ops.where(negative, d, -inf)
-    farthest = ops.cast(ops.argmax(farthest_candidates, axis=1), "int32")
-    farthest_distance = row_pick(d, farthest)
-
-    def body(slot_positive, has_slot, loss_sums, gradient):
-        positive_distance = row_pick(d, slot_positive)
-        beyond = ops.where(negative_distances > positive_distance[:, None], negative_distances, inf)
-        nearest_beyond = ops.cast(ops.argmin(beyond, axis=1), "int32")
-        nearest_beyond_distance = row_pick(beyond, nearest_beyond)
-        has_beyond = nearest_beyond_distance < float("inf")
-        chosen = ops.where(has_beyond, nearest_beyond, farthest)
-        chosen_distance = ops.where(has_beyond, nearest_beyond_distance, farthest_distance)
-        losses = ops.relu(positive_distance - chosen_distance + margin)
-        active = ops.logical_and(ops.logical_and(has_slot, has_negative), losses > 0)
-        losses = ops.where(active, losses, ops.zeros_like(losses))
-        # d[a, p] enters an active pair's loss with sign +1, d[a, n] with -1.
-        weight = ops.cast(active, d.dtype)
-        gradient = gradient + _scatter_rows(
-            [(slot_positive, weight), (chosen, -weight)], ops.shape(d)
-        )
-        return loss_sums + losses, gradient
-
-    num_positives = ops.sum(ops.cast(positive, d.dtype), axis=1)
-    loss_sums, gradient = _for_each_positive_slot(
-        labels, positive, num_positives, body, (ops.zeros(ops.shape(d)[:1], d.dtype), ops.zeros_like(d))
-    )
-    pair_counts = num_positives * ops.cast(has_negative, d.dtype)
-    return _attach_gradient(loss_sums, distances, gradient), pair_counts
-
-
-def all_triplet_terms(distances, labels, margin):
-    """Sums `relu(d[a, p] − d[a, n] + margin)` over all triplets of each anchor.
-
-    Triplets are every (a, p, n) with p a positive and n a negative of a.
-
-    Returns:
-        `(loss_sums, active_counts, valid_counts)`, each of shape `(N,)`: the
-        sum of the triplet losses of each anchor (differentiable with respect
-        to `distances`), how many of its triplets have a positive loss, and
-        how many triplets it has.
-    """
-    positive, negative = label_masks(labels)
-    d = ops.stop_gradient(distances)
-    # +inf at non-negatives takes them out of every comparison below.
-    negative_distances = ops.where(negative, d, ops.full_like(d, float("inf")))
-
-    def body(slot_positive, has_slot, loss_sums, active_counts, gradient):
-        threshold = row_pick(d, slot_positive) + margin
-        threshold = ops.where(has_slot, threshold, ops.full_like(threshold, float("-inf")))
-        gaps = ops.relu(threshold[:, None] - negative_distances)
-        active = ops.cast(gaps > 0, d.dtype)
-        per_pair = ops.sum(active, axis=1)
-        # d[a, p] enters each of its active triplets with sign +1, d[a, n]
-        # with sign -1.
-        gradient = gradient + _scatter_rows([(slot_positive, per_pair)], ops.shape(d)) - active
-        return loss_sums + ops.sum(gaps, axis=1), active_counts + per_pair, gradient
-
-    zeros = ops.zeros(ops.shape(d)[:1], d.dtype)
-    num_positives = ops.sum(ops.cast(positive, d.dtype), axis=1)
-    loss_sums, active_counts, gradient = _for_each_positive_slot(
-        labels, positive, num_positives, body, (zeros, zeros, ops.zeros_like(d))
-    )
-    valid_counts = num_positives * ops.sum(ops.cast(negative, d.dtype), axis=1)
-    loss_sums = _attach_gradient(loss_sums, distances, gradient)
-    return loss_sums, ops.stop_gradient(active_counts), valid_counts
 
 
 def _bit_pattern(values, key_dtype):
@@ -271,7 +245,7 @@ def smallest_entries(values, candidates, count):
 
     The threshold is found by bisection on the bit patterns of the
     non-negative float values, which order like the values themselves: a
-    fixed number of counting passes over the matrix. Sorting the N² entries
+    fixed number of counting passes over the matrix. Sorting the N·R entries
     instead is ten times slower on CPU, and slower still under XLA.
     """
     values = ops.stop_gradient(values)
@@ -335,15 +309,15 @@ def distance_weighted_log_weights(distances, negative, dim, cutoff=0.5, nonzero_
     )
 
 
-def sample_negative_counts(log_weights, labels, positive, uniforms):
+def sample_negative_counts(log_weights, positive, uniforms):
     """How often each negative is drawn, one draw per positive pair.
 
     For every positive pair (a, p), one column n is drawn from the
     categorical distribution `∝ exp(log_weights[a])` (`−inf`: never) by
-    inverting its cumulative sum at a uniform number. Returns an `(N, N)`
+    inverting its cumulative sum at a uniform number. Returns an `(N, R)`
     matrix of draw counts; rows without a finite weight draw nothing.
-    Inverse-CDF sampling keeps the memory at O(N²) (Gumbel-max would need an
-    N×N×N noise tensor).
+    Inverse-CDF sampling keeps the memory at O(N·R) (Gumbel-max would need an
+    N×R×R noise tensor).
 
     Args:
         uniforms: `(N, S)` numbers uniform in [0, 1): the draw for the s-th
@@ -365,7 +339,6 @@ def sample_negative_counts(log_weights, labels, positive, uniforms):
     size = ops.shape(log_weights)[1]
     columns = ops.arange(size, dtype="int32")
     last_candidate = ops.max(ops.where(finite, columns[None, :], ops.zeros_like(columns)[None, :]), axis=1)
-    num_positives = ops.sum(ops.cast(positive, "int32"), axis=1)
     uniforms = ops.cast(uniforms, weights.dtype)
     num_columns = ops.shape(uniforms)[1]
     golden = 0.6180339887498949
@@ -381,13 +354,7 @@ def sample_negative_counts(log_weights, labels, positive, uniforms):
         chosen = ops.sum(ops.cast(cumulative <= target[:, None], "int32"), axis=1)
         chosen = ops.minimum(chosen, last_candidate)
         drawn = ops.cast(ops.logical_and(has_slot, has_candidate), weights.dtype)
-        return counts + _scatter_rows([(chosen, drawn)], ops.shape(weights)), slot + 1
+        return counts + scatter_rows([(chosen, drawn)], ops.shape(weights)), slot + 1
 
-    counts, _ = _for_each_positive_slot(
-        labels,
-        positive,
-        num_positives,
-        body,
-        (ops.zeros_like(weights), ops.convert_to_tensor(0, "int32")),
-    )
+    counts, _ = for_each_positive(positive, body, (ops.zeros_like(weights), ops.convert_to_tensor(0, "int32")))
     return counts

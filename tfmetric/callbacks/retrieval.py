@@ -32,7 +32,7 @@ class RetrievalEvaluation(PeriodicCallback):
 
     Args:
         x: Inputs to embed.
-        y: Their integer labels.
+        y: Their integer labels (with `multi_label`, 0/1 rows `(N, C)`).
         reference, reference_labels: Optional reference inputs and labels.
         k: The k of `recall@k`.
         distance: Distance for ranking neighbours.
@@ -45,6 +45,8 @@ class RetrievalEvaluation(PeriodicCallback):
         layer: Evaluate the outputs of this layer (name or layer) instead of
             the model's.
         log_dir: Directory for TensorBoard scalars; None writes none.
+        multi_label: The labels are multi-hot rows: a neighbour is relevant
+            when it shares a label with the query.
     """
 
     def __init__(
@@ -62,11 +64,13 @@ class RetrievalEvaluation(PeriodicCallback):
         batch_size=256,
         layer=None,
         log_dir=None,
+        multi_label=False,
     ):
         super().__init__(every_n_epochs, layer, batch_size)
         if (reference is None) != (reference_labels is None):
             raise ValueError("Pass reference and reference_labels together.")
-        self.x, self.y = x, np.asarray(y)
+        self.x, self.y = x, y if multi_label else np.asarray(y)
+        self.multi_label = bool(multi_label)
         self.reference, self.reference_labels = reference, reference_labels
         self.k, self.distance, self.nmi = k, distance, nmi
         self.prefix = prefix
@@ -90,6 +94,7 @@ class RetrievalEvaluation(PeriodicCallback):
             k=self.k,
             distance=self.distance,
             nmi=self.nmi,
+            multi_label=self.multi_label,
         )
         metrics.pop("queries")
         named = {self.prefix + name: value for name, value in metrics.items()}

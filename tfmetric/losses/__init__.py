@@ -1,13 +1,27 @@
-"""Keras losses for deep metric learning."""
+"""Keras losses for deep metric learning.
 
-from tfmetric.losses.base import InBatchLoss, reduce_anchor_terms
+Every loss mined from labels comes as a class (`BatchHardTriplet`) and as
+the pure function it wraps (`batch_hard_triplet`), which also mines queries
+against a separate reference set. `tfm.losses.base` states the contract a
+new loss follows; `tfm.losses.registry.LOSSES` lists them all.
+"""
+
+from tfmetric.losses import registry
+from tfmetric.losses.base import DistanceLoss, InBatchLoss, SimilarityLoss, per_query, reduce_anchor_terms
 from tfmetric.losses.center import CenterLoss, center_terms
-from tfmetric.losses.contrastive import Contrastive, contrastive_terms
-from tfmetric.losses.lifted import LiftedStructure, lifted_structure_terms
-from tfmetric.losses.margin import MarginLoss, margin_terms
+from tfmetric.losses.contrastive_loss import Contrastive, contrastive, contrastive_terms
+from tfmetric.losses.lifted import LiftedStructure, lifted_structure, lifted_structure_terms
+from tfmetric.losses.margin import MarginLoss, margin_loss, margin_terms
 from tfmetric.losses.memory import CrossBatchMemory
-from tfmetric.losses.neighbours import NCA, SoftNearestNeighbor, soft_nearest_neighbor_terms
-from tfmetric.losses.npairs import NPairs, NPairsMultilabel, npairs_loss, npairs_multilabel_loss
+from tfmetric.losses.n_pairs import (
+    NPairs,
+    NPairsMultilabel,
+    npairs,
+    npairs_loss,
+    npairs_multilabel_loss,
+    npairs_terms,
+)
+from tfmetric.losses.neighbours import NCA, SoftNearestNeighbor, nca, soft_nearest_neighbor, soft_nearest_neighbor_terms
 from tfmetric.losses.offline import (
     MulticlassHinge,
     PairContrastive,
@@ -20,8 +34,11 @@ from tfmetric.losses.similarity import (
     BinomialDeviance,
     Circle,
     MultiSimilarity,
+    binomial_deviance,
     binomial_deviance_terms,
+    circle,
     circle_terms,
+    multi_similarity,
     multi_similarity_terms,
 )
 from tfmetric.losses.state import attach_state
@@ -29,7 +46,13 @@ from tfmetric.losses.triplet import (
     BatchAllTriplet,
     BatchHardTriplet,
     SemiHardTriplet,
+    all_triplet_terms,
+    batch_all_triplet,
+    batch_all_triplet_terms,
+    batch_hard_triplet,
     batch_hard_triplet_terms,
+    semi_hard_triplet,
+    semi_hard_triplet_terms,
 )
 
 __all__ = [
@@ -40,6 +63,7 @@ __all__ = [
     "Circle",
     "Contrastive",
     "CrossBatchMemory",
+    "DistanceLoss",
     "InBatchLoss",
     "LiftedStructure",
     "MarginLoss",
@@ -50,22 +74,41 @@ __all__ = [
     "NPairsMultilabel",
     "PairContrastive",
     "SemiHardTriplet",
+    "SimilarityLoss",
     "SoftNearestNeighbor",
     "TripletLoss",
+    "all_triplet_terms",
     "attach_state",
+    "batch_all_triplet",
+    "batch_all_triplet_terms",
+    "batch_hard_triplet",
     "batch_hard_triplet_terms",
+    "binomial_deviance",
     "binomial_deviance_terms",
     "center_terms",
+    "circle",
     "circle_terms",
+    "contrastive",
     "contrastive_terms",
+    "lifted_structure",
     "lifted_structure_terms",
+    "margin_loss",
     "margin_terms",
+    "multi_similarity",
     "multi_similarity_terms",
     "multiclass_hinge",
+    "nca",
+    "npairs",
     "npairs_loss",
     "npairs_multilabel_loss",
+    "npairs_terms",
     "offline_triplet",
     "pair_contrastive",
+    "per_query",
     "reduce_anchor_terms",
+    "registry",
+    "semi_hard_triplet",
+    "semi_hard_triplet_terms",
+    "soft_nearest_neighbor",
     "soft_nearest_neighbor_terms",
 ]

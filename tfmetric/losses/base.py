@@ -1,11 +1,56 @@
-"""The common frame of the losses mined online from the labels of a batch."""
+"""The common frame of the losses mined online from labels, and the contract a new loss follows.
+
+A loss mined from labels compares N queries with R reference rows: the
+batch with itself (a Keras loss's `y_true`, `y_pred`), a batch with a
+separate reference set (the pure functions' `ref_labels`, `ref_embeddings`),
+a batch with a cross-batch memory. Three levels, one hook each:
+
+1. `InBatchLoss` takes care of the labels (validated, exact, class ids or
+   multi-hot), the masks of positive and negative pairs
+   (`tfm.mining.pair_masks`), the reduction and sample weights,
+   `tf.distribute` (`cross_replica`) and the loss's state. Its hook:
+   `pair_terms(embeddings, ref_embeddings, positive, negative)`.
+2. `DistanceLoss` adds `distance` and `normalize`; its hook:
+   `distance_terms(distances, positive, negative)`, on the `(N, R)`
+   rectangle of `tfm.distances.pairwise_distance`.
+3. `SimilarityLoss` adds `normalize`; its hook:
+   `similarity_terms(similarity, positive, negative)`, on
+   `tfm.distances.pairwise_similarity`.
+
+A new loss:
+
+- writes its math as a term function next to its class, `f(matrix,
+  positive, negative, ...) -> (loss_sums, term_counts)`, both `(N,)`:
+  query a's loss summed over its terms (pairs, triplets, ...) and how many
+  terms it has. Masks are boolean `(N, R)`; nothing of size N·R·R.
+- subclasses the level it needs and implements that level's hook by
+  calling the term function with its arguments; `__init__` passes
+  `reduction`, `name`, `cross_replica`, `multi_label` (and `distance`,
+  `normalize`) up, and `get_config` adds the loss's own arguments.
+- adds the public pure function named after the class in snake case,
+  `f(labels, embeddings, ref_labels=None, ref_embeddings=None, *, ...,
+  multi_label=False, remove_diagonal=None)`, returning `per_query(...)` of
+  the term function on `mine_pairs(...)` (the helpers `distance_loss` and
+  `similarity_loss` do this for the losses of levels 2 and 3).
+- keeps its variables, if any, in `self.state` (a `LossState`, see
+  `MarginLoss`): level 1 attaches them to the model at every call, so they
+  train and save with it.
+- gets a line in `tfm.losses.registry.LOSSES`, from which the tests,
+  benchmarks and command line take their list, and a NumPy brute-force
+  reference in `tests/reference.py` (named in `tests/registry.py`), which
+  the shared tests then check it against.
+
+The loss is `Σ w_a·loss_sums[a] / Σ w_a·term_counts[a]` (the mean over
+terms), `per_query` the vector `loss_sums / term_counts` (0 where none).
+"""
 
 import keras
 from keras import ops
 
-from tfmetric.distances import as_embeddings, check_distance, pairwise_distance
+from tfmetric.distances import as_embeddings, check_distance, pairwise_distance, pairwise_similarity
 from tfmetric.distribute import gather_across_replicas, replica_context, scale_for_replicas
-from tfmetric.labels import standardize_labels
+from tfmetric.labels import standardize_labels, standardize_multi_hot
+from tfmetric.mining import mine_pairs
 
 
 def check_choice(argument, value, choices):
@@ -91,62 +136,79 @@ def row_logsumexp(values, mask, add_one=False):
     return shift + ops.log(ops.where(has_terms, total, ops.ones_like(total)))
 
 
-def labelled_distances(y_true, y_pred, distance="euclidean", normalize=False):
-    """Validated labels `(N,)` and the distance matrix `(N, N)` of a batch."""
-    embeddings = as_embeddings(y_pred)
-    labels = standardize_labels(y_true, embeddings)
-    return pairwise_distance(embeddings, distance, normalize), labels
+def per_query(terms):
+    """Each query's mean over its terms, from `(loss_sums, term_counts)` (0 where none)."""
+    loss_sums, term_counts = terms
+    return divide_or_zero(loss_sums, term_counts)
 
 
 class InBatchLoss(keras.losses.Loss):
-    """Base class of the losses mined online from the labels of a batch.
+    """Base class of the losses mined online from labels (level 1 of `tfm.losses.base`).
 
-    `y_true` holds class labels `(N,)` or `(N, 1)` and `y_pred` embeddings
-    `(N, D)`. Subclasses implement `anchor_terms(distances, labels)`, which
-    returns for every anchor the sum of its loss terms and
-    how many terms it has; this class takes care of the labels (exact, never
-    cast to float), the distances, the dtype (at least float32) and the
-    reduction (`reduce_anchor_terms`). Losses that need more than the
-    distance matrix override `batch_terms(labels, embeddings)` instead.
+    `y_true` holds class ids `(N,)` or `(N, 1)` — or, with
+    `multi_label=True`, 0/1 rows `(N, C)` or a `tf.SparseTensor` — and
+    `y_pred` embeddings `(N, D)`. Subclasses implement
+    `pair_terms(embeddings, ref_embeddings, positive, negative)`, which
+    returns for every query the sum of its loss terms and how many terms it
+    has; this class takes care of the labels (exact, never cast to float),
+    the masks, the dtype (at least float32) and the reduction
+    (`reduce_anchor_terms`).
 
-    The labels reaching `batch_terms` may be floats with NaN for rows that
-    are no example (empty slots of `CrossBatchMemory`): NaN equals nothing
-    and differs from nothing, so such rows are neither positives nor
-    negatives of any anchor (`tfm.mining.label_masks`).
+    Args:
+        reduction: `"sum_over_batch_size"` (the mean over terms), `"sum"`,
+            or `None` for each query's mean over its own terms.
+        name: The loss's name.
+        cross_replica: Under a `tf.distribute` strategy, mine each replica's
+            anchors against the batches of all replicas.
+        multi_label: Labels are multi-hot rows: a positive pair shares at
+            least one label, a negative pair none.
     """
 
-    def __init__(
-        self,
-        distance="euclidean",
-        normalize=False,
-        reduction="sum_over_batch_size",
-        name=None,
-        cross_replica=False,
-    ):
+    def __init__(self, reduction="sum_over_batch_size", name=None, cross_replica=False, multi_label=False):
         super().__init__(name=name, reduction=reduction)
-        self.distance = check_distance(distance)
-        self.normalize = bool(normalize)
         self.cross_replica = bool(cross_replica)
+        self.multi_label = bool(multi_label)
+        # A `tfm.losses.state.LossState` for losses with variables (learned
+        # β, class centres), attached to the model at every call.
+        self.state = None
 
-    def anchor_terms(self, distances, labels):
+    def pair_terms(self, embeddings, ref_embeddings, positive, negative):
+        """`(loss_sums, term_counts)`, both `(N,)`, of the queries against the reference."""
         raise NotImplementedError
 
-    def batch_terms(self, labels, embeddings):
-        """`(loss_sums, term_counts)` of every row, from validated labels `(N,)`."""
-        return self.anchor_terms(pairwise_distance(embeddings, self.distance, self.normalize), labels)
+    def query_terms(self, labels, embeddings, ref_labels=None, ref_embeddings=None, remove_diagonal=None,
+                    ref_valid=None):
+        """The terms of every query, mined against the reference (default: the batch itself).
 
-    def _terms(self, y_true, y_pred):
-        embeddings = as_embeddings(y_pred)
-        return self.batch_terms(standardize_labels(y_true, embeddings), embeddings)
+        See `tfm.mining.mine_pairs` for the arguments; `ref_valid` marks the
+        reference rows that hold an example.
+        """
+        pairs = mine_pairs(
+            labels,
+            embeddings,
+            ref_labels,
+            ref_embeddings,
+            multi_label=self.multi_label,
+            remove_diagonal=remove_diagonal,
+            ref_valid=ref_valid,
+        )
+        return self.pair_terms(*pairs)
+
+    def _labels(self, y_true, embeddings):
+        if self.multi_label:
+            return standardize_multi_hot(y_true, embeddings.shape[0])
+        return standardize_labels(y_true, embeddings)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         # Keras' Loss.__call__ would cast y_true to float first, merging
         # large labels; this one keeps them exact.
+        if self.state is not None:
+            self.state.attach(self)
         with keras.name_scope(self.name):
             context = replica_context() if self.cross_replica else None
             if context is not None:
                 return self._cross_replica_loss(context, y_true, y_pred, sample_weight)
-            loss_sums, term_counts = self._terms(y_true, y_pred)
+            loss_sums, term_counts = self.query_terms(y_true, y_pred)
             loss = reduce_anchor_terms(loss_sums, term_counts, sample_weight, self.reduction)
             return scale_for_replicas(loss, self.reduction)
 
@@ -160,19 +222,114 @@ class InBatchLoss(keras.losses.Loss):
         its gradient.
         """
         embeddings = as_embeddings(y_pred)
-        labels = standardize_labels(y_true, embeddings)
+        labels = self._labels(y_true, embeddings)
         weights = check_sample_weight(sample_weight, ops.ones((ops.shape(embeddings)[0],), embeddings.dtype))
         all_embeddings, all_labels, all_weights, start = gather_across_replicas(context, embeddings, labels, weights)
-        loss_sums, term_counts = self._terms(all_labels, all_embeddings)
-        positions = ops.arange(ops.shape(all_labels)[0])
+        loss_sums, term_counts = self.query_terms(all_labels, all_embeddings)
+        positions = ops.arange(ops.shape(all_embeddings)[0])
         share = (positions >= start) & (positions < start + ops.shape(embeddings)[0])
         return reduce_anchor_terms(loss_sums, term_counts, all_weights, self.reduction, share)
 
     def call(self, y_true, y_pred):
         """Per-anchor losses: each anchor's mean over its terms (0 if none)."""
-        return divide_or_zero(*self._terms(y_true, y_pred))
+        return per_query(self.query_terms(y_true, y_pred))
 
     def get_config(self):
         config = super().get_config()
-        config.update({"distance": self.distance, "normalize": self.normalize, "cross_replica": self.cross_replica})
+        config.update({"cross_replica": self.cross_replica, "multi_label": self.multi_label})
         return config
+
+
+class DistanceLoss(InBatchLoss):
+    """Level 2 of `tfm.losses.base`: losses on the distances between queries and reference.
+
+    Subclasses implement `distance_terms(distances, positive, negative)`.
+
+    Args:
+        distance: `"euclidean"`, `"squared_euclidean"` or `"cosine"`.
+        normalize: L2-normalise the embeddings before the distance.
+        reduction, name, cross_replica, multi_label: As `InBatchLoss`.
+    """
+
+    def __init__(self, distance="euclidean", normalize=False, reduction="sum_over_batch_size", name=None,
+                 cross_replica=False, multi_label=False):
+        super().__init__(reduction, name, cross_replica, multi_label)
+        self.distance = check_distance(distance)
+        self.normalize = bool(normalize)
+
+    def distance_terms(self, distances, positive, negative):
+        """`(loss_sums, term_counts)`, both `(N,)`, from the `(N, R)` distances."""
+        raise NotImplementedError
+
+    def pair_terms(self, embeddings, ref_embeddings, positive, negative):
+        distances = pair_distances(embeddings, ref_embeddings, self.distance, self.normalize)
+        return self.distance_terms(distances, positive, negative)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"distance": self.distance, "normalize": self.normalize})
+        return config
+
+
+class SimilarityLoss(InBatchLoss):
+    """Level 3 of `tfm.losses.base`: losses on dot products (cosine similarities by default).
+
+    Subclasses implement `similarity_terms(similarity, positive, negative)`.
+
+    Args:
+        normalize: L2-normalise the embeddings first (cosine similarities).
+        reduction, name, cross_replica, multi_label: As `InBatchLoss`.
+    """
+
+    def __init__(self, normalize=True, reduction="sum_over_batch_size", name=None, cross_replica=False,
+                 multi_label=False):
+        super().__init__(reduction, name, cross_replica, multi_label)
+        self.normalize = bool(normalize)
+
+    def similarity_terms(self, similarity, positive, negative):
+        """`(loss_sums, term_counts)`, both `(N,)`, from the `(N, R)` similarities."""
+        raise NotImplementedError
+
+    def pair_terms(self, embeddings, ref_embeddings, positive, negative):
+        similarity = pair_similarities(embeddings, ref_embeddings, self.normalize)
+        return self.similarity_terms(similarity, positive, negative)
+
+    def get_config(self):
+        config = super().get_config()
+        config["normalize"] = self.normalize
+        return config
+
+
+def _reference(embeddings, ref_embeddings):
+    # The batch against itself: None keeps the square matrix's exact zero diagonal.
+    return None if ref_embeddings is embeddings else ref_embeddings
+
+
+def pair_distances(embeddings, ref_embeddings, distance, normalize):
+    """The `(N, R)` distances of `Pairs` embeddings (the exact square when the reference is the batch)."""
+    return pairwise_distance(embeddings, distance, normalize, ref_embeddings=_reference(embeddings, ref_embeddings))
+
+
+def pair_similarities(embeddings, ref_embeddings, normalize):
+    """The `(N, R)` similarities of `Pairs` embeddings."""
+    return pairwise_similarity(embeddings, normalize, ref_embeddings=_reference(embeddings, ref_embeddings))
+
+
+def distance_loss(terms, labels, embeddings, ref_labels, ref_embeddings, *, distance, normalize, multi_label,
+                  remove_diagonal, **arguments):
+    """Per-query losses of the term function `terms(distances, positive, negative, **arguments)`."""
+    pairs = mine_pairs(
+        labels, embeddings, ref_labels, ref_embeddings, multi_label=multi_label, remove_diagonal=remove_diagonal
+    )
+    distances = pair_distances(pairs.embeddings, pairs.ref_embeddings, check_distance(distance), normalize)
+    return per_query(terms(distances, pairs.positive, pairs.negative, **arguments))
+
+
+def similarity_loss(terms, labels, embeddings, ref_labels, ref_embeddings, *, normalize, multi_label,
+                    remove_diagonal, **arguments):
+    """Per-query losses of the term function `terms(similarity, positive, negative, **arguments)`."""
+    pairs = mine_pairs(
+        labels, embeddings, ref_labels, ref_embeddings, multi_label=multi_label, remove_diagonal=remove_diagonal
+    )
+    similarity = pair_similarities(pairs.embeddings, pairs.ref_embeddings, normalize)
+    return per_query(terms(similarity, pairs.positive, pairs.negative, **arguments))

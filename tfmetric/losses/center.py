@@ -57,7 +57,7 @@ class CenterLoss(InBatchLoss):
     """
 
     def __init__(self, num_classes, embedding_dim, reduction="sum_over_batch_size", name="center_loss"):
-        super().__init__("squared_euclidean", False, reduction, name)
+        super().__init__(reduction, name)
         if int(num_classes) < 1 or int(embedding_dim) < 1:
             raise ValueError(
                 f"num_classes and embedding_dim must be positive; received {num_classes} and {embedding_dim}."
@@ -73,7 +73,11 @@ class CenterLoss(InBatchLoss):
         """The current class centres, a `(num_classes, embedding_dim)` array."""
         return keras.ops.convert_to_numpy(self.state.centers)
 
-    def _terms(self, y_true, y_pred):
+    def query_terms(self, y_true, y_pred, ref_labels=None, ref_embeddings=None, remove_diagonal=None,
+                    ref_valid=None):
+        # Each example meets its class centre, not other examples.
+        if ref_labels is not None or ref_embeddings is not None or ref_valid is not None:
+            raise ValueError("CenterLoss compares examples with class centres: it takes no reference.")
         embeddings = as_embeddings(y_pred)
         if embeddings.shape[-1] is not None and embeddings.shape[-1] != self.embedding_dim:
             raise ValueError(
@@ -86,13 +90,9 @@ class CenterLoss(InBatchLoss):
             class_ids = ops.convert_to_tensor(np.asarray(y_true).reshape(-1).astype("int32"))
         return center_terms(embeddings, class_ids, self.state.centers)
 
-    def __call__(self, y_true, y_pred, sample_weight=None):
-        self.state.attach(self)
-        return super().__call__(y_true, y_pred, sample_weight)
-
     def get_config(self):
         config = super().get_config()
-        for key in ("distance", "normalize", "cross_replica"):
+        for key in ("cross_replica", "multi_label"):
             del config[key]
         config.update({"num_classes": self.num_classes, "embedding_dim": self.embedding_dim})
         return config

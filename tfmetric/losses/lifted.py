@@ -1,45 +1,95 @@
 """The lifted structured loss of Song et al. 2016, mined online from the labels.
 
-Notation: `d` is the `(N, N)` distance matrix of the batch, `P(a)` the
-positives of anchor `a`, `Q(a)` its negatives, `m` the margin.
+Notation: `d` is the `(N, R)` distance matrix of the queries and the
+reference (the batch itself by default), `P(a)` the positives of query `a`,
+`Q(a)` its negatives, `m` the margin.
 """
 
 import keras
 from keras import ops
 
-from tfmetric.losses.base import InBatchLoss, row_logsumexp
-from tfmetric.mining import label_masks
+from tfmetric.losses.base import DistanceLoss, distance_loss, row_logsumexp
 
 
-def lifted_structure_terms(distances, labels, margin=1.0):
-    """Per-anchor sums of lifted structured terms and the number of positive pairs.
+def lifted_structure_terms(distances, positive, negative, margin=1.0):
+    """Per-query sums of lifted structured terms and the number of positive pairs.
 
-    For the positive pair (i, j):
-    `J_ij = log(Σ_{k∈Q(i)} exp(m − d_ik) + Σ_{l∈Q(j)} exp(m − d_jl)) + d_ij`,
-    and anchor i gets `relu(J_ij)² / 2` for each positive j. The log-sum-exp
-    over the negatives of one row is a vector; pairing two rows is one
-    `(N, N)` log-add-exp, so nothing of size N³ is built (TF Addons tiles
-    the matrix N times). A batch with no negative at all (one class) has no
-    finite `J`: its terms are 0.
+    For query i and its positive reference row j:
+    `J_ij = log(Σ_{k∈Q(i)} exp(m − d_ik) + Σ_{l: j∈Q(l)} exp(m − d_lj)) + d_ij`,
+    and query i gets `relu(J_ij)² / 2` for each positive j. The negatives of
+    the reference row j are taken among the queries (column j of the
+    rectangle): in the square case they are exactly j's own negatives (the
+    matrix and masks are symmetric), and the cost stays O(N·R). The two
+    log-sum-exps are vectors; pairing them is one `(N, R)` log-add-exp, so
+    nothing of size N·R·R is built (TF Addons tiles the matrix N times).
+    Pairs with no negative on either side have no finite `J`: their terms
+    are 0 (a one-class batch).
 
     Returns:
         `(loss_sums, pair_counts)`, both `(N,)`.
     """
-    positive, negative = label_masks(labels)
     row_terms = row_logsumexp(margin - distances, negative)
-    # A row lacks negatives only in a one-class batch (any other label is a
-    # negative of every row): then no pair has a term.
-    has_negative = ops.any(negative)
-    left, right = row_terms[:, None], row_terms[None, :]
+    column_terms = row_logsumexp(ops.transpose(margin - distances), ops.transpose(negative))
+    has_negative = ops.logical_or(ops.any(negative, axis=1)[:, None], ops.any(negative, axis=0)[None, :])
+    left, right = row_terms[:, None], column_terms[None, :]
+    # An empty side is log 0 = -inf, not the 0 row_logsumexp gives it.
+    minus_inf = ops.full_like(distances, float("-inf"))
+    left = ops.where(ops.any(negative, axis=1)[:, None], left + ops.zeros_like(distances), minus_inf)
+    right = ops.where(ops.any(negative, axis=0)[None, :], right + ops.zeros_like(distances), minus_inf)
     shift = ops.stop_gradient(ops.maximum(left, right))
-    pair_terms = shift + ops.log(ops.exp(left - shift) + ops.exp(right - shift)) + distances
-    pair_terms = ops.where(ops.logical_and(positive, has_negative), ops.relu(pair_terms), ops.zeros_like(pair_terms))
+    shift = ops.where(has_negative, shift, ops.zeros_like(shift))
+    total = ops.exp(left - shift) + ops.exp(right - shift)
+    # log 1 where neither side has a negative: no log 0 for the gradient to meet.
+    total = ops.where(has_negative, total, ops.ones_like(total))
+    pair_terms = shift + ops.log(total) + distances
+    active = ops.logical_and(positive, has_negative)
+    pair_terms = ops.where(active, ops.relu(pair_terms), ops.zeros_like(pair_terms))
     loss_sums = 0.5 * ops.sum(ops.square(pair_terms), axis=1)
     return loss_sums, ops.sum(ops.cast(positive, distances.dtype), axis=1)
 
 
+def lifted_structure(
+    labels,
+    embeddings,
+    ref_labels=None,
+    ref_embeddings=None,
+    *,
+    margin=1.0,
+    distance="euclidean",
+    normalize=False,
+    multi_label=False,
+    remove_diagonal=None,
+):
+    """Per-query lifted structured losses (the math of `LiftedStructure`).
+
+    Each query i's mean over its positive reference rows j of
+    `relu(J_ij)² / 2` (see `lifted_structure_terms`), among the reference
+    rows (default: the batch itself). The arguments are those of
+    `tfm.losses.batch_hard_triplet` and `LiftedStructure`.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> embeddings = np.array([[0.0, 0.0], [0.0, 1.0], [2.0, 0.0], [2.0, 2.0]])
+    >>> [round(float(v), 4) for v in tfm.losses.lifted_structure([0, 0, 1, 1], embeddings)]
+    [0.6094, 0.6094, 2.2134, 2.2134]
+    """
+    return distance_loss(
+        lifted_structure_terms,
+        labels,
+        embeddings,
+        ref_labels,
+        ref_embeddings,
+        distance=distance,
+        normalize=normalize,
+        multi_label=multi_label,
+        remove_diagonal=remove_diagonal,
+        margin=margin,
+    )
+
+
 @keras.saving.register_keras_serializable(package="tfmetric")
-class LiftedStructure(InBatchLoss):
+class LiftedStructure(DistanceLoss):
     """Lifted structured loss (Song et al. 2016, "Deep Metric Learning via
     Lifted Structured Feature Embedding").
 
@@ -67,6 +117,8 @@ class LiftedStructure(InBatchLoss):
         name: Optional name of the loss.
         cross_replica: Under a `tf.distribute` strategy, mine each replica's
             anchors against the batches of all replicas (see the README).
+        multi_label: Labels are multi-hot rows `(N, C)`: a positive pair
+            shares at least one label, a negative pair none.
 
     Example:
 
@@ -85,12 +137,13 @@ class LiftedStructure(InBatchLoss):
         reduction="sum_over_batch_size",
         name="lifted_structure",
         cross_replica=False,
+        multi_label=False,
     ):
-        super().__init__(distance, normalize, reduction, name, cross_replica)
+        super().__init__(distance, normalize, reduction, name, cross_replica, multi_label)
         self.margin = float(margin)
 
-    def anchor_terms(self, distances, labels):
-        return lifted_structure_terms(distances, labels, self.margin)
+    def distance_terms(self, distances, positive, negative):
+        return lifted_structure_terms(distances, positive, negative, self.margin)
 
     def get_config(self):
         config = super().get_config()

@@ -1,22 +1,18 @@
 """The margin loss of Wu et al. 2017, "Sampling Matters in Deep Embedding Learning".
 
-Notation: `d` is the `(N, N)` Euclidean distance matrix of the (by default
-L2-normalised) embeddings, `β` the boundary between positive and negative
-distances, `m` the margin around it.
+Notation: `d` is the `(N, R)` Euclidean distance matrix of the (by default
+L2-normalised) query and reference embeddings (the batch itself by
+default), `β` the boundary between positive and negative distances, `m` the
+margin around it.
 """
 
 import keras
 from keras import ops
 
-from tfmetric.distances import as_embeddings, pairwise_distance
-from tfmetric.labels import check_class_ids, standardize_labels
-from tfmetric.losses.base import InBatchLoss, check_choice
+from tfmetric.labels import check_class_ids
+from tfmetric.losses.base import DistanceLoss, check_choice, pair_distances, per_query
 from tfmetric.losses.state import LossState
-from tfmetric.mining import (
-    distance_weighted_log_weights,
-    label_masks,
-    sample_negative_counts,
-)
+from tfmetric.mining import distance_weighted_log_weights, mine_pairs, sample_negative_counts
 
 SAMPLINGS = ("distance_weighted", "all")
 # Independent draws per anchor (positives beyond reuse them, turned; see
@@ -51,8 +47,117 @@ def margin_terms(distances, positive, negative, anchor_beta, negative_weights=No
     return loss_sums, ops.stop_gradient(active)
 
 
+def sampled_margin_terms(
+    embeddings,
+    ref_embeddings,
+    positive,
+    negative,
+    beta,
+    *,
+    margin=0.2,
+    nu=0.0,
+    sampling="distance_weighted",
+    cutoff=0.5,
+    nonzero_loss_cutoff=1.4,
+    normalize=True,
+    seed=None,
+):
+    """`margin_terms` of queries against a reference, with their negatives sampled or all.
+
+    `beta` is a float or the `(N,)` β of every query; `seed` an int, `None`
+    or a `keras.random.SeedGenerator` (what `MarginLoss` passes, so that
+    each call draws anew).
+    """
+    distances = pair_distances(embeddings, ref_embeddings, "euclidean", normalize)
+    num_queries = ops.shape(distances)[0]
+    anchor_beta = ops.cast(beta, distances.dtype) * ops.ones((num_queries,), distances.dtype)
+    negative_weights = None
+    if check_choice("sampling", sampling, SAMPLINGS) == "distance_weighted":
+        dim = embeddings.shape[-1]
+        if dim is None:
+            raise ValueError("Distance-weighted sampling needs a known embedding size.")
+        log_weights = distance_weighted_log_weights(
+            ops.stop_gradient(distances), negative, dim, cutoff, nonzero_loss_cutoff
+        )
+        uniforms = keras.random.uniform((num_queries, UNIFORMS_PER_ANCHOR), dtype="float32", seed=seed)
+        negative_weights = sample_negative_counts(log_weights, positive, uniforms)
+    return margin_terms(distances, positive, negative, anchor_beta, negative_weights, margin, nu)
+
+
+def margin_loss(
+    labels,
+    embeddings,
+    ref_labels=None,
+    ref_embeddings=None,
+    *,
+    margin=0.2,
+    beta=1.2,
+    nu=0.0,
+    sampling="distance_weighted",
+    cutoff=0.5,
+    nonzero_loss_cutoff=1.4,
+    normalize=True,
+    seed=None,
+    multi_label=False,
+    remove_diagonal=None,
+):
+    """Per-query margin losses (the math of `MarginLoss`).
+
+    Each query's `Σ relu(m ± (d − β_a)) + ν β_a` per term over its positive
+    pairs and its sampled (or all) negative pairs with the reference rows
+    (default: the batch itself), divided by its number of positive terms.
+
+    Args:
+        labels: Class ids `(N,)` of the queries (or, with `multi_label`,
+            0/1 rows `(N, C)`).
+        embeddings: Query embeddings `(N, D)`.
+        ref_labels, ref_embeddings: Optional reference `(R,)`, `(R, D)`.
+        beta: The boundary β: a float, or one per query `(N,)`.
+        seed: For `sampling="distance_weighted"`: an int, or a
+            `keras.random.SeedGenerator` to draw anew at every call (needed
+            inside a JAX trace).
+        remove_diagonal: Whether reference row a is query a itself; `None`:
+            only without a reference.
+        margin, nu, sampling, cutoff, nonzero_loss_cutoff, normalize,
+            multi_label: As `MarginLoss`.
+
+    Returns:
+        The `(N,)` per-query losses.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> embeddings = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]])
+    >>> losses = tfm.losses.margin_loss([0, 0, 1, 1], embeddings, sampling="all")
+    >>> [round(float(v), 4) for v in losses]
+    [0.0, 0.5056, 0.5056, 0.0]
+    """
+    _check_cutoff(cutoff)
+    pairs = mine_pairs(
+        labels, embeddings, ref_labels, ref_embeddings, multi_label=multi_label, remove_diagonal=remove_diagonal
+    )
+    return per_query(
+        sampled_margin_terms(
+            *pairs,
+            beta,
+            margin=margin,
+            nu=nu,
+            sampling=sampling,
+            cutoff=cutoff,
+            nonzero_loss_cutoff=nonzero_loss_cutoff,
+            normalize=normalize,
+            seed=seed,
+        )
+    )
+
+
+def _check_cutoff(cutoff):
+    if cutoff <= 0:
+        raise ValueError(f"cutoff must be positive; received {cutoff}.")
+
+
 @keras.saving.register_keras_serializable(package="tfmetric")
-class MarginLoss(InBatchLoss):
+class MarginLoss(DistanceLoss):
     """Margin loss with distance-weighted sampling (Wu et al. 2017).
 
     Positive distances are pulled below `β − m`, negative ones pushed above
@@ -100,6 +205,9 @@ class MarginLoss(InBatchLoss):
         cross_replica: Under a `tf.distribute` strategy, mine each replica's
             anchors against the batches of all replicas, so that training
             matches one device on the global batch (see the README).
+        multi_label: Labels are multi-hot rows `(N, C)`: a positive pair
+            shares at least one label, a negative pair none (not with
+            `num_classes`).
 
     Example:
 
@@ -125,16 +233,18 @@ class MarginLoss(InBatchLoss):
         reduction="sum_over_batch_size",
         name="margin_loss",
         cross_replica=False,
+        multi_label=False,
     ):
-        super().__init__("euclidean", normalize, reduction, name, cross_replica)
+        super().__init__("euclidean", normalize, reduction, name, cross_replica, multi_label)
         if num_classes is not None and not learn_beta:
             raise ValueError(
                 "num_classes adds a learned β offset per class; it needs learn_beta=True."
             )
         if num_classes is not None and int(num_classes) < 1:
             raise ValueError(f"num_classes must be positive; received {num_classes}.")
-        if cutoff <= 0:
-            raise ValueError(f"cutoff must be positive; received {cutoff}.")
+        if num_classes is not None and multi_label:
+            raise ValueError("A β per class needs one class per example: not with multi_label=True.")
+        _check_cutoff(cutoff)
         self.margin = float(margin)
         self.beta = float(beta)
         self.nu = float(nu)
@@ -177,41 +287,44 @@ class MarginLoss(InBatchLoss):
         class_ids = ops.cast(ops.reshape(ops.convert_to_tensor(y_true), (-1,)), "int32")
         return beta + ops.cast(ops.take(self.state.class_beta, class_ids), dtype)
 
-    def _terms(self, y_true, y_pred):
-        embeddings = as_embeddings(y_pred)
-        labels = standardize_labels(y_true, embeddings)
-        anchor_beta = self._anchor_beta(y_true, ops.shape(embeddings)[0], embeddings.dtype)
-        return self.batch_terms(labels, embeddings, anchor_beta)
+    def query_terms(self, labels, embeddings, ref_labels=None, ref_embeddings=None, remove_diagonal=None,
+                    ref_valid=None):
+        # The β of each query's class comes from its class id, which the
+        # masks alone do not carry.
+        pairs = mine_pairs(
+            labels,
+            embeddings,
+            ref_labels,
+            ref_embeddings,
+            multi_label=self.multi_label,
+            remove_diagonal=remove_diagonal,
+            ref_valid=ref_valid,
+        )
+        anchor_beta = self._anchor_beta(labels, ops.shape(pairs.embeddings)[0], pairs.embeddings.dtype)
+        return self._pair_terms(*pairs, anchor_beta)
 
-    def batch_terms(self, labels, embeddings, anchor_beta=None):
-        """The terms of every row; `anchor_beta` defaults to the β shared by all classes."""
-        distances = pairwise_distance(embeddings, "euclidean", self.normalize)
-        num_examples = ops.shape(distances)[0]
-        positive, negative = label_masks(labels)
-        negative_weights = None
-        if self.sampling == "distance_weighted":
-            dim = embeddings.shape[-1]
-            if dim is None:
-                raise ValueError("Distance-weighted sampling needs a known embedding size.")
-            log_weights = distance_weighted_log_weights(
-                ops.stop_gradient(distances), negative, dim, self.cutoff, self.nonzero_loss_cutoff
-            )
-            uniforms = keras.random.uniform(
-                (num_examples, UNIFORMS_PER_ANCHOR), dtype="float32", seed=self.state.seed_generator
-            )
-            negative_weights = sample_negative_counts(log_weights, labels, positive, uniforms)
-        if anchor_beta is None:
-            if self.num_classes is not None:
-                raise ValueError("A β per class needs the class ids of the anchors.")
-            anchor_beta = self._anchor_beta(None, num_examples, distances.dtype)
-        return margin_terms(
-            distances, positive, negative, anchor_beta, negative_weights, self.margin, self.nu
+    def pair_terms(self, embeddings, ref_embeddings, positive, negative):
+        if self.num_classes is not None:
+            raise ValueError("A β per class needs the class ids of the anchors.")
+        return self._pair_terms(
+            embeddings, ref_embeddings, positive, negative, self._anchor_beta(None, 1, embeddings.dtype)
         )
 
-    def __call__(self, y_true, y_pred, sample_weight=None):
-        if self.state is not None:
-            self.state.attach(self)
-        return super().__call__(y_true, y_pred, sample_weight)
+    def _pair_terms(self, embeddings, ref_embeddings, positive, negative, anchor_beta):
+        return sampled_margin_terms(
+            embeddings,
+            ref_embeddings,
+            positive,
+            negative,
+            anchor_beta,
+            margin=self.margin,
+            nu=self.nu,
+            sampling=self.sampling,
+            cutoff=self.cutoff,
+            nonzero_loss_cutoff=self.nonzero_loss_cutoff,
+            normalize=self.normalize,
+            seed=None if self.state is None else getattr(self.state, "seed_generator", None),
+        )
 
     def get_config(self):
         config = super().get_config()

@@ -10,31 +10,18 @@ import numpy as np
 from keras import ops
 
 from tfmetric.distances import as_embeddings
-from tfmetric.distribute import replica_context
+from tfmetric.distribute import gather_across_replicas, replica_context
 from tfmetric.labels import is_backend_tensor, standardize_labels
-from tfmetric.losses.base import InBatchLoss, divide_or_zero, reduce_anchor_terms
+from tfmetric.losses.base import InBatchLoss, check_sample_weight, per_query, reduce_anchor_terms
 from tfmetric.losses.center import CenterLoss
 from tfmetric.losses.margin import MarginLoss
-from tfmetric.losses.npairs import NPairsMultilabel
+from tfmetric.losses.n_pairs import NPairsMultilabel
 from tfmetric.losses.state import LossState
-from tfmetric.mining import first_positions
 
 
 def _label_dtype():
     # JAX without 64-bit mode has no int64: its labels are int32.
     return "int32" if keras.backend.backend() == "jax" else "int64"
-
-
-def union_ids(labels, valid):
-    """Float class ids of `labels`, equal exactly where the labels are; NaN where not `valid`.
-
-    The ids are positions in the sorted labels (< 2²⁴, exact in float32), so
-    labels of any size stay distinct; NaN rows are in no mask
-    (`tfm.mining.label_masks`).
-    """
-    ordered = ops.take(labels, ops.argsort(labels))
-    ids = ops.cast(first_positions(ordered, labels), "float32")
-    return ops.where(valid, ids, ops.full_like(ids, float("nan")))
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -43,33 +30,48 @@ class CrossBatchMemory(keras.losses.Loss):
     Embedding Learning"): an in-batch loss mined against recent batches too.
 
     The wrapper keeps the embeddings and labels of the last `memory_size`
-    examples it has seen. At every call, the anchors of the batch are mined
-    by `loss` against the batch and the memory together (the remembered
-    embeddings are constants: no gradient reaches them), then the batch
-    joins the memory, replacing the oldest entries:
+    examples it has seen. At every call, the batch's N anchors are mined by
+    `loss` against the reference batch ∪ memory, an N × (N + M) rectangle
+    (the remembered embeddings are constants: no gradient reaches them; no
+    anchor is its own positive), then the batch joins the memory, replacing
+    the oldest entries:
 
     ```
-    loss = loss restricted to the batch's anchors, on the union batch ∪ memory
+    loss = loss of the batch's queries against the reference batch ∪ memory
     ```
 
     The loss's reduction and sample weights apply to the batch's anchors
     as usual. Empty slots (before the memory has filled) take part in no
     pair. Use it in `model.compile(loss=tfm.CrossBatchMemory(tfm.Contrastive(), 4096))`:
     the memory is saved with the model (in a custom training loop, call
-    `tfm.losses.attach_state(model, loss)` first). Cost: the wrapped loss on
-    `batch + memory_size` rows. Not supported under `tf.distribute`
-    strategies (each replica would need the others' memory).
+    `tfm.losses.attach_state(model, loss)` first). Cost: O(N·(N + M)) time
+    and memory, the distance rectangle and a few passes over it; memories
+    of 10⁴–10⁵ rows, as in the paper, fit.
+
+    Where the wrapped loss looks beyond each anchor's own row — the closest
+    negative pairs of `Contrastive(negatives="hard")`, the negatives of a
+    positive in `LiftedStructure` — it sees the rectangle: the batch's rows
+    and, for a remembered row, the batch's anchors.
+
+    Under a `tf.distribute` strategy, pass `cross_replica=True`: every
+    replica gathers the global batch, mines it against global batch ∪
+    memory, keeps its own anchors' share and enqueues the whole global
+    batch, so that every replica's memory is the same and training matches
+    one device on the global batch.
 
     Args:
-        loss: The in-batch loss to wrap (any of tfmetric's, except
-            `CenterLoss`, `NPairsMultilabel`, and `MarginLoss` with a β
-            per class).
+        loss: The in-batch loss to wrap (any of tfmetric's mined from class
+            ids, except `CenterLoss`, `NPairsMultilabel`, `MarginLoss` with
+            a β per class, and losses with `multi_label=True`).
         memory_size: How many past embeddings to keep; at least the batch
-            size.
+            size (the global batch with `cross_replica`).
         embedding_dim: Size of the embeddings. When `None`, the memory is
             created at the first call, which must then not be inside a JAX
-            trace.
+            trace or a `tf.distribute` replica.
         name: Optional name of the loss.
+        cross_replica: Under a `tf.distribute` strategy, mine and remember
+            the global batch (see above); the wrapped loss itself must not
+            set `cross_replica`.
 
     Example:
 
@@ -81,7 +83,7 @@ class CrossBatchMemory(keras.losses.Loss):
     1.0856
     """
 
-    def __init__(self, loss, memory_size=1024, embedding_dim=None, name="cross_batch_memory"):
+    def __init__(self, loss, memory_size=1024, embedding_dim=None, name="cross_batch_memory", cross_replica=False):
         if isinstance(loss, dict):
             loss = keras.losses.deserialize(loss)
         _check_wrappable(loss)
@@ -90,6 +92,7 @@ class CrossBatchMemory(keras.losses.Loss):
             raise ValueError(f"memory_size must be positive; received {memory_size}.")
         self.loss = loss
         self.memory_size = int(memory_size)
+        self.cross_replica = bool(cross_replica)
         self.embedding_dim = None
         self.state = None
         if embedding_dim is not None:
@@ -98,16 +101,16 @@ class CrossBatchMemory(keras.losses.Loss):
     def _build(self, embedding_dim):
         state = LossState(name=f"{self.name}_state")
         size = self.memory_size
+        # Every replica writes the same global batch: the first one's write stands for all.
+        shared = {"trainable": False, "aggregation": "only_first_replica"}
         state.embeddings = state.add_weight(
-            shape=(size, embedding_dim), initializer="zeros", trainable=False, name="embeddings"
+            shape=(size, embedding_dim), initializer="zeros", name="embeddings", **shared
         )
         state.labels = state.add_weight(
-            shape=(size,), initializer="zeros", dtype=_label_dtype(), trainable=False, name="labels"
+            shape=(size,), initializer="zeros", dtype=_label_dtype(), name="labels", **shared
         )
-        state.filled = state.add_weight(shape=(size,), initializer="zeros", trainable=False, name="filled")
-        state.position = state.add_weight(
-            shape=(), initializer="zeros", dtype="int32", trainable=False, name="position"
-        )
+        state.filled = state.add_weight(shape=(size,), initializer="zeros", name="filled", **shared)
+        state.position = state.add_weight(shape=(), initializer="zeros", dtype="int32", name="position", **shared)
         self.state = state
         self.embedding_dim = embedding_dim
 
@@ -142,16 +145,16 @@ class CrossBatchMemory(keras.losses.Loss):
             )
         return embeddings, self._labels(y_true, embeddings)
 
-    def _union_terms(self, embeddings, labels):
-        """The wrapped loss's terms of the batch's anchors on the batch and the memory."""
+    def _memory_terms(self, embeddings, labels):
+        """The wrapped loss's terms of the queries against queries ∪ memory."""
         state = self.state
         remembered = ops.stop_gradient(ops.cast(state.embeddings, embeddings.dtype))
-        all_embeddings = ops.concatenate([embeddings, remembered], axis=0)
-        all_labels = ops.concatenate([labels, ops.cast(state.labels, labels.dtype)], axis=0)
+        ref_embeddings = ops.concatenate([embeddings, remembered], axis=0)
+        ref_labels = ops.concatenate([labels, ops.cast(state.labels, labels.dtype)], axis=0)
         valid = ops.concatenate([ops.ones_like(labels, "bool"), ops.cast(state.filled, "bool")], axis=0)
-        loss_sums, term_counts = self.loss.batch_terms(union_ids(all_labels, valid), all_embeddings)
-        batch = ops.shape(embeddings)[0]
-        return loss_sums[:batch], term_counts[:batch]
+        return self.loss.query_terms(
+            labels, embeddings, ref_labels, ref_embeddings, remove_diagonal=True, ref_valid=valid
+        )
 
     def _remember(self, embeddings, labels):
         state = self.state
@@ -165,23 +168,38 @@ class CrossBatchMemory(keras.losses.Loss):
         state.position.assign((state.position + batch) % self.memory_size)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
-        if replica_context() is not None:
-            raise ValueError("CrossBatchMemory is not supported under a tf.distribute strategy.")
+        context = replica_context()
+        if context is not None and not self.cross_replica:
+            raise ValueError(
+                "Under a tf.distribute strategy, CrossBatchMemory needs cross_replica=True (every replica "
+                "then remembers the global batch)."
+            )
         with keras.name_scope(self.name):
             embeddings, labels = self._prepare(y_true, y_pred)
             self.state.attach(self)
             inner_state = getattr(self.loss, "state", None)
             if inner_state is not None:
                 inner_state.attach(self)
-            loss_sums, term_counts = self._union_terms(embeddings, labels)
-            loss = reduce_anchor_terms(loss_sums, term_counts, sample_weight, self.reduction)
-            self._remember(embeddings, labels)
+            if context is None:
+                loss_sums, term_counts = self._memory_terms(embeddings, labels)
+                loss = reduce_anchor_terms(loss_sums, term_counts, sample_weight, self.reduction)
+                self._remember(embeddings, labels)
+                return loss
+            weights = check_sample_weight(sample_weight, ops.ones((ops.shape(embeddings)[0],), embeddings.dtype))
+            all_embeddings, all_labels, all_weights, start = gather_across_replicas(
+                context, embeddings, labels, weights
+            )
+            loss_sums, term_counts = self._memory_terms(all_embeddings, all_labels)
+            positions = ops.arange(ops.shape(all_embeddings)[0])
+            share = (positions >= start) & (positions < start + ops.shape(embeddings)[0])
+            loss = reduce_anchor_terms(loss_sums, term_counts, all_weights, self.reduction, share)
+            self._remember(all_embeddings, all_labels)
             return loss
 
     def call(self, y_true, y_pred):
         """Per-anchor losses against the batch and the memory, leaving the memory as it is."""
         embeddings, labels = self._prepare(y_true, y_pred)
-        return divide_or_zero(*self._union_terms(embeddings, labels))
+        return per_query(self._memory_terms(embeddings, labels))
 
     def memory(self):
         """`(embeddings, labels)` of the filled slots, as NumPy arrays in slot order."""
@@ -199,15 +217,19 @@ class CrossBatchMemory(keras.losses.Loss):
             "memory_size": self.memory_size,
             "embedding_dim": self.embedding_dim,
             "name": self.name,
+            "cross_replica": self.cross_replica,
         }
 
 
 def _check_wrappable(loss):
-    if not isinstance(loss, InBatchLoss) or isinstance(loss, (CenterLoss, NPairsMultilabel)):
+    if not isinstance(loss, InBatchLoss) or isinstance(loss, (CenterLoss, NPairsMultilabel)) or loss.multi_label:
         raise ValueError(
-            f"CrossBatchMemory wraps a loss mined from class labels, such as tfm.Contrastive(); received {loss!r}."
+            f"CrossBatchMemory wraps a loss mined from class ids, such as tfm.Contrastive(); received {loss!r}."
         )
     if isinstance(loss, MarginLoss) and loss.num_classes is not None:
         raise ValueError("CrossBatchMemory cannot wrap a MarginLoss with a β per class (num_classes).")
     if loss.cross_replica:
-        raise ValueError("CrossBatchMemory cannot wrap a loss with cross_replica=True.")
+        raise ValueError(
+            "CrossBatchMemory cannot wrap a loss with cross_replica=True: pass cross_replica=True to "
+            "CrossBatchMemory itself."
+        )

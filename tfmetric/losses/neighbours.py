@@ -2,32 +2,127 @@
 
 Every anchor picks a neighbour at random, with probability decreasing with
 the distance; the loss is the negative log-probability that it picks one of
-its own class. Notation: `d` is the `(N, N)` distance matrix, `T` the
-temperature, `P(a)` the positives of anchor `a`.
+its own class. Notation: `d` is the `(N, R)` distance matrix of the queries
+and the reference (the batch itself by default), `T` the temperature,
+`P(a)` the positives of query `a`.
 """
 
 import keras
 from keras import ops
 
-from tfmetric.losses.base import InBatchLoss, row_logsumexp
-from tfmetric.mining import label_masks
+from tfmetric.losses.base import DistanceLoss, distance_loss, row_logsumexp
 
 
-def soft_nearest_neighbor_terms(distances, labels, temperature=1.0):
-    """Per-anchor losses `−log Σ_{p∈P(a)} p_ap`, `p_aj = softmax_{j≠a}(−d_aj / T)`.
+def soft_nearest_neighbor_terms(distances, positive, negative, temperature=1.0):
+    """Per-query losses `−log Σ_{p∈P(a)} p_ap`, `p_aj = softmax_{j∈P(a)∪Q(a)}(−d_aj / T)`.
 
     Returns:
-        `(losses, has_positive)`: anchors without a positive have no term.
+        `(losses, has_positive)`: queries without a positive have no term.
     """
-    positive, negative = label_masks(labels)
+    _check_positive("temperature", temperature)
     logits = -distances / temperature
     has_positive = ops.any(positive, axis=1)
     losses = row_logsumexp(logits, ops.logical_or(positive, negative)) - row_logsumexp(logits, positive)
     return ops.where(has_positive, losses, ops.zeros_like(losses)), ops.cast(has_positive, distances.dtype)
 
 
+def _check_positive(name, value):
+    if value <= 0:
+        raise ValueError(f"{name} must be positive; received {value}.")
+
+
+def soft_nearest_neighbor(
+    labels,
+    embeddings,
+    ref_labels=None,
+    ref_embeddings=None,
+    *,
+    temperature=1.0,
+    distance="squared_euclidean",
+    normalize=False,
+    multi_label=False,
+    remove_diagonal=None,
+):
+    """Per-query soft nearest neighbour losses (the math of `SoftNearestNeighbor`).
+
+    Each query's `−log Σ_{p∈P(a)} softmax(−d(a, ·)/T)_p` over the reference
+    rows (default: the batch itself, without the query), 0 for a query
+    without a positive.
+
+    Args:
+        labels: Class ids `(N,)` of the queries (or, with `multi_label`,
+            0/1 rows `(N, C)`).
+        embeddings: Query embeddings `(N, D)`.
+        ref_labels, ref_embeddings: Optional reference `(R,)`, `(R, D)`;
+            each query is compared with these R rows only: O(N·R).
+        remove_diagonal: Whether reference row a is query a itself (the
+            queries come first in the reference); `None`: only without a
+            reference.
+        temperature, distance, normalize, multi_label: As `SoftNearestNeighbor`.
+
+    Returns:
+        The `(N,)` per-query losses.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> embeddings = np.array([[0.0, 0.0], [0.0, 1.0], [2.0, 0.0], [2.0, 2.0]])
+    >>> [round(float(v), 4) for v in tfm.losses.soft_nearest_neighbor([0, 0, 1, 1], embeddings)]
+    [0.0495, 0.036, 0.862, 0.3266]
+    """
+    return distance_loss(
+        soft_nearest_neighbor_terms,
+        labels,
+        embeddings,
+        ref_labels,
+        ref_embeddings,
+        distance=distance,
+        normalize=normalize,
+        multi_label=multi_label,
+        remove_diagonal=remove_diagonal,
+        temperature=temperature,
+    )
+
+
+def nca(
+    labels,
+    embeddings,
+    ref_labels=None,
+    ref_embeddings=None,
+    *,
+    softmax_scale=1.0,
+    distance="squared_euclidean",
+    normalize=True,
+    multi_label=False,
+    remove_diagonal=None,
+):
+    """Per-query NCA losses (the math of `NCA`): `soft_nearest_neighbor` with `temperature = 1 / softmax_scale`.
+
+    The arguments are those of `tfm.losses.soft_nearest_neighbor` and `NCA`.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> embeddings = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]])
+    >>> [round(float(v), 4) for v in tfm.losses.nca([0, 0, 1, 1], embeddings)]
+    [0.2333, 0.6271, 0.6271, 0.2333]
+    """
+    _check_positive("softmax_scale", softmax_scale)
+    return soft_nearest_neighbor(
+        labels,
+        embeddings,
+        ref_labels,
+        ref_embeddings,
+        temperature=1.0 / softmax_scale,
+        distance=distance,
+        normalize=normalize,
+        multi_label=multi_label,
+        remove_diagonal=remove_diagonal,
+    )
+
+
 @keras.saving.register_keras_serializable(package="tfmetric")
-class SoftNearestNeighbor(InBatchLoss):
+class SoftNearestNeighbor(DistanceLoss):
     """Soft nearest neighbour loss (Frosst, Papernot & Hinton 2019, "Analyzing
     and Improving Representations with the Soft Nearest Neighbor Loss").
 
@@ -50,6 +145,8 @@ class SoftNearestNeighbor(InBatchLoss):
         name: Optional name of the loss.
         cross_replica: Under a `tf.distribute` strategy, mine each replica's
             anchors against the batches of all replicas (see the README).
+        multi_label: Labels are multi-hot rows `(N, C)`: a positive pair
+            shares at least one label, a negative pair none.
 
     Example:
 
@@ -68,14 +165,14 @@ class SoftNearestNeighbor(InBatchLoss):
         reduction="sum_over_batch_size",
         name="soft_nearest_neighbor",
         cross_replica=False,
+        multi_label=False,
     ):
-        super().__init__(distance, normalize, reduction, name, cross_replica)
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive; received {temperature}.")
+        super().__init__(distance, normalize, reduction, name, cross_replica, multi_label)
+        _check_positive("temperature", temperature)
         self.temperature = float(temperature)
 
-    def anchor_terms(self, distances, labels):
-        return soft_nearest_neighbor_terms(distances, labels, self.temperature)
+    def distance_terms(self, distances, positive, negative):
+        return soft_nearest_neighbor_terms(distances, positive, negative, self.temperature)
 
     def get_config(self):
         config = super().get_config()
@@ -84,7 +181,7 @@ class SoftNearestNeighbor(InBatchLoss):
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
-class NCA(InBatchLoss):
+class NCA(DistanceLoss):
     """Neighbourhood components analysis loss (Goldberger et al. 2004), in batch.
 
     The soft nearest neighbour loss with a scale instead of a temperature,
@@ -106,6 +203,8 @@ class NCA(InBatchLoss):
         name: Optional name of the loss.
         cross_replica: Under a `tf.distribute` strategy, mine each replica's
             anchors against the batches of all replicas (see the README).
+        multi_label: Labels are multi-hot rows `(N, C)`: a positive pair
+            shares at least one label, a negative pair none.
 
     Example:
 
@@ -124,14 +223,14 @@ class NCA(InBatchLoss):
         reduction="sum_over_batch_size",
         name="nca",
         cross_replica=False,
+        multi_label=False,
     ):
-        super().__init__(distance, normalize, reduction, name, cross_replica)
-        if softmax_scale <= 0:
-            raise ValueError(f"softmax_scale must be positive; received {softmax_scale}.")
+        super().__init__(distance, normalize, reduction, name, cross_replica, multi_label)
+        _check_positive("softmax_scale", softmax_scale)
         self.softmax_scale = float(softmax_scale)
 
-    def anchor_terms(self, distances, labels):
-        return soft_nearest_neighbor_terms(distances, labels, 1.0 / self.softmax_scale)
+    def distance_terms(self, distances, positive, negative):
+        return soft_nearest_neighbor_terms(distances, positive, negative, 1.0 / self.softmax_scale)
 
     def get_config(self):
         config = super().get_config()

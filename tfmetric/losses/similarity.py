@@ -1,16 +1,14 @@
 """Pair losses on cosine similarities: multi-similarity, circle, binomial deviance.
 
-Notation: `s` is the `(N, N)` similarity matrix of the batch
-(`tfm.distances.pairwise_similarity`: cosine by default), `P(a)` the
-positives of anchor `a`, `Q(a)` its negatives.
+Notation: `s` is the `(N, R)` similarity matrix of the queries and the
+reference, the batch itself by default (`tfm.distances.pairwise_similarity`:
+cosine by default), `P(a)` the positives of query `a`, `Q(a)` its negatives.
 """
 
 import keras
 from keras import ops
 
-from tfmetric.distances import pairwise_similarity
-from tfmetric.losses.base import InBatchLoss, divide_or_zero, row_logsumexp
-from tfmetric.mining import label_masks
+from tfmetric.losses.base import SimilarityLoss, divide_or_zero, row_logsumexp, similarity_loss
 
 
 def _row_mean(values, mask):
@@ -35,7 +33,7 @@ def multi_similarity_pairs(similarity, positive, negative, epsilon):
     return kept_positive, kept_negative
 
 
-def multi_similarity_terms(similarity, labels, alpha=2.0, beta=50.0, base=0.5, epsilon=None):
+def multi_similarity_terms(similarity, positive, negative, alpha=2.0, beta=50.0, base=0.5, epsilon=None):
     """Per-anchor multi-similarity losses; every anchor counts once.
 
     `ℓ_a = 1/α log(1 + Σ_{p∈P(a)} e^{−α(s_ap − λ)}) + 1/β log(1 + Σ_{n∈Q(a)} e^{β(s_an − λ)})`,
@@ -45,7 +43,7 @@ def multi_similarity_terms(similarity, labels, alpha=2.0, beta=50.0, base=0.5, e
     Returns:
         `(losses, ones)`, both `(N,)`.
     """
-    positive, negative = label_masks(labels)
+    _check_scales(alpha, beta)
     if epsilon is not None:
         positive, negative = multi_similarity_pairs(similarity, positive, negative, epsilon)
     pull = row_logsumexp(-alpha * (similarity - base), positive, add_one=True) / alpha
@@ -54,14 +52,13 @@ def multi_similarity_terms(similarity, labels, alpha=2.0, beta=50.0, base=0.5, e
     return losses, ops.ones_like(losses)
 
 
-def circle_terms(similarity, labels, margin=0.4, gamma=80.0):
+def circle_terms(similarity, positive, negative, margin=0.4, gamma=80.0):
     """Per-anchor circle losses and whether the anchor has a positive and a negative.
 
     `ℓ_a = softplus(log Σ_{p∈P(a)} e^{−γ α_p (s_ap − Δ_p)} + log Σ_{n∈Q(a)} e^{γ α_n (s_an − Δ_n)})`
     with `α_p = relu(1 + m − s_ap)`, `α_n = relu(s_an + m)` (constants for
     the gradient), `Δ_p = 1 − m`, `Δ_n = m`.
     """
-    positive, negative = label_masks(labels)
     fixed = ops.stop_gradient(similarity)
     pull = -gamma * ops.relu(1.0 + margin - fixed) * (similarity - (1.0 - margin))
     push = gamma * ops.relu(fixed + margin) * (similarity - margin)
@@ -70,13 +67,12 @@ def circle_terms(similarity, labels, margin=0.4, gamma=80.0):
     return ops.where(valid, losses, ops.zeros_like(losses)), ops.cast(valid, similarity.dtype)
 
 
-def binomial_deviance_terms(similarity, labels, alpha=2.0, threshold=0.5, cost=25.0):
+def binomial_deviance_terms(similarity, positive, negative, alpha=2.0, threshold=0.5, cost=25.0):
     """Per-anchor binomial deviances and whether the anchor has a positive and a negative.
 
     `ℓ_a = mean_{p∈P(a)} softplus(−α(s_ap − λ)) + mean_{n∈Q(a)} softplus(αC(s_an − λ))`,
     `λ = threshold`, `C = cost`.
     """
-    positive, negative = label_masks(labels)
     valid = ops.logical_and(ops.any(positive, axis=1), ops.any(negative, axis=1))
     pull = _row_mean(ops.softplus(-alpha * (similarity - threshold)), positive)
     push = _row_mean(ops.softplus(alpha * cost * (similarity - threshold)), negative)
@@ -84,22 +80,141 @@ def binomial_deviance_terms(similarity, labels, alpha=2.0, threshold=0.5, cost=2
     return ops.where(valid, losses, ops.zeros_like(losses)), ops.cast(valid, similarity.dtype)
 
 
-class SimilarityLoss(InBatchLoss):
-    """The frame of the losses on `pairwise_similarity`: no distance argument.
+def _check_scales(alpha, beta):
+    if alpha <= 0 or beta <= 0:
+        raise ValueError(f"alpha and beta must be positive; received {alpha} and {beta}.")
 
-    Subclasses implement `similarity_terms(similarity, labels)`.
+
+def multi_similarity(
+    labels,
+    embeddings,
+    ref_labels=None,
+    ref_embeddings=None,
+    *,
+    alpha=2.0,
+    beta=50.0,
+    base=0.5,
+    epsilon=None,
+    normalize=True,
+    multi_label=False,
+    remove_diagonal=None,
+):
+    """Per-query multi-similarity losses (the math of `MultiSimilarity`).
+
+    Args:
+        labels: Class ids `(N,)` of the queries (or, with `multi_label`,
+            0/1 rows `(N, C)`).
+        embeddings: Query embeddings `(N, D)`.
+        ref_labels, ref_embeddings: Optional reference `(R,)`, `(R, D)`;
+            each query is compared with these R rows only: O(N·R).
+        remove_diagonal: Whether reference row a is query a itself (the
+            queries come first in the reference); `None`: only without a
+            reference.
+        alpha, beta, base, epsilon, normalize, multi_label: As `MultiSimilarity`.
+
+    Returns:
+        The `(N,)` per-query losses.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> embeddings = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]])
+    >>> [round(float(v), 4) for v in tfm.losses.multi_similarity([0, 0, 1, 1], embeddings)]
+    [0.2187, 0.3189, 0.3189, 0.2187]
     """
+    return similarity_loss(
+        multi_similarity_terms,
+        labels,
+        embeddings,
+        ref_labels,
+        ref_embeddings,
+        normalize=normalize,
+        multi_label=multi_label,
+        remove_diagonal=remove_diagonal,
+        alpha=alpha,
+        beta=beta,
+        base=base,
+        epsilon=epsilon,
+    )
 
-    def __init__(self, normalize, reduction, name, cross_replica):
-        super().__init__("euclidean", normalize, reduction, name, cross_replica)
 
-    def batch_terms(self, labels, embeddings):
-        return self.similarity_terms(pairwise_similarity(embeddings, self.normalize), labels)
+def circle(
+    labels,
+    embeddings,
+    ref_labels=None,
+    ref_embeddings=None,
+    *,
+    margin=0.4,
+    gamma=80.0,
+    normalize=True,
+    multi_label=False,
+    remove_diagonal=None,
+):
+    """Per-query circle losses (the math of `Circle`), 0 for queries without a positive or a negative.
 
-    def get_config(self):
-        config = super().get_config()
-        del config["distance"]
-        return config
+    The arguments are those of `tfm.losses.multi_similarity` and `Circle`.
+    Keras' `keras.losses.circle` takes the same reference (`ref_labels`,
+    `ref_embeddings`, `remove_diagonal`).
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> embeddings = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]])
+    >>> [round(float(v), 4) for v in tfm.losses.circle([0, 0, 1, 1], embeddings)]
+    [0.0001, 6.4017, 6.4017, 0.0001]
+    """
+    return similarity_loss(
+        circle_terms,
+        labels,
+        embeddings,
+        ref_labels,
+        ref_embeddings,
+        normalize=normalize,
+        multi_label=multi_label,
+        remove_diagonal=remove_diagonal,
+        margin=margin,
+        gamma=gamma,
+    )
+
+
+def binomial_deviance(
+    labels,
+    embeddings,
+    ref_labels=None,
+    ref_embeddings=None,
+    *,
+    alpha=2.0,
+    threshold=0.5,
+    cost=25.0,
+    normalize=True,
+    multi_label=False,
+    remove_diagonal=None,
+):
+    """Per-query binomial deviances (the math of `BinomialDeviance`), 0 for queries without a positive or a negative.
+
+    The arguments are those of `tfm.losses.multi_similarity` and
+    `BinomialDeviance`.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> embeddings = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]])
+    >>> [round(float(v), 4) for v in tfm.losses.binomial_deviance([0, 0, 1, 1], embeddings)]
+    [0.4375, 2.9408, 2.9408, 0.4375]
+    """
+    return similarity_loss(
+        binomial_deviance_terms,
+        labels,
+        embeddings,
+        ref_labels,
+        ref_embeddings,
+        normalize=normalize,
+        multi_label=multi_label,
+        remove_diagonal=remove_diagonal,
+        alpha=alpha,
+        threshold=threshold,
+        cost=cost,
+    )
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -133,6 +248,8 @@ class MultiSimilarity(SimilarityLoss):
         name: Optional name of the loss.
         cross_replica: Under a `tf.distribute` strategy, mine each replica's
             anchors against the batches of all replicas (see the README).
+        multi_label: Labels are multi-hot rows `(N, C)`: a positive pair
+            shares at least one label, a negative pair none.
 
     Example:
 
@@ -153,17 +270,17 @@ class MultiSimilarity(SimilarityLoss):
         reduction="sum_over_batch_size",
         name="multi_similarity",
         cross_replica=False,
+        multi_label=False,
     ):
-        super().__init__(normalize, reduction, name, cross_replica)
-        if alpha <= 0 or beta <= 0:
-            raise ValueError(f"alpha and beta must be positive; received {alpha} and {beta}.")
+        super().__init__(normalize, reduction, name, cross_replica, multi_label)
+        _check_scales(alpha, beta)
         self.alpha = float(alpha)
         self.beta = float(beta)
         self.base = float(base)
         self.epsilon = None if epsilon is None else float(epsilon)
 
-    def similarity_terms(self, similarity, labels):
-        return multi_similarity_terms(similarity, labels, self.alpha, self.beta, self.base, self.epsilon)
+    def similarity_terms(self, similarity, positive, negative):
+        return multi_similarity_terms(similarity, positive, negative, self.alpha, self.beta, self.base, self.epsilon)
 
     def get_config(self):
         config = super().get_config()
@@ -200,6 +317,8 @@ class Circle(SimilarityLoss):
         name: Optional name of the loss.
         cross_replica: Under a `tf.distribute` strategy, mine each replica's
             anchors against the batches of all replicas (see the README).
+        multi_label: Labels are multi-hot rows `(N, C)`: a positive pair
+            shares at least one label, a negative pair none.
 
     Example:
 
@@ -218,13 +337,14 @@ class Circle(SimilarityLoss):
         reduction="sum_over_batch_size",
         name="circle",
         cross_replica=False,
+        multi_label=False,
     ):
-        super().__init__(normalize, reduction, name, cross_replica)
+        super().__init__(normalize, reduction, name, cross_replica, multi_label)
         self.margin = float(margin)
         self.gamma = float(gamma)
 
-    def similarity_terms(self, similarity, labels):
-        return circle_terms(similarity, labels, self.margin, self.gamma)
+    def similarity_terms(self, similarity, positive, negative):
+        return circle_terms(similarity, positive, negative, self.margin, self.gamma)
 
     def get_config(self):
         config = super().get_config()
@@ -258,6 +378,8 @@ class BinomialDeviance(SimilarityLoss):
         name: Optional name of the loss.
         cross_replica: Under a `tf.distribute` strategy, mine each replica's
             anchors against the batches of all replicas (see the README).
+        multi_label: Labels are multi-hot rows `(N, C)`: a positive pair
+            shares at least one label, a negative pair none.
 
     Example:
 
@@ -277,14 +399,15 @@ class BinomialDeviance(SimilarityLoss):
         reduction="sum_over_batch_size",
         name="binomial_deviance",
         cross_replica=False,
+        multi_label=False,
     ):
-        super().__init__(normalize, reduction, name, cross_replica)
+        super().__init__(normalize, reduction, name, cross_replica, multi_label)
         self.alpha = float(alpha)
         self.threshold = float(threshold)
         self.cost = float(cost)
 
-    def similarity_terms(self, similarity, labels):
-        return binomial_deviance_terms(similarity, labels, self.alpha, self.threshold, self.cost)
+    def similarity_terms(self, similarity, positive, negative):
+        return binomial_deviance_terms(similarity, positive, negative, self.alpha, self.threshold, self.cost)
 
     def get_config(self):
         config = super().get_config()

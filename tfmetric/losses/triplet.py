@@ -1,21 +1,22 @@
 """Triplet losses with online (in-batch) mining: batch-hard, batch-all, semi-hard.
 
-Notation: `d` is the `(N, N)` distance matrix of the batch, `P(a)` the
-positives of anchor `a` (same label, not `a`), `Q(a)` its negatives
-(different label), `m` the margin.
+Notation: `d` is the `(N, R)` distance matrix of the queries (anchors) and
+the reference (the batch itself by default), `P(a)` the positives of
+anchor `a` (same label, not `a`), `Q(a)` its negatives (different label),
+`m` the margin.
 """
 
 import keras
 from keras import ops
 
-from tfmetric.distances import paired_distance, pairwise_distance
-from tfmetric.losses.base import InBatchLoss, check_choice
-from tfmetric.mining import all_triplet_terms, hardest_pairs, label_masks, row_pick, semi_hard_triplet_terms
+from tfmetric.distances import check_distance, paired_distance
+from tfmetric.losses.base import DistanceLoss, check_choice, distance_loss, pair_distances, per_query
+from tfmetric.mining import attach_gradient, for_each_positive, hardest_pairs, mine_pairs, row_pick, scatter_rows
 
 AVERAGES = ("nonzero", "all")
 
 
-def batch_hard_triplet_terms(distances, labels, margin=1.0, soft=False, pair_distance=None):
+def batch_hard_triplet_terms(distances, positive, negative, margin=1.0, soft=False, pair_distance=None):
     """Per-anchor batch-hard triplet losses and validity.
 
     `ℓ_a = relu(max_{p∈P(a)} d_ap − min_{n∈Q(a)} d_an + m)`, or
@@ -30,7 +31,6 @@ def batch_hard_triplet_terms(distances, labels, margin=1.0, soft=False, pair_dis
     Returns:
         `(losses, valid)`, both `(N,)`, `valid` as 0/1 floats.
     """
-    positive, negative = label_masks(labels)
     valid = ops.logical_and(ops.any(positive, axis=1), ops.any(negative, axis=1))
     positive_index, negative_index = hardest_pairs(distances, positive, negative)
     if pair_distance is None:
@@ -44,8 +44,150 @@ def batch_hard_triplet_terms(distances, labels, margin=1.0, soft=False, pair_dis
     return losses * valid, valid
 
 
+def semi_hard_triplet_terms(distances, positive, negative, margin=1.0):
+    """Per-anchor sums of semi-hard triplet losses over positive pairs (FaceNet).
+
+    For the positive pair (a, p), the negative is the n with the smallest
+    `d[a, n]` such that `d[a, n] > d[a, p]`; when there is none, the n with
+    the largest `d[a, n]`, exactly as TF Addons' `TripletSemiHardLoss`
+    chooses. `ℓ_ap = relu(d[a, p] − d[a, n] + margin)`. Pairs whose anchor
+    has no negative have no term.
+
+    Returns:
+        `(loss_sums, pair_counts)`, both `(N,)`; `loss_sums` is
+        differentiable with respect to `distances`.
+    """
+    d = ops.stop_gradient(distances)
+    inf = ops.full_like(d, float("inf"))
+    has_negative = ops.any(negative, axis=1)
+    # +inf at non-negatives takes them out of every minimum below.
+    negative_distances = ops.where(negative, d, inf)
+    farthest_candidates = ops.where(negative, d, -inf)
+    farthest = ops.cast(ops.argmax(farthest_candidates, axis=1), "int32")
+    farthest_distance = row_pick(d, farthest)
+
+    def body(slot_positive, has_slot, loss_sums, gradient):
+        positive_distance = row_pick(d, slot_positive)
+        beyond = ops.where(negative_distances > positive_distance[:, None], negative_distances, inf)
+        nearest_beyond = ops.cast(ops.argmin(beyond, axis=1), "int32")
+        nearest_beyond_distance = row_pick(beyond, nearest_beyond)
+        has_beyond = nearest_beyond_distance < float("inf")
+        chosen = ops.where(has_beyond, nearest_beyond, farthest)
+        chosen_distance = ops.where(has_beyond, nearest_beyond_distance, farthest_distance)
+        losses = ops.relu(positive_distance - chosen_distance + margin)
+        active = ops.logical_and(ops.logical_and(has_slot, has_negative), losses > 0)
+        losses = ops.where(active, losses, ops.zeros_like(losses))
+        # d[a, p] enters an active pair's loss with sign +1, d[a, n] with -1.
+        weight = ops.cast(active, d.dtype)
+        gradient = gradient + scatter_rows(
+            [(slot_positive, weight), (chosen, -weight)], ops.shape(d)
+        )
+        return loss_sums + losses, gradient
+
+    num_positives = ops.sum(ops.cast(positive, d.dtype), axis=1)
+    loss_sums, gradient = for_each_positive(positive, body, (ops.zeros(ops.shape(d)[:1], d.dtype), ops.zeros_like(d)))
+    pair_counts = num_positives * ops.cast(has_negative, d.dtype)
+    return attach_gradient(loss_sums, distances, gradient), pair_counts
+
+
+def all_triplet_terms(distances, positive, negative, margin=1.0):
+    """Sums `relu(d[a, p] − d[a, n] + margin)` over all triplets of each anchor.
+
+    Triplets are every (a, p, n) with p a positive and n a negative of a.
+
+    Returns:
+        `(loss_sums, active_counts, valid_counts)`, each of shape `(N,)`: the
+        sum of the triplet losses of each anchor (differentiable with respect
+        to `distances`), how many of its triplets have a positive loss, and
+        how many triplets it has.
+    """
+    d = ops.stop_gradient(distances)
+    # +inf at non-negatives takes them out of every comparison below.
+    negative_distances = ops.where(negative, d, ops.full_like(d, float("inf")))
+
+    def body(slot_positive, has_slot, loss_sums, active_counts, gradient):
+        threshold = row_pick(d, slot_positive) + margin
+        threshold = ops.where(has_slot, threshold, ops.full_like(threshold, float("-inf")))
+        gaps = ops.relu(threshold[:, None] - negative_distances)
+        active = ops.cast(gaps > 0, d.dtype)
+        per_pair = ops.sum(active, axis=1)
+        # d[a, p] enters each of its active triplets with sign +1, d[a, n]
+        # with sign -1.
+        gradient = gradient + scatter_rows([(slot_positive, per_pair)], ops.shape(d)) - active
+        return loss_sums + ops.sum(gaps, axis=1), active_counts + per_pair, gradient
+
+    zeros = ops.zeros(ops.shape(d)[:1], d.dtype)
+    num_positives = ops.sum(ops.cast(positive, d.dtype), axis=1)
+    loss_sums, active_counts, gradient = for_each_positive(positive, body, (zeros, zeros, ops.zeros_like(d)))
+    valid_counts = num_positives * ops.sum(ops.cast(negative, d.dtype), axis=1)
+    loss_sums = attach_gradient(loss_sums, distances, gradient)
+    return loss_sums, ops.stop_gradient(active_counts), valid_counts
+
+
+def _batch_hard_pair_terms(embeddings, ref_embeddings, positive, negative, margin, soft, distance, normalize):
+    # Only 2N distances enter the loss: mine on a gradient-free matrix and
+    # differentiate just the chosen pairs, recomputed from the embeddings
+    # (O(N·D)), instead of back-propagating through all N·R distances.
+    distances = ops.stop_gradient(pair_distances(embeddings, ref_embeddings, distance, normalize))
+
+    def pair_distance(index):
+        return paired_distance(embeddings, ops.take(ref_embeddings, index, axis=0), distance, normalize)
+
+    return batch_hard_triplet_terms(distances, positive, negative, margin, soft, pair_distance)
+
+
+def batch_hard_triplet(
+    labels,
+    embeddings,
+    ref_labels=None,
+    ref_embeddings=None,
+    *,
+    margin=1.0,
+    soft=False,
+    distance="euclidean",
+    normalize=False,
+    multi_label=False,
+    remove_diagonal=None,
+):
+    """Per-query batch-hard triplet losses (the math of `BatchHardTriplet`).
+
+    `ℓ_a = relu(max_{p∈P(a)} d(a, p) − min_{n∈Q(a)} d(a, n) + m)`, 0 for a
+    query without a positive or a negative. Positives and negatives are
+    taken among the reference rows (`ref_labels`, `ref_embeddings`), or the
+    batch itself when there is no reference.
+
+    Args:
+        labels: Class ids `(N,)` of the queries (or, with `multi_label`,
+            0/1 rows `(N, C)`).
+        embeddings: Query embeddings `(N, D)`.
+        ref_labels, ref_embeddings: Optional reference `(R,)`, `(R, D)`;
+            each query is mined against these R rows only: O(N·R) time and
+            memory.
+        remove_diagonal: Whether reference row a is query a itself (the
+            queries come first in the reference) and so not its own
+            positive; `None`: only without a reference.
+        margin, soft, distance, normalize, multi_label: As `BatchHardTriplet`.
+
+    Returns:
+        The `(N,)` per-query losses.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> queries = np.array([[0.0, 0.0], [2.0, 0.0]])
+    >>> reference = np.array([[0.0, 1.0], [0.0, 3.0], [2.0, 2.0]])
+    >>> losses = tfm.losses.batch_hard_triplet([0, 1], queries, [0, 0, 1], reference, margin=1.0)
+    >>> [round(float(v), 4) for v in losses]
+    [1.1716, 0.7639]
+    """
+    pairs = mine_pairs(
+        labels, embeddings, ref_labels, ref_embeddings, multi_label=multi_label, remove_diagonal=remove_diagonal
+    )
+    return per_query(_batch_hard_pair_terms(*pairs, margin, soft, check_distance(distance), normalize))
+
+
 @keras.saving.register_keras_serializable(package="tfmetric")
-class BatchHardTriplet(InBatchLoss):
+class BatchHardTriplet(DistanceLoss):
     """Batch-hard triplet loss (Hermans et al. 2017, "In Defense of the Triplet
     Loss for Person Re-Identification").
 
@@ -77,6 +219,8 @@ class BatchHardTriplet(InBatchLoss):
         cross_replica: Under a `tf.distribute` strategy, mine each replica's
             anchors against the batches of all replicas, so that training
             matches one device on the global batch (see the README).
+        multi_label: Labels are multi-hot rows `(N, C)`: a positive shares
+            at least one label with the anchor, a negative none.
 
     Example:
 
@@ -96,24 +240,19 @@ class BatchHardTriplet(InBatchLoss):
         reduction="sum_over_batch_size",
         name="batch_hard_triplet",
         cross_replica=False,
+        multi_label=False,
     ):
-        super().__init__(distance, normalize, reduction, name, cross_replica)
+        super().__init__(distance, normalize, reduction, name, cross_replica, multi_label)
         self.margin = float(margin)
         self.soft = bool(soft)
 
-    def anchor_terms(self, distances, labels):
-        return batch_hard_triplet_terms(distances, labels, self.margin, self.soft)
+    def distance_terms(self, distances, positive, negative):
+        return batch_hard_triplet_terms(distances, positive, negative, self.margin, self.soft)
 
-    def batch_terms(self, labels, embeddings):
-        # Only 2N distances enter the loss: mine on a gradient-free matrix and
-        # differentiate just the chosen pairs, recomputed from the embeddings
-        # (O(N·D)), instead of back-propagating through all N² distances.
-        distances = ops.stop_gradient(pairwise_distance(embeddings, self.distance, self.normalize))
-
-        def pair_distance(index):
-            return paired_distance(embeddings, ops.take(embeddings, index, axis=0), self.distance, self.normalize)
-
-        return batch_hard_triplet_terms(distances, labels, self.margin, self.soft, pair_distance)
+    def pair_terms(self, embeddings, ref_embeddings, positive, negative):
+        return _batch_hard_pair_terms(
+            embeddings, ref_embeddings, positive, negative, self.margin, self.soft, self.distance, self.normalize
+        )
 
     def get_config(self):
         config = super().get_config()
@@ -121,8 +260,56 @@ class BatchHardTriplet(InBatchLoss):
         return config
 
 
+def batch_all_triplet_terms(distances, positive, negative, margin=1.0, average="nonzero"):
+    """`(loss_sums, term_counts)` of `all_triplet_terms`, counting the active or all triplets."""
+    loss_sums, active, valid = all_triplet_terms(distances, positive, negative, margin)
+    return loss_sums, active if check_choice("average", average, AVERAGES) == "nonzero" else valid
+
+
+def batch_all_triplet(
+    labels,
+    embeddings,
+    ref_labels=None,
+    ref_embeddings=None,
+    *,
+    margin=1.0,
+    distance="euclidean",
+    normalize=False,
+    average="nonzero",
+    multi_label=False,
+    remove_diagonal=None,
+):
+    """Per-query batch-all triplet losses (the math of `BatchAllTriplet`).
+
+    Each query's mean of `relu(d(a, p) − d(a, n) + m)` over its triplets with
+    a positive loss (`average="nonzero"`) or all of them (`"all"`), p and n
+    among the reference rows (default: the batch). The arguments are those
+    of `batch_hard_triplet` and `BatchAllTriplet`.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> embeddings = np.array([[0.0, 0.0], [0.0, 1.0], [2.0, 0.0], [2.0, 2.0]])
+    >>> [round(float(v), 4) for v in tfm.losses.batch_all_triplet([0, 0, 1, 1], embeddings)]
+    [0.0, 0.0, 0.882, 0.4678]
+    """
+    return distance_loss(
+        batch_all_triplet_terms,
+        labels,
+        embeddings,
+        ref_labels,
+        ref_embeddings,
+        distance=distance,
+        normalize=normalize,
+        multi_label=multi_label,
+        remove_diagonal=remove_diagonal,
+        margin=margin,
+        average=average,
+    )
+
+
 @keras.saving.register_keras_serializable(package="tfmetric")
-class BatchAllTriplet(InBatchLoss):
+class BatchAllTriplet(DistanceLoss):
     """Batch-all triplet loss over every valid triplet of the batch.
 
     ```
@@ -152,6 +339,7 @@ class BatchAllTriplet(InBatchLoss):
         cross_replica: Under a `tf.distribute` strategy, mine each replica's
             anchors against the batches of all replicas, so that training
             matches one device on the global batch (see the README).
+        multi_label: Labels are multi-hot rows `(N, C)` (see `BatchHardTriplet`).
 
     Example:
 
@@ -171,14 +359,14 @@ class BatchAllTriplet(InBatchLoss):
         reduction="sum_over_batch_size",
         name="batch_all_triplet",
         cross_replica=False,
+        multi_label=False,
     ):
-        super().__init__(distance, normalize, reduction, name, cross_replica)
+        super().__init__(distance, normalize, reduction, name, cross_replica, multi_label)
         self.margin = float(margin)
         self.average = check_choice("average", average, AVERAGES)
 
-    def anchor_terms(self, distances, labels):
-        loss_sums, active, valid = all_triplet_terms(distances, labels, self.margin)
-        return loss_sums, active if self.average == "nonzero" else valid
+    def distance_terms(self, distances, positive, negative):
+        return batch_all_triplet_terms(distances, positive, negative, self.margin, self.average)
 
     def get_config(self):
         config = super().get_config()
@@ -186,8 +374,49 @@ class BatchAllTriplet(InBatchLoss):
         return config
 
 
+def semi_hard_triplet(
+    labels,
+    embeddings,
+    ref_labels=None,
+    ref_embeddings=None,
+    *,
+    margin=1.0,
+    distance="euclidean",
+    normalize=False,
+    multi_label=False,
+    remove_diagonal=None,
+):
+    """Per-query semi-hard triplet losses (the math of `SemiHardTriplet`).
+
+    Each query's mean over its positive pairs (a, p) of
+    `relu(d(a, p) − d(a, n*) + m)`, n* the closest negative farther than p
+    (or the farthest negative), p and n among the reference rows (default:
+    the batch). The arguments are those of `batch_hard_triplet` and
+    `SemiHardTriplet`.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> embeddings = np.array([[0.0, 0.0], [0.0, 1.0], [2.0, 0.0], [2.0, 2.0]])
+    >>> [round(float(v), 4) for v in tfm.losses.semi_hard_triplet([0, 0, 1, 1], embeddings)]
+    [0.0, 0.0, 0.7639, 0.7639]
+    """
+    return distance_loss(
+        semi_hard_triplet_terms,
+        labels,
+        embeddings,
+        ref_labels,
+        ref_embeddings,
+        distance=distance,
+        normalize=normalize,
+        multi_label=multi_label,
+        remove_diagonal=remove_diagonal,
+        margin=margin,
+    )
+
+
 @keras.saving.register_keras_serializable(package="tfmetric")
-class SemiHardTriplet(InBatchLoss):
+class SemiHardTriplet(DistanceLoss):
     """Semi-hard triplet loss (Schroff et al. 2015, "FaceNet").
 
     For every positive pair (a, p), the negative is the closest one farther
@@ -214,6 +443,7 @@ class SemiHardTriplet(InBatchLoss):
         cross_replica: Under a `tf.distribute` strategy, mine each replica's
             anchors against the batches of all replicas, so that training
             matches one device on the global batch (see the README).
+        multi_label: Labels are multi-hot rows `(N, C)` (see `BatchHardTriplet`).
 
     Example:
 
@@ -232,12 +462,13 @@ class SemiHardTriplet(InBatchLoss):
         reduction="sum_over_batch_size",
         name="semi_hard_triplet",
         cross_replica=False,
+        multi_label=False,
     ):
-        super().__init__(distance, normalize, reduction, name, cross_replica)
+        super().__init__(distance, normalize, reduction, name, cross_replica, multi_label)
         self.margin = float(margin)
 
-    def anchor_terms(self, distances, labels):
-        return semi_hard_triplet_terms(distances, labels, self.margin)
+    def distance_terms(self, distances, positive, negative):
+        return semi_hard_triplet_terms(distances, positive, negative, self.margin)
 
     def get_config(self):
         config = super().get_config()

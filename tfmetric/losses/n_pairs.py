@@ -1,18 +1,16 @@
 """N-pair losses (Sohn 2016): a softmax over similarities whose target is the positives.
 
-Notation: `s` is the `(N, N)` similarity matrix, `P(a)` the positives of
-anchor `a`, `C(a)` its candidates (the columns its softmax runs over).
+Notation: `s` is the `(N, R)` similarity matrix of the queries and the
+reference (the batch itself by default), `P(a)` the positives of query `a`,
+`C(a)` its candidates (the columns its softmax runs over).
 """
 
 import keras
-import numpy as np
 from keras import ops
 
-from tfmetric.distances import as_embeddings, computation_dtype, pairwise_similarity
-from tfmetric.labels import is_backend_tensor, is_traced, standardize_labels
-from tfmetric.losses.base import divide_or_zero, row_logsumexp
-from tfmetric.losses.similarity import SimilarityLoss
-from tfmetric.mining import label_masks
+from tfmetric.distances import as_embeddings, computation_dtype
+from tfmetric.labels import standardize_label_pair, standardize_labels, standardize_multi_hot
+from tfmetric.losses.base import SimilarityLoss, divide_or_zero, pair_similarities, row_logsumexp, similarity_loss
 
 
 def soft_target_cross_entropy(logits, targets, candidates):
@@ -64,32 +62,9 @@ def npairs_loss(y_true, y_pred):
     return ops.mean(losses)
 
 
-def _multi_hot(y_true, num_examples):
-    """Validated `(N, C)` 0/1 labels as floats (a `tf.SparseTensor` is densified)."""
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        if isinstance(y_true, tf.SparseTensor):
-            y_true = tf.sparse.to_dense(y_true)
-    if not is_backend_tensor(y_true):
-        y_true = np.asarray(y_true)
-    if len(y_true.shape) != 2:
-        raise ValueError(
-            "Multi-label targets must be a (batch_size, num_classes) 0/1 matrix; "
-            f"received shape {tuple(y_true.shape)}."
-        )
-    if num_examples is not None and y_true.shape[0] is not None and y_true.shape[0] != num_examples:
-        raise ValueError(f"{y_true.shape[0]} label rows for {num_examples} examples.")
-    if not (is_backend_tensor(y_true) and is_traced(y_true)):
-        values = np.asarray(ops.convert_to_numpy(y_true) if is_backend_tensor(y_true) else y_true)
-        if not np.all((values == 0) | (values == 1)):
-            raise ValueError("Multi-label targets must hold only 0 and 1.")
-    return ops.cast(y_true, "float32")
-
-
 def multilabel_overlaps(y_true, num_examples=None):
     """`L[i, j]`: how many labels examples i and j share, from `(N, C)` 0/1 labels."""
-    multi_hot = _multi_hot(y_true, num_examples)
+    multi_hot = standardize_multi_hot(y_true, num_examples)
     return ops.matmul(multi_hot, ops.transpose(multi_hot))
 
 
@@ -116,10 +91,61 @@ def npairs_multilabel_loss(y_true, y_pred):
     return divide_or_zero(ops.sum(losses), ops.sum(has_target))
 
 
-def npairs_terms(similarity, targets, candidates):
-    """Per-anchor N-pair losses and whether the anchor has a target (1/0)."""
-    losses, has_target = soft_target_cross_entropy(similarity, targets, candidates)
+def npairs_terms(similarity, positive, negative):
+    """Per-query N-pair losses and whether the query has a positive (1/0).
+
+    The softmax of query a runs over its positives and negatives, its
+    target spread evenly over its positives.
+    """
+    losses, has_target = soft_target_cross_entropy(similarity, positive, ops.logical_or(positive, negative))
     return losses, ops.cast(has_target, similarity.dtype)
+
+
+def npairs(
+    labels,
+    embeddings,
+    ref_labels=None,
+    ref_embeddings=None,
+    *,
+    normalize=False,
+    multi_label=False,
+    remove_diagonal=None,
+):
+    """Per-query N-pair losses (the math of `NPairs`), 0 for a query without a positive.
+
+    Args:
+        labels: Class ids `(N,)` of the queries (or, with `multi_label`,
+            0/1 rows `(N, C)`).
+        embeddings: Query embeddings `(N, D)`.
+        ref_labels, ref_embeddings: Optional reference `(R,)`, `(R, D)`:
+            each query's softmax runs over these R rows (a second tower's
+            outputs, say). O(N·R).
+        remove_diagonal: Whether reference row a is query a itself (the
+            queries come first in the reference); `None`: only without a
+            reference.
+        normalize, multi_label: As `NPairs`.
+
+    Returns:
+        The `(N,)` per-query losses.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> anchors = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> positives = np.array([[2.0, 0.0], [0.0, 1.0]])
+    >>> [round(float(v), 4) for v in tfm.losses.npairs([0, 1], anchors, [0, 1], positives)]
+    [0.1269, 0.3133]
+    """
+    return similarity_loss(
+        npairs_terms,
+        labels,
+        embeddings,
+        ref_labels,
+        ref_embeddings,
+        normalize=normalize,
+        multi_label=multi_label,
+        remove_diagonal=remove_diagonal,
+    )
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -153,6 +179,9 @@ class NPairs(SimilarityLoss):
         name: Optional name of the loss.
         cross_replica: Under a `tf.distribute` strategy, use the batches of
             all replicas as candidates (see the README).
+        multi_label: Labels are multi-hot rows `(N, C)`: the positives of
+            an anchor share at least one label with it, evenly weighted
+            (`NPairsMultilabel` weighs them by how many they share).
 
     Example:
 
@@ -163,12 +192,13 @@ class NPairs(SimilarityLoss):
     0.6448
     """
 
-    def __init__(self, normalize=False, reduction="sum_over_batch_size", name="npairs", cross_replica=False):
-        super().__init__(normalize, reduction, name, cross_replica)
+    def __init__(
+        self, normalize=False, reduction="sum_over_batch_size", name="npairs", cross_replica=False, multi_label=False
+    ):
+        super().__init__(normalize, reduction, name, cross_replica, multi_label)
 
-    def similarity_terms(self, similarity, labels):
-        positive, negative = label_masks(labels)
-        return npairs_terms(similarity, positive, ops.logical_or(positive, negative))
+    def similarity_terms(self, similarity, positive, negative):
+        return npairs_terms(similarity, positive, negative)
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -205,17 +235,35 @@ class NPairsMultilabel(SimilarityLoss):
     """
 
     def __init__(self, normalize=False, reduction="sum_over_batch_size", name="npairs_multilabel"):
-        super().__init__(normalize, reduction, name, cross_replica=False)
+        super().__init__(normalize, reduction, name, cross_replica=False, multi_label=True)
 
-    def _terms(self, y_true, y_pred):
-        embeddings = as_embeddings(y_pred)
-        overlaps = multilabel_overlaps(y_true, embeddings.shape[0])
-        others = ops.logical_not(ops.eye(ops.shape(embeddings)[0], dtype="bool"))
-        overlaps = ops.cast(overlaps, embeddings.dtype)
-        targets = ops.where(others, overlaps, ops.zeros_like(overlaps))
-        return npairs_terms(pairwise_similarity(embeddings, self.normalize), targets, others)
+    def query_terms(self, labels, embeddings, ref_labels=None, ref_embeddings=None, remove_diagonal=None,
+                    ref_valid=None):
+        # The targets are label counts, not the masks of the other losses.
+        if ref_valid is not None:
+            raise ValueError("NPairsMultilabel takes no partly filled reference.")
+        embeddings = as_embeddings(embeddings)
+        if (ref_labels is None) != (ref_embeddings is None):
+            raise ValueError("Pass both ref_labels and ref_embeddings, or neither.")
+        if ref_embeddings is None:
+            labels = ref_labels = standardize_multi_hot(labels, embeddings.shape[0])
+            ref_embeddings = embeddings
+            remove_diagonal = True if remove_diagonal is None else remove_diagonal
+        else:
+            ref_embeddings = ops.cast(as_embeddings(ref_embeddings), embeddings.dtype)
+            labels, ref_labels = standardize_label_pair(labels, ref_labels, embeddings, ref_embeddings, True)
+        similarity = pair_similarities(embeddings, ref_embeddings, self.normalize)
+        candidates = ops.ones_like(similarity) > 0
+        if remove_diagonal:
+            rows = ops.arange(ops.shape(similarity)[0], dtype="int32")
+            columns = ops.arange(ops.shape(similarity)[1], dtype="int32")
+            candidates = rows[:, None] != columns[None, :]
+        overlaps = ops.cast(ops.matmul(labels, ops.transpose(ref_labels)), similarity.dtype)
+        targets = ops.where(candidates, overlaps, ops.zeros_like(overlaps))
+        losses, has_target = soft_target_cross_entropy(similarity, targets, candidates)
+        return losses, ops.cast(has_target, similarity.dtype)
 
     def get_config(self):
         config = super().get_config()
-        del config["cross_replica"]
+        del config["cross_replica"], config["multi_label"]
         return config

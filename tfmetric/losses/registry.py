@@ -1,0 +1,124 @@
+"""The one list of tfmetric's losses mined from labels.
+
+The command line (`tfmetric demo --loss`, `tfmetric compare`), the
+benchmarks and the tests take their losses from `LOSSES`: a loss added here
+is trained, benchmarked and tested everywhere (the tests fail until it has
+a NumPy reference). Each entry is a configuration of a class: its key, its
+title in tables and figures, the class and the arguments it is built with,
+the pure function it wraps, and its family:
+
+- `"triplet"`: a margin between positive and negative distances
+  (batch-hard, batch-all, semi-hard, lifted structure);
+- `"contrastive"`: absolute distances of pairs against a margin;
+- `"margin"`: distances against a learned boundary β (Wu et al.);
+- `"similarity"`: weighted cosine similarities (n-pairs, multi-similarity,
+  circle, binomial deviance);
+- `"neighbourhood"`: soft nearest neighbours (SNN, NCA).
+
+Variants (the same class with another option) are marked `variant=True`:
+the comparison study trains each class once, the tests and benchmarks
+cover every configuration.
+"""
+
+import inspect
+from typing import Callable, NamedTuple
+
+from tfmetric.losses.contrastive_loss import Contrastive, contrastive
+from tfmetric.losses.lifted import LiftedStructure, lifted_structure
+from tfmetric.losses.margin import MarginLoss, margin_loss
+from tfmetric.losses.n_pairs import NPairs, npairs
+from tfmetric.losses.neighbours import NCA, SoftNearestNeighbor, nca, soft_nearest_neighbor
+from tfmetric.losses.similarity import (
+    BinomialDeviance,
+    Circle,
+    MultiSimilarity,
+    binomial_deviance,
+    circle,
+    multi_similarity,
+)
+from tfmetric.losses.triplet import (
+    BatchAllTriplet,
+    BatchHardTriplet,
+    SemiHardTriplet,
+    batch_all_triplet,
+    batch_hard_triplet,
+    semi_hard_triplet,
+)
+
+FAMILIES = ("triplet", "contrastive", "margin", "similarity", "neighbourhood")
+
+
+class LossEntry(NamedTuple):
+    """One configuration of a loss class (see the module docstring)."""
+
+    key: str
+    title: str
+    loss_class: type
+    function: Callable
+    family: str
+    arguments: dict
+    variant: bool = False
+    deterministic: bool = True
+
+    def build(self, margin=None, **overrides):
+        """The configured loss; `margin` is applied only to the losses whose margin is on distances.
+
+        The demo and the comparison pass the margin that suits their
+        embedding space; the margin loss keeps its own (it sits around β).
+        """
+        arguments = {**self.arguments, **overrides}
+        if margin is not None and self.family in ("triplet", "contrastive"):
+            arguments["margin"] = margin
+        return self.loss_class(**arguments)
+
+    def function_arguments(self):
+        """The entry's arguments that its pure function takes (all but the class's state options)."""
+        accepted = inspect.signature(self.function).parameters
+        return {name: value for name, value in self.arguments.items() if name in accepted}
+
+
+def _entry(key, title, loss_class, function, family, variant=False, deterministic=True, **arguments):
+    return LossEntry(key, title, loss_class, function, family, arguments, variant, deterministic)
+
+
+LOSSES = {
+    entry.key: entry
+    for entry in (
+        _entry("batch_hard", "batch-hard triplet", BatchHardTriplet, batch_hard_triplet, "triplet"),
+        _entry(
+            "batch_hard_soft", "batch-hard triplet (soft)", BatchHardTriplet, batch_hard_triplet, "triplet",
+            variant=True, soft=True,
+        ),
+        _entry("batch_all_nonzero", "batch-all triplet", BatchAllTriplet, batch_all_triplet, "triplet"),
+        _entry(
+            "batch_all_all", "batch-all triplet (all)", BatchAllTriplet, batch_all_triplet, "triplet",
+            variant=True, average="all",
+        ),
+        _entry("semi_hard", "semi-hard triplet", SemiHardTriplet, semi_hard_triplet, "triplet"),
+        _entry("lifted_structure", "lifted structure", LiftedStructure, lifted_structure, "triplet"),
+        _entry(
+            "contrastive_hard", "online contrastive (hard)", Contrastive, contrastive, "contrastive",
+            negatives="hard",
+        ),
+        _entry("contrastive_all", "online contrastive (all)", Contrastive, contrastive, "contrastive", variant=True),
+        _entry(
+            "margin_dw", "margin loss (dw)", MarginLoss, margin_loss, "margin",
+            deterministic=False, learn_beta=True,
+        ),
+        _entry("margin_all", "margin loss (all)", MarginLoss, margin_loss, "margin", variant=True,
+               sampling="all"),
+        _entry("npairs", "n-pairs", NPairs, npairs, "similarity"),
+        _entry("multi_similarity", "multi-similarity", MultiSimilarity, multi_similarity, "similarity"),
+        _entry(
+            "multi_similarity_mined", "multi-similarity (ε)", MultiSimilarity, multi_similarity,
+            "similarity", variant=True, epsilon=0.1,
+        ),
+        _entry("circle", "circle", Circle, circle, "similarity"),
+        _entry("binomial_deviance", "binomial deviance", BinomialDeviance, binomial_deviance, "similarity"),
+        _entry(
+            "soft_nearest_neighbor", "soft nearest neighbour", SoftNearestNeighbor, soft_nearest_neighbor,
+            "neighbourhood",
+        ),
+        _entry("nca", "nca", NCA, nca, "neighbourhood"),
+    )
+}
