@@ -183,7 +183,11 @@ class InBatchLoss(keras.losses.Loss):
         See `tfm.mining.mine_pairs` for the arguments; `ref_valid` marks the
         reference rows that hold an example.
         """
-        pairs = mine_pairs(
+        return self.pair_terms(*self.mine(labels, embeddings, ref_labels, ref_embeddings, remove_diagonal, ref_valid))
+
+    def mine(self, labels, embeddings, ref_labels=None, ref_embeddings=None, remove_diagonal=None, ref_valid=None):
+        """The validated `tfm.mining.Pairs` of the queries and the reference."""
+        return mine_pairs(
             labels,
             embeddings,
             ref_labels,
@@ -192,7 +196,6 @@ class InBatchLoss(keras.losses.Loss):
             remove_diagonal=remove_diagonal,
             ref_valid=ref_valid,
         )
-        return self.pair_terms(*pairs)
 
     def _labels(self, y_true, embeddings):
         if self.multi_label:
@@ -315,21 +318,35 @@ def pair_similarities(embeddings, ref_embeddings, normalize):
     return pairwise_similarity(embeddings, normalize, ref_embeddings=_reference(embeddings, ref_embeddings))
 
 
-def distance_loss(terms, labels, embeddings, ref_labels, ref_embeddings, *, distance, normalize, multi_label,
-                  remove_diagonal, **arguments):
-    """Per-query losses of the term function `terms(distances, positive, negative, **arguments)`."""
+def _query_losses(matrix, terms, labels, embeddings, ref_labels, ref_embeddings, multi_label, remove_diagonal,
+                  arguments):
     pairs = mine_pairs(
         labels, embeddings, ref_labels, ref_embeddings, multi_label=multi_label, remove_diagonal=remove_diagonal
     )
-    distances = pair_distances(pairs.embeddings, pairs.ref_embeddings, check_distance(distance), normalize)
-    return per_query(terms(distances, pairs.positive, pairs.negative, **arguments))
+    values = matrix(pairs.embeddings, pairs.ref_embeddings)
+    return per_query(terms(values, pairs.positive, pairs.negative, **arguments))
+
+
+def distance_loss(terms, labels, embeddings, ref_labels, ref_embeddings, *, distance, normalize, multi_label,
+                  remove_diagonal, **arguments):
+    """Per-query losses of the term function `terms(distances, positive, negative, **arguments)`."""
+    check_distance(distance)
+
+    def distances(queries, reference):
+        return pair_distances(queries, reference, distance, normalize)
+
+    return _query_losses(
+        distances, terms, labels, embeddings, ref_labels, ref_embeddings, multi_label, remove_diagonal, arguments
+    )
 
 
 def similarity_loss(terms, labels, embeddings, ref_labels, ref_embeddings, *, normalize, multi_label,
                     remove_diagonal, **arguments):
     """Per-query losses of the term function `terms(similarity, positive, negative, **arguments)`."""
-    pairs = mine_pairs(
-        labels, embeddings, ref_labels, ref_embeddings, multi_label=multi_label, remove_diagonal=remove_diagonal
+
+    def similarities(queries, reference):
+        return pair_similarities(queries, reference, normalize)
+
+    return _query_losses(
+        similarities, terms, labels, embeddings, ref_labels, ref_embeddings, multi_label, remove_diagonal, arguments
     )
-    similarity = pair_similarities(pairs.embeddings, pairs.ref_embeddings, normalize)
-    return per_query(terms(similarity, pairs.positive, pairs.negative, **arguments))

@@ -291,15 +291,7 @@ class MarginLoss(DistanceLoss):
                     ref_valid=None):
         # The β of each query's class comes from its class id, which the
         # masks alone do not carry.
-        pairs = mine_pairs(
-            labels,
-            embeddings,
-            ref_labels,
-            ref_embeddings,
-            multi_label=self.multi_label,
-            remove_diagonal=remove_diagonal,
-            ref_valid=ref_valid,
-        )
+        pairs = self.mine(labels, embeddings, ref_labels, ref_embeddings, remove_diagonal, ref_valid)
         anchor_beta = self._anchor_beta(labels, ops.shape(pairs.embeddings)[0], pairs.embeddings.dtype)
         return self._pair_terms(*pairs, anchor_beta)
 
