@@ -169,7 +169,9 @@ def standardize_labels(y_true, embeddings=None):
         labels = ops.cast(labels, "int32")
 
     if not is_traced(labels):
-        _check_values(np.asarray(ops.convert_to_numpy(labels)))
+        # Only float labels have values to check: integer ones stay on the device.
+        if "float" in backend.standardize_dtype(labels.dtype):
+            _check_values(np.asarray(ops.convert_to_numpy(labels)))
     elif backend.backend() == "tensorflow":
         import tensorflow as tf
 

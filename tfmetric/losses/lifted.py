@@ -28,14 +28,13 @@ def lifted_structure_terms(distances, positive, negative, margin=1.0):
     Returns:
         `(loss_sums, pair_counts)`, both `(N,)`.
     """
-    row_terms = row_logsumexp(margin - distances, negative)
-    column_terms = row_logsumexp(ops.transpose(margin - distances), ops.transpose(negative))
-    has_negative = ops.logical_or(ops.any(negative, axis=1)[:, None], ops.any(negative, axis=0)[None, :])
-    left, right = row_terms[:, None], column_terms[None, :]
+    row_terms = row_logsumexp(margin - distances, negative)[:, None]
+    column_terms = row_logsumexp(ops.transpose(margin - distances), ops.transpose(negative))[None, :]
+    row_has, column_has = ops.any(negative, axis=1)[:, None], ops.any(negative, axis=0)[None, :]
+    has_negative = ops.logical_or(row_has, column_has)
     # An empty side is log 0 = -inf, not the 0 row_logsumexp gives it.
-    minus_inf = ops.full_like(distances, float("-inf"))
-    left = ops.where(ops.any(negative, axis=1)[:, None], left + ops.zeros_like(distances), minus_inf)
-    right = ops.where(ops.any(negative, axis=0)[None, :], right + ops.zeros_like(distances), minus_inf)
+    left = ops.where(row_has, row_terms, ops.full_like(row_terms, float("-inf")))
+    right = ops.where(column_has, column_terms, ops.full_like(column_terms, float("-inf")))
     shift = ops.stop_gradient(ops.maximum(left, right))
     shift = ops.where(has_negative, shift, ops.zeros_like(shift))
     total = ops.exp(left - shift) + ops.exp(right - shift)
