@@ -15,8 +15,8 @@ The losses are those of `tfm.losses.registry.LOSSES`, built with their
 defaults (margin 1.0 where there is one), plus `CenterLoss` and the
 cross-batch memory. The margin loss, multi-similarity, circle, binomial
 deviance and NCA normalise the embeddings first (their default); the
-distance matrix they are compared with does not. xbm_contrastive mines each
-batch against a full memory of 1024 earlier embeddings.
+distance matrix they are compared with does not. "xbm contrastive_all" mines
+each batch against a full memory of 1024 earlier embeddings.
 
 With `--memory M`, the rows are the wrapped contrastive, batch-hard and
 multi-similarity losses in a `CrossBatchMemory` of M rows (full, D = 128),
@@ -36,7 +36,7 @@ from timing import pk_batch, rss_mb, run_cell, tensorflow_step, time_calls
 from tfmetric.losses.registry import LOSSES as REGISTRY
 
 BASELINE = "distance matrix"
-EXTRA = ("center_loss", "xbm_contrastive")
+EXTRA = ("center_loss", "xbm contrastive_all")
 LOSSES = (BASELINE, *REGISTRY, *EXTRA)
 # With --memory: the rectangle, then the memory around these registry losses.
 RECTANGLE = "rectangle N×(N+M)"
@@ -51,8 +51,6 @@ def build_loss(name, n=None, dim=None, memory=1024):
         return REGISTRY[name].build()
     if name == "center_loss":
         return tfm.CenterLoss(num_classes=n, embedding_dim=dim)
-    if name == "xbm_contrastive":
-        return tfm.CrossBatchMemory(tfm.Contrastive(margin=1.0), memory_size=memory)
     if name.startswith("xbm "):
         return tfm.CrossBatchMemory(REGISTRY[name.removeprefix("xbm ")].build(), memory_size=memory)
     raise ValueError(f"Unknown loss {name!r}; choose from {', '.join(LOSSES)}.")

@@ -152,7 +152,7 @@ def pairwise_distance(x, distance="euclidean", normalize=False, *, ref_embedding
     [[0.0, 5.0], [5.0, 0.0]]
     """
     check_distance(distance)
-    x, ref = _with_reference(x, ref_embeddings)
+    x, ref = as_embedding_pair(x, ref_embeddings)
     if normalize or distance == "cosine":
         x = l2_normalize(x)
         ref = None if ref is None else l2_normalize(ref)
@@ -165,8 +165,8 @@ def pairwise_distance(x, distance="euclidean", normalize=False, *, ref_embedding
     return _safe_sqrt(d2) * scale
 
 
-def _with_reference(x, ref):
-    """`x` and `ref` (or None) as embeddings of one dtype and one size."""
+def as_embedding_pair(x, ref):
+    """`x` and `ref` (or None) as embeddings of one dtype and one size (a ValueError otherwise)."""
     x = as_embeddings(x)
     if ref is None:
         return x, None
@@ -195,7 +195,7 @@ def pairwise_similarity(x, normalize=True, *, ref_embeddings=None):
     >>> [[round(float(v), 2) for v in row] for row in s]
     [[1.0, 0.8], [0.8, 1.0]]
     """
-    x, ref = _with_reference(x, ref_embeddings)
+    x, ref = as_embedding_pair(x, ref_embeddings)
     if normalize:
         x = l2_normalize(x)
         ref = None if ref is None else l2_normalize(ref)

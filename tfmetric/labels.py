@@ -228,6 +228,13 @@ def standardize_multi_hot(y_true, num_examples=None):
     return ops.cast(y_true, "float32")
 
 
+def standardize_any(y_true, embeddings=None, multi_label=False):
+    """`standardize_multi_hot` or `standardize_labels`, as `multi_label` says."""
+    if multi_label:
+        return standardize_multi_hot(y_true, None if embeddings is None else embeddings.shape[0])
+    return standardize_labels(y_true, embeddings)
+
+
 def standardize_label_pair(labels, ref_labels, embeddings=None, ref_embeddings=None, multi_label=False):
     """Validated labels of queries and of their reference, comparable with each other.
 

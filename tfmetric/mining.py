@@ -24,8 +24,8 @@ from typing import NamedTuple
 import numpy as np
 from keras import backend, ops
 
-from tfmetric.distances import as_embeddings
-from tfmetric.labels import standardize_label_pair, standardize_labels, standardize_multi_hot
+from tfmetric.distances import as_embedding_pair
+from tfmetric.labels import standardize_any, standardize_label_pair
 
 
 def pair_masks(labels, ref_labels=None, *, multi_label=False, remove_diagonal=None, ref_valid=None):
@@ -58,17 +58,20 @@ def pair_masks(labels, ref_labels=None, *, multi_label=False, remove_diagonal=No
     else:
         same = ops.equal(labels[:, None], ref_labels[None, :])
     different = ops.logical_not(same)
-    keep = None
-    if remove_diagonal:
-        rows = ops.arange(ops.shape(labels)[0], dtype="int32")
-        columns = ops.arange(ops.shape(ref_labels)[0], dtype="int32")
-        keep = rows[:, None] != columns[None, :]
+    keep = off_diagonal(ops.shape(labels)[0], ops.shape(ref_labels)[0]) if remove_diagonal else None
     if ref_valid is not None:
         valid = ops.cast(ref_valid, "bool")[None, :]
         keep = valid if keep is None else ops.logical_and(keep, valid)
     if keep is None:
         return same, different
     return ops.logical_and(same, keep), ops.logical_and(different, keep)
+
+
+def off_diagonal(num_rows, num_columns):
+    """Boolean `(num_rows, num_columns)`: False exactly at the entries `(a, a)`."""
+    rows = ops.arange(num_rows, dtype="int32")
+    columns = ops.arange(num_columns, dtype="int32")
+    return rows[:, None] != columns[None, :]
 
 
 def label_masks(labels):
@@ -96,20 +99,11 @@ def mine_pairs(labels, embeddings, ref_labels=None, ref_embeddings=None, *, mult
     """
     if (ref_labels is None) != (ref_embeddings is None):
         raise ValueError("Pass both ref_labels and ref_embeddings, or neither.")
-    embeddings = as_embeddings(embeddings)
+    embeddings, ref_embeddings = as_embedding_pair(embeddings, ref_embeddings)
     if ref_embeddings is None:
-        if multi_label:
-            labels = standardize_multi_hot(labels, embeddings.shape[0])
-        else:
-            labels = standardize_labels(labels, embeddings)
+        labels = standardize_any(labels, embeddings, multi_label)
         positive, negative = pair_masks(labels, multi_label=multi_label, remove_diagonal=remove_diagonal)
         return Pairs(embeddings, embeddings, positive, negative)
-    ref_embeddings = ops.cast(as_embeddings(ref_embeddings), embeddings.dtype)
-    if embeddings.shape[-1] is not None and ref_embeddings.shape[-1] not in (None, embeddings.shape[-1]):
-        raise ValueError(
-            f"Embeddings of size {embeddings.shape[-1]} against reference embeddings of size "
-            f"{ref_embeddings.shape[-1]}."
-        )
     labels, ref_labels = standardize_label_pair(labels, ref_labels, embeddings, ref_embeddings, multi_label)
     positive, negative = pair_masks(
         labels, ref_labels, multi_label=multi_label, remove_diagonal=bool(remove_diagonal), ref_valid=ref_valid

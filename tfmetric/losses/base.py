@@ -49,7 +49,7 @@ from keras import ops
 
 from tfmetric.distances import as_embeddings, check_distance, pairwise_distance, pairwise_similarity
 from tfmetric.distribute import gather_across_replicas, replica_context, scale_for_replicas
-from tfmetric.labels import standardize_labels, standardize_multi_hot
+from tfmetric.labels import standardize_any
 from tfmetric.mining import mine_pairs
 
 
@@ -136,6 +136,27 @@ def row_logsumexp(values, mask, add_one=False):
     return shift + ops.log(ops.where(has_terms, total, ops.ones_like(total)))
 
 
+def replica_share(context, embeddings, labels, sample_weight, reduction, terms):
+    """This replica's share of the loss of the global batch, and the global batch.
+
+    Every replica gathers the batches of all replicas and computes
+    `terms(all_labels, all_embeddings)` for every row of the global batch,
+    so selections that depend on all of it (the closest negative pairs,
+    distance-weighted draws) are the same as on one device; each keeps its
+    own anchors' terms, and the shares add up to the global loss, their
+    gradients to its gradient.
+
+    Returns:
+        `(loss, all_embeddings, all_labels)`.
+    """
+    weights = check_sample_weight(sample_weight, ops.ones((ops.shape(embeddings)[0],), embeddings.dtype))
+    all_embeddings, all_labels, all_weights, start = gather_across_replicas(context, embeddings, labels, weights)
+    loss_sums, term_counts = terms(all_labels, all_embeddings)
+    positions = ops.arange(ops.shape(all_embeddings)[0])
+    share = (positions >= start) & (positions < start + ops.shape(embeddings)[0])
+    return reduce_anchor_terms(loss_sums, term_counts, all_weights, reduction, share), all_embeddings, all_labels
+
+
 def per_query(terms):
     """Each query's mean over its terms, from `(loss_sums, term_counts)` (0 where none)."""
     loss_sums, term_counts = terms
@@ -197,11 +218,6 @@ class InBatchLoss(keras.losses.Loss):
             ref_valid=ref_valid,
         )
 
-    def _labels(self, y_true, embeddings):
-        if self.multi_label:
-            return standardize_multi_hot(y_true, embeddings.shape[0])
-        return standardize_labels(y_true, embeddings)
-
     def __call__(self, y_true, y_pred, sample_weight=None):
         # Keras' Loss.__call__ would cast y_true to float first, merging
         # large labels; this one keeps them exact.
@@ -216,22 +232,10 @@ class InBatchLoss(keras.losses.Loss):
             return scale_for_replicas(loss, self.reduction)
 
     def _cross_replica_loss(self, context, y_true, y_pred, sample_weight):
-        """This replica's share of the loss of the global batch.
-
-        Every replica mines the whole gathered batch, so selections that
-        depend on all of it (the closest negative pairs, distance-weighted
-        draws) are the same as on one device; each keeps its own anchors'
-        terms, and the shares add up to the global loss, their gradients to
-        its gradient.
-        """
         embeddings = as_embeddings(y_pred)
-        labels = self._labels(y_true, embeddings)
-        weights = check_sample_weight(sample_weight, ops.ones((ops.shape(embeddings)[0],), embeddings.dtype))
-        all_embeddings, all_labels, all_weights, start = gather_across_replicas(context, embeddings, labels, weights)
-        loss_sums, term_counts = self.query_terms(all_labels, all_embeddings)
-        positions = ops.arange(ops.shape(all_embeddings)[0])
-        share = (positions >= start) & (positions < start + ops.shape(embeddings)[0])
-        return reduce_anchor_terms(loss_sums, term_counts, all_weights, self.reduction, share)
+        labels = standardize_any(y_true, embeddings, self.multi_label)
+        loss, _, _ = replica_share(context, embeddings, labels, sample_weight, self.reduction, self.query_terms)
+        return loss
 
     def call(self, y_true, y_pred):
         """Per-anchor losses: each anchor's mean over its terms (0 if none)."""

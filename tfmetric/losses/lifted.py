@@ -28,8 +28,9 @@ def lifted_structure_terms(distances, positive, negative, margin=1.0):
     Returns:
         `(loss_sums, pair_counts)`, both `(N,)`.
     """
-    row_terms = row_logsumexp(margin - distances, negative)[:, None]
-    column_terms = row_logsumexp(ops.transpose(margin - distances), ops.transpose(negative))[None, :]
+    exponents = margin - distances
+    row_terms = row_logsumexp(exponents, negative)[:, None]
+    column_terms = row_logsumexp(ops.transpose(exponents), ops.transpose(negative))[None, :]
     row_has, column_has = ops.any(negative, axis=1)[:, None], ops.any(negative, axis=0)[None, :]
     has_negative = ops.logical_or(row_has, column_has)
     # An empty side is log 0 = -inf, not the 0 row_logsumexp gives it.

@@ -10,9 +10,9 @@ import numpy as np
 from keras import ops
 
 from tfmetric.distances import as_embeddings
-from tfmetric.distribute import gather_across_replicas, replica_context
+from tfmetric.distribute import replica_context
 from tfmetric.labels import is_backend_tensor, standardize_labels
-from tfmetric.losses.base import InBatchLoss, check_sample_weight, per_query, reduce_anchor_terms
+from tfmetric.losses.base import InBatchLoss, per_query, reduce_anchor_terms, replica_share
 from tfmetric.losses.center import CenterLoss
 from tfmetric.losses.margin import MarginLoss
 from tfmetric.losses.n_pairs import NPairsMultilabel
@@ -185,14 +185,10 @@ class CrossBatchMemory(keras.losses.Loss):
                 loss = reduce_anchor_terms(loss_sums, term_counts, sample_weight, self.reduction)
                 self._remember(embeddings, labels)
                 return loss
-            weights = check_sample_weight(sample_weight, ops.ones((ops.shape(embeddings)[0],), embeddings.dtype))
-            all_embeddings, all_labels, all_weights, start = gather_across_replicas(
-                context, embeddings, labels, weights
+            # Every replica remembers the global batch: the same memory everywhere.
+            loss, all_embeddings, all_labels = replica_share(
+                context, embeddings, labels, sample_weight, self.reduction, lambda y, x: self._memory_terms(x, y)
             )
-            loss_sums, term_counts = self._memory_terms(all_embeddings, all_labels)
-            positions = ops.arange(ops.shape(all_embeddings)[0])
-            share = (positions >= start) & (positions < start + ops.shape(embeddings)[0])
-            loss = reduce_anchor_terms(loss_sums, term_counts, all_weights, self.reduction, share)
             self._remember(all_embeddings, all_labels)
             return loss
 

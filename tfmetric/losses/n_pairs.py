@@ -8,9 +8,10 @@ reference (the batch itself by default), `P(a)` the positives of query `a`,
 import keras
 from keras import ops
 
-from tfmetric.distances import as_embeddings, computation_dtype
+from tfmetric.distances import as_embedding_pair, computation_dtype
 from tfmetric.labels import standardize_label_pair, standardize_labels, standardize_multi_hot
 from tfmetric.losses.base import SimilarityLoss, divide_or_zero, pair_similarities, row_logsumexp, similarity_loss
+from tfmetric.mining import off_diagonal
 
 
 def soft_target_cross_entropy(logits, targets, candidates):
@@ -242,22 +243,19 @@ class NPairsMultilabel(SimilarityLoss):
         # The targets are label counts, not the masks of the other losses.
         if ref_valid is not None:
             raise ValueError("NPairsMultilabel takes no partly filled reference.")
-        embeddings = as_embeddings(embeddings)
         if (ref_labels is None) != (ref_embeddings is None):
             raise ValueError("Pass both ref_labels and ref_embeddings, or neither.")
+        embeddings, ref_embeddings = as_embedding_pair(embeddings, ref_embeddings)
         if ref_embeddings is None:
             labels = ref_labels = standardize_multi_hot(labels, embeddings.shape[0])
             ref_embeddings = embeddings
             remove_diagonal = True if remove_diagonal is None else remove_diagonal
         else:
-            ref_embeddings = ops.cast(as_embeddings(ref_embeddings), embeddings.dtype)
             labels, ref_labels = standardize_label_pair(labels, ref_labels, embeddings, ref_embeddings, True)
         similarity = pair_similarities(embeddings, ref_embeddings, self.normalize)
         candidates = ops.ones_like(similarity) > 0
         if remove_diagonal:
-            rows = ops.arange(ops.shape(similarity)[0], dtype="int32")
-            columns = ops.arange(ops.shape(similarity)[1], dtype="int32")
-            candidates = rows[:, None] != columns[None, :]
+            candidates = off_diagonal(ops.shape(similarity)[0], ops.shape(similarity)[1])
         overlaps = ops.cast(ops.matmul(labels, ops.transpose(ref_labels)), similarity.dtype)
         targets = ops.where(candidates, overlaps, ops.zeros_like(overlaps))
         losses, has_target = soft_target_cross_entropy(similarity, targets, candidates)
