@@ -99,6 +99,65 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 )
 
 
+MIRRORED_RESUME = COMMON.format(
+    setup="""cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)"""
+) + textwrap.dedent(
+    """
+    import tempfile
+
+    STATEFUL = {
+        "MarginLoss learned beta": lambda: tfm.MarginLoss(learn_beta=True, nu=0.01, seed=1, cross_replica=True),
+        "CrossBatchMemory": lambda: tfm.CrossBatchMemory(
+            tfm.MarginLoss(learn_beta=True, seed=0), memory_size=48, cross_replica=True
+        ),
+    }
+    planned = list(tfm.data.pk_sampler(features, labels, 4, 4, seed=0).repeat().take(5).as_numpy_iterator())
+    x_steps = np.concatenate([x for x, _ in planned])
+    y_steps = np.concatenate([y for _, y in planned])
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+    class Preemption(Exception):
+        pass
+
+
+    class Preempt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise Preemption
+
+
+    def train(make_loss, callbacks=()):
+        keras.utils.set_random_seed(0)
+        with mirrored.scope():
+            model = new_model()
+            model.compile(optimizer=keras.optimizers.Adam(0.01), loss=make_loss())
+        batches = tf.data.Dataset.from_tensor_slices((x_steps, y_steps)).batch(16)
+        model.fit(batches, epochs=4, shuffle=False, verbose=0, callbacks=list(callbacks))
+        states = [model.loss.state, getattr(getattr(model.loss, "loss", None), "state", None)]
+        state = [v for s in states if s is not None for v in s.variables]
+        return [np.asarray(v) for v in model.weights + state + model.optimizer.variables]
+
+
+    report = {}
+    for name, make in STATEFUL.items():
+        straight = train(make)
+        backup = tempfile.mkdtemp()
+        try:
+            train(make, [keras.callbacks.BackupAndRestore(backup), Preempt()])
+        except Preemption:
+            pass
+        resumed = train(make, [keras.callbacks.BackupAndRestore(backup)])
+        report[name] = {
+            "variables": [len(straight), len(resumed)],
+            "difference": max(float(np.max(np.abs(a - b))) for a, b in zip(straight, resumed)),
+        }
+    print(json.dumps(report))
+    """
+)
+
+
 def run_script(script, env=None, timeout=600):
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=timeout)
 
@@ -117,6 +176,17 @@ def test_mirrored_cross_replica_training_equals_one_device():
             assert differences["local"] == "refused", differences
         else:
             assert differences["local"] > 1e-3, (name, differences)
+
+
+@pytest.mark.slow
+def test_mirrored_training_resumes_exactly_with_the_loss_state():
+    result = run_script(MIRRORED_RESUME)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    for name, outcome in report.items():
+        # The model, the loss's β (and memory, and random state) and Adam's moments.
+        assert outcome["variables"][0] == outcome["variables"][1] >= 12, (name, outcome)
+        assert outcome["difference"] == 0.0, (name, outcome)
 
 
 WORKER = COMMON.format(setup="") + textwrap.dedent(

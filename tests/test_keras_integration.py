@@ -201,10 +201,7 @@ def test_state_that_keras_does_not_track_is_an_error(monkeypatch):
     import tfmetric.losses.state
 
     monkeypatch.setattr(tfmetric.losses.state, "_host_layer", lambda model: keras.layers.Dense(1))
-    x, y = grouped(*clustered_data())
     with pytest.raises(RuntimeError, match=f"Keras {keras.__version__}"):
         tfm.losses.attach_state(embedding_model(), tfm.CenterLoss(num_classes=6, embedding_dim=4))
-    model = embedding_model()
-    model.compile(optimizer="sgd", loss=tfm.MarginLoss(learn_beta=True, seed=0))
     with pytest.raises(RuntimeError, match="would not train or save with the model"):
-        model.fit(x, y, batch_size=24, epochs=1, verbose=0)
+        embedding_model().compile(optimizer="sgd", loss=tfm.MarginLoss(learn_beta=True, seed=0))

@@ -51,6 +51,8 @@ def gather_across_replicas(context, embeddings, labels, weights):
     import tensorflow as tf
 
     all_embeddings = context.all_gather(embeddings, axis=0)
+    # The gather forgets the static width, which distance-weighted sampling needs.
+    all_embeddings = tf.ensure_shape(all_embeddings, (None,) + tuple(embeddings.shape[1:]))
     # Labels, weights and sizes carry no gradient: gathered apart from the embeddings.
     size = tf.reshape(tf.shape(embeddings)[0], (1,))
     all_labels, all_weights, sizes = context.all_gather([labels, weights, size], axis=0)

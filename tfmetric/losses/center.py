@@ -31,9 +31,9 @@ class CenterLoss(InBatchLoss):
     The class centres `c` are variables of the loss: compile a model with it
     and `model.fit` trains them with the model's own optimizer (the
     gradient pulls each centre towards its class's embeddings, the paper's
-    update); `model.save` stores them and `keras.models.load_model`
-    restores them (compile the loaded model again before training it
-    further). In a custom training loop, call
+    update); they are saved and restored with the model and its optimizer
+    state in every Keras path (`model.save` and `load_model`, checkpoints,
+    `BackupAndRestore`). In a custom training loop, call
     `tfm.losses.attach_state(model, loss)` first. Read them as
     `loss.centers_value()`. Alone, the loss is
     minimised by collapsing every embedding onto one point; the paper adds

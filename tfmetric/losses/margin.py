@@ -181,9 +181,10 @@ class MarginLoss(DistanceLoss):
 
     `learn_beta=True` makes β (and the class offsets) trainable: compile a
     model with this loss and `model.fit` trains β with the model's own
-    optimizer; `model.save` stores it and `keras.models.load_model` restores
-    it (compile the loaded model again before training it further); in a
-    custom training loop, call `tfm.losses.attach_state(model, loss)` first.
+    optimizer; it is saved and restored with the model, its optimizer state
+    and the sampling's random state in every Keras path (`model.save` and
+    `load_model`, checkpoints, `BackupAndRestore`); in a custom training
+    loop, call `tfm.losses.attach_state(model, loss)` first.
     Read it as `loss.beta_value()`.
 
     Args:

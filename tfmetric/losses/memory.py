@@ -66,7 +66,9 @@ class CrossBatchMemory(keras.losses.Loss):
         memory_size: How many past embeddings to keep; at least the batch
             size (the global batch with `cross_replica`).
         embedding_dim: Size of the embeddings. When `None`, the memory is
-            created at the first call, which must then not be inside a JAX
+            created by `model.compile` from the size of the model's output
+            where the model is built (a Sequential or functional model), or
+            else at the first call, which must then not be inside a JAX
             trace or a `tf.distribute` replica.
         name: Optional name of the loss.
         cross_replica: Under a `tf.distribute` strategy, mine and remember
@@ -96,9 +98,19 @@ class CrossBatchMemory(keras.losses.Loss):
         self.embedding_dim = None
         self.state = None
         if embedding_dim is not None:
-            self._build(int(embedding_dim))
+            self.build_state(int(embedding_dim))
 
-    def _build(self, embedding_dim):
+    def build_state(self, embedding_dim):
+        """Creates the memory for embeddings of size `embedding_dim`.
+
+        `model.compile` calls it with the size of the model's output, so
+        that the memory is part of the model before training starts (and
+        `BackupAndRestore` can restore it); otherwise the first call does.
+        """
+        if self.state is not None:
+            if embedding_dim != self.embedding_dim:
+                raise ValueError(f"Embeddings of size {embedding_dim} for a memory of size {self.embedding_dim}.")
+            return
         state = LossState(name=f"{self.name}_state")
         size = self.memory_size
         # Every replica writes the same global batch: the first one's write stands for all.
@@ -113,6 +125,18 @@ class CrossBatchMemory(keras.losses.Loss):
         state.position = state.add_weight(shape=(), initializer="zeros", dtype="int32", name="position", **shared)
         self.state = state
         self.embedding_dim = embedding_dim
+
+    # Where neither the constructor nor `model.compile` could tell the
+    # embedding size, the memory only exists after the first batch. Saving
+    # the size lets a restore (`BackupAndRestore`, `load_weights`) create the
+    # memory before Keras fills it, instead of skipping the saved one.
+    def save_own_variables(self, store):
+        if self.embedding_dim is not None:
+            store["embedding_dim"] = np.array(self.embedding_dim)
+
+    def load_own_variables(self, store):
+        if "embedding_dim" in store.keys():
+            self.build_state(int(np.asarray(store["embedding_dim"])))
 
     def _labels(self, y_true, embeddings):
         """The batch's labels in the memory's integer dtype, exact and validated."""
@@ -132,12 +156,10 @@ class CrossBatchMemory(keras.losses.Loss):
     def _prepare(self, y_true, y_pred):
         embeddings = as_embeddings(y_pred)
         dim, batch = embeddings.shape[-1], embeddings.shape[0]
-        if self.state is None:
-            if dim is None:
-                raise ValueError("CrossBatchMemory needs a known embedding size: pass embedding_dim.")
-            self._build(dim)
-        elif dim is not None and dim != self.embedding_dim:
-            raise ValueError(f"Embeddings of size {dim} for a memory of size {self.embedding_dim}.")
+        if self.state is None and dim is None:
+            raise ValueError("CrossBatchMemory needs a known embedding size: pass embedding_dim.")
+        if dim is not None:
+            self.build_state(dim)
         if batch is not None and batch > self.memory_size:
             raise ValueError(
                 f"A batch of {batch} examples does not fit a memory of {self.memory_size}: "

@@ -2,14 +2,23 @@
 
 Keras 3 optimises and checkpoints the variables of a model's layers only;
 a loss passed to `model.compile` is configuration. A loss with state of its
-own (a learned margin, a random-number state) keeps it in a `LossState`
-layer, and on its first call inside the training or evaluation step of a
-model compiled with it, adds that layer to the model: from then on the
-optimizer updates its trainable variables and, on the JAX backend, the
-random state is threaded through the compiled step like any layer's. The
-loss also holds the layer as an attribute, so `model.save` stores the
-variables under the model's `loss` and `keras.models.load_model` restores
-them into the loss it rebuilds.
+own (a learned margin, class centres or proxies, a memory, a random-number
+state) keeps it in a `LossState` layer, and that layer becomes part of the
+model as soon as the model is compiled with the loss: from then on its
+variables are the model's, exactly like a layer's — the optimizer is built
+with slots for them, `model.save`/`load_model`, `save_weights`/`load_weights`,
+`ModelCheckpoint` and `BackupAndRestore` store and restore them together
+with the optimizer's state, and on the JAX backend they (and the random
+state) are threaded through the compiled step like any layer's.
+
+Keras has no public hook for this, so importing tfmetric wraps Keras'
+`Model.compile`: after Keras' own `compile`, the states of the
+compiled tfmetric losses join the model, and the states of losses the
+model is no longer compiled with leave it. Models compiled with other
+losses are left as they are. Where the model cannot take them yet (a
+subclassed model with no layers, a memory whose embedding size is not
+known before the first batch), they join at the loss's first call in
+`fit`, `evaluate` or `predict`, before the optimizer is built.
 
 The layer is nested under one of the model's own layers rather than the
 model itself: `Sequential` models serialise their `_layers` list, and the
@@ -20,6 +29,7 @@ Outside `model.compile` (custom training loops, custom `train_step`s),
 `attach_state(model, loss)` attaches them explicitly.
 """
 
+import functools
 import sys
 import warnings
 import weakref
@@ -43,6 +53,23 @@ class LossState(keras.layers.Layer):
 
     def call(self, inputs):
         return inputs
+
+    # Keras saves a layer's weights but not the state of its random-number
+    # generators (`variables` has both): a loss that samples must resume
+    # its sequence where it stopped, not from the seed.
+    def save_own_variables(self, store):
+        for index, variable in enumerate(self.variables):
+            store[str(index)] = variable
+
+    def load_own_variables(self, store):
+        if len(store.keys()) != len(self.variables):
+            raise ValueError(
+                f"The saved state of loss state {self.name!r} has {len(store.keys())} variables; "
+                f"this loss has {len(self.variables)}: {[v.name for v in self.variables]}. Was it "
+                "saved with the same loss configuration?"
+            )
+        for index, variable in enumerate(self.variables):
+            variable.assign(store[str(index)])
 
     def attach(self, loss):
         """Makes this state part of the model being trained with `loss`, if any.
@@ -70,14 +97,7 @@ class LossState(keras.layers.Layer):
                     # Evaluation only reads the variables; attaching them now
                     # would break the next `fit` with an opaque error.
                     return
-                raise ValueError(
-                    f"The optimizer of model {model.name!r} was built before the "
-                    f"learned parameters of loss {loss.name!r} joined the model "
-                    "(this happens after `keras.models.load_model`). Compile the "
-                    "model again before training it, e.g. "
-                    "`model.compile(optimizer=model.optimizer.__class__.from_config("
-                    "model.optimizer.get_config()), loss=model.loss)`."
-                )
+                raise ValueError(_late_optimizer_message(model, loss))
         self.attach_to(model, loss)
 
     def attach_to(self, model, loss):
@@ -90,8 +110,19 @@ class LossState(keras.layers.Layer):
         # model after it is built. The check below makes a Keras release
         # that changes this fail loudly instead of training without them.
         host._layers.append(self)
-        _check_owned(model, loss, self)
+        _check_owned(model, loss, self, trains=any(trains for _, trains in _leaf_layers(model)))
         self._attached_to.add(model)
+        compiled_trainable = getattr(model, "_compiled_trainable_state", None)
+        if isinstance(compiled_trainable, dict):
+            # Keras warns about layers that appeared after `compile`; this one joined in it.
+            compiled_trainable[self] = self.trainable
+
+    def detach_from(self, model):
+        """Takes this state out of `model` (the model was compiled with another loss)."""
+        for layer in model._flatten_layers(include_self=False):
+            if any(sublayer is self for sublayer in layer._layers):
+                layer._layers[:] = [sublayer for sublayer in layer._layers if sublayer is not self]
+        self._attached_to.discard(model)
 
 
 def attach_state(model, loss):
@@ -99,9 +130,8 @@ def attach_state(model, loss):
 
     Losses with state of their own (`MarginLoss(learn_beta=True)`'s β,
     `CenterLoss`'s centres, `CrossBatchMemory`'s memory, the sampling
-    state of distance-weighted `MarginLoss`) attach it to the model they
-    are compiled with at their first call in `fit`, `evaluate` or
-    `predict`: nothing to do there. Call this instead when the loss is used
+    state of distance-weighted `MarginLoss`) attach it to the model in
+    `model.compile`: nothing to do there. Call this instead when the loss is used
     outside `model.compile`, in a custom training loop or a custom
     `train_step`, before training: the loss's trainable variables are then
     among `model.trainable_variables`, so the loop's optimizer updates them,
@@ -136,11 +166,83 @@ def _states_of(loss):
     return [state for state in states if isinstance(state, LossState)]
 
 
-def _check_owned(model, loss, state):
+def _attach_compiled_states(model):
+    """Makes the states of the losses `model` is compiled with part of it, and only those."""
+    compiled = getattr(model, "loss", None)
+    entries = keras.tree.flatten(compiled)
+    for loss, shape in zip(entries, _output_shapes(model, compiled, len(entries))):
+        build_state = getattr(loss, "build_state", None)
+        if build_state is not None and shape is not None and shape[-1] is not None:
+            build_state(shape[-1])
+    states = [(state, loss) for loss in entries for state in _states_of(loss)]
+    kept = {id(state) for state, _ in states}
+    for layer in list(model._flatten_layers(include_self=False)):
+        if isinstance(layer, LossState) and id(layer) not in kept:
+            layer.detach_from(model)
+    if not states or not list(_leaf_layers(model)):
+        return  # nothing to attach, or nowhere yet: the first call attaches
+    optimizer = getattr(model, "optimizer", None)
+    for state, loss in states:
+        if (
+            state.trainable_variables
+            and optimizer is not None
+            and optimizer.built
+            and not _optimizer_knows(optimizer, state.trainable_variables)
+        ):
+            raise ValueError(_late_optimizer_message(model, loss))
+        state.attach_to(model, loss)
+
+
+def _output_shapes(model, compiled, count):
+    """The shape of the output each of the `count` compiled losses applies to, `None` where unknown."""
+    try:
+        outputs = keras.tree.flatten(model.outputs)
+    except (AttributeError, ValueError):
+        return [None] * count
+    if len(outputs) == 1:
+        return [tuple(outputs[0].shape)] * count
+    if isinstance(compiled, (list, tuple)) and len(outputs) == count:
+        return [tuple(output.shape) for output in outputs]
+    return [None] * count  # a dict of losses: which output is whose is Keras' business
+
+
+def _late_optimizer_message(model, loss):
+    return (
+        f"The optimizer of model {model.name!r} was built before the learned parameters of "
+        f"loss {loss.name!r} joined the model, so it has no slots for them. Compile the model "
+        "with a new optimizer, e.g. `model.compile(optimizer=model.optimizer.__class__."
+        "from_config(model.optimizer.get_config()), loss=model.loss)`."
+    )
+
+
+def _install_compile_hook():
+    """Wraps Keras' `compile` so that compiling with a tfmetric loss attaches its state."""
+    # Wrapped where Keras defines it (its base trainer), not on `keras.Model`:
+    # Keras recompiles loaded models only if `compile` is not overridden.
+    owner = next(cls for cls in keras.Model.__mro__ if "compile" in vars(cls))
+    compile_model = owner.compile
+    if getattr(compile_model, "_attaches_loss_states", False):
+        return
+
+    @functools.wraps(compile_model)
+    def compile(self, *args, **kwargs):
+        compile_model(self, *args, **kwargs)
+        _attach_compiled_states(self)
+
+    compile._attaches_loss_states = True
+    owner.compile = compile
+
+
+_install_compile_hook()
+
+
+def _check_owned(model, loss, state, trains):
+    """Raises unless `model` owns the variables of `state` (trainable ones as such if it `trains`)."""
     owned = {id(v) for v in model.trainable_variables} | {id(v) for v in model.non_trainable_variables}
     trainable = {id(v) for v in model.trainable_variables}
     missing = [v.name for v in state.variables if id(v) not in owned]
-    missing += [v.name for v in state.trainable_variables if id(v) not in trainable]
+    if trains:
+        missing += [v.name for v in state.trainable_variables if id(v) not in trainable]
     if missing:
         raise RuntimeError(
             f"tfmetric could not make the variables {sorted(set(missing))} of loss {loss.name!r} "
@@ -187,22 +289,24 @@ def _compiled_model_calling(loss):
     return model, training and model is not None, trainer
 
 
-def _leaf_layers(model):
+def _leaf_layers(model, trainable=True):
+    """`(layer, trainable)` for the model's leaf layers, `trainable` when all its parents are."""
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            yield from _leaf_layers(layer)
-        elif not isinstance(layer, LossState):
-            yield layer
+            yield from _leaf_layers(layer, trainable and layer.trainable)
+        elif not isinstance(layer, (LossState, keras.layers.InputLayer)):
+            yield layer, trainable and layer.trainable
 
 
 def _host_layer(model):
-    """The first trainable leaf layer holding weights, else the first leaf."""
+    """The last leaf layer that trains, else the last leaf.
+
+    Chosen by trainability only, not by weights, so that a model compiled
+    before it is built gets the same host (and the optimizer the same
+    order of variables) as one compiled after.
+    """
     leaves = list(_leaf_layers(model))
-    for layer in leaves:
-        if layer.trainable and layer.trainable_weights:
-            return layer
     if not leaves:
-        raise ValueError(
-            f"Model {model.name!r} has no layer to carry the loss's variables."
-        )
-    return leaves[0]
+        raise ValueError(f"Model {model.name!r} has no layer to carry the loss's variables.")
+    trainable = [layer for layer, trains in leaves if trains]
+    return (trainable or [layer for layer, _ in leaves])[-1]
