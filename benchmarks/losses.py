@@ -10,6 +10,7 @@ memory is its own.
     python benchmarks/losses.py --sizes 1024 --k 8
     python benchmarks/losses.py --losses contrastive_all margin_all
     python benchmarks/losses.py --memory 16384 --sizes 256   # the cross-batch memory
+    python benchmarks/losses.py --classes 100000 --sizes 256  # the losses with class vectors
 
 The losses are those of `tfm.losses.registry.LOSSES`, built with their
 defaults (margin 1.0 where there is one), plus `CenterLoss` and the
@@ -23,6 +24,12 @@ multi-similarity losses in a `CrossBatchMemory` of M rows (full, D = 128),
 each divided by the forward+backward time of the N × (N + M) distance
 rectangle alone.
 
+With `--classes C`, the rows are the losses with class vectors
+(`tfm.losses.registry.PROXY_LOSSES`) for C classes, gradients w.r.t. the
+embeddings and the class vectors, each divided by the forward+backward time
+of the N × C cosine matrix alone (the product every one of them starts
+from); SoftTriple and sub-centre ArcFace have 10 and 3 vectors per class.
+
 Batches are P×K: N/K classes of K examples, D = 128, float32.
 """
 
@@ -33,7 +40,7 @@ import sys
 
 from timing import pk_batch, rss_mb, run_cell, tensorflow_step, time_calls
 
-from tfmetric.losses.registry import LOSSES as REGISTRY
+from tfmetric.losses.registry import LOSSES as REGISTRY, PROXY_LOSSES
 
 BASELINE = "distance matrix"
 EXTRA = ("center_loss", "xbm contrastive_all")
@@ -41,6 +48,8 @@ LOSSES = (BASELINE, *REGISTRY, *EXTRA)
 # With --memory: the rectangle, then the memory around these registry losses.
 RECTANGLE = "rectangle N×(N+M)"
 MEMORY_LOSSES = ("contrastive_all", "batch_hard", "multi_similarity")
+# With --classes: the cosine matrix, then the losses with class vectors.
+SCORES = "cosines N×C"
 
 
 def build_loss(name, n=None, dim=None, memory=1024):
@@ -56,7 +65,7 @@ def build_loss(name, n=None, dim=None, memory=1024):
     raise ValueError(f"Unknown loss {name!r}; choose from {', '.join(LOSSES)}.")
 
 
-def measure(loss_name, n, k, dim, jit, min_seconds, memory=0):
+def measure(loss_name, n, k, dim, jit, min_seconds, memory=0, classes=0):
     """Runs in a child process: times one cell and reports its memory."""
     import numpy as np
     import tensorflow as tf
@@ -64,6 +73,8 @@ def measure(loss_name, n, k, dim, jit, min_seconds, memory=0):
     import tfmetric as tfm
 
     x, y = (tf.constant(array) for array in pk_batch(n, k, dim))
+    if classes:
+        return measure_classes(loss_name, x, y, classes, jit, min_seconds)
     if loss_name == BASELINE:
 
         def objective(y, x):
@@ -84,6 +95,26 @@ def measure(loss_name, n, k, dim, jit, min_seconds, memory=0):
     return time_calls(tensorflow_step(objective, x, y, jit), min_seconds, baseline_mb=rss_mb())
 
 
+def measure_classes(loss_name, x, y, classes, jit, min_seconds):
+    """One cell of `--classes`: gradients w.r.t. the embeddings and the class vectors."""
+    import tensorflow as tf
+
+    from tfmetric.distances import l2_normalize
+
+    baseline_mb = rss_mb()
+    if loss_name == SCORES:
+        vectors = tf.Variable(tf.random.normal((classes, x.shape[1])))
+
+        def objective(y, x):
+            return tf.reduce_sum(tf.matmul(l2_normalize(x), l2_normalize(vectors), transpose_b=True))
+    else:
+        objective = PROXY_LOSSES[loss_name].build(classes, x.shape[1])
+        vectors = objective.proxies
+    # The labels of a P×K batch, spread over all the classes.
+    y = (y * 7919) % classes
+    return time_calls(tensorflow_step(objective, x, y, jit, [vectors]), min_seconds, baseline_mb=baseline_mb)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4096])
@@ -92,6 +123,7 @@ def main():
     parser.add_argument("--min-seconds", type=float, default=2.0)
     parser.add_argument("--losses", nargs="+", choices=LOSSES, default=list(LOSSES))
     parser.add_argument("--memory", type=int, default=0, help="M: benchmark the cross-batch memory instead")
+    parser.add_argument("--classes", type=int, default=0, help="C: benchmark the losses with class vectors instead")
     parser.add_argument("--cell", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cell:
@@ -104,7 +136,10 @@ def main():
     header = f"{'loss':<24}{'N':>6}{'jit':>6}{'ms':>10}{'× dist':>9}{'peak MB':>10}{'+MB':>8}"
     print(header)
     print("-" * len(header))
-    if args.memory:
+    if args.classes:
+        names = [SCORES, *PROXY_LOSSES]
+        print(f"C = {args.classes} classes; × = time over the N × C cosine matrix's (gradients to both sides)")
+    elif args.memory:
         names = [RECTANGLE] + [f"xbm {name}" for name in MEMORY_LOSSES]
         print(f"cross-batch memory of M = {args.memory} rows; × = time over the N × (N + M) rectangle's")
     else:
@@ -113,7 +148,7 @@ def main():
         for jit in (False, True):
             reference = None
             for name in names:
-                cell = [name, n, args.k, args.dim, jit, args.min_seconds, args.memory]
+                cell = [name, n, args.k, args.dim, jit, args.min_seconds, args.memory, args.classes]
                 r = run_cell(sys.executable, __file__, cell)
                 if "error" in r:
                     print(f"{name:<24}{n:>6}{str(jit):>6}  error: {r['error']}")

@@ -68,8 +68,8 @@ def run_cell(python, script, cell, timeout=None):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def tensorflow_step(objective, x, y, jit):
-    """A blocking call computing `objective(y, x)` and its gradient w.r.t. `x`.
+def tensorflow_step(objective, x, y, jit, variables=()):
+    """A blocking call computing `objective(y, x)` and its gradient w.r.t. `x` (and `variables`).
 
     Imports TensorFlow only when called, so that this module stays
     importable where TensorFlow is not installed.
@@ -81,6 +81,6 @@ def tensorflow_step(objective, x, y, jit):
         with tf.GradientTape() as tape:
             tape.watch(x)
             value = objective(y, x)
-        return value, tape.gradient(value, x)
+        return value, tape.gradient(value, [x, *variables])
 
-    return lambda: step(x, y)[1].numpy()
+    return lambda: [gradient.numpy() for gradient in step(x, y)[1]]

@@ -30,3 +30,9 @@ def arrays(peer, index):
     """`(x, y, grad)` of a case; `grad` is empty where the peer gives none."""
     _, data = _load(peer)
     return data[f"x{index}"], data[f"y{index}"], data[f"g{index}"]
+
+
+def extra(peer, index, name):
+    """A further array `name` of a case (e.g. the class vectors `w` of `peers_pml_proxies.npz`)."""
+    _, data = _load(peer)
+    return data[f"{name}{index}"]

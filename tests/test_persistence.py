@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import tfmetric as tfm
-from tfmetric.losses.registry import LOSSES
+from tfmetric.losses.proxy import ProxyLoss
+from tfmetric.losses.registry import LOSSES, PROXY_LOSSES
 
 from conftest import no_warnings, only_tensorflow
 
@@ -21,6 +22,9 @@ STATEFUL = {
     "distance-weighted": lambda: tfm.MarginLoss(sampling="distance_weighted", seed=3),
     "centres": lambda: tfm.CenterLoss(num_classes=4, embedding_dim=4),
     "memory": lambda: tfm.CrossBatchMemory(tfm.MarginLoss(learn_beta=True, seed=0), memory_size=36),
+    # Every loss with class vectors keeps them the same way (tfm.losses.proxy.ProxyLoss):
+    # k vectors per class, trained 10× faster than the network.
+    "proxies": lambda: tfm.SubCenterArcFace(4, 4, centers_per_class=2, proxy_lr_multiplier=10.0),
 }
 PATHS = ["backup_and_restore", "save_and_load_model", "checkpoint", "weights_checkpoint"]
 EPOCHS, PREEMPTED_AFTER = 4, 2
@@ -147,6 +151,8 @@ def test_every_stateful_loss_of_the_registry_is_checked_here():
     for key, entry in LOSSES.items():
         loss = entry.build()
         assert not loss_states(loss) or type(loss) in kinds, key
+    assert any(issubclass(kind, ProxyLoss) for kind in kinds)
+    assert all(issubclass(entry.loss_class, ProxyLoss) for entry in PROXY_LOSSES.values())
 
 
 @pytest.mark.parametrize("name", STATEFUL)
@@ -163,7 +169,7 @@ def test_compile_makes_the_state_the_models(name):
     learned = [v for state in states for v in state.trainable_variables]
     # Adam: an iteration counter, the learning rate and two moments per variable.
     assert len(model.optimizer.variables) == 2 + 2 * len(model.trainable_variables)
-    assert len(learned) == {"learned beta": 2, "distance-weighted": 0, "centres": 1, "memory": 1}[name]
+    assert len(learned) == {"learned beta": 2, "distance-weighted": 0, "centres": 1, "memory": 1, "proxies": 1}[name]
 
 
 def test_compiling_with_another_loss_takes_the_state_out():

@@ -13,7 +13,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="tfmetric", description="Deep metric learning for Keras 3.")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="train an embedding with a metric-learning loss and show it in TensorBoard")
-    demo.add_argument("--loss", choices=list(demo_module.LOSSES), default="batch_hard")
+    demo.add_argument("--loss", choices=demo_module.LOSS_KEYS, default="batch_hard")
     demo.add_argument("--dataset", choices=DATASETS, default="digits", help="digits is bundled; the others download")
     demo.add_argument("--epochs", type=int, default=15)
     demo.add_argument("--margin", type=float, default=0.5)

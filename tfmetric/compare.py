@@ -9,7 +9,11 @@ online): one small encoder with a 2-D output, trained in each of `METHODS` —
 - triplet: `TripletLoss` on random triplets (offline);
 - every loss class of `tfm.losses.registry.LOSSES` once (its main
   configuration), mined online from P×K batches;
-- cross-batch memory: `Contrastive` mined against the last 256 embeddings.
+- cross-batch memory: `Contrastive` mined against the last 256 embeddings;
+- every loss with class vectors of `tfm.losses.registry.PROXY_LOSSES`, on
+  plain shuffled batches (they need no positives in a batch). They learn
+  directions, so their embeddings are compared by cosine (L2-normalised
+  before the metrics).
 
 For each it reports the held-out 1-NN accuracy (training set as reference),
 precision@1 and MAP@R (leave-one-out among held-out points), and draws the
@@ -25,10 +29,11 @@ import numpy as np
 from tfmetric.data import pk_sampler, random_pairs, random_triplets
 from tfmetric.datasets import load
 from tfmetric.demo import embedding_network, nearest_neighbour_accuracy
+from tfmetric.distances import l2_normalize
 from tfmetric.evaluation import retrieval_metrics
 from tfmetric.layers import PairDistance
 from tfmetric.losses import CenterLoss, Contrastive, CrossBatchMemory, PairContrastive, TripletLoss
-from tfmetric.losses.registry import LOSSES
+from tfmetric.losses.registry import LOSSES, PROXY_LOSSES
 from tfmetric.plots import scatter
 
 # In a free 2-D space, a margin of 1 leaves the classes room.
@@ -39,7 +44,8 @@ ONLINE = {
 }
 # The weight λ of the center loss next to the softmax loss (the paper's range).
 CENTER_WEIGHT = 0.1
-METHODS = ("softmax", "softmax + center loss", "siamese (random pairs)", "triplet (random triplets)", *ONLINE)
+PROXIES = {entry.title: entry for entry in PROXY_LOSSES.values()}
+METHODS = ("softmax", "softmax + center loss", "siamese (random pairs)", "triplet (random triplets)", *ONLINE, *PROXIES)
 
 
 def _optimizer():
@@ -104,12 +110,21 @@ def train_online(loss):
     return train
 
 
+def train_proxy(entry):
+    def train(encoder, x, y, epochs, seed, verbose):
+        encoder.compile(_optimizer(), entry.build(int(y.max()) + 1, encoder.output_shape[-1]))
+        encoder.fit(x, y, batch_size=64, epochs=epochs, verbose=verbose)
+
+    return train
+
+
 TRAINERS = {
     "softmax": train_softmax,
     "softmax + center loss": train_softmax_center,
     "siamese (random pairs)": train_siamese,
     "triplet (random triplets)": train_triplet,
     **{name: train_online(loss) for name, loss in ONLINE.items()},
+    **{name: train_proxy(entry) for name, entry in PROXIES.items()},
 }
 
 
@@ -129,6 +144,8 @@ def run(dataset="digits", epochs=20, seed=0, out_dir=None, methods=METHODS, verb
         encoder = embedding_network(x_train.shape[1], 2, normalize=False, name="encoder")
         TRAINERS[method](encoder, x_train, y_train, epochs, seed, verbose)
         train, test = encoder.predict(x_train, verbose=0), encoder.predict(x_test, verbose=0)
+        if method in PROXIES:
+            train, test = (keras.ops.convert_to_numpy(l2_normalize(points)) for points in (train, test))
         metrics = retrieval_metrics(test, y_test, k=(1,), nmi=False)
         row = {
             "method": method,

@@ -15,8 +15,18 @@ import keras
 from tfmetric.data import pk_sampler
 from tfmetric.datasets import load
 from tfmetric.evaluation import retrieval_metrics
-from tfmetric.losses.registry import LOSSES
+from tfmetric.losses.registry import LOSSES, PROXY_LOSSES
 from tfmetric.metrics import ActiveTripletFraction
+
+# What `--loss` takes: the losses mined from labels, and those with class vectors.
+LOSS_KEYS = (*LOSSES, *PROXY_LOSSES)
+
+
+def build_loss(key, num_classes, embedding_dim, margin):
+    """The demo's loss `key`; `margin` applies to the losses whose margin is on distances."""
+    if key in PROXY_LOSSES:
+        return PROXY_LOSSES[key].build(num_classes, embedding_dim)
+    return LOSSES[key].build(margin=margin)
 
 
 def nearest_neighbour_accuracy(reference, reference_labels, queries, query_labels):
@@ -49,7 +59,7 @@ def watchers(log_dir, x_test, y_test, image_shape):
 def run(loss="batch_hard", epochs=15, margin=0.5, seed=0, dataset="digits", log_dir=None, verbose=1, limit=None):
     """Trains, reports, and returns the figures as a dict.
 
-    `loss` is a key of `tfm.losses.registry.LOSSES`; `margin` applies to
+    `loss` is a key of `tfm.losses.registry.LOSSES` or `PROXY_LOSSES`; `margin` applies to
     the losses whose margin is on distances. `log_dir` defaults to `tfmetric-logs/demo-<dataset>-<loss>`; `limit` keeps
     the first examples of each split (for quick runs).
     """
@@ -59,7 +69,7 @@ def run(loss="batch_hard", epochs=15, margin=0.5, seed=0, dataset="digits", log_
     model = embedding_network(x_train.shape[1], 32, name=f"{dataset}_embedding")
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
-        loss=LOSSES[loss].build(margin=margin),
+        loss=build_loss(loss, int(y_train.max()) + 1, 32, margin),
         metrics=[ActiveTripletFraction(margin=margin)],
     )
 

@@ -193,11 +193,53 @@ def check_class_ids(y_true, num_classes):
         return
     values = np.asarray(ops.convert_to_numpy(y_true) if is_backend_tensor(y_true) else y_true)
     _check_values(values.reshape(-1))
+    _check_range(values.reshape(-1), num_classes)
+
+
+def _check_range(values, num_classes):
     if values.size and (values.min() < 0 or values.max() >= num_classes):
         raise ValueError(
-            f"Class ids must lie in [0, {num_classes}) for scores of {num_classes} "
-            f"classes; received ids from {values.min()} to {values.max()}."
+            f"Class ids must lie in [0, {num_classes}) for {num_classes} classes; "
+            f"received ids from {values.min()} to {values.max()}."
         )
+
+
+def class_ids(y_true, num_classes, embeddings=None):
+    """Validated class ids `0 … num_classes − 1`, as an int32 `(N,)` tensor.
+
+    For losses that pick a class's vector or score by its label, where an
+    id out of range would silently pick none (or another). Raises ValueError
+    when the ids can be read (NumPy input, eager tensors); inside a
+    TensorFlow graph an assertion raises `InvalidArgumentError` when run.
+    Under XLA or a JAX trace nothing can be checked: callers give such
+    examples a NaN loss (`in_class_range`).
+    """
+    if not is_backend_tensor(y_true):
+        values = np.asarray(y_true)
+        standardize_labels(values, embeddings)  # shape, dtype, finite and integral
+        values = values.reshape(-1)
+        _check_range(values, num_classes)
+        return ops.convert_to_tensor(values.astype("int32"))
+    labels = standardize_labels(y_true, embeddings)
+    if not is_traced(labels):
+        _check_range(np.asarray(ops.convert_to_numpy(labels)), num_classes)
+    elif backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        message = f"Class ids must lie in [0, {num_classes})"
+        checks = [
+            tf.debugging.assert_non_negative(labels, message=message),
+            tf.debugging.assert_less(labels, tf.cast(num_classes, labels.dtype), message=message),
+        ]
+        with tf.control_dependencies(checks):
+            labels = tf.identity(labels)
+    return ops.cast(labels, "int32")
+
+
+def in_class_range(y_true, num_classes):
+    """`(N,)` booleans: which labels are class ids `0 … num_classes − 1` (for traces, see `class_ids`)."""
+    labels = ops.reshape(ops.convert_to_tensor(y_true), (-1,))
+    return (labels >= 0) & (labels < num_classes)
 
 
 def standardize_multi_hot(y_true, num_examples=None):

@@ -18,6 +18,17 @@ the pure function it wraps, and its family:
 Variants (the same class with another option) are marked `variant=True`:
 the comparison study trains each class once, the tests and benchmarks
 cover every configuration.
+
+The losses that learn class vectors are listed apart, in `PROXY_LOSSES`:
+they are built for a number of classes and an embedding size
+(`entry.build(num_classes, embedding_dim)`), and their pure functions take
+the class vectors instead of a reference set. Families:
+
+- `"margin_softmax"`: a softmax over cosines to the class vectors, with a
+  margin on the true class (ArcFace, CosFace, SphereFace, L-Softmax,
+  sub-centre ArcFace, normalised softmax);
+- `"proxy"`: pair and neighbourhood losses with proxies in place of the
+  other examples (ProxyNCA, Proxy Anchor, SoftTriple, P2SGrad).
 """
 
 import inspect
@@ -26,8 +37,32 @@ from typing import Callable, NamedTuple
 from tfmetric.losses.contrastive_loss import Contrastive, contrastive
 from tfmetric.losses.lifted import LiftedStructure, lifted_structure
 from tfmetric.losses.margin import MarginLoss, margin_loss
+from tfmetric.losses.margin_softmax import (
+    ArcFace,
+    CosFace,
+    LargeMarginSoftmax,
+    NormalizedSoftmax,
+    SphereFace,
+    SubCenterArcFace,
+    arcface,
+    cosface,
+    large_margin_softmax,
+    normalized_softmax,
+    sphereface,
+    subcenter_arcface,
+)
 from tfmetric.losses.n_pairs import NPairs, npairs
 from tfmetric.losses.neighbours import NCA, SoftNearestNeighbor, nca, soft_nearest_neighbor
+from tfmetric.losses.proxy_metric import (
+    P2SGrad,
+    ProxyAnchor,
+    ProxyNCA,
+    SoftTriple,
+    p2sgrad,
+    proxy_anchor,
+    proxy_nca,
+    soft_triple,
+)
 from tfmetric.losses.similarity import (
     BinomialDeviance,
     Circle,
@@ -46,6 +81,7 @@ from tfmetric.losses.triplet import (
 )
 
 FAMILIES = ("triplet", "contrastive", "margin", "similarity", "neighbourhood")
+PROXY_FAMILIES = ("margin_softmax", "proxy")
 
 
 class LossEntry(NamedTuple):
@@ -120,5 +156,47 @@ LOSSES = {
             "neighbourhood",
         ),
         _entry("nca", "nca", NCA, nca, "neighbourhood"),
+    )
+}
+
+
+class ProxyEntry(NamedTuple):
+    """One configuration of a loss with class vectors (see the module docstring)."""
+
+    key: str
+    title: str
+    loss_class: type
+    function: Callable
+    family: str
+    arguments: dict
+
+    def build(self, num_classes, embedding_dim, **overrides):
+        """The configured loss for `num_classes` classes and embeddings of size `embedding_dim`."""
+        return self.loss_class(num_classes, embedding_dim, **{**self.arguments, **overrides})
+
+    def function_arguments(self):
+        """The entry's arguments that its pure function takes (not the class vectors' options)."""
+        accepted = inspect.signature(self.function).parameters
+        return {name: value for name, value in self.arguments.items() if name in accepted}
+
+
+PROXY_LOSSES = {
+    entry.key: entry
+    for entry in (
+        ProxyEntry("arcface", "ArcFace", ArcFace, arcface, "margin_softmax", {}),
+        ProxyEntry("cosface", "CosFace", CosFace, cosface, "margin_softmax", {}),
+        ProxyEntry("sphereface", "SphereFace", SphereFace, sphereface, "margin_softmax", {}),
+        ProxyEntry("large_margin_softmax", "large-margin softmax", LargeMarginSoftmax, large_margin_softmax,
+                   "margin_softmax", {}),
+        ProxyEntry("subcenter_arcface", "sub-centre ArcFace", SubCenterArcFace, subcenter_arcface,
+                   "margin_softmax", {}),
+        ProxyEntry("normalized_softmax", "normalised softmax", NormalizedSoftmax, normalized_softmax,
+                   "margin_softmax", {}),
+        # ProxyNCA++'s temperature.
+        ProxyEntry("proxy_nca", "ProxyNCA++", ProxyNCA, proxy_nca, "proxy", {"temperature": 1 / 9}),
+        # The paper trains the proxies 100 times faster than the network.
+        ProxyEntry("proxy_anchor", "Proxy Anchor", ProxyAnchor, proxy_anchor, "proxy", {"proxy_lr_multiplier": 100.0}),
+        ProxyEntry("soft_triple", "SoftTriple", SoftTriple, soft_triple, "proxy", {}),
+        ProxyEntry("p2sgrad", "P2SGrad", P2SGrad, p2sgrad, "proxy", {}),
     )
 }
