@@ -132,11 +132,10 @@ def proxy_nca(labels, embeddings, proxies, *, temperature=1.0):
 
     Example:
 
-    >>> import numpy as np
-    >>> from tfmetric.losses.proxy_metric import proxy_nca
+    >>> import numpy as np, tfmetric as tfm
     >>> proxies = np.array([[1.0, 0.0], [0.0, 1.0]])
     >>> embeddings = np.array([[2.0, 0.0], [1.0, 1.0]])
-    >>> [round(float(v), 4) for v in proxy_nca([0, 1], embeddings, proxies)]
+    >>> [round(float(v), 4) for v in tfm.losses.proxy_nca([0, 1], embeddings, proxies)]
     [0.1269, 0.6931]
     """
     ids, embeddings, proxies = _validated(labels, embeddings, proxies, rank=2)
@@ -188,9 +187,8 @@ class ProxyNCA(ProxyLoss):
 
     Example:
 
-    >>> import numpy as np
-    >>> from tfmetric.losses.proxy_metric import ProxyNCA
-    >>> loss = ProxyNCA(num_classes=2, embedding_dim=2, temperature=1 / 9)
+    >>> import numpy as np, tfmetric as tfm
+    >>> loss = tfm.ProxyNCA(num_classes=2, embedding_dim=2, temperature=1 / 9)
     >>> loss.set_proxies(np.array([[1.0, 0.0], [0.0, 1.0]]))
     >>> round(float(loss(np.array([0, 1]), np.array([[2.0, 0.5], [1.0, 1.0]]))), 4)
     0.3466
@@ -303,11 +301,10 @@ def proxy_anchor(labels, embeddings, proxies, *, margin=0.1, alpha=32.0, sample_
 
     Example:
 
-    >>> import numpy as np
-    >>> from tfmetric.losses.proxy_metric import proxy_anchor
+    >>> import numpy as np, tfmetric as tfm
     >>> proxies = np.array([[1.0, 0.0], [0.0, 1.0]])
     >>> embeddings = np.array([[1.0, 0.0], [0.6, 0.8]])
-    >>> round(float(proxy_anchor([0, 1], embeddings, proxies)), 4)
+    >>> round(float(tfm.losses.proxy_anchor([0, 1], embeddings, proxies)), 4)
     12.82
     """
     ids, embeddings, proxies = _validated(labels, embeddings, proxies, rank=2)
@@ -362,8 +359,8 @@ class ProxyAnchor(ProxyLoss):
     Example:
 
     >>> import numpy as np, keras
-    >>> from tfmetric.losses.proxy_metric import ProxyAnchor
-    >>> loss = ProxyAnchor(num_classes=2, embedding_dim=2, proxy_lr_multiplier=100)
+    >>> import tfmetric as tfm
+    >>> loss = tfm.ProxyAnchor(num_classes=2, embedding_dim=2, proxy_lr_multiplier=100)
     >>> loss.set_proxies(np.array([[1.0, 0.0], [0.0, 1.0]]))
     >>> round(float(loss(np.array([0, 1]), np.array([[1.0, 0.0], [0.6, 0.8]]))), 4)
     12.82
@@ -492,11 +489,10 @@ def soft_triple(labels, embeddings, proxies, *, scale=20.0, gamma=0.1, margin=0.
 
     Example:
 
-    >>> import numpy as np
-    >>> from tfmetric.losses.proxy_metric import soft_triple
+    >>> import numpy as np, tfmetric as tfm
     >>> proxies = np.array([[[1.0, 0.0], [0.6, 0.8]], [[0.0, 1.0], [-1.0, 0.0]]])
     >>> embeddings = np.array([[0.8, 0.6], [0.0, 1.0]])
-    >>> [round(float(v), 4) for v in soft_triple([0, 1], embeddings, proxies)]
+    >>> [round(float(v), 4) for v in tfm.losses.soft_triple([0, 1], embeddings, proxies)]
     [0.0016, 0.022]
     """
     ids, embeddings, proxies = _validated(labels, embeddings, proxies, rank=3)
@@ -553,9 +549,8 @@ class SoftTriple(ProxyLoss):
 
     Example:
 
-    >>> import numpy as np
-    >>> from tfmetric.losses.proxy_metric import SoftTriple
-    >>> loss = SoftTriple(num_classes=2, embedding_dim=2, centers_per_class=2)
+    >>> import numpy as np, tfmetric as tfm
+    >>> loss = tfm.SoftTriple(num_classes=2, embedding_dim=2, centers_per_class=2)
     >>> loss.set_proxies(np.array([[[1.0, 0.0], [0.6, 0.8]], [[0.0, 1.0], [-1.0, 0.0]]]))
     >>> round(float(loss(np.array([0, 1]), np.array([[1.0, 0.0], [0.0, 1.0]]))), 4)
     0.1264
@@ -662,11 +657,10 @@ def p2sgrad(labels, embeddings, proxies):
 
     Example:
 
-    >>> import numpy as np
-    >>> from tfmetric.losses.proxy_metric import p2sgrad
+    >>> import numpy as np, tfmetric as tfm
     >>> proxies = np.array([[1.0, 0.0], [0.0, 2.0]])
     >>> embeddings = np.array([[3.0, 4.0], [0.0, -1.0]])
-    >>> [round(float(v), 4) for v in p2sgrad([0, 1], embeddings, proxies)]
+    >>> [round(float(v), 4) for v in tfm.losses.p2sgrad([0, 1], embeddings, proxies)]
     [0.4, 2.0]
     """
     ids, embeddings, proxies = _validated(labels, embeddings, proxies, rank=2)
@@ -738,9 +732,8 @@ class P2SGrad(ProxyLoss):
 
     Example:
 
-    >>> import numpy as np
-    >>> from tfmetric.losses.proxy_metric import P2SGrad
-    >>> loss = P2SGrad(num_classes=2, embedding_dim=2)
+    >>> import numpy as np, tfmetric as tfm
+    >>> loss = tfm.P2SGrad(num_classes=2, embedding_dim=2)
     >>> loss.set_proxies(np.array([[1.0, 0.0], [0.0, 1.0]]))
     >>> round(float(loss(np.array([0, 1]), np.array([[3.0, 4.0], [0.0, -1.0]]))), 4)
     1.2

@@ -109,8 +109,13 @@ class LossEntry(NamedTuple):
 
     def function_arguments(self):
         """The entry's arguments that its pure function takes (all but the class's state options)."""
-        accepted = inspect.signature(self.function).parameters
-        return {name: value for name, value in self.arguments.items() if name in accepted}
+        return _accepted(self.function, self.arguments)
+
+
+def _accepted(function, arguments):
+    """The `arguments` that `function` takes."""
+    accepted = inspect.signature(function).parameters
+    return {name: value for name, value in arguments.items() if name in accepted}
 
 
 def _entry(key, title, loss_class, function, family, variant=False, deterministic=True, **arguments):
@@ -176,8 +181,7 @@ class ProxyEntry(NamedTuple):
 
     def function_arguments(self):
         """The entry's arguments that its pure function takes (not the class vectors' options)."""
-        accepted = inspect.signature(self.function).parameters
-        return {name: value for name, value in self.arguments.items() if name in accepted}
+        return _accepted(self.function, self.arguments)
 
 
 PROXY_LOSSES = {
