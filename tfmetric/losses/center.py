@@ -1,11 +1,10 @@
 """Center loss (Wen et al. 2016): every embedding is pulled towards a learned centre of its class."""
 
 import keras
-import numpy as np
 from keras import ops
 
 from tfmetric.distances import as_embeddings
-from tfmetric.labels import check_class_ids, is_backend_tensor, standardize_labels
+from tfmetric.labels import class_ids
 from tfmetric.losses.base import InBatchLoss
 from tfmetric.losses.state import LossState
 
@@ -83,12 +82,7 @@ class CenterLoss(InBatchLoss):
             raise ValueError(
                 f"Embeddings of size {embeddings.shape[-1]} for centres of size {self.embedding_dim}."
             )
-        class_ids = standardize_labels(y_true, embeddings)
-        check_class_ids(y_true, self.num_classes)
-        if not is_backend_tensor(y_true):
-            # standardize_labels maps NumPy labels to dense ids, not class ids.
-            class_ids = ops.convert_to_tensor(np.asarray(y_true).reshape(-1).astype("int32"))
-        return center_terms(embeddings, class_ids, self.state.centers)
+        return center_terms(embeddings, class_ids(y_true, self.num_classes, embeddings), self.state.centers)
 
     def get_config(self):
         config = super().get_config()

@@ -23,9 +23,15 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfmetric.distances import as_embeddings
-from tfmetric.labels import class_ids as checked_class_ids, in_class_range
-from tfmetric.losses.proxy import ProxyLoss, cosine_to_proxies, proxy_class_scores
+from tfmetric.losses.proxy import (
+    ProxyLoss,
+    check_proxies,
+    class_mask,
+    cosine_to_proxies,
+    nan_outside_classes,
+    proxy_class_scores,
+    proxy_inputs,
+)
 
 __all__ = [
     "ArcFace",
@@ -84,14 +90,6 @@ def _check_angle_multiplier(margin):
     return int(margin)
 
 
-def _check_proxies(embeddings, proxies, rank):
-    if len(proxies.shape) != rank:
-        layout = "(num_classes, embedding_dim)" if rank == 2 else "(num_classes, centers_per_class, embedding_dim)"
-        raise ValueError(f"Class vectors must have shape {layout}; received shape {tuple(proxies.shape)}.")
-    if embeddings.shape[-1] is not None and embeddings.shape[-1] != proxies.shape[-1]:
-        raise ValueError(f"Embeddings of size {embeddings.shape[-1]} for class vectors of size {proxies.shape[-1]}.")
-
-
 # ---------------------------------------------------------------- shared math
 
 
@@ -128,7 +126,7 @@ def margin_softmax_terms(class_ids, cosine, target_logit, logit_scale):
         for the logits `z`, which is exact where the loss is tiny.
     """
     num_classes = cosine.shape[1]
-    target = ops.arange(num_classes, dtype="int32")[None, :] == ops.cast(class_ids, "int32")[:, None]
+    target = class_mask(class_ids, num_classes)
     zeros = ops.zeros_like(cosine)
     target_cosine = ops.sum(ops.where(target, cosine, zeros), axis=1)
     logits = ops.where(target, target_logit(target_cosine)[:, None], cosine) * logit_scale
@@ -183,19 +181,10 @@ def _multiplicative_angular_margin(margin):
     return target_logit
 
 
-def _prepare(labels, embeddings, proxies, rank):
-    embeddings = as_embeddings(embeddings)
-    proxies = ops.cast(ops.convert_to_tensor(proxies), embeddings.dtype)
-    _check_proxies(embeddings, proxies, rank)
-    num_classes = proxies.shape[0]
-    return embeddings, proxies, checked_class_ids(labels, num_classes, embeddings), num_classes
-
-
 def _per_example(terms, labels, embeddings, proxies, rank=2, **options):
-    embeddings, proxies, ids, num_classes = _prepare(labels, embeddings, proxies, rank)
+    ids, embeddings, proxies = proxy_inputs(labels, embeddings, proxies, rank)
     losses, _ = terms(ids, embeddings, proxies, **options)
-    # Labels that could not be checked (under XLA or a JAX trace) and are no class id.
-    return ops.where(in_class_range(ids, num_classes), losses, float("nan"))
+    return nan_outside_classes(losses, ids, proxies.shape[0])
 
 
 # ---------------------------------------------------------------- term functions
@@ -204,28 +193,28 @@ def _per_example(terms, labels, embeddings, proxies, rank=2, **options):
 def arcface_terms(class_ids, embeddings, proxies, margin=0.5, scale=64.0):
     """Per-example ArcFace losses: logits `s·cos(θ_y + m)` for the true class, `s·cos θ_j` for the others."""
     margin, scale = _check_angular_margin(margin), _check_scale(scale)
-    _check_proxies(embeddings, proxies, 2)
+    check_proxies(embeddings, proxies, 2)
     return margin_softmax_terms(class_ids, _class_cosines(embeddings, proxies), _additive_angular_margin(margin), scale)
 
 
 def subcenter_arcface_terms(class_ids, embeddings, proxies, margin=0.5, scale=64.0):
     """Per-example sub-centre ArcFace losses: ArcFace on each class's largest cosine over its k vectors."""
     margin, scale = _check_angular_margin(margin), _check_scale(scale)
-    _check_proxies(embeddings, proxies, 3)
+    check_proxies(embeddings, proxies, 3)
     return margin_softmax_terms(class_ids, _class_cosines(embeddings, proxies), _additive_angular_margin(margin), scale)
 
 
 def cosface_terms(class_ids, embeddings, proxies, margin=0.35, scale=64.0):
     """Per-example CosFace losses: logits `s·(cos θ_y − m)` for the true class, `s·cos θ_j` for the others."""
     margin, scale = _check_finite_margin(margin), _check_scale(scale)
-    _check_proxies(embeddings, proxies, 2)
+    check_proxies(embeddings, proxies, 2)
     return margin_softmax_terms(class_ids, _class_cosines(embeddings, proxies), lambda cosine: cosine - margin, scale)
 
 
 def sphereface_terms(class_ids, embeddings, proxies, margin=4, scale=1.0):
     """Per-example SphereFace (A-Softmax) losses: logits `s·‖x‖·ψ(θ_y)`, `s·‖x‖·cos θ_j` for the others."""
     margin, scale = _check_angle_multiplier(margin), _check_scale(scale)
-    _check_proxies(embeddings, proxies, 2)
+    check_proxies(embeddings, proxies, 2)
     logit_scale = scale * _row_norms(embeddings)[:, None]
     return margin_softmax_terms(
         class_ids, _class_cosines(embeddings, proxies), _multiplicative_angular_margin(margin), logit_scale
@@ -235,7 +224,7 @@ def sphereface_terms(class_ids, embeddings, proxies, margin=4, scale=1.0):
 def large_margin_softmax_terms(class_ids, embeddings, proxies, margin=4, scale=1.0):
     """Per-example L-Softmax losses: logits `s·‖x‖·‖W_y‖·ψ(θ_y)`, `s·‖x‖·‖W_j‖·cos θ_j` for the others."""
     margin, scale = _check_angle_multiplier(margin), _check_scale(scale)
-    _check_proxies(embeddings, proxies, 2)
+    check_proxies(embeddings, proxies, 2)
     logit_scale = scale * _row_norms(embeddings)[:, None] * _row_norms(ops.cast(proxies, embeddings.dtype))[None, :]
     return margin_softmax_terms(
         class_ids, _class_cosines(embeddings, proxies), _multiplicative_angular_margin(margin), logit_scale
@@ -245,7 +234,7 @@ def large_margin_softmax_terms(class_ids, embeddings, proxies, margin=4, scale=1
 def normalized_softmax_terms(class_ids, embeddings, proxies, temperature=0.05):
     """Per-example normalised-softmax losses: logits `cos θ_j / T` for every class."""
     temperature = _check_scale(temperature, "temperature")
-    _check_proxies(embeddings, proxies, 2)
+    check_proxies(embeddings, proxies, 2)
     cosine = _class_cosines(embeddings, proxies)
     return margin_softmax_terms(class_ids, cosine, lambda target_cosine: target_cosine, 1.0 / temperature)
 

@@ -36,7 +36,42 @@ from tfmetric.labels import class_ids, in_class_range
 from tfmetric.losses.base import reduce_anchor_terms
 from tfmetric.losses.state import LossState
 
-__all__ = ["ProxyLoss", "cosine_to_proxies", "proxy_class_scores"]
+__all__ = [
+    "ProxyLoss",
+    "check_proxies",
+    "class_mask",
+    "cosine_to_proxies",
+    "nan_outside_classes",
+    "proxy_class_scores",
+    "proxy_inputs",
+]
+
+
+def check_proxies(embeddings, proxies, rank):
+    """Raises ValueError unless `proxies` has `rank` axes (2: `(C, D)`, 3: `(C, k, D)`) of the embeddings' size."""
+    if len(proxies.shape) != rank:
+        layout = "(num_classes, embedding_dim)" if rank == 2 else "(num_classes, centers_per_class, embedding_dim)"
+        raise ValueError(f"Class vectors must have shape {layout}; received shape {tuple(proxies.shape)}.")
+    if embeddings.shape[-1] is not None and proxies.shape[-1] is not None and embeddings.shape[-1] != proxies.shape[-1]:
+        raise ValueError(f"Embeddings of size {embeddings.shape[-1]} for class vectors of size {proxies.shape[-1]}.")
+
+
+def proxy_inputs(labels, embeddings, proxies, rank):
+    """`(class_ids, embeddings, proxies)` of a pure function: checked, the vectors in the embeddings' dtype."""
+    embeddings = as_embeddings(embeddings)
+    proxies = ops.cast(ops.convert_to_tensor(proxies), embeddings.dtype)
+    check_proxies(embeddings, proxies, rank)
+    return class_ids(labels, proxies.shape[0], embeddings), embeddings, proxies
+
+
+def class_mask(class_ids, num_classes):
+    """`(N, C)` booleans: column `c` marks the examples of class `c` (an id out of range marks none)."""
+    return ops.cast(class_ids, "int32")[:, None] == ops.arange(num_classes, dtype="int32")[None, :]
+
+
+def nan_outside_classes(losses, class_ids, num_classes):
+    """`losses`, NaN for the examples whose label is no class id (possible only where it was not checked)."""
+    return ops.where(in_class_range(class_ids, num_classes), losses, ops.full_like(losses, float("nan")))
 
 
 def cosine_to_proxies(embeddings, proxies):
@@ -180,7 +215,7 @@ class ProxyLoss(keras.losses.Loss):
         could not be checked: under XLA or a JAX trace) gets a NaN loss.
         """
         loss_sums, term_counts = self.proxy_terms(class_ids, embeddings, proxies)
-        loss_sums = ops.where(in_class_range(class_ids, self.num_classes), loss_sums, float("nan"))
+        loss_sums = nan_outside_classes(loss_sums, class_ids, self.num_classes)
         return reduce_anchor_terms(loss_sums, term_counts, sample_weight, self.reduction)
 
     def call(self, y_true, y_pred):

@@ -18,10 +18,17 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfmetric.distances import as_embeddings, l2_normalize
-from tfmetric.labels import class_ids, in_class_range
+from tfmetric.distances import l2_normalize
+from tfmetric.labels import in_class_range
 from tfmetric.losses.base import check_sample_weight, divide_or_zero, row_logsumexp
-from tfmetric.losses.proxy import ProxyLoss, cosine_to_proxies, proxy_class_scores
+from tfmetric.losses.proxy import (
+    ProxyLoss,
+    class_mask,
+    cosine_to_proxies,
+    nan_outside_classes,
+    proxy_class_scores,
+    proxy_inputs,
+)
 
 __all__ = [
     "P2SGrad",
@@ -60,32 +67,9 @@ def _check_non_negative(name, value):
         raise ValueError(f"{name} must be a non-negative number; received {value!r}.")
 
 
-def _class_mask(ids, num_classes):
-    """`(N, C)` booleans: column `c` marks the examples of class `c` (an id out of range marks none)."""
-    return ops.cast(ids, "int32")[:, None] == ops.arange(num_classes, dtype="int32")[None, :]
-
-
 def _pick(values, mask):
     """`Σ_c values[i, c]` over the mask: each row's entry at its own class."""
     return ops.sum(ops.where(mask, values, ops.zeros_like(values)), axis=1)
-
-
-def _validated(labels, embeddings, proxies, rank):
-    """`(class ids, embeddings, proxies)` of a pure function: checked, in the embeddings' dtype."""
-    embeddings = as_embeddings(embeddings)
-    proxies = ops.cast(proxies, embeddings.dtype)
-    if len(proxies.shape) != rank:
-        layout = "(num_classes, embedding_dim)" if rank == 2 else "(num_classes, centers_per_class, embedding_dim)"
-        raise ValueError(f"Class vectors must have shape {layout}; received shape {tuple(proxies.shape)}.")
-    if embeddings.shape[-1] is not None and proxies.shape[-1] is not None and embeddings.shape[-1] != proxies.shape[-1]:
-        raise ValueError(f"Embeddings of size {embeddings.shape[-1]} for class vectors of size {proxies.shape[-1]}.")
-    num_classes = proxies.shape[0]
-    return class_ids(labels, num_classes, embeddings), embeddings, proxies
-
-
-def _nan_outside_classes(losses, ids, num_classes):
-    # Ids that could not be checked (under XLA or a JAX trace) give NaN, as in ProxyLoss.reduce.
-    return ops.where(in_class_range(ids, num_classes), losses, ops.full_like(losses, float("nan")))
 
 
 def _cross_entropy(logits, mask):
@@ -113,7 +97,7 @@ def proxy_nca_logits(embeddings, proxies, temperature=1.0):
 def proxy_nca_terms(class_ids, embeddings, proxies, temperature=1.0):
     """Per-example ProxyNCA losses `−log softmax_c(−‖x̂_i − p̂_c‖² / T)_{y_i}`, and a count of 1 each."""
     _check_positive("temperature", temperature)
-    mask = _class_mask(class_ids, ops.shape(proxies)[0])
+    mask = class_mask(class_ids, ops.shape(proxies)[0])
     losses = _cross_entropy(proxy_nca_logits(embeddings, proxies, temperature), mask)
     return losses, ops.ones_like(losses)
 
@@ -138,9 +122,9 @@ def proxy_nca(labels, embeddings, proxies, *, temperature=1.0):
     >>> [round(float(v), 4) for v in tfm.losses.proxy_nca([0, 1], embeddings, proxies)]
     [0.1269, 0.6931]
     """
-    ids, embeddings, proxies = _validated(labels, embeddings, proxies, rank=2)
+    ids, embeddings, proxies = proxy_inputs(labels, embeddings, proxies, rank=2)
     losses, _ = proxy_nca_terms(ids, embeddings, proxies, temperature)
-    return _nan_outside_classes(losses, ids, proxies.shape[0])
+    return nan_outside_classes(losses, ids, proxies.shape[0])
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -248,7 +232,7 @@ def proxy_anchor_terms(class_ids, embeddings, proxies, margin=0.1, alpha=32.0, s
     _check_non_negative("margin", margin)
     cosine = cosine_to_proxies(embeddings, proxies)
     num_classes = ops.shape(proxies)[0]
-    positive = _class_mask(class_ids, num_classes)
+    positive = class_mask(class_ids, num_classes)
     weights = check_sample_weight(sample_weight, ops.zeros_like(cosine[:, 0]))
     kept = (weights != 0)[:, None]
     # log w of the kept examples; the others are masked out (no log 0).
@@ -307,7 +291,7 @@ def proxy_anchor(labels, embeddings, proxies, *, margin=0.1, alpha=32.0, sample_
     >>> round(float(tfm.losses.proxy_anchor([0, 1], embeddings, proxies)), 4)
     12.82
     """
-    ids, embeddings, proxies = _validated(labels, embeddings, proxies, rank=2)
+    ids, embeddings, proxies = proxy_inputs(labels, embeddings, proxies, rank=2)
     return _proxy_anchor_loss(ids, embeddings, proxies, margin, alpha, sample_weight)
 
 
@@ -443,7 +427,7 @@ def soft_triple_terms(class_ids, embeddings, proxies, scale=20.0, gamma=0.1, mar
     _check_positive("scale", scale)
     _check_non_negative("margin", margin)
     similarity = soft_triple_similarities(embeddings, proxies, gamma)
-    mask = _class_mask(class_ids, ops.shape(proxies)[0])
+    mask = class_mask(class_ids, ops.shape(proxies)[0])
     logits = scale * (similarity - margin * ops.cast(mask, similarity.dtype))
     losses = _cross_entropy(logits, mask)
     return losses, ops.ones_like(losses)
@@ -495,9 +479,9 @@ def soft_triple(labels, embeddings, proxies, *, scale=20.0, gamma=0.1, margin=0.
     >>> [round(float(v), 4) for v in tfm.losses.soft_triple([0, 1], embeddings, proxies)]
     [0.0016, 0.022]
     """
-    ids, embeddings, proxies = _validated(labels, embeddings, proxies, rank=3)
+    ids, embeddings, proxies = proxy_inputs(labels, embeddings, proxies, rank=3)
     losses, _ = soft_triple_terms(ids, embeddings, proxies, scale, gamma, margin)
-    return _nan_outside_classes(losses, ids, proxies.shape[0])
+    return nan_outside_classes(losses, ids, proxies.shape[0])
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -639,7 +623,7 @@ def p2sgrad_cosines(embeddings, proxies):
 def p2sgrad_terms(class_ids, embeddings, proxies):
     """Per-example P2SGrad losses `mean_c (cos θ_ic − [c = y_i])²`, and a count of 1 each."""
     cosine = p2sgrad_cosines(embeddings, proxies)
-    target = ops.cast(_class_mask(class_ids, ops.shape(proxies)[0]), cosine.dtype)
+    target = ops.cast(class_mask(class_ids, ops.shape(proxies)[0]), cosine.dtype)
     losses = ops.mean(ops.square(cosine - target), axis=1)
     return losses, ops.ones_like(losses)
 
@@ -663,9 +647,9 @@ def p2sgrad(labels, embeddings, proxies):
     >>> [round(float(v), 4) for v in tfm.losses.p2sgrad([0, 1], embeddings, proxies)]
     [0.4, 2.0]
     """
-    ids, embeddings, proxies = _validated(labels, embeddings, proxies, rank=2)
+    ids, embeddings, proxies = proxy_inputs(labels, embeddings, proxies, rank=2)
     losses, _ = p2sgrad_terms(ids, embeddings, proxies)
-    return _nan_outside_classes(losses, ids, proxies.shape[0])
+    return nan_outside_classes(losses, ids, proxies.shape[0])
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
