@@ -6,7 +6,9 @@ without one here.
 """
 
 import functools
+import importlib
 import inspect
+from pathlib import Path
 
 from tfmetric.losses.registry import LOSSES as REGISTRY
 
@@ -28,6 +30,10 @@ REFERENCES = {
     "soft_nearest_neighbor": reference.soft_nearest_neighbor,
     "nca": reference.nca,
 }
+# Each further module of references, `tests/reference_<group>.py`, names its
+# own in a dict `REFERENCES` (function name: reference).
+for _module in sorted(Path(__file__).resolve().parent.glob("reference_*.py")):
+    REFERENCES.update(importlib.import_module(_module.stem).REFERENCES)
 
 
 def _split(entry):
@@ -47,8 +53,8 @@ _TESTED = {key: entry for key, entry in REGISTRY.items() if entry.deterministic}
 TRIPLET_LOSSES = {key: _split(entry) for key, entry in _TESTED.items() if entry.family == "triplet"}
 PAIR_LOSSES = {key: _split(entry) for key, entry in _TESTED.items() if entry.family in ("contrastive", "margin")}
 LOSSES = {**TRIPLET_LOSSES, **PAIR_LOSSES}
-# The losses on similarities and soft neighbourhoods.
-SOFT_LOSSES = {key: _split(entry) for key, entry in _TESTED.items() if entry.family in ("similarity", "neighbourhood")}
+# The losses without a distance margin: similarities, soft neighbourhoods, rankings, ...
+SOFT_LOSSES = {key: _split(entry) for key, entry in _TESTED.items() if key not in LOSSES}
 ALL_LOSSES = {**LOSSES, **SOFT_LOSSES}
 
 

@@ -183,12 +183,18 @@ class InBatchLoss(keras.losses.Loss):
             anchors against the batches of all replicas.
         multi_label: Labels are multi-hot rows: a positive pair shares at
             least one label, a negative pair none.
+        miner: A `tfm.miners` miner that chooses which of the batch's pairs
+            (or triplets) the loss looks at; `None`: all of them.
     """
 
-    def __init__(self, reduction="sum_over_batch_size", name=None, cross_replica=False, multi_label=False):
+    def __init__(self, reduction="sum_over_batch_size", name=None, cross_replica=False, multi_label=False,
+                 miner=None):
         super().__init__(name=name, reduction=reduction)
         self.cross_replica = bool(cross_replica)
         self.multi_label = bool(multi_label)
+        if isinstance(miner, dict):
+            miner = keras.saving.deserialize_keras_object(miner)
+        self.miner = miner
         # A `tfm.losses.state.LossState` for losses with variables (learned
         # β, class centres), attached to the model at every call.
         self.state = None
@@ -244,6 +250,8 @@ class InBatchLoss(keras.losses.Loss):
     def get_config(self):
         config = super().get_config()
         config.update({"cross_replica": self.cross_replica, "multi_label": self.multi_label})
+        if self.miner is not None:
+            config["miner"] = keras.saving.serialize_keras_object(self.miner)
         return config
 
 
@@ -255,12 +263,12 @@ class DistanceLoss(InBatchLoss):
     Args:
         distance: `"euclidean"`, `"squared_euclidean"` or `"cosine"`.
         normalize: L2-normalise the embeddings before the distance.
-        reduction, name, cross_replica, multi_label: As `InBatchLoss`.
+        reduction, name, cross_replica, multi_label, miner: As `InBatchLoss`.
     """
 
     def __init__(self, distance="euclidean", normalize=False, reduction="sum_over_batch_size", name=None,
-                 cross_replica=False, multi_label=False):
-        super().__init__(reduction, name, cross_replica, multi_label)
+                 cross_replica=False, multi_label=False, miner=None):
+        super().__init__(reduction, name, cross_replica, multi_label, miner)
         self.distance = check_distance(distance)
         self.normalize = bool(normalize)
 
@@ -285,12 +293,12 @@ class SimilarityLoss(InBatchLoss):
 
     Args:
         normalize: L2-normalise the embeddings first (cosine similarities).
-        reduction, name, cross_replica, multi_label: As `InBatchLoss`.
+        reduction, name, cross_replica, multi_label, miner: As `InBatchLoss`.
     """
 
     def __init__(self, normalize=True, reduction="sum_over_batch_size", name=None, cross_replica=False,
-                 multi_label=False):
-        super().__init__(reduction, name, cross_replica, multi_label)
+                 multi_label=False, miner=None):
+        super().__init__(reduction, name, cross_replica, multi_label, miner)
         self.normalize = bool(normalize)
 
     def similarity_terms(self, similarity, positive, negative):

@@ -153,8 +153,9 @@ class Contrastive(DistanceLoss):
         name="contrastive",
         cross_replica=False,
         multi_label=False,
+        miner=None,
     ):
-        super().__init__(distance, normalize, reduction, name, cross_replica, multi_label)
+        super().__init__(distance, normalize, reduction, name, cross_replica, multi_label, miner)
         self.margin = float(margin)
         self.negatives = check_choice("negatives", negatives, NEGATIVES)
 

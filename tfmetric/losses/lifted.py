@@ -138,8 +138,9 @@ class LiftedStructure(DistanceLoss):
         name="lifted_structure",
         cross_replica=False,
         multi_label=False,
+        miner=None,
     ):
-        super().__init__(distance, normalize, reduction, name, cross_replica, multi_label)
+        super().__init__(distance, normalize, reduction, name, cross_replica, multi_label, miner)
         self.margin = float(margin)
 
     def distance_terms(self, distances, positive, negative):

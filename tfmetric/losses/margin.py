@@ -235,8 +235,9 @@ class MarginLoss(DistanceLoss):
         name="margin_loss",
         cross_replica=False,
         multi_label=False,
+        miner=None,
     ):
-        super().__init__("euclidean", normalize, reduction, name, cross_replica, multi_label)
+        super().__init__("euclidean", normalize, reduction, name, cross_replica, multi_label, miner)
         if num_classes is not None and not learn_beta:
             raise ValueError(
                 "num_classes adds a learned β offset per class; it needs learn_beta=True."

@@ -194,9 +194,10 @@ class NPairs(SimilarityLoss):
     """
 
     def __init__(
-        self, normalize=False, reduction="sum_over_batch_size", name="npairs", cross_replica=False, multi_label=False
+        self, normalize=False, reduction="sum_over_batch_size", name="npairs", cross_replica=False, multi_label=False,
+        miner=None,
     ):
-        super().__init__(normalize, reduction, name, cross_replica, multi_label)
+        super().__init__(normalize, reduction, name, cross_replica, multi_label, miner)
 
     def similarity_terms(self, similarity, positive, negative):
         return npairs_terms(similarity, positive, negative)

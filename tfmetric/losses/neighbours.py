@@ -166,8 +166,9 @@ class SoftNearestNeighbor(DistanceLoss):
         name="soft_nearest_neighbor",
         cross_replica=False,
         multi_label=False,
+        miner=None,
     ):
-        super().__init__(distance, normalize, reduction, name, cross_replica, multi_label)
+        super().__init__(distance, normalize, reduction, name, cross_replica, multi_label, miner)
         _check_positive("temperature", temperature)
         self.temperature = float(temperature)
 
@@ -224,8 +225,9 @@ class NCA(DistanceLoss):
         name="nca",
         cross_replica=False,
         multi_label=False,
+        miner=None,
     ):
-        super().__init__(distance, normalize, reduction, name, cross_replica, multi_label)
+        super().__init__(distance, normalize, reduction, name, cross_replica, multi_label, miner)
         _check_positive("softmax_scale", softmax_scale)
         self.softmax_scale = float(softmax_scale)
 

@@ -13,7 +13,16 @@ the pure function it wraps, and its family:
 - `"margin"`: distances against a learned boundary β (Wu et al.);
 - `"similarity"`: weighted cosine similarities (n-pairs, multi-similarity,
   circle, binomial deviance);
-- `"neighbourhood"`: soft nearest neighbours (SNN, NCA).
+- `"neighbourhood"`: soft nearest neighbours (SNN, NCA);
+- `"softmax"`: a softmax over the batch's similarities, the positives as
+  targets (SupCon, NT-Xent, instance loss);
+- `"ranking"`: the ranking of the batch by similarity to each query
+  (FastAP, Smooth-AP, PNP, ranked list);
+- `"histogram"`: the distributions of positive and negative similarities
+  (histogram loss, dynamic soft margin);
+- `"pairs"`: further weightings of pairs and triplets (angular, tuplet
+  margin, intra-pair variance, generalised lifted structure, SNR
+  contrastive, threshold-consistent margin).
 
 Variants (the same class with another option) are marked `variant=True`:
 the comparison study trains each class once, the tests and benchmarks
@@ -80,7 +89,8 @@ from tfmetric.losses.triplet import (
     semi_hard_triplet,
 )
 
-FAMILIES = ("triplet", "contrastive", "margin", "similarity", "neighbourhood")
+FAMILIES = ("triplet", "contrastive", "margin", "similarity", "neighbourhood", "softmax", "ranking", "histogram",
+            "pairs")
 PROXY_FAMILIES = ("margin_softmax", "proxy")
 
 
@@ -161,6 +171,11 @@ LOSSES = {
             "neighbourhood",
         ),
         _entry("nca", "nca", NCA, nca, "neighbourhood"),
+        # -- softmax (losses/info_nce.py) --
+        # -- ranking (losses/ranking.py) --
+        # -- histogram (losses/histogram.py) --
+        # -- pairs (losses/pair_weighting.py) --
+        # -- pairs (losses/lifted.py, losses/contrastive_loss.py) --
     )
 }
 

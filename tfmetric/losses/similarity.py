@@ -271,8 +271,9 @@ class MultiSimilarity(SimilarityLoss):
         name="multi_similarity",
         cross_replica=False,
         multi_label=False,
+        miner=None,
     ):
-        super().__init__(normalize, reduction, name, cross_replica, multi_label)
+        super().__init__(normalize, reduction, name, cross_replica, multi_label, miner)
         _check_scales(alpha, beta)
         self.alpha = float(alpha)
         self.beta = float(beta)
@@ -338,8 +339,9 @@ class Circle(SimilarityLoss):
         name="circle",
         cross_replica=False,
         multi_label=False,
+        miner=None,
     ):
-        super().__init__(normalize, reduction, name, cross_replica, multi_label)
+        super().__init__(normalize, reduction, name, cross_replica, multi_label, miner)
         self.margin = float(margin)
         self.gamma = float(gamma)
 
@@ -400,8 +402,9 @@ class BinomialDeviance(SimilarityLoss):
         name="binomial_deviance",
         cross_replica=False,
         multi_label=False,
+        miner=None,
     ):
-        super().__init__(normalize, reduction, name, cross_replica, multi_label)
+        super().__init__(normalize, reduction, name, cross_replica, multi_label, miner)
         self.alpha = float(alpha)
         self.threshold = float(threshold)
         self.cost = float(cost)

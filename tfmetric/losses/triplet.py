@@ -241,8 +241,9 @@ class BatchHardTriplet(DistanceLoss):
         name="batch_hard_triplet",
         cross_replica=False,
         multi_label=False,
+        miner=None,
     ):
-        super().__init__(distance, normalize, reduction, name, cross_replica, multi_label)
+        super().__init__(distance, normalize, reduction, name, cross_replica, multi_label, miner)
         self.margin = float(margin)
         self.soft = bool(soft)
 
@@ -360,8 +361,9 @@ class BatchAllTriplet(DistanceLoss):
         name="batch_all_triplet",
         cross_replica=False,
         multi_label=False,
+        miner=None,
     ):
-        super().__init__(distance, normalize, reduction, name, cross_replica, multi_label)
+        super().__init__(distance, normalize, reduction, name, cross_replica, multi_label, miner)
         self.margin = float(margin)
         self.average = check_choice("average", average, AVERAGES)
 
@@ -463,8 +465,9 @@ class SemiHardTriplet(DistanceLoss):
         name="semi_hard_triplet",
         cross_replica=False,
         multi_label=False,
+        miner=None,
     ):
-        super().__init__(distance, normalize, reduction, name, cross_replica, multi_label)
+        super().__init__(distance, normalize, reduction, name, cross_replica, multi_label, miner)
         self.margin = float(margin)
 
     def distance_terms(self, distances, positive, negative):
