@@ -1,6 +1,8 @@
 """The examples in the docstrings run and print what they say."""
 
 import doctest
+import importlib
+import pkgutil
 
 import pytest
 
@@ -12,6 +14,7 @@ import tfmetric.losses.lifted
 import tfmetric.losses.margin
 import tfmetric.losses.margin_softmax
 import tfmetric.losses.memory
+import tfmetric.losses.multiple
 import tfmetric.losses.n_pairs
 import tfmetric.losses.neighbours
 import tfmetric.losses.offline
@@ -40,6 +43,7 @@ from conftest import only_tensorflow
         tfmetric.losses.neighbours,
         tfmetric.losses.center,
         tfmetric.losses.memory,
+        tfmetric.losses.multiple,
         tfmetric.recurrent,
     ],
 )
@@ -47,6 +51,19 @@ def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+# The loss modules whose examples are elsewhere: the contract and plumbing.
+WITHOUT_EXAMPLES = {"base", "registry", "proxy", "state", "__init__"}
+
+
+def test_every_loss_module_has_its_examples_run():
+    tested = {module.__name__ for module in test_docstring_examples.pytestmark[0].args[1]}
+    for info in pkgutil.iter_modules(tfmetric.losses.__path__):
+        if info.name not in WITHOUT_EXAMPLES:
+            name = f"tfmetric.losses.{info.name}"
+            importlib.import_module(name)
+            assert name in tested, f"{name}'s docstring examples are not run (add it to test_docstring_examples)"
 
 
 @only_tensorflow  # P×K batches are tf.data

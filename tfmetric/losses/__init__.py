@@ -32,6 +32,7 @@ from tfmetric.losses.margin_softmax import (
     subcenter_arcface,
 )
 from tfmetric.losses.memory import CrossBatchMemory
+from tfmetric.losses.multiple import MultipleLosses
 from tfmetric.losses.n_pairs import (
     NPairs,
     NPairsMultilabel,
@@ -102,6 +103,7 @@ __all__ = [
     "MarginLoss",
     "MultiSimilarity",
     "MulticlassHinge",
+    "MultipleLosses",
     "NCA",
     "NPairs",
     "NPairsMultilabel",

@@ -100,6 +100,10 @@ class CrossBatchMemory(keras.losses.Loss):
         if embedding_dim is not None:
             self.build_state(int(embedding_dim))
 
+    def wrapped_losses(self):
+        """The loss this memory feeds (its state joins the model with the memory's)."""
+        return [self.loss]
+
     def build_state(self, embedding_dim):
         """Creates the memory for embeddings of size `embedding_dim`.
 

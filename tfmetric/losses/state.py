@@ -160,9 +160,18 @@ def attach_state(model, loss):
         state.attach_to(model, loss)
 
 
+def nested_losses(loss):
+    """`loss` and every loss it wraps (`wrapped_losses()`: a memory's loss, `MultipleLosses`' terms)."""
+    found = [loss]
+    wrapped = getattr(loss, "wrapped_losses", None)
+    for inner in wrapped() if callable(wrapped) else ():
+        found.extend(nested_losses(inner))
+    return found
+
+
 def _states_of(loss):
-    """The `LossState`s of `loss` and of the loss it wraps, if any."""
-    states = [getattr(loss, "state", None), getattr(getattr(loss, "loss", None), "state", None)]
+    """The `LossState`s of `loss` and of the losses it wraps."""
+    states = [getattr(inner, "state", None) for inner in nested_losses(loss)]
     return [state for state in states if isinstance(state, LossState)]
 
 
@@ -171,9 +180,10 @@ def _attach_compiled_states(model):
     compiled = getattr(model, "loss", None)
     entries = keras.tree.flatten(compiled)
     for loss, shape in zip(entries, _output_shapes(model, compiled, len(entries))):
-        build_state = getattr(loss, "build_state", None)
-        if build_state is not None and shape is not None and shape[-1] is not None:
-            build_state(shape[-1])
+        for inner in nested_losses(loss):
+            build_state = getattr(inner, "build_state", None)
+            if build_state is not None and shape is not None and shape[-1] is not None:
+                build_state(shape[-1])
     states = [(state, loss) for loss in entries for state in _states_of(loss)]
     kept = {id(state) for state, _ in states}
     for layer in list(model._flatten_layers(include_self=False)):
@@ -283,7 +293,7 @@ def _compiled_model_calling(loss):
                 trainer = owner
         if model is None and isinstance(owner, keras.Model):
             compiled_losses = keras.tree.flatten(getattr(owner, "loss", None))
-            if any(candidate is loss for candidate in compiled_losses):
+            if any(inner is loss for candidate in compiled_losses for inner in nested_losses(candidate)):
                 model = owner
         frame = frame.f_back
     return model, training and model is not None, trainer
