@@ -66,8 +66,11 @@ def typical_arguments(kind):
 def loss_and_reference(kind, reduction="sum_over_batch_size", name=None, **kwargs):
     cls, ref, loss_only, shared = ALL_LOSSES[kind]
     named = {"name": name} if name else {}
-    loss = cls(**loss_only, **shared, **kwargs, reduction=reduction, **named)
-    return loss, lambda x, y, **kw: ref(x, y, **shared, **kwargs, **kw)
+    # `kwargs` override the registry's arguments.
+    loss_only = {key: value for key, value in loss_only.items() if key not in kwargs}
+    shared = {**shared, **kwargs}
+    loss = cls(**loss_only, **shared, reduction=reduction, **named)
+    return loss, lambda x, y, **kw: ref(x, y, **shared, **kw)
 
 
 @functools.lru_cache(maxsize=None)

@@ -10,7 +10,10 @@ import tfmetric.distances
 import tfmetric.evaluation
 import tfmetric.losses.center
 import tfmetric.losses.contrastive_loss
+import tfmetric.losses.histogram_loss
+import tfmetric.losses.info_nce
 import tfmetric.losses.lifted
+import tfmetric.losses.manifold_loss
 import tfmetric.losses.margin
 import tfmetric.losses.margin_softmax
 import tfmetric.losses.memory
@@ -18,9 +21,13 @@ import tfmetric.losses.multiple
 import tfmetric.losses.n_pairs
 import tfmetric.losses.neighbours
 import tfmetric.losses.offline
+import tfmetric.losses.pair_weighting
 import tfmetric.losses.proxy_metric
+import tfmetric.losses.ranking
 import tfmetric.losses.similarity
 import tfmetric.losses.triplet
+import tfmetric.losses.vicreg_loss
+import tfmetric.miners
 import tfmetric.recurrent
 
 from conftest import only_tensorflow
@@ -44,6 +51,13 @@ from conftest import only_tensorflow
         tfmetric.losses.center,
         tfmetric.losses.memory,
         tfmetric.losses.multiple,
+        tfmetric.losses.histogram_loss,
+        tfmetric.losses.info_nce,
+        tfmetric.losses.manifold_loss,
+        tfmetric.losses.pair_weighting,
+        tfmetric.losses.ranking,
+        tfmetric.losses.vicreg_loss,
+        tfmetric.miners,
         tfmetric.recurrent,
     ],
 )

@@ -25,6 +25,8 @@ STATEFUL = {
     # Every loss with class vectors keeps them the same way (tfm.losses.proxy.ProxyLoss):
     # k vectors per class, trained 10× faster than the network.
     "proxies": lambda: tfm.SubCenterArcFace(4, 4, centers_per_class=2, proxy_lr_multiplier=10.0),
+    # A state that is neither learned nor random: the dynamic soft margin's running histogram.
+    "running histogram": lambda: tfm.DynamicSoftMargin(),
 }
 PATHS = ["backup_and_restore", "save_and_load_model", "checkpoint", "weights_checkpoint"]
 EPOCHS, PREEMPTED_AFTER = 4, 2
@@ -169,7 +171,8 @@ def test_compile_makes_the_state_the_models(name):
     learned = [v for state in states for v in state.trainable_variables]
     # Adam: an iteration counter, the learning rate and two moments per variable.
     assert len(model.optimizer.variables) == 2 + 2 * len(model.trainable_variables)
-    assert len(learned) == {"learned beta": 2, "distance-weighted": 0, "centres": 1, "memory": 1, "proxies": 1}[name]
+    learned_counts = {"learned beta": 2, "distance-weighted": 0, "centres": 1, "memory": 1, "proxies": 1}
+    assert len(learned) == {**learned_counts, "running histogram": 0}[name]
 
 
 def test_compiling_with_another_loss_takes_the_state_out():

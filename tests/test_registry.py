@@ -51,7 +51,6 @@ def test_entries_are_consistent(key):
         "cross_replica",
         "learn_beta",
         "num_classes",
-        "miner",  # issue 19, in progress: the pure functions take miners too
     }
     assert class_arguments <= set(parameters), class_arguments - set(parameters)
     assert set(entry.function_arguments()) == set(entry.arguments) - {"learn_beta"}

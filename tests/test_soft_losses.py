@@ -24,6 +24,21 @@ OPTIONS = {
     "binomial_deviance": {"cost": [1.0, 25.0], "threshold": [0.0, 0.5], "normalize": [True, False]},
     "soft_nearest_neighbor": {"temperature": [0.5, 1.0, 4.0], "distance": list(DISTANCES), "normalize": [False, True]},
     "nca": {"softmax_scale": [1.0, 4.0], "distance": list(DISTANCES), "normalize": [True, False]},
+    "supcon": {"temperature": [0.1, 0.5], "normalize": [True, False]},
+    "ntxent": {"temperature": [0.07, 0.5], "normalize": [True, False]},
+    "instance": {"gamma": [4.0, 64.0], "normalize": [True, False]},
+    "fast_ap": {"num_bins": [5, 10], "distance": list(DISTANCES)},
+    "smooth_ap": {"temperature": [0.1, 0.5], "normalize": [True, False]},
+    "pnp": {"variant": ["O", "Ds", "Iu", "Ib"], "anneal": [0.1, 0.5]},
+    "pnp_dq": {"alpha": [1.0, 2.0], "anneal": [0.1]},
+    "ranked_list": {"Tn": [1.0, 10.0], "Tp": [0.0, 1.0], "imbalance": [0.5, 0.8]},
+    "histogram": {"num_bins": [10, 100], "normalize": [True, False]},
+    "angular": {"alpha": [30.0, 40.0]},
+    "tuplet_margin": {"margin": [5.73, 10.0], "scale": [8.0, 64.0]},
+    "intra_pair_variance": {"pos_eps": [0.01, 0.1], "neg_eps": [0.01, 0.1]},
+    "threshold_consistent_margin": {"margin_plus": [0.9, 0.5], "margin_minus": [0.5, 0.2]},
+    "generalized_lifted_structure": {"neg_margin": [1.0, 0.5], "pos_margin": [0.0, 0.2], "distance": list(DISTANCES)},
+    "snr_contrastive": {"pos_margin": [0.0, 0.2], "neg_margin": [1.0, 0.5], "normalize": [True, False]},
 }
 
 
@@ -178,7 +193,11 @@ def test_degenerate_batches_are_finite(kind, case):
     labels = np.repeat([0, 1], 4)
     expected = None
     # Losses whose anchors need a positive (and a negative) to have a term.
-    needs_positive = kind not in ("multi_similarity", "multi_similarity_mined")
+    # (Some have a term for every anchor, or for the batch: their negatives still push.)
+    needs_positive = kind not in (
+        "multi_similarity", "multi_similarity_mined", "ranked_list", "intra_pair_variance",
+        "threshold_consistent_margin", "generalized_lifted_structure", "snr_contrastive",
+    )
     needs_negative = kind in ("circle", "binomial_deviance", "soft_nearest_neighbor", "nca", "multi_similarity_mined")
     if case == "one example":
         x, labels, expected = x[:1], labels[:1], 0.0

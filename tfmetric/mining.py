@@ -352,3 +352,70 @@ def sample_negative_counts(log_weights, positive, uniforms):
 
     counts, _ = for_each_positive(positive, body, (ops.zeros_like(weights), ops.convert_to_tensor(0, "int32")))
     return counts
+
+
+def _ordered_keys(values):
+    """Integers that order like the float `values` (negative ones too), and their bounds.
+
+    The bit pattern of a non-negative float orders like the float; a
+    negative one is turned into minus its magnitude's pattern (−0.0 and 0.0
+    get the same key). float64 takes int64 keys, other floats int32 ones.
+    """
+    # Constants exactly representable as floats: some backends convert
+    # Python ints through a float. `largest` (the start of the NaN
+    # patterns) is above every non-NaN key.
+    if backend.standardize_dtype(values.dtype) == "float64":
+        key_dtype, largest, half = "int64", 0x7FF8000000000000, 1 << 62
+    else:
+        values = ops.cast(values, "float32")
+        key_dtype, largest, half = "int32", 0x7FC00000, 1 << 30
+    bits = _bit_pattern(values, key_dtype)
+    # bits + 2^(w−1) is the magnitude's pattern of a negative float, added
+    # in two halves so that no intermediate overflows.
+    half = ops.convert_to_tensor(half, key_dtype)
+    magnitude = bits + half + half
+    keys = ops.where(bits >= 0, bits, -magnitude)
+    return keys, key_dtype, largest
+
+
+def _midpoint(low, high):
+    """`⌊(low + high) / 2⌋` without overflowing the integer type."""
+    # The tensors' own `//` and `%` (floor division on every backend):
+    # `ops.floor_divide` returns int32 for int64 under PyTorch.
+    return low // 2 + high // 2 + (low % 2 + high % 2) // 2
+
+
+def smallest_mask(values, candidates, count):
+    """Boolean mask of exactly `min(count, number of candidates)` smallest candidate entries.
+
+    Like `smallest_entries` (a bisection on the values' bit patterns, no
+    sorting), for values of any sign, and with ties at the boundary broken
+    by position: the earlier entries in row-major order (row, then column)
+    are kept. `count` may be a tensor; `largest=True` selections pass
+    `−values`.
+    """
+    values = ops.stop_gradient(values)
+    candidates = ops.cast(candidates, "bool")
+    keys, key_dtype, largest = _ordered_keys(values)
+    top = ops.convert_to_tensor(largest, key_dtype)
+    keys = ops.where(candidates, keys, ops.full_like(keys, largest))
+    count = ops.minimum(ops.cast(count, key_dtype), ops.sum(ops.cast(candidates, key_dtype)))
+    count = ops.maximum(count, ops.zeros_like(count))
+
+    def halve(_, bounds):
+        low, high = bounds
+        middle = _midpoint(low, high)
+        enough = ops.sum(ops.cast(keys <= middle, key_dtype)) >= count
+        return ops.where(enough, low, middle + 1), ops.where(enough, middle, high)
+
+    steps = 65 if key_dtype == "int64" else 33
+    low, _ = ops.fori_loop(0, steps, halve, (-top, top))
+    below = ops.logical_and(keys < low, candidates)
+    at = ops.logical_and(keys == low, candidates)
+    remaining = ops.cast(count - ops.sum(ops.cast(below, key_dtype)), "float32")
+    # Rank of each tied entry among the tied ones, in row-major order.
+    at_float = ops.cast(at, "float32")
+    row_counts = ops.sum(at_float, axis=1)
+    rows_before = _row_cumsum(row_counts[None, :])[0] - row_counts
+    rank = rows_before[:, None] + _row_cumsum(at_float) - at_float
+    return ops.logical_or(below, ops.logical_and(at, rank < remaining))

@@ -14,8 +14,24 @@ The losses that learn a vector per class (ArcFace, Proxy Anchor, ...) share
 from tfmetric.losses import registry
 from tfmetric.losses.base import DistanceLoss, InBatchLoss, SimilarityLoss, per_query, reduce_anchor_terms
 from tfmetric.losses.center import CenterLoss, center_terms
-from tfmetric.losses.contrastive_loss import Contrastive, contrastive, contrastive_terms
-from tfmetric.losses.lifted import LiftedStructure, lifted_structure, lifted_structure_terms
+from tfmetric.losses.contrastive_loss import (
+    Contrastive,
+    SignalToNoiseRatioContrastive,
+    contrastive,
+    contrastive_terms,
+    signal_to_noise_ratio,
+    signal_to_noise_ratio_contrastive,
+)
+from tfmetric.losses.histogram_loss import DynamicSoftMargin, Histogram, dynamic_soft_margin, histogram
+from tfmetric.losses.info_nce import Instance, NTXent, SupCon, instance, ntxent, supcon
+from tfmetric.losses.lifted import (
+    GeneralizedLiftedStructure,
+    LiftedStructure,
+    generalized_lifted_structure,
+    lifted_structure,
+    lifted_structure_terms,
+)
+from tfmetric.losses.manifold_loss import Manifold, manifold
 from tfmetric.losses.margin import MarginLoss, margin_loss, margin_terms
 from tfmetric.losses.margin_softmax import (
     ArcFace,
@@ -50,6 +66,16 @@ from tfmetric.losses.offline import (
     offline_triplet,
     pair_contrastive,
 )
+from tfmetric.losses.pair_weighting import (
+    Angular,
+    IntraPairVariance,
+    ThresholdConsistentMargin,
+    TupletMargin,
+    angular,
+    intra_pair_variance,
+    threshold_consistent_margin,
+    tuplet_margin,
+)
 from tfmetric.losses.proxy import ProxyLoss
 from tfmetric.losses.proxy_metric import (
     P2SGrad,
@@ -61,6 +87,7 @@ from tfmetric.losses.proxy_metric import (
     proxy_nca,
     soft_triple,
 )
+from tfmetric.losses.ranking import PNP, FastAP, RankedList, SmoothAP, fast_ap, pnp, ranked_list, smooth_ap
 from tfmetric.losses.similarity import (
     BinomialDeviance,
     Circle,
@@ -85,8 +112,10 @@ from tfmetric.losses.triplet import (
     semi_hard_triplet,
     semi_hard_triplet_terms,
 )
+from tfmetric.losses.vicreg_loss import VICReg, vicreg
 
 __all__ = [
+    "Angular",
     "ArcFace",
     "BatchAllTriplet",
     "BatchHardTriplet",
@@ -97,9 +126,16 @@ __all__ = [
     "CosFace",
     "CrossBatchMemory",
     "DistanceLoss",
+    "DynamicSoftMargin",
+    "FastAP",
+    "GeneralizedLiftedStructure",
+    "Histogram",
     "InBatchLoss",
+    "Instance",
+    "IntraPairVariance",
     "LargeMarginSoftmax",
     "LiftedStructure",
+    "Manifold",
     "MarginLoss",
     "MultiSimilarity",
     "MulticlassHinge",
@@ -107,20 +143,30 @@ __all__ = [
     "NCA",
     "NPairs",
     "NPairsMultilabel",
+    "NTXent",
     "NormalizedSoftmax",
     "P2SGrad",
+    "PNP",
     "PairContrastive",
     "ProxyAnchor",
     "ProxyLoss",
     "ProxyNCA",
+    "RankedList",
     "SemiHardTriplet",
+    "SignalToNoiseRatioContrastive",
     "SimilarityLoss",
+    "SmoothAP",
     "SoftNearestNeighbor",
     "SoftTriple",
     "SphereFace",
     "SubCenterArcFace",
+    "SupCon",
+    "ThresholdConsistentMargin",
     "TripletLoss",
+    "TupletMargin",
+    "VICReg",
     "all_triplet_terms",
+    "angular",
     "arcface",
     "attach_state",
     "batch_all_triplet",
@@ -135,9 +181,16 @@ __all__ = [
     "contrastive",
     "contrastive_terms",
     "cosface",
+    "dynamic_soft_margin",
+    "fast_ap",
+    "generalized_lifted_structure",
+    "histogram",
+    "instance",
+    "intra_pair_variance",
     "large_margin_softmax",
     "lifted_structure",
     "lifted_structure_terms",
+    "manifold",
     "margin_loss",
     "margin_terms",
     "multi_similarity",
@@ -149,19 +202,29 @@ __all__ = [
     "npairs_loss",
     "npairs_multilabel_loss",
     "npairs_terms",
+    "ntxent",
     "offline_triplet",
     "p2sgrad",
     "pair_contrastive",
     "per_query",
+    "pnp",
     "proxy_anchor",
     "proxy_nca",
+    "ranked_list",
     "reduce_anchor_terms",
     "registry",
     "semi_hard_triplet",
     "semi_hard_triplet_terms",
+    "signal_to_noise_ratio",
+    "signal_to_noise_ratio_contrastive",
+    "smooth_ap",
     "soft_nearest_neighbor",
     "soft_nearest_neighbor_terms",
     "soft_triple",
     "sphereface",
     "subcenter_arcface",
+    "supcon",
+    "threshold_consistent_margin",
+    "tuplet_margin",
+    "vicreg",
 ]

@@ -50,7 +50,7 @@ from keras import ops
 from tfmetric.distances import as_embeddings, check_distance, pairwise_distance, pairwise_similarity
 from tfmetric.distribute import gather_across_replicas, replica_context, scale_for_replicas
 from tfmetric.labels import standardize_any
-from tfmetric.mining import mine_pairs
+from tfmetric.mining import Pairs, mine_pairs
 
 
 def check_choice(argument, value, choices):
@@ -187,17 +187,48 @@ class InBatchLoss(keras.losses.Loss):
             (or triplets) the loss looks at; `None`: all of them.
     """
 
+    # True for the losses that take the miner's triplets themselves
+    # (`BatchAllTriplet`); the others look at the mined pairs.
+    mines_triplets = False
+
     def __init__(self, reduction="sum_over_batch_size", name=None, cross_replica=False, multi_label=False,
                  miner=None):
         super().__init__(name=name, reduction=reduction)
         self.cross_replica = bool(cross_replica)
         self.multi_label = bool(multi_label)
         if isinstance(miner, dict):
+            import tfmetric.miners  # noqa: F401 (registers the miners for deserialisation)
+
             miner = keras.saving.deserialize_keras_object(miner)
         self.miner = miner
         # A `tfm.losses.state.LossState` for losses with variables (learned
         # β, class centres), attached to the model at every call.
         self.state = None
+
+    @property
+    def state(self):
+        """The loss's `LossState` (or None); it also holds a random miner's `seed_generator`.
+
+        Under JAX's jit (`model.fit`) a random generator must be part of the
+        model's state: a loss whose miner draws (`DistanceWeightedMiner`,
+        `UniformHistogramMiner`) keeps the miner's generator in its state, created
+        if the loss has none, and added again to a state a subclass sets later.
+        """
+        state = self.__dict__.get("_state")
+        generator = getattr(self.__dict__.get("miner"), "seed_generator", None)
+        if generator is not None:
+            if state is None:
+                from tfmetric.losses.state import LossState
+
+                state = LossState(name=f"{self.name}_state")
+                self.__dict__["_state"] = state
+            if getattr(state, "miner_seed_generator", None) is not generator:
+                state.miner_seed_generator = generator
+        return state
+
+    @state.setter
+    def state(self, value):
+        self.__dict__["_state"] = value
 
     def pair_terms(self, embeddings, ref_embeddings, positive, negative):
         """`(loss_sums, term_counts)`, both `(N,)`, of the queries against the reference."""
@@ -213,8 +244,8 @@ class InBatchLoss(keras.losses.Loss):
         return self.pair_terms(*self.mine(labels, embeddings, ref_labels, ref_embeddings, remove_diagonal, ref_valid))
 
     def mine(self, labels, embeddings, ref_labels=None, ref_embeddings=None, remove_diagonal=None, ref_valid=None):
-        """The validated `tfm.mining.Pairs` of the queries and the reference."""
-        return mine_pairs(
+        """The validated `tfm.mining.Pairs` of the queries and the reference, narrowed by the miner."""
+        pairs = mine_pairs(
             labels,
             embeddings,
             ref_labels,
@@ -223,6 +254,7 @@ class InBatchLoss(keras.losses.Loss):
             remove_diagonal=remove_diagonal,
             ref_valid=ref_valid,
         )
+        return pairs if self.mines_triplets else apply_miner(self.miner, pairs)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         # Keras' Loss.__call__ would cast y_true to float first, merging
@@ -330,35 +362,57 @@ def pair_similarities(embeddings, ref_embeddings, normalize):
     return pairwise_similarity(embeddings, normalize, ref_embeddings=_reference(embeddings, ref_embeddings))
 
 
+def apply_miner(miner, pairs):
+    """`pairs` with their masks narrowed to the pairs `miner` mines (`pairs` itself without a miner).
+
+    The miner computes its own gradient-free matrix; under `tf.function`
+    with XLA and JAX's jit, the compiler merges it with the loss's when they
+    are the same distance.
+    """
+    if miner is None:
+        return pairs
+    positive, negative = miner.mine_pairs(pairs.embeddings, pairs.ref_embeddings, pairs.positive, pairs.negative)
+    return Pairs(pairs.embeddings, pairs.ref_embeddings, positive, negative)
+
+
 def _query_losses(matrix, terms, labels, embeddings, ref_labels, ref_embeddings, multi_label, remove_diagonal,
-                  arguments):
+                  arguments, miner=None):
     pairs = mine_pairs(
         labels, embeddings, ref_labels, ref_embeddings, multi_label=multi_label, remove_diagonal=remove_diagonal
     )
+    pairs = apply_miner(miner, pairs)
     values = matrix(pairs.embeddings, pairs.ref_embeddings)
     return per_query(terms(values, pairs.positive, pairs.negative, **arguments))
 
 
 def distance_loss(terms, labels, embeddings, ref_labels, ref_embeddings, *, distance, normalize, multi_label,
-                  remove_diagonal, **arguments):
-    """Per-query losses of the term function `terms(distances, positive, negative, **arguments)`."""
+                  remove_diagonal, miner=None, **arguments):
+    """Per-query losses of the term function `terms(distances, positive, negative, **arguments)`.
+
+    `miner`: a `tfm.miners` miner that narrows the pairs first.
+    """
     check_distance(distance)
 
     def distances(queries, reference):
         return pair_distances(queries, reference, distance, normalize)
 
     return _query_losses(
-        distances, terms, labels, embeddings, ref_labels, ref_embeddings, multi_label, remove_diagonal, arguments
+        distances, terms, labels, embeddings, ref_labels, ref_embeddings, multi_label, remove_diagonal, arguments,
+        miner,
     )
 
 
 def similarity_loss(terms, labels, embeddings, ref_labels, ref_embeddings, *, normalize, multi_label,
-                    remove_diagonal, **arguments):
-    """Per-query losses of the term function `terms(similarity, positive, negative, **arguments)`."""
+                    remove_diagonal, miner=None, **arguments):
+    """Per-query losses of the term function `terms(similarity, positive, negative, **arguments)`.
+
+    `miner`: a `tfm.miners` miner that narrows the pairs first.
+    """
 
     def similarities(queries, reference):
         return pair_similarities(queries, reference, normalize)
 
     return _query_losses(
-        similarities, terms, labels, embeddings, ref_labels, ref_embeddings, multi_label, remove_diagonal, arguments
+        similarities, terms, labels, embeddings, ref_labels, ref_embeddings, multi_label, remove_diagonal, arguments,
+        miner,
     )

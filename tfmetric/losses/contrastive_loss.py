@@ -4,11 +4,22 @@ Notation: `d` is the `(N, R)` distance matrix of the queries and the
 reference (the batch itself by default), `m` the margin.
 """
 
+import math
+
 import keras
 from keras import ops
 
-from tfmetric.losses.base import DistanceLoss, check_choice, distance_loss
-from tfmetric.mining import smallest_entries
+from tfmetric.distances import as_embedding_pair, l2_normalize, pairwise_distance
+from tfmetric.losses.base import (
+    DistanceLoss,
+    InBatchLoss,
+    apply_miner,
+    check_choice,
+    distance_loss,
+    divide_or_zero,
+    per_query,
+)
+from tfmetric.mining import mine_pairs, smallest_entries
 
 NEGATIVES = ("all", "hard")
 
@@ -52,6 +63,7 @@ def contrastive(
     negatives="all",
     multi_label=False,
     remove_diagonal=None,
+    miner=None,
 ):
     """Per-query contrastive losses (the math of `Contrastive`).
 
@@ -93,6 +105,7 @@ def contrastive(
         normalize=normalize,
         multi_label=multi_label,
         remove_diagonal=remove_diagonal,
+        miner=miner,
         margin=margin,
         negatives=negatives,
     )
@@ -165,4 +178,254 @@ class Contrastive(DistanceLoss):
     def get_config(self):
         config = super().get_config()
         config.update({"margin": self.margin, "negatives": self.negatives})
+        return config
+
+
+# ---------------------------------------------------------------- signal-to-noise ratio contrastive
+
+
+def signal_to_noise_ratio(embeddings, ref_embeddings=None, normalize=True):
+    """The `(N, R)` signal-to-noise ratio distances of Yuan et al. (2019).
+
+    `d(i, j) = var(x_j − x_i) / var(x_i)`: the variance over the features of
+    the "noise" `x_j − x_i` over that of the "signal" `x_i` (the query). Not
+    symmetric. With `c_i = x_i − mean(x_i)` the centred rows, it is
+    `‖c_j − c_i‖² / ‖c_i‖²`: squared Euclidean distances of the centred rows
+    (matrix products, nothing of size N·R·D) divided by the queries' squared
+    norms. A query with no variance (a constant row) has none to divide by:
+    its `‖c_i‖²` is floored at 1e-12 times the largest entry's square, which
+    keeps values and gradients finite (PyTorch Metric Learning's
+    `SNRDistance` returns inf or NaN there, and NaN for one feature).
+
+    Args:
+        embeddings: Query embeddings `(N, D)`.
+        ref_embeddings: Optional reference `(R, D)`; default: the queries
+            (the square, with an exactly zero diagonal).
+        normalize: L2-normalise the rows first (PML's default).
+
+    Returns:
+        The `(N, R)` distances, at least float32.
+
+    Example:
+
+    >>> import tfmetric as tfm
+    >>> d = tfm.losses.signal_to_noise_ratio([[1.0, 2.0, 3.0], [1.0, 2.0, 5.0]], normalize=False)
+    >>> [[round(float(v), 4) for v in row] for row in d]
+    [[0.0, 1.3333], [0.3077, 0.0]]
+    """
+    x, ref = as_embedding_pair(embeddings, ref_embeddings)
+    if normalize:
+        x = l2_normalize(x)
+        ref = None if ref is None else l2_normalize(ref)
+    centred = x - ops.mean(x, axis=1, keepdims=True)
+    ref_centred = None if ref is None else ref - ops.mean(ref, axis=1, keepdims=True)
+    # The ratio does not change when all rows are scaled together: bring the
+    # largest entry to 1, so that neither huge nor tiny inputs over- or underflow.
+    magnitude = ops.max(ops.abs(centred))
+    if ref_centred is not None:
+        magnitude = ops.maximum(magnitude, ops.max(ops.abs(ref_centred)))
+    magnitude = ops.stop_gradient(magnitude)
+    scale = ops.where(magnitude > 0, magnitude, ops.ones_like(magnitude))
+    centred = centred / scale
+    ref_centred = None if ref_centred is None else ref_centred / scale
+    noise = pairwise_distance(centred, "squared_euclidean", ref_embeddings=ref_centred)
+    signal = ops.sum(ops.square(centred), axis=1)
+    signal = ops.maximum(signal, ops.full_like(signal, 1e-12))
+    return noise / signal[:, None]
+
+
+def _mean_of_positive(values):
+    """The mean of the entries > 0 of `values` (0 if none): PML's `AvgNonZeroReducer`."""
+    count = ops.sum(ops.cast(values > 0, values.dtype))
+    return divide_or_zero(ops.sum(values), count)
+
+
+def signal_to_noise_ratio_contrastive_terms(snr, positive, negative, pos_margin=0.0, neg_margin=1.0,
+                                            regularization=None):
+    """The signal-to-noise ratio contrastive loss, for every query (a global quantity).
+
+    `L = mean_{>0} relu(d − m₊) over the positive entries + mean_{>0} relu(m₋ − d) over the negative entries`,
+    each mean over the entries of the rectangle whose term is above 0 (0 if
+    none): PyTorch Metric Learning's `AvgNonZeroReducer`, on each kind of
+    pair apart. `L` is not a mean of per-query terms, so every query gets
+    `L` (plus its `regularization`, an optional `(N,)` vector) as its one
+    term: the mean over queries is `L` (plus the regularisation's mean).
+
+    Returns:
+        `(losses, ones)`, both `(N,)`.
+    """
+    zeros = ops.zeros_like(snr)
+    # where, not a product: 0 · inf would be NaN.
+    pull = ops.where(positive, ops.relu(snr - pos_margin), zeros)
+    push = ops.where(negative, ops.relu(neg_margin - snr), zeros)
+    value = _mean_of_positive(pull) + _mean_of_positive(push)
+    losses = value * ops.ones((ops.shape(snr)[0],), snr.dtype)
+    if regularization is not None:
+        losses = losses + regularization
+    return losses, ops.ones_like(losses)
+
+
+def _zero_mean_penalty(embeddings, zero_mean_weight):
+    """`λ·|Σ_k x_ak|` per query, the paper's zero-mean regulariser (None when λ = 0)."""
+    if not zero_mean_weight:
+        return None
+    return zero_mean_weight * ops.abs(ops.sum(embeddings, axis=1))
+
+
+def _check_snr_arguments(pos_margin, neg_margin, zero_mean_weight):
+    margins = []
+    for name, value in (("pos_margin", pos_margin), ("neg_margin", neg_margin), ("zero_mean_weight", zero_mean_weight)):
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a number; received {value!r}.") from None
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite; received {value}.")
+        margins.append(value)
+    if margins[2] < 0:
+        raise ValueError(f"zero_mean_weight must be >= 0; received {margins[2]}.")
+    return tuple(margins)
+
+
+def signal_to_noise_ratio_contrastive(
+    labels,
+    embeddings,
+    ref_labels=None,
+    ref_embeddings=None,
+    *,
+    pos_margin=0.0,
+    neg_margin=1.0,
+    normalize=True,
+    zero_mean_weight=0.0,
+    multi_label=False,
+    remove_diagonal=None,
+    miner=None,
+):
+    """Per-query signal-to-noise ratio contrastive losses (the math of `SignalToNoiseRatioContrastive`).
+
+    The loss is a quantity of the whole rectangle of queries and reference
+    rows (default: the batch itself), not a mean of per-query terms: every
+    query's entry is that loss, plus its own zero-mean penalty
+    `zero_mean_weight·|Σ_k x_ak|` (see
+    `signal_to_noise_ratio_contrastive_terms`). The arguments are those of
+    `tfm.losses.contrastive` and `SignalToNoiseRatioContrastive`.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> embeddings = np.array([[1.0, 2.0, 3.0], [1.0, 2.0, 5.0], [3.0, 2.0, 1.0]])
+    >>> losses = tfm.losses.signal_to_noise_ratio_contrastive([0, 0, 1], embeddings, normalize=False)
+    >>> [round(float(v), 4) for v in losses]
+    [0.8205, 0.8205, 0.8205]
+    """
+    pos_margin, neg_margin, zero_mean_weight = _check_snr_arguments(pos_margin, neg_margin, zero_mean_weight)
+    pairs = mine_pairs(
+        labels, embeddings, ref_labels, ref_embeddings, multi_label=multi_label, remove_diagonal=remove_diagonal
+    )
+    pairs = apply_miner(miner, pairs)
+    return per_query(
+        _snr_terms(pairs.embeddings, pairs.ref_embeddings, pairs.positive, pairs.negative, pos_margin, neg_margin,
+                   normalize, zero_mean_weight)
+    )
+
+
+def _snr_terms(embeddings, ref_embeddings, positive, negative, pos_margin, neg_margin, normalize, zero_mean_weight):
+    # The batch against itself: None keeps the square's exact zero diagonal.
+    reference = None if ref_embeddings is embeddings else ref_embeddings
+    snr = signal_to_noise_ratio(embeddings, reference, normalize)
+    return signal_to_noise_ratio_contrastive_terms(
+        snr, positive, negative, pos_margin, neg_margin, _zero_mean_penalty(embeddings, zero_mean_weight)
+    )
+
+
+@keras.saving.register_keras_serializable(package="tfmetric")
+class SignalToNoiseRatioContrastive(InBatchLoss):
+    """Contrastive loss on signal-to-noise ratio distances (Yuan, Chen, Li &
+    Lu 2019, "Signal-to-Noise Ratio: A Robust Distance Metric for Deep
+    Metric Learning", [arXiv:1904.02616](https://arxiv.org/abs/1904.02616)).
+
+    The distance from query i to reference row j is the ratio of the
+    variance of the noise `x_j − x_i` to that of the signal `x_i`
+    (`tfm.losses.signal_to_noise_ratio`; not symmetric, invariant to
+    scaling and shifting both rows together), and the pairs of the batch
+    give a contrastive loss with PyTorch Metric Learning's reduction:
+
+    ```
+    d(i, j) = var(x_j − x_i) / var(x_i)
+    L = mean_{>0} relu(d(a, p) − m₊) + mean_{>0} relu(m₋ − d(a, n)) + λ·mean_a |Σ_k x_ak|
+    ```
+
+    Each `mean_{>0}` runs over the positive (resp. negative) entries (a, r)
+    of the batch's rectangle — both orders of each pair, as the distance is
+    not symmetric — whose term is above 0 (0 if none). `λ =
+    zero_mean_weight` adds the paper's regulariser, which keeps each
+    embedding's features summing to 0 (on the embeddings as given, before
+    `normalize`); PyTorch Metric Learning 2.9 adds no regulariser by
+    default (`embedding_regularizer=None`; the paper's is its
+    `ZeroMeanRegularizer` with `embedding_reg_weight=λ`), so the default is
+    `λ = 0`. Same values and gradients as PML's
+    `SignalToNoiseRatioContrastiveLoss` with its defaults (`SNRDistance` on
+    L2-normalised embeddings, `AvgNonZeroReducer` on the positive and the
+    negative pairs), except where PML's distance is not finite (a constant
+    embedding, or one feature; see `tfm.losses.signal_to_noise_ratio`).
+
+    The first two terms are a quantity of the whole batch, not a mean over
+    anchors: `sample_weight` scales nothing in them (only the regulariser
+    is a weighted mean over anchors), `reduction=None` gives every anchor
+    `L` with its own regulariser term, and `"sum"` gives N times the mean.
+
+    Args:
+        pos_margin: The ratio `m₊` that positive pairs may keep.
+        neg_margin: The ratio `m₋` that negative pairs should be beyond.
+        normalize: L2-normalise the embeddings before the distance (default,
+            as PML).
+        zero_mean_weight: `λ`, the weight of the zero-mean regulariser.
+        reduction: `"sum_over_batch_size"` (the loss above, default),
+            `"sum"`, or `None`.
+        name: Optional name of the loss.
+        cross_replica: Under a `tf.distribute` strategy, mine each replica's
+            anchors against the batches of all replicas (see the README).
+        multi_label: Labels are multi-hot rows `(N, C)`: a positive pair
+            shares at least one label, a negative pair none.
+        miner: A `tfm.miners` miner that chooses the pairs; `None`: all.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> labels = np.array([0, 0, 1])
+    >>> embeddings = np.array([[1.0, 2.0, 3.0], [1.0, 2.0, 5.0], [3.0, 2.0, 1.0]])
+    >>> round(float(tfm.SignalToNoiseRatioContrastive(normalize=False)(labels, embeddings)), 4)
+    0.8205
+    """
+
+    def __init__(
+        self,
+        pos_margin=0.0,
+        neg_margin=1.0,
+        normalize=True,
+        zero_mean_weight=0.0,
+        reduction="sum_over_batch_size",
+        name="signal_to_noise_ratio_contrastive",
+        cross_replica=False,
+        multi_label=False,
+        miner=None,
+    ):
+        super().__init__(reduction, name, cross_replica, multi_label, miner)
+        self.pos_margin, self.neg_margin, self.zero_mean_weight = _check_snr_arguments(
+            pos_margin, neg_margin, zero_mean_weight
+        )
+        self.normalize = bool(normalize)
+
+    def pair_terms(self, embeddings, ref_embeddings, positive, negative):
+        return _snr_terms(embeddings, ref_embeddings, positive, negative, self.pos_margin, self.neg_margin,
+                          self.normalize, self.zero_mean_weight)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "pos_margin": self.pos_margin,
+            "neg_margin": self.neg_margin,
+            "normalize": self.normalize,
+            "zero_mean_weight": self.zero_mean_weight,
+        })
         return config

@@ -5,6 +5,8 @@ reference (the batch itself by default), `P(a)` the positives of query `a`,
 `Q(a)` its negatives, `m` the margin.
 """
 
+import math
+
 import keras
 from keras import ops
 
@@ -59,6 +61,7 @@ def lifted_structure(
     normalize=False,
     multi_label=False,
     remove_diagonal=None,
+    miner=None,
 ):
     """Per-query lifted structured losses (the math of `LiftedStructure`).
 
@@ -84,6 +87,7 @@ def lifted_structure(
         normalize=normalize,
         multi_label=multi_label,
         remove_diagonal=remove_diagonal,
+        miner=miner,
         margin=margin,
     )
 
@@ -149,4 +153,165 @@ class LiftedStructure(DistanceLoss):
     def get_config(self):
         config = super().get_config()
         config["margin"] = self.margin
+        return config
+
+
+# ---------------------------------------------------------------- generalised lifted structure
+
+
+def _check_margins(neg_margin, pos_margin):
+    """`(neg_margin, pos_margin)` as floats; a ValueError unless both are finite numbers."""
+    margins = []
+    for name, value in (("neg_margin", neg_margin), ("pos_margin", pos_margin)):
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a number; received {value!r}.") from None
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite; received {value}.")
+        margins.append(value)
+    return tuple(margins)
+
+
+def generalized_lifted_structure_terms(distances, positive, negative, neg_margin=1.0, pos_margin=0.0):
+    """Per-query generalised lifted structured losses; every query counts once.
+
+    `ℓ_a = relu(log Σ_{p∈P(a)} exp(d_ap − m₊) + log Σ_{n∈Q(a)} exp(m₋ − d_an))`,
+    `m₊ = pos_margin`, `m₋ = neg_margin`. As in PyTorch Metric Learning, a
+    side without a pair contributes 0 (not log 0 = −∞): a query without a
+    positive still pushes its negatives within the margin away, one without a
+    negative still pulls its positives in, one without either has loss 0.
+
+    Returns:
+        `(losses, ones)`, both `(N,)`.
+    """
+    pull = row_logsumexp(distances - pos_margin, positive)
+    push = row_logsumexp(neg_margin - distances, negative)
+    losses = ops.relu(pull + push)
+    return losses, ops.ones_like(losses)
+
+
+def generalized_lifted_structure(
+    labels,
+    embeddings,
+    ref_labels=None,
+    ref_embeddings=None,
+    *,
+    neg_margin=1.0,
+    pos_margin=0.0,
+    distance="euclidean",
+    normalize=True,
+    multi_label=False,
+    remove_diagonal=None,
+    miner=None,
+):
+    """Per-query generalised lifted structured losses (the math of `GeneralizedLiftedStructure`).
+
+    Query a's loss `relu(log Σ_p exp(d_ap − pos_margin) + log Σ_n exp(neg_margin − d_an))`
+    over its positive and negative reference rows (default: the batch
+    itself); see `generalized_lifted_structure_terms`. The arguments are
+    those of `tfm.losses.lifted_structure` and `GeneralizedLiftedStructure`.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> embeddings = np.array([[0.0, 0.0], [0.0, 1.0], [2.0, 0.0], [2.0, 2.0]])
+    >>> losses = tfm.losses.generalized_lifted_structure([0, 0, 1, 1], embeddings, normalize=False)
+    >>> [round(float(v), 4) for v in losses]
+    [0.3624, 0.4571, 1.5821, 1.2041]
+    """
+    neg_margin, pos_margin = _check_margins(neg_margin, pos_margin)
+    return distance_loss(
+        generalized_lifted_structure_terms,
+        labels,
+        embeddings,
+        ref_labels,
+        ref_embeddings,
+        distance=distance,
+        normalize=normalize,
+        multi_label=multi_label,
+        remove_diagonal=remove_diagonal,
+        miner=miner,
+        neg_margin=neg_margin,
+        pos_margin=pos_margin,
+    )
+
+
+@keras.saving.register_keras_serializable(package="tfmetric")
+class GeneralizedLiftedStructure(DistanceLoss):
+    """Generalised lifted structured loss (Hermans, Beyer & Leibe 2017, "In
+    Defense of the Triplet Loss for Person Re-Identification",
+    [arXiv:1703.07737](https://arxiv.org/abs/1703.07737), section 2).
+
+    Each anchor's positives and negatives are summarised by smooth maxima:
+    a soft hardest positive against a soft hardest negative,
+
+    ```
+    ℓ_a  = relu(log Σ_{p∈P(a)} exp(d(a, p) − m₊) + log Σ_{n∈Q(a)} exp(m₋ − d(a, n)))
+    loss = mean over the anchors a of ℓ_a
+    ```
+
+    with `m₊ = pos_margin` and `m₋ = neg_margin`. Compared with
+    `LiftedStructure` (Oh Song et al. 2016), whose terms are the positive
+    pairs (i, j), each with the negatives of both i and j and a squared
+    hinge, this loss has one term per anchor, a plain hinge, and a smooth
+    maximum over the positives as well: it is a soft batch-hard triplet
+    loss (`BatchHardTriplet`), whereas `LiftedStructure` is a soft
+    batch-all one.
+
+    Same values and gradients as PyTorch Metric Learning's
+    `GeneralizedLiftedStructureLoss` with its defaults (Euclidean distance
+    of L2-normalised embeddings, hence `normalize=True` here; PML's
+    `MeanReducer` over all anchors): as in PML, an anchor without
+    positives (or without negatives) keeps the other side of its term, an
+    anchor with neither counts with loss 0. With `sample_weight`, anchor a's
+    term is weighted by its weight. PML's cosine similarity with margins
+    `(m₊, m₋)` is `distance="cosine"` here with `pos_margin=1 − m₊` and
+    `neg_margin=1 − m₋`.
+
+    Args:
+        neg_margin: The margin `m₋` that negatives should be beyond.
+        pos_margin: The distance `m₊` that positives may keep.
+        distance: `"euclidean"` (default), `"squared_euclidean"` or `"cosine"`.
+        normalize: L2-normalise the embeddings before the distance (default,
+            as PML).
+        reduction: `"sum_over_batch_size"` (the mean above, default),
+            `"sum"`, or `None` for each anchor's `ℓ_a`.
+        name: Optional name of the loss.
+        cross_replica: Under a `tf.distribute` strategy, mine each replica's
+            anchors against the batches of all replicas (see the README).
+        multi_label: Labels are multi-hot rows `(N, C)`: a positive pair
+            shares at least one label, a negative pair none.
+        miner: A `tfm.miners` miner that chooses the pairs; `None`: all.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> labels = np.array([0, 0, 1, 1])
+    >>> embeddings = np.array([[0.0, 0.0], [0.0, 1.0], [2.0, 0.0], [2.0, 2.0]])
+    >>> round(float(tfm.GeneralizedLiftedStructure(normalize=False)(labels, embeddings)), 4)
+    0.9014
+    """
+
+    def __init__(
+        self,
+        neg_margin=1.0,
+        pos_margin=0.0,
+        distance="euclidean",
+        normalize=True,
+        reduction="sum_over_batch_size",
+        name="generalized_lifted_structure",
+        cross_replica=False,
+        multi_label=False,
+        miner=None,
+    ):
+        super().__init__(distance, normalize, reduction, name, cross_replica, multi_label, miner)
+        self.neg_margin, self.pos_margin = _check_margins(neg_margin, pos_margin)
+
+    def distance_terms(self, distances, positive, negative):
+        return generalized_lifted_structure_terms(distances, positive, negative, self.neg_margin, self.pos_margin)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"neg_margin": self.neg_margin, "pos_margin": self.pos_margin})
         return config

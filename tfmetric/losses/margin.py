@@ -10,7 +10,7 @@ import keras
 from keras import ops
 
 from tfmetric.labels import check_class_ids
-from tfmetric.losses.base import DistanceLoss, check_choice, pair_distances, per_query
+from tfmetric.losses.base import DistanceLoss, apply_miner, check_choice, pair_distances, per_query
 from tfmetric.losses.state import LossState
 from tfmetric.mining import distance_weighted_log_weights, mine_pairs, sample_negative_counts
 
@@ -100,6 +100,7 @@ def margin_loss(
     seed=None,
     multi_label=False,
     remove_diagonal=None,
+    miner=None,
 ):
     """Per-query margin losses (the math of `MarginLoss`).
 
@@ -136,6 +137,7 @@ def margin_loss(
     pairs = mine_pairs(
         labels, embeddings, ref_labels, ref_embeddings, multi_label=multi_label, remove_diagonal=remove_diagonal
     )
+    pairs = apply_miner(miner, pairs)
     return per_query(
         sampled_margin_terms(
             *pairs,
@@ -178,6 +180,14 @@ class MarginLoss(DistanceLoss):
     all are that far). The weights are computed in log space, so they stay
     meaningful for 512-dimensional embeddings, where PyTorch Metric
     Learning's miner underflows to all-zero weights.
+
+    `sampling="distance_weighted"` is `tfm.miners.DistanceWeightedMiner`'s
+    draw (one negative per positive pair) built in, with a negative drawn k
+    times counted k times, as PML's `MarginLoss` counts the repeated pairs of
+    its `DistanceWeightedMiner`. `MarginLoss(sampling="all",
+    miner=DistanceWeightedMiner())` instead counts each drawn negative once
+    (a miner gives a set of pairs), and a `miner=` with
+    `sampling="distance_weighted"` draws among the mined pairs.
 
     `learn_beta=True` makes β (and the class offsets) trainable: compile a
     model with this loss and `model.fit` trains β with the model's own

@@ -111,6 +111,7 @@ def npairs(
     normalize=False,
     multi_label=False,
     remove_diagonal=None,
+    miner=None,
 ):
     """Per-query N-pair losses (the math of `NPairs`), 0 for a query without a positive.
 
@@ -146,6 +147,7 @@ def npairs(
         normalize=normalize,
         multi_label=multi_label,
         remove_diagonal=remove_diagonal,
+        miner=miner,
     )
 
 

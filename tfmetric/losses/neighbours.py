@@ -42,6 +42,7 @@ def soft_nearest_neighbor(
     normalize=False,
     multi_label=False,
     remove_diagonal=None,
+    miner=None,
 ):
     """Per-query soft nearest neighbour losses (the math of `SoftNearestNeighbor`).
 
@@ -80,6 +81,7 @@ def soft_nearest_neighbor(
         normalize=normalize,
         multi_label=multi_label,
         remove_diagonal=remove_diagonal,
+        miner=miner,
         temperature=temperature,
     )
 
@@ -95,6 +97,7 @@ def nca(
     normalize=True,
     multi_label=False,
     remove_diagonal=None,
+    miner=None,
 ):
     """Per-query NCA losses (the math of `NCA`): `soft_nearest_neighbor` with `temperature = 1 / softmax_scale`.
 
@@ -118,6 +121,7 @@ def nca(
         normalize=normalize,
         multi_label=multi_label,
         remove_diagonal=remove_diagonal,
+        miner=miner,
     )
 
 

@@ -43,8 +43,21 @@ the class vectors instead of a reference set. Families:
 import inspect
 from typing import Callable, NamedTuple
 
-from tfmetric.losses.contrastive_loss import Contrastive, contrastive
-from tfmetric.losses.lifted import LiftedStructure, lifted_structure
+from tfmetric.losses.contrastive_loss import (
+    Contrastive,
+    SignalToNoiseRatioContrastive,
+    contrastive,
+    signal_to_noise_ratio_contrastive,
+)
+from tfmetric.losses.histogram_loss import DynamicSoftMargin, Histogram, dynamic_soft_margin, histogram
+from tfmetric.losses.info_nce import Instance, NTXent, SupCon, instance, ntxent, supcon
+from tfmetric.losses.lifted import (
+    GeneralizedLiftedStructure,
+    LiftedStructure,
+    generalized_lifted_structure,
+    lifted_structure,
+)
+from tfmetric.losses.manifold_loss import Manifold, manifold
 from tfmetric.losses.margin import MarginLoss, margin_loss
 from tfmetric.losses.margin_softmax import (
     ArcFace,
@@ -62,6 +75,16 @@ from tfmetric.losses.margin_softmax import (
 )
 from tfmetric.losses.n_pairs import NPairs, npairs
 from tfmetric.losses.neighbours import NCA, SoftNearestNeighbor, nca, soft_nearest_neighbor
+from tfmetric.losses.pair_weighting import (
+    Angular,
+    IntraPairVariance,
+    ThresholdConsistentMargin,
+    TupletMargin,
+    angular,
+    intra_pair_variance,
+    threshold_consistent_margin,
+    tuplet_margin,
+)
 from tfmetric.losses.proxy_metric import (
     P2SGrad,
     ProxyAnchor,
@@ -72,6 +95,7 @@ from tfmetric.losses.proxy_metric import (
     proxy_nca,
     soft_triple,
 )
+from tfmetric.losses.ranking import PNP, FastAP, RankedList, SmoothAP, fast_ap, pnp, ranked_list, smooth_ap
 from tfmetric.losses.similarity import (
     BinomialDeviance,
     Circle,
@@ -172,10 +196,41 @@ LOSSES = {
         ),
         _entry("nca", "nca", NCA, nca, "neighbourhood"),
         # -- softmax (losses/info_nce.py) --
+        _entry("supcon", "SupCon", SupCon, supcon, "softmax"),
+        _entry("ntxent", "NT-Xent", NTXent, ntxent, "softmax"),
+        _entry("instance", "instance loss", Instance, instance, "softmax"),
         # -- ranking (losses/ranking.py) --
-        # -- histogram (losses/histogram.py) --
+        _entry("fast_ap", "FastAP", FastAP, fast_ap, "ranking"),
+        _entry("smooth_ap", "Smooth-AP", SmoothAP, smooth_ap, "ranking"),
+        _entry("pnp", "PNP", PNP, pnp, "ranking"),
+        # The paper's best variant, PNP-Dq (PNP's `variant` argument is not
+        # `_entry`'s, hence the entry itself).
+        LossEntry("pnp_dq", "PNP-Dq", PNP, pnp, "ranking", {"variant": "Dq"}, variant=True),
+        # The paper's margin and negatives' temperature (PML has no defaults).
+        _entry("ranked_list", "ranked list", RankedList, ranked_list, "ranking", margin=0.4, Tn=10.0),
+        # -- histogram (losses/histogram_loss.py) --
+        _entry("histogram", "histogram loss", Histogram, histogram, "histogram"),
+        # Its value depends on the running histogram of earlier calls, which the
+        # shared tests (one call against a reference) cannot know: tests/test_histogram.py.
+        _entry("dynamic_soft_margin", "dynamic soft margin", DynamicSoftMargin, dynamic_soft_margin, "histogram",
+               deterministic=False),
         # -- pairs (losses/pair_weighting.py) --
+        _entry("angular", "angular", Angular, angular, "pairs"),
+        _entry("tuplet_margin", "tuplet margin", TupletMargin, tuplet_margin, "pairs"),
+        _entry("intra_pair_variance", "intra-pair variance", IntraPairVariance, intra_pair_variance, "pairs"),
+        _entry(
+            "threshold_consistent_margin", "threshold-consistent margin", ThresholdConsistentMargin,
+            threshold_consistent_margin, "pairs",
+        ),
         # -- pairs (losses/lifted.py, losses/contrastive_loss.py) --
+        _entry(
+            "generalized_lifted_structure", "generalised lifted structure", GeneralizedLiftedStructure,
+            generalized_lifted_structure, "pairs",
+        ),
+        _entry(
+            "snr_contrastive", "SNR contrastive", SignalToNoiseRatioContrastive,
+            signal_to_noise_ratio_contrastive, "pairs",
+        ),
     )
 }
 
@@ -217,5 +272,9 @@ PROXY_LOSSES = {
         ProxyEntry("proxy_anchor", "Proxy Anchor", ProxyAnchor, proxy_anchor, "proxy", {"proxy_lr_multiplier": 100.0}),
         ProxyEntry("soft_triple", "SoftTriple", SoftTriple, soft_triple, "proxy", {}),
         ProxyEntry("p2sgrad", "P2SGrad", P2SGrad, p2sgrad, "proxy", {}),
+        # PML's margin (5e-4) is small next to the random walk's differences
+        # in batches of tens; its proxies start as standard normals.
+        ProxyEntry("manifold", "manifold", Manifold, manifold, "proxy",
+                   {"margin": 0.01, "proxy_lr_multiplier": 10.0}),
     )
 }

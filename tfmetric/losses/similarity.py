@@ -98,6 +98,7 @@ def multi_similarity(
     normalize=True,
     multi_label=False,
     remove_diagonal=None,
+    miner=None,
 ):
     """Per-query multi-similarity losses (the math of `MultiSimilarity`).
 
@@ -131,6 +132,7 @@ def multi_similarity(
         normalize=normalize,
         multi_label=multi_label,
         remove_diagonal=remove_diagonal,
+        miner=miner,
         alpha=alpha,
         beta=beta,
         base=base,
@@ -149,6 +151,7 @@ def circle(
     normalize=True,
     multi_label=False,
     remove_diagonal=None,
+    miner=None,
 ):
     """Per-query circle losses (the math of `Circle`), 0 for queries without a positive or a negative.
 
@@ -172,6 +175,7 @@ def circle(
         normalize=normalize,
         multi_label=multi_label,
         remove_diagonal=remove_diagonal,
+        miner=miner,
         margin=margin,
         gamma=gamma,
     )
@@ -189,6 +193,7 @@ def binomial_deviance(
     normalize=True,
     multi_label=False,
     remove_diagonal=None,
+    miner=None,
 ):
     """Per-query binomial deviances (the math of `BinomialDeviance`), 0 for queries without a positive or a negative.
 
@@ -211,6 +216,7 @@ def binomial_deviance(
         normalize=normalize,
         multi_label=multi_label,
         remove_diagonal=remove_diagonal,
+        miner=miner,
         alpha=alpha,
         threshold=threshold,
         cost=cost,

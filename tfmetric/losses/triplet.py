@@ -10,7 +10,7 @@ import keras
 from keras import ops
 
 from tfmetric.distances import check_distance, paired_distance
-from tfmetric.losses.base import DistanceLoss, check_choice, distance_loss, pair_distances, per_query
+from tfmetric.losses.base import DistanceLoss, apply_miner, check_choice, distance_loss, pair_distances, per_query
 from tfmetric.mining import attach_gradient, for_each_positive, hardest_pairs, mine_pairs, row_pick, scatter_rows
 
 AVERAGES = ("nonzero", "all")
@@ -124,6 +124,42 @@ def all_triplet_terms(distances, positive, negative, margin=1.0):
     return loss_sums, ops.stop_gradient(active_counts), valid_counts
 
 
+def mined_triplet_terms(distances, triplets, margin=1.0):
+    """`all_triplet_terms` over the triplets of a miner (`tfm.miners.Triplets`) only.
+
+    Sums `relu(d[a, p] − d[a, n] + margin)` over the mined triplets
+    (a, p, n) of each anchor, on the loss's `distances` (the miner chose
+    them on its own matrix).
+
+    Returns:
+        `(loss_sums, active_counts, triplet_counts)`, each `(N,)`, as
+        `all_triplet_terms`.
+    """
+    from tfmetric.miners import for_each_triplet_slot
+
+    d = ops.stop_gradient(distances)
+
+    def body(slot, chosen, loss_sums, active_counts, triplet_counts, gradient):
+        threshold = row_pick(d, slot.positive_index) + margin
+        gaps = ops.where(chosen, ops.relu(threshold[:, None] - d), ops.zeros_like(d))
+        active = ops.cast(gaps > 0, d.dtype)
+        per_pair = ops.sum(active, axis=1)
+        gradient = gradient + scatter_rows([(slot.positive_index, per_pair)], ops.shape(d)) - active
+        return (
+            loss_sums + ops.sum(gaps, axis=1),
+            active_counts + per_pair,
+            triplet_counts + ops.sum(ops.cast(chosen, d.dtype), axis=1),
+            gradient,
+        )
+
+    zeros = ops.zeros(ops.shape(d)[:1], d.dtype)
+    loss_sums, active_counts, triplet_counts, gradient = for_each_triplet_slot(
+        triplets, body, (zeros, zeros, zeros, ops.zeros_like(d))
+    )
+    loss_sums = attach_gradient(loss_sums, distances, gradient)
+    return loss_sums, ops.stop_gradient(active_counts), triplet_counts
+
+
 def _batch_hard_pair_terms(embeddings, ref_embeddings, positive, negative, margin, soft, distance, normalize):
     # Only 2N distances enter the loss: mine on a gradient-free matrix and
     # differentiate just the chosen pairs, recomputed from the embeddings
@@ -148,6 +184,7 @@ def batch_hard_triplet(
     normalize=False,
     multi_label=False,
     remove_diagonal=None,
+    miner=None,
 ):
     """Per-query batch-hard triplet losses (the math of `BatchHardTriplet`).
 
@@ -167,6 +204,8 @@ def batch_hard_triplet(
             queries come first in the reference) and so not its own
             positive; `None`: only without a reference.
         margin, soft, distance, normalize, multi_label: As `BatchHardTriplet`.
+        miner: A `tfm.miners` miner: the hardest pairs are taken among the
+            pairs it mines; `None`: all pairs.
 
     Returns:
         The `(N,)` per-query losses.
@@ -183,6 +222,7 @@ def batch_hard_triplet(
     pairs = mine_pairs(
         labels, embeddings, ref_labels, ref_embeddings, multi_label=multi_label, remove_diagonal=remove_diagonal
     )
+    pairs = apply_miner(miner, pairs)
     return per_query(_batch_hard_pair_terms(*pairs, margin, soft, check_distance(distance), normalize))
 
 
@@ -261,9 +301,15 @@ class BatchHardTriplet(DistanceLoss):
         return config
 
 
-def batch_all_triplet_terms(distances, positive, negative, margin=1.0, average="nonzero"):
-    """`(loss_sums, term_counts)` of `all_triplet_terms`, counting the active or all triplets."""
-    loss_sums, active, valid = all_triplet_terms(distances, positive, negative, margin)
+def batch_all_triplet_terms(distances, positive, negative, margin=1.0, average="nonzero", triplets=None):
+    """`(loss_sums, term_counts)` of `all_triplet_terms`, counting the active or all triplets.
+
+    `triplets`: a miner's `tfm.miners.Triplets`, the only triplets then.
+    """
+    if triplets is None:
+        loss_sums, active, valid = all_triplet_terms(distances, positive, negative, margin)
+    else:
+        loss_sums, active, valid = mined_triplet_terms(distances, triplets, margin)
     return loss_sums, active if check_choice("average", average, AVERAGES) == "nonzero" else valid
 
 
@@ -279,13 +325,15 @@ def batch_all_triplet(
     average="nonzero",
     multi_label=False,
     remove_diagonal=None,
+    miner=None,
 ):
     """Per-query batch-all triplet losses (the math of `BatchAllTriplet`).
 
     Each query's mean of `relu(d(a, p) − d(a, n) + m)` over its triplets with
     a positive loss (`average="nonzero"`) or all of them (`"all"`), p and n
-    among the reference rows (default: the batch). The arguments are those
-    of `batch_hard_triplet` and `BatchAllTriplet`.
+    among the reference rows (default: the batch); with a `miner`, over the
+    triplets it mines. The arguments are those of `batch_hard_triplet` and
+    `BatchAllTriplet`.
 
     Example:
 
@@ -294,19 +342,22 @@ def batch_all_triplet(
     >>> [round(float(v), 4) for v in tfm.losses.batch_all_triplet([0, 0, 1, 1], embeddings)]
     [0.0, 0.0, 0.882, 0.4678]
     """
-    return distance_loss(
-        batch_all_triplet_terms,
-        labels,
-        embeddings,
-        ref_labels,
-        ref_embeddings,
-        distance=distance,
-        normalize=normalize,
-        multi_label=multi_label,
-        remove_diagonal=remove_diagonal,
-        margin=margin,
-        average=average,
+    check_distance(distance)
+    pairs = mine_pairs(
+        labels, embeddings, ref_labels, ref_embeddings, multi_label=multi_label, remove_diagonal=remove_diagonal
     )
+    return per_query(_batch_all_pair_terms(*pairs, margin, average, distance, normalize, miner))
+
+
+def _batch_all_pair_terms(embeddings, ref_embeddings, positive, negative, margin, average, distance, normalize,
+                          miner):
+    distances = pair_distances(embeddings, ref_embeddings, distance, normalize)
+    if miner is None:
+        return batch_all_triplet_terms(distances, positive, negative, margin, average)
+    # The miner's matrix is the loss's when they measure alike.
+    matrix = ops.stop_gradient(distances) if miner.uses(distance, normalize) else None
+    triplets = miner.mine_triplets(embeddings, ref_embeddings, positive, negative, matrix=matrix)
+    return batch_all_triplet_terms(distances, positive, negative, margin, average, triplets)
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -341,6 +392,13 @@ class BatchAllTriplet(DistanceLoss):
             anchors against the batches of all replicas, so that training
             matches one device on the global batch (see the README).
         multi_label: Labels are multi-hot rows `(N, C)` (see `BatchHardTriplet`).
+        miner: A `tfm.miners` miner: the loss runs over the triplets it mines
+            (a pair miner's: each mined positive pair with every mined
+            negative pair of its anchor), as PML's `TripletMarginLoss` with
+            a miner; `None`: every triplet. With `average="all"`,
+            `BatchHardTriplet()` is `BatchAllTriplet(miner=BatchHardMiner(normalize=False))`
+            and `SemiHardTriplet()` is `BatchAllTriplet(miner=SemiHardMiner(normalize=False))`
+            (those two are faster).
 
     Example:
 
@@ -350,6 +408,8 @@ class BatchAllTriplet(DistanceLoss):
     >>> round(float(tfm.BatchAllTriplet(margin=1.0)(labels, embeddings)), 4)
     0.6749
     """
+
+    mines_triplets = True
 
     def __init__(
         self,
@@ -370,6 +430,12 @@ class BatchAllTriplet(DistanceLoss):
     def distance_terms(self, distances, positive, negative):
         return batch_all_triplet_terms(distances, positive, negative, self.margin, self.average)
 
+    def pair_terms(self, embeddings, ref_embeddings, positive, negative):
+        return _batch_all_pair_terms(
+            embeddings, ref_embeddings, positive, negative, self.margin, self.average, self.distance,
+            self.normalize, self.miner,
+        )
+
     def get_config(self):
         config = super().get_config()
         config.update({"margin": self.margin, "average": self.average})
@@ -387,6 +453,7 @@ def semi_hard_triplet(
     normalize=False,
     multi_label=False,
     remove_diagonal=None,
+    miner=None,
 ):
     """Per-query semi-hard triplet losses (the math of `SemiHardTriplet`).
 
@@ -413,6 +480,7 @@ def semi_hard_triplet(
         normalize=normalize,
         multi_label=multi_label,
         remove_diagonal=remove_diagonal,
+        miner=miner,
         margin=margin,
     )
 

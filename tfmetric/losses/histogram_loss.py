@@ -1,0 +1,513 @@
+"""Losses on the distributions of pair similarities and triplet margins: histogram loss, dynamic soft margin.
+
+Notation: `s` is the `(N, R)` cosine-similarity matrix of the queries and
+the reference (the batch itself by default), `d` the Euclidean distances of
+the L2-normalised embeddings, `P(a)` the positives of query `a`, `Q(a)` its
+negatives. Both losses turn a set of values into a histogram whose entries
+are linear in the values (each value shares its unit of mass between the
+two nodes around it), so that the histogram, and the loss, have gradients.
+"""
+
+import math
+
+import keras
+from keras import ops
+
+from tfmetric.losses.base import (
+    InBatchLoss,
+    SimilarityLoss,
+    apply_miner,
+    divide_or_zero,
+    pair_distances,
+    per_query,
+    similarity_loss,
+)
+from tfmetric.losses.state import LossState
+from tfmetric.mining import mine_pairs
+
+# ---------------------------------------------------------------- histogram loss
+
+
+def histogram_delta(num_bins=None, delta=None):
+    """The node spacing Δ of `Histogram` from `num_bins` or `delta` (100 bins when neither is given)."""
+    if num_bins is not None and (isinstance(num_bins, bool) or int(num_bins) != num_bins or num_bins < 1):
+        raise ValueError(f"num_bins must be a positive integer; received {num_bins!r}.")
+    if delta is not None and not 0 < delta <= 2:
+        raise ValueError(f"delta must be in (0, 2]; received {delta!r}.")
+    if num_bins is not None and delta is not None and not math.isclose(delta, 2 / num_bins, rel_tol=1e-9):
+        raise ValueError(f"delta must be 2 / num_bins; received delta={delta} and num_bins={num_bins}.")
+    if delta is None:
+        delta = 2 / (100 if num_bins is None else int(num_bins))
+    return float(delta)
+
+
+def _num_nodes(delta):
+    # Nodes −1, −1 + Δ, ... up to the first at or beyond 1.
+    return math.ceil(2 / delta - 1e-9) + 1
+
+
+def histogram_terms(similarity, positive, negative, delta=0.02):
+    """Per-query sums of the histogram loss over the query's negative pairs, and their counts.
+
+    The positive similarities make a histogram on the nodes `t_r = −1 + rΔ`
+    (each similarity splits its mass between the two nodes around it),
+    `Φ` its cumulative sum; each negative pair contributes `Φ` interpolated
+    at its similarity: the share of positive pairs less similar than it.
+    The mean of these over the negative pairs is the histogram loss.
+
+    A pair (a, j) counts when query a or reference row j is the anchor of a
+    triplet (has a positive and a negative: column j's for the reference
+    row), as in PyTorch Metric Learning, which takes the pairs of its
+    triplets. Similarities are clipped to [−1, 1].
+
+    Returns:
+        `(loss_sums, negative_counts)`, both `(N,)`.
+    """
+    num_nodes = _num_nodes(delta)
+    dtype = similarity.dtype
+    scaled = (ops.clip(similarity, -1.0, 1.0) + 1.0) / delta
+    lower = ops.clip(ops.floor(ops.stop_gradient(scaled)), 0, num_nodes - 2)
+    upper_share = scaled - lower  # in [0, 1]: the share of the upper node
+    lower_index = ops.cast(lower, "int32")
+    row_active = ops.logical_and(ops.any(positive, axis=1), ops.any(negative, axis=1))
+    column_active = ops.logical_and(ops.any(positive, axis=0), ops.any(negative, axis=0))
+    kept = ops.logical_or(row_active[:, None], column_active[None, :])
+    kept_positive = ops.cast(ops.logical_and(positive, kept), dtype)
+    kept_negative = ops.logical_and(negative, kept)
+    masses = ops.concatenate(
+        [ops.reshape(kept_positive * (1.0 - upper_share), (-1,)), ops.reshape(kept_positive * upper_share, (-1,))]
+    )
+    nodes = ops.concatenate([ops.reshape(lower_index, (-1,)), ops.reshape(lower_index + 1, (-1,))])
+    density = ops.cast(ops.segment_sum(masses, nodes, num_segments=num_nodes), dtype)
+    density = divide_or_zero(density, ops.sum(kept_positive))
+    cumulative = ops.cumsum(density)
+    below = ops.take(cumulative, lower_index)
+    above = ops.take(cumulative, lower_index + 1)
+    shares = (1.0 - upper_share) * below + upper_share * above
+    loss_sums = ops.sum(ops.where(kept_negative, shares, ops.zeros_like(shares)), axis=1)
+    return loss_sums, ops.sum(ops.cast(kept_negative, dtype), axis=1)
+
+
+def histogram(
+    labels,
+    embeddings,
+    ref_labels=None,
+    ref_embeddings=None,
+    *,
+    num_bins=None,
+    delta=None,
+    normalize=True,
+    multi_label=False,
+    remove_diagonal=None,
+    miner=None,
+):
+    """Per-query histogram losses (the math of `Histogram`).
+
+    Query a's value is the mean, over its negative pairs, of the share of
+    positive pairs (of the whole batch) that are less similar (interpolated
+    between the histogram's nodes); the mean of these over all negative
+    pairs is the loss, 0 for a query without a negative pair.
+
+    Args:
+        labels: Class ids `(N,)` of the queries (or, with `multi_label`,
+            0/1 rows `(N, C)`).
+        embeddings: Query embeddings `(N, D)`.
+        ref_labels, ref_embeddings: Optional reference `(R,)`, `(R, D)`;
+            each query is compared with these R rows only: O(N·R).
+        remove_diagonal: Whether reference row a is query a itself (the
+            queries come first in the reference); `None`: only without a
+            reference.
+        num_bins, delta, normalize, multi_label, miner: As `Histogram`.
+
+    Returns:
+        The `(N,)` per-query losses.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> embeddings = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]])
+    >>> [round(float(v), 4) for v in tfm.losses.histogram([0, 1, 0, 1], embeddings, num_bins=10)]
+    [0.5, 1.0, 1.0, 0.5]
+    """
+    return similarity_loss(
+        histogram_terms,
+        labels,
+        embeddings,
+        ref_labels,
+        ref_embeddings,
+        normalize=normalize,
+        multi_label=multi_label,
+        remove_diagonal=remove_diagonal,
+        miner=miner,
+        delta=histogram_delta(num_bins, delta),
+    )
+
+
+@keras.saving.register_keras_serializable(package="tfmetric")
+class Histogram(SimilarityLoss):
+    """Histogram loss (Ustinova & Lempitsky 2016, "Learning Deep Embeddings
+    with Histogram Loss", https://arxiv.org/abs/1611.00822).
+
+    The estimated probability that a random negative pair is more similar
+    than a random positive pair. The cosine similarities of the positive
+    pairs and of the negative pairs make two histograms `h⁺`, `h⁻` on the
+    nodes `t_r = −1 + rΔ`, each similarity sharing its unit of mass
+    linearly between the two nodes around it (so that the histograms have
+    gradients):
+
+    ```
+    h⁺_r = mean over positive pairs of max(0, 1 − |s − t_r| / Δ)   (h⁻ alike)
+    loss = Σ_r h⁻_r · Σ_{q ≤ r} h⁺_q
+    ```
+
+    The loss is one number for the whole batch, not a mean of
+    independent per-query terms: it is computed as the mean over the
+    negative pairs of `Φ(s)`, the cumulative positive histogram
+    interpolated at the pair's similarity, so `reduction=None` gives each
+    query's mean over its negative pairs and a sample weight weighs a
+    query's negative pairs (the positive histogram is the batch's, never
+    weighted). Memory O(N·R).
+
+    Same values and gradients as PyTorch Metric Learning's `HistogramLoss`
+    (its default `CosineSimilarity`), whose pairs are those of its
+    triplets: a pair counts when either side has a positive and a negative
+    (the paper takes all pairs: the same under P×K batches). Where
+    PyTorch Metric Learning fails with an index error (a similarity of
+    exactly 1, or beyond its last node when `2/delta` is not an integer),
+    tfmetric clips the similarities to [−1, 1] and puts the last node at or
+    beyond 1.
+
+    Args:
+        num_bins: Number of bins `2/Δ` (default 100, PyTorch Metric
+            Learning's `n_bins`).
+        delta: The node spacing `Δ` instead (`delta = 2 / num_bins` when
+            both are given).
+        normalize: Cosine similarities (default), or raw dot products
+            (clipped to [−1, 1]).
+        reduction: `"sum_over_batch_size"` (the loss above, default),
+            `"sum"`, or `None` for each query's mean over its negative pairs.
+        name: Optional name of the loss.
+        cross_replica: Under a `tf.distribute` strategy, compute the
+            histograms of the global batch (see the README).
+        multi_label: Labels are multi-hot rows `(N, C)`: a positive pair
+            shares at least one label, a negative pair none.
+        miner: A `tfm.miners` miner choosing the pairs; `None`: all of them.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> labels = np.array([0, 1, 0, 1])
+    >>> embeddings = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]])
+    >>> round(float(tfm.Histogram(num_bins=10)(labels, embeddings)), 4)
+    0.75
+    """
+
+    def __init__(
+        self,
+        num_bins=None,
+        delta=None,
+        normalize=True,
+        reduction="sum_over_batch_size",
+        name="histogram",
+        cross_replica=False,
+        multi_label=False,
+        miner=None,
+    ):
+        super().__init__(normalize, reduction, name, cross_replica, multi_label, miner)
+        self.delta = histogram_delta(num_bins, delta)
+        ratio = 2 / self.delta
+        self.num_bins = round(ratio) if math.isclose(ratio, round(ratio), rel_tol=1e-9) else None
+
+    def similarity_terms(self, similarity, positive, negative):
+        return histogram_terms(similarity, positive, negative, self.delta)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"num_bins": self.num_bins, "delta": self.delta})
+        return config
+
+
+# ---------------------------------------------------------------- dynamic soft margin
+
+
+def _check_dynamic_soft_margin(min_val, num_bins, momentum):
+    if not min_val < 0:
+        raise ValueError(f"min_val must be negative; received {min_val!r}.")
+    if isinstance(num_bins, bool) or int(num_bins) != num_bins or num_bins < 2:
+        raise ValueError(f"num_bins must be an integer of at least 2; received {num_bins!r}.")
+    if not 0 < momentum <= 1:
+        raise ValueError(f"momentum must be in (0, 1]; received {momentum!r}.")
+
+
+def _reverse_cumsum(values):
+    return ops.flip(ops.cumsum(ops.flip(values, axis=1), axis=1), axis=1)
+
+
+def triplet_margin_sums(distances, positive, negative, thresholds):
+    """For every query a and threshold b: how many triplets have `d_ap − d_an < b`, and their sum.
+
+    Without the `(N, R, R)` triplets: each query's row holds its negative
+    distances and, for every positive p and threshold b, the key
+    `d_ap − b`; one sort of the row tells for each key how many negatives
+    lie beyond it (`d_an > d_ap − b`, i.e. `d_ap − d_an < b`) and their
+    sum. Memory and time O(N·R·B) for B thresholds.
+
+    Returns:
+        `(counts, sums)`, both `(N, B)`.
+    """
+    num_queries, num_reference = ops.shape(distances)[0], ops.shape(distances)[1]
+    dtype = distances.dtype
+    thresholds = ops.convert_to_tensor(thresholds, dtype)
+    num_thresholds = ops.shape(thresholds)[0]
+    keys = ops.concatenate(
+        [distances, ops.reshape(distances[:, :, None] - thresholds[None, None, :], (num_queries, -1))], axis=1
+    )
+    # The negatives first: a tie (d_an = d_ap − b, so d_ap − d_an = b) is not below b.
+    order = ops.argsort(ops.stop_gradient(keys), axis=1)
+    padding = ops.zeros((num_queries, num_reference * num_thresholds), dtype)
+    is_negative = ops.concatenate([ops.cast(negative, dtype), padding], axis=1)
+    negative_values = ops.concatenate([ops.where(negative, distances, ops.zeros_like(distances)), padding], axis=1)
+    # For each key, the negatives at or after it in the sorted row (a key's own entry adds 0).
+    counts_beyond = _reverse_cumsum(ops.take_along_axis(is_negative, order, axis=1))
+    sums_beyond = _reverse_cumsum(ops.take_along_axis(negative_values, order, axis=1))
+    back = ops.argsort(order, axis=1)
+    shape = (num_queries, num_reference, num_thresholds)
+    counts = ops.reshape(ops.take_along_axis(counts_beyond, back, axis=1)[:, num_reference:], shape)
+    sums = ops.reshape(ops.take_along_axis(sums_beyond, back, axis=1)[:, num_reference:], shape)
+    positives = ops.cast(positive, dtype)[:, :, None]
+    triplet_counts = ops.sum(positives * counts, axis=1)
+    triplet_sums = ops.sum(positives * (distances[:, :, None] * counts - sums), axis=1)
+    return triplet_counts, triplet_sums
+
+
+def _differences(columns):
+    stacked = ops.stack(columns, axis=-1)
+    return stacked[..., 1:] - stacked[..., :-1]
+
+
+def dynamic_soft_margin_terms(distances, positive, negative, histogram=None, min_val=-2.0, num_bins=10,
+                              momentum=0.01):
+    """Per-query sums of the dynamic soft margin loss over its triplets, their counts, and the new histogram.
+
+    Every triplet (a, p, n) has the margin `x = d_ap − d_an`. The margins
+    of the batch update the running histogram `h` on the `num_bins` nodes
+    `e_k = min_val + kΔ`, `Δ = 2|min_val| / num_bins` (a margin between
+    `e_k` and `e_{k+1}` gives `1 − α` to node k and `α = (x − e_k)/Δ` to
+    node k + 1; margins beyond the nodes are clipped to them):
+    `h ← normalise((1 − m)·h + m·Σ_triplets contributions)` (`m = 1` while
+    `h` is all zero, i.e. at the first call); then each triplet weighs its
+    margin by the cumulative `CDF(k(x))` of its bin `k(x) =
+    ⌊(x − min_val)/Δ⌋` (clipped to the bins). The batch's contributions
+    carry gradients, the previous histogram does not.
+
+    Args:
+        histogram: The running histogram `(num_bins,)` before this batch;
+            `None`: all zero (the first call).
+
+    Returns:
+        `(loss_sums, triplet_counts, new_histogram)`; the histogram is left
+        as it was when the batch has no triplet.
+    """
+    _check_dynamic_soft_margin(min_val, num_bins, momentum)
+    dtype = distances.dtype
+    delta = 2 * abs(min_val) / num_bins
+    edges = [min_val + k * delta for k in range(num_bins)]
+    below_counts, below_sums = triplet_margin_sums(distances, positive, negative, edges)
+    positives = ops.cast(positive, dtype)
+    negatives = ops.cast(negative, dtype)
+    num_positive, num_negative = ops.sum(positives, axis=1), ops.sum(negatives, axis=1)
+    triplets = num_positive * num_negative
+    total = num_negative * ops.sum(positives * distances, axis=1) - num_positive * ops.sum(
+        negatives * distances, axis=1
+    )
+    zeros = ops.zeros_like(total)
+    G = [below_counts[:, k] for k in range(num_bins)]
+    H = [below_sums[:, k] for k in range(num_bins)]
+    # The weights' bins: x < e_1, [e_1, e_2), ..., x >= e_{B-1}; their sums of x.
+    weighted_sums = _differences([zeros] + H[1:] + [total])
+    # The histogram's intervals: [e_k, e_{k+1}) for k < B − 1, margins clipped to [e_0, e_{B-1}].
+    low_clipped = edges[0] * G[0] - H[0]
+    clipped_total = H[-1] + low_clipped + edges[-1] * (triplets - G[-1])
+    interval_counts = ops.sum(_differences([zeros] + G[1:-1] + [triplets]), axis=0)
+    interval_sums = ops.sum(_differences([zeros] + [h + low_clipped for h in H[1:-1]] + [clipped_total]), axis=0)
+    lower_edges = ops.convert_to_tensor(edges[:-1], dtype)
+    upper_shares = (interval_sums - lower_edges * interval_counts) / delta
+    pad = ops.zeros((1,), dtype)
+    contributions = ops.concatenate([interval_counts - upper_shares, pad]) + ops.concatenate([pad, upper_shares])
+    previous = ops.zeros((num_bins,), dtype) if histogram is None else ops.cast(
+        ops.stop_gradient(ops.convert_to_tensor(histogram)), dtype
+    )
+    rate = ops.where(ops.sum(previous) != 0, ops.cast(momentum, dtype), ops.cast(1.0, dtype))
+    mixed = (1.0 - rate) * previous + rate * contributions
+    has_triplets = ops.sum(triplets) > 0
+    new_histogram = ops.where(has_triplets, divide_or_zero(mixed, ops.sum(mixed)), previous)
+    cdf = ops.cumsum(new_histogram)
+    loss_sums = ops.sum(weighted_sums * cdf[None, :], axis=1)
+    return loss_sums, triplets, new_histogram
+
+
+def dynamic_soft_margin(
+    labels,
+    embeddings,
+    ref_labels=None,
+    ref_embeddings=None,
+    *,
+    histogram=None,
+    min_val=-2.0,
+    num_bins=10,
+    momentum=0.01,
+    return_histogram=False,
+    multi_label=False,
+    remove_diagonal=None,
+    miner=None,
+):
+    """Per-query dynamic soft margin losses (the math of `DynamicSoftMargin`).
+
+    Each query's mean over its triplets of `CDF(d_ap − d_an)·(d_ap − d_an)`,
+    the CDF of the running histogram updated with this batch's margins
+    (`dynamic_soft_margin_terms`); 0 for a query without a triplet.
+
+    Args:
+        labels: Class ids `(N,)` of the queries (or, with `multi_label`,
+            0/1 rows `(N, C)`).
+        embeddings: Query embeddings `(N, D)`, L2-normalised here.
+        ref_labels, ref_embeddings: Optional reference `(R,)`, `(R, D)`.
+        histogram: The running histogram `(num_bins,)` before this batch
+            (`DynamicSoftMargin`'s `histogram_value()`); `None`: the first
+            call, whose histogram is this batch's own.
+        return_histogram: Also return the updated histogram.
+        remove_diagonal: Whether reference row a is query a itself; `None`:
+            only without a reference.
+        min_val, num_bins, momentum, multi_label, miner: As `DynamicSoftMargin`.
+
+    Returns:
+        The `(N,)` per-query losses, or `(losses, new_histogram)`.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> embeddings = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]])
+    >>> losses, new = tfm.losses.dynamic_soft_margin([0, 0, 1, 1], embeddings, return_histogram=True)
+    >>> [round(float(v), 4) for v in losses]
+    [-0.413, -0.4039, -0.4039, -0.413]
+    >>> [round(float(v), 2) for v in new]
+    [0.0, 0.0, 0.22, 0.5, 0.19, 0.09, 0.0, 0.0, 0.0, 0.0]
+    """
+    pairs = mine_pairs(
+        labels, embeddings, ref_labels, ref_embeddings, multi_label=multi_label, remove_diagonal=remove_diagonal
+    )
+    pairs = apply_miner(miner, pairs)
+    distances = pair_distances(pairs.embeddings, pairs.ref_embeddings, "euclidean", True)
+    loss_sums, counts, new_histogram = dynamic_soft_margin_terms(
+        distances, pairs.positive, pairs.negative, histogram, min_val, num_bins, momentum
+    )
+    losses = per_query((loss_sums, counts))
+    return (losses, new_histogram) if return_histogram else losses
+
+
+@keras.saving.register_keras_serializable(package="tfmetric")
+class DynamicSoftMargin(InBatchLoss):
+    """Dynamic soft margin loss (Zhang & Rusinkiewicz 2019, "Learning Local
+    Descriptors with a CDF-Based Dynamic Soft Margin", ICCV).
+
+    A triplet loss without a margin to tune: each triplet's margin
+    `x = d(a, p) − d(a, n)` (Euclidean distances of L2-normalised
+    embeddings, in [−2, 2]) is weighted by where it stands among the
+    margins seen so far, the CDF of a running histogram of them:
+
+    ```
+    h   ← normalise((1 − m)·h + m·histogram of this batch's margins)
+    ℓ   = mean over the triplets (a, p, n) of CDF_h(x)·x
+    ```
+
+    so the hardest triplets (largest x) get the largest weights, and the
+    weights follow the distribution as training improves it. The histogram
+    has `num_bins` nodes from `min_val` on, `Δ = 2|min_val| / num_bins`;
+    each margin shares its unit of mass between the two nodes around it.
+    As in PyTorch Metric Learning's `DynamicSoftMarginLoss` (same values
+    and gradients): the batch's histogram is its triplet count (not a
+    normalised histogram) when mixed with momentum `m`, so a batch of T
+    triplets weighs `m·T` against `1 − m` for the history; the first call
+    takes the batch's histogram alone; the weight is the CDF at the
+    margin's bin, and the gradient also flows through this batch's share of
+    the histogram. tfmetric differs where PyTorch Metric Learning fails with
+    an index error: margins beyond the nodes (e.g. x ≥ 1.6 with the
+    defaults) are clipped to the last node; it also keeps only the
+    histogram's values between calls (PyTorch Metric Learning keeps its
+    autograd graph, so a second `backward` fails). Its label-free mode
+    (row i of the batch matches row i of the reference, hardest negatives)
+    is not here.
+
+    The histogram is the loss's state, a non-trainable variable
+    (`histogram_value()`): `model.compile` makes it part of the model, so
+    it is updated in `fit` (on every backend, in `tf.function`, XLA and
+    JAX's compiled steps) and saved and restored with the model. Every call
+    updates it, as PyTorch Metric Learning's does, evaluation included.
+    Inside a bare `jax.jit`, call the loss in a `keras.StatelessScope` and
+    assign the scope's new value, or use the pure function
+    `tfm.losses.dynamic_soft_margin(..., histogram=..., return_histogram=True)`.
+    Memory and time O(N·R·B) (a sort per query row, B = `num_bins`), never
+    the N·R·R triplets.
+
+    Args:
+        min_val: The smallest margin of the histogram (its first node).
+        num_bins: Number of nodes of the histogram (at least 2).
+        momentum: The weight `m` of the batch's histogram.
+        reduction: `"sum_over_batch_size"` (the mean over triplets,
+            default), `"sum"`, or `None` for each anchor's mean.
+        name: Optional name of the loss.
+        cross_replica: Under a `tf.distribute` strategy, mine each replica's
+            anchors against the batches of all replicas (see the README).
+        multi_label: Labels are multi-hot rows `(N, C)`: a positive pair
+            shares at least one label, a negative pair none.
+        miner: A `tfm.miners` miner choosing the pairs; `None`: all of them.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> labels = np.array([0, 0, 1, 1])
+    >>> embeddings = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]])
+    >>> loss = tfm.DynamicSoftMargin()
+    >>> round(float(loss(labels, embeddings)), 4)
+    -0.4085
+    >>> round(float(loss.histogram_value().sum()), 4)
+    1.0
+    """
+
+    def __init__(
+        self,
+        min_val=-2.0,
+        num_bins=10,
+        momentum=0.01,
+        reduction="sum_over_batch_size",
+        name="dynamic_soft_margin",
+        cross_replica=False,
+        multi_label=False,
+        miner=None,
+    ):
+        super().__init__(reduction, name, cross_replica, multi_label, miner)
+        _check_dynamic_soft_margin(min_val, num_bins, momentum)
+        self.min_val = float(min_val)
+        self.num_bins = int(num_bins)
+        self.momentum = float(momentum)
+        self.state = LossState(name=f"{name}_state")
+        self.state.histogram = self.state.add_weight(
+            shape=(self.num_bins,), initializer="zeros", name="histogram", trainable=False, aggregation="mean"
+        )
+
+    def histogram_value(self):
+        """The running histogram, a NumPy array of `num_bins` entries (all zero before the first call)."""
+        return keras.ops.convert_to_numpy(self.state.histogram)
+
+    def pair_terms(self, embeddings, ref_embeddings, positive, negative):
+        distances = pair_distances(embeddings, ref_embeddings, "euclidean", True)
+        loss_sums, counts, new_histogram = dynamic_soft_margin_terms(
+            distances, positive, negative, self.state.histogram, self.min_val, self.num_bins, self.momentum
+        )
+        self.state.histogram.assign(ops.cast(ops.stop_gradient(new_histogram), self.state.histogram.dtype))
+        return loss_sums, counts
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"min_val": self.min_val, "num_bins": self.num_bins, "momentum": self.momentum})
+        return config

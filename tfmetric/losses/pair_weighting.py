@@ -1,0 +1,642 @@
+"""Further weightings of pairs and triplets: angular, tuplet margin, intra-pair variance, threshold-consistent margin.
+
+Notation: `x_i` are the L2-normalised embeddings (all four losses work on
+cosine similarities, as in PyTorch Metric Learning), `s(a, j) = x_a · x_j`
+the `(N, R)` similarities of the queries and the reference (the batch itself
+by default), `P(a)` the positives of query `a`, `Q(a)` its negatives.
+
+`Angular` and `TupletMargin` have one term per positive pair `(a, p)`, and
+their loss is the mean over positive pairs (PML's `MeanReducer` over
+`"pos_pair"` losses). `IntraPairVariance` and `ThresholdConsistentMargin`
+are global quantities (means over all the positive and all the negative
+pairs of the batch): their term functions return `(value · 1, 1)` for every
+query, so that the reduction gives the value and sample weights scale
+nothing.
+"""
+
+import math
+
+import keras
+from keras import ops
+
+from tfmetric.distances import l2_normalize
+from tfmetric.losses.base import (
+    InBatchLoss,
+    SimilarityLoss,
+    apply_miner,
+    divide_or_zero,
+    per_query,
+    row_logsumexp,
+    similarity_loss,
+)
+from tfmetric.mining import for_each_positive, mine_pairs, row_pick
+
+# Smallest sin²θ under the square root of `cos(θ − m)`: the derivative of
+# sin θ = √(1 − cos²θ) is infinite at cos θ = ±1.
+_TINY = 1e-12
+
+
+def _finite(name, value):
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number; received {value}.")
+    return value
+
+
+def _check_alpha(alpha):
+    alpha = _finite("alpha", alpha)
+    if not 0.0 < alpha < 90.0:
+        raise ValueError(f"alpha is an angle in degrees in (0, 90); received {alpha}.")
+    return alpha
+
+
+def _check_tuplet(margin, scale):
+    margin, scale = _finite("margin", margin), _finite("scale", scale)
+    if not 0.0 <= margin < 180.0:
+        raise ValueError(f"margin is an angle in degrees in [0, 180); received {margin}.")
+    if scale <= 0:
+        raise ValueError(f"scale must be positive; received {scale}.")
+    return margin, scale
+
+
+def _check_nonnegative(**values):
+    for name, value in values.items():
+        if _finite(name, value) < 0:
+            raise ValueError(f"{name} must be >= 0; received {value}.")
+    return tuple(float(value) for value in values.values())
+
+
+def _masked_mean(values, mask):
+    """The mean of `values` over the True entries of `mask` (0 where there is none)."""
+    total = ops.sum(ops.where(mask, values, ops.zeros_like(values)))
+    return divide_or_zero(total, ops.sum(ops.cast(mask, values.dtype)))
+
+
+def _global(value, similarity):
+    """`(value · 1, 1)` for every query: the reduction's mean over queries gives `value`."""
+    ones = ops.ones((ops.shape(similarity)[0],), similarity.dtype)
+    return value * ones, ones
+
+
+# ---------------------------------------------------------------- angular
+
+
+def _angular_constants(alpha):
+    tan_squared = math.tan(math.radians(_check_alpha(alpha))) ** 2
+    return 4.0 * tan_squared, 2.0 * (1.0 + tan_squared)
+
+
+def angular_terms(queries, reference, positive, negative, alpha=40.0):
+    """Per-query sums of the angular losses of its positive pairs, and its number of positives.
+
+    For the positive pair `(a, p)` of the unit vectors `x_a` (a row of
+    `queries`) and `x_p` (a row of `reference`), over the negatives `n` of `a`:
+
+    `ℓ_ap = log(1 + Σ_{n∈Q(a)} exp(4 tan²α (x_a + x_p)·x_n − 2 (1 + tan²α) x_a·x_p))`.
+
+    `(x_a + x_p)·x_n = s(a, n) + x_p·x_n`: one `(N, D) × (D, R)` product per
+    positive slot (`tfm.mining.for_each_positive`), never an N·R·R tensor.
+    The slots run in a loop without gradient; the gradient (a second pass
+    over the slots, scaled by the incoming gradient) is attached with
+    `keras.ops.custom_gradient`, so it works where loops of data-dependent
+    length cannot be differentiated (JAX). Memory O(N·R + (N + R)·D).
+
+    Why not `tfm.mining.attach_gradient` (a loop that returns d loss / d
+    matrix, joined outside it)? The logits hold products of two reference
+    rows (`x_p·x_n`), so the loss is no function of one `(N, R)` matrix:
+    joining differentiable results outside the loop would take an
+    `(N, k, D)` stack of the slots' results (k the most positives of a
+    query) or the `(R, R)` products of the reference rows, while the
+    backward pass here needs only the incoming per-query gradient. It
+    returns the gradient with respect to the queries and to the reference
+    rows; where a row is both (a reference that begins with the batch, as
+    in `tfm.CrossBatchMemory`), autodiff adds the two.
+
+    Args:
+        queries: Unit vectors `(N, D)`.
+        reference: Unit vectors `(R, D)` (may be `queries` itself).
+        positive, negative: Boolean `(N, R)` masks.
+        alpha: The angle α, in degrees, in (0, 90).
+
+    Returns:
+        `(loss_sums, term_counts)`, both `(N,)`.
+    """
+    pull, push = _angular_constants(alpha)
+    counts = ops.sum(ops.cast(positive, queries.dtype), axis=1)
+
+    def slot_logits(x, ref, similarity, slot_positive):
+        positive_rows = ops.take(ref, slot_positive, axis=0)
+        logits = pull * (similarity + ops.matmul(positive_rows, ops.transpose(ref)))
+        return logits - push * row_pick(similarity, slot_positive)[:, None], positive_rows
+
+    # Every tensor the function uses is one of its arguments (the masks as
+    # 0/1 floats, with zero gradients): JAX's custom gradients cannot close
+    # over the tracers of an enclosing trace (this loss jitted inside a
+    # jitted, differentiated function).
+    @ops.custom_gradient
+    def loss_sums(x, ref, positive_ones, negative_ones):
+        x, ref = ops.stop_gradient(x), ops.stop_gradient(ref)
+        positive, negative = positive_ones > 0.5, negative_ones > 0.5
+        similarity = ops.matmul(x, ops.transpose(ref))
+
+        def forward(slot_positive, has_slot, sums):
+            logits, _ = slot_logits(x, ref, similarity, slot_positive)
+            value = row_logsumexp(logits, negative, add_one=True)
+            return (sums + ops.where(has_slot, value, ops.zeros_like(value)),)
+
+        (sums,) = for_each_positive(positive, forward, (ops.zeros((ops.shape(x)[0],), x.dtype),))
+
+        def gradient(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            upstream = ops.cast(upstream, x.dtype)
+            num_rows = ops.shape(ref)[0]
+
+            def backward(slot_positive, has_slot, grad_x, grad_ref):
+                logits, positive_rows = slot_logits(x, ref, similarity, slot_positive)
+                value = row_logsumexp(logits, negative, add_one=True)
+                # d ℓ / d logit(a, n): the softmax weight of n, the 1 included
+                # in the normaliser; times the incoming gradient of query a.
+                scale = ops.where(has_slot, upstream, ops.zeros_like(upstream))
+                exponents = ops.where(negative, logits - value[:, None], ops.full_like(logits, float("-inf")))
+                weights = ops.exp(exponents) * scale[:, None]
+                total = ops.sum(weights, axis=1)
+                weighted_negatives = ops.matmul(weights, ref)
+                # d/dx_a: 4t² Σ_n w x_n − 2(1 + t²) (Σ_n w) x_p.
+                grad_x = grad_x + pull * weighted_negatives - push * total[:, None] * positive_rows
+                # d/dx_n: 4t² Σ_a w (x_a + x_p).
+                grad_ref = grad_ref + pull * ops.matmul(ops.transpose(weights), x + positive_rows)
+                # d/dx_p: 4t² Σ_n w x_n − 2(1 + t²) (Σ_n w) x_a, summed over the queries of slot p.
+                one_hot = ops.one_hot(slot_positive, num_rows, dtype=x.dtype) * ops.cast(has_slot, x.dtype)[:, None]
+                by_positive = pull * weighted_negatives - push * total[:, None] * x
+                return grad_x, grad_ref + ops.matmul(ops.transpose(one_hot), by_positive)
+
+            grad_x, grad_ref = for_each_positive(positive, backward, (ops.zeros_like(x), ops.zeros_like(ref)))
+            return grad_x, grad_ref, ops.zeros_like(positive_ones), ops.zeros_like(negative_ones)
+
+        return sums, gradient
+
+    dtype = queries.dtype
+    return loss_sums(queries, reference, ops.cast(positive, dtype), ops.cast(negative, dtype)), counts
+
+
+def _unit_pair(embeddings, ref_embeddings):
+    queries = l2_normalize(embeddings)
+    return queries, queries if ref_embeddings is embeddings else l2_normalize(ref_embeddings)
+
+
+def angular(
+    labels,
+    embeddings,
+    ref_labels=None,
+    ref_embeddings=None,
+    *,
+    alpha=40.0,
+    multi_label=False,
+    remove_diagonal=None,
+    miner=None,
+):
+    """Per-query angular losses (the math of `Angular`): each query's mean over its positive pairs.
+
+    Args:
+        labels: Class ids `(N,)` of the queries (or, with `multi_label`,
+            0/1 rows `(N, C)`).
+        embeddings: Query embeddings `(N, D)`.
+        ref_labels, ref_embeddings: Optional reference `(R,)`, `(R, D)`:
+            positives and negatives are reference rows. O(N·R) memory.
+        remove_diagonal: Whether reference row a is query a itself (the
+            queries come first in the reference); `None`: only without a
+            reference.
+        alpha, multi_label: As `Angular`.
+        miner: A `tfm.miners` miner that narrows the pairs first.
+
+    Returns:
+        The `(N,)` per-query losses, 0 for a query without a positive.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> embeddings = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]])
+    >>> [round(float(v), 4) for v in tfm.losses.angular([0, 0, 1, 1], embeddings)]
+    [0.3124, 0.3124, 0.3124, 0.3124]
+    """
+    _check_alpha(alpha)
+    pairs = mine_pairs(labels, embeddings, ref_labels, ref_embeddings, multi_label=multi_label,
+                       remove_diagonal=remove_diagonal)
+    pairs = apply_miner(miner, pairs)
+    queries, reference = _unit_pair(pairs.embeddings, pairs.ref_embeddings)
+    return per_query(angular_terms(queries, reference, pairs.positive, pairs.negative, alpha))
+
+
+@keras.saving.register_keras_serializable(package="tfmetric")
+class Angular(InBatchLoss):
+    """Angular loss (Wang, Zhou, Wen, Liu & Lin 2017, "Deep Metric Learning
+    with Angular Loss", https://arxiv.org/abs/1708.01682), N-pair form.
+
+    The triangle of an anchor, its positive and a negative should have an
+    angle at the negative below α: with unit vectors `x` and the pair's
+    centre `(x_a + x_p) / 2`, the paper's bound `‖x_a − x_p‖² ≤ 4 tan²α
+    ‖x_n − x_c‖²` becomes a logit per negative, and each positive pair is
+    contrasted with all the negatives of its anchor:
+
+    ```
+    f(a, p, n) = 4 tan²α (x_a + x_p)·x_n − 2 (1 + tan²α) x_a·x_p
+    ℓ(a, p) = log(1 + Σ_{n∈Q(a)} exp f(a, p, n))
+    loss = mean of ℓ(a, p) over all positive pairs (a, p)
+    ```
+
+    This is PyTorch Metric Learning's `AngularLoss` (same default α = 40°,
+    in degrees; same mean over positive pairs). One difference: PML
+    normalises the anchors and positives but uses the negatives' embeddings
+    as they are; here every embedding is L2-normalised, as in the paper. On
+    unit-norm inputs the values are the same, and the gradients the same up
+    to their component along each embedding (which normalisation removes).
+
+    Memory O(N·R): the positive pairs are visited one slot at a time
+    (`tfm.mining.for_each_positive`), each a `(N, D) × (D, R)` product.
+
+    Args:
+        alpha: The angle α in degrees, in (0, 90) (paper: 36°–55°).
+        reduction: `"sum_over_batch_size"` (the mean above, default),
+            `"sum"`, or `None` for each anchor's mean over its positives.
+        name: Optional name of the loss.
+        cross_replica: Under a `tf.distribute` strategy, mine each replica's
+            anchors against the batches of all replicas (see the README).
+        multi_label: Labels are multi-hot rows `(N, C)`: a positive pair
+            shares at least one label, a negative pair none.
+        miner: As `tfm.losses.base.InBatchLoss`.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> labels = np.array([0, 0, 1, 1])
+    >>> embeddings = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]])
+    >>> round(float(tfm.Angular()(labels, embeddings)), 4)
+    0.3124
+    """
+
+    def __init__(self, alpha=40.0, reduction="sum_over_batch_size", name="angular", cross_replica=False,
+                 multi_label=False, miner=None):
+        super().__init__(reduction, name, cross_replica, multi_label, miner)
+        self.alpha = _check_alpha(alpha)
+
+    def pair_terms(self, embeddings, ref_embeddings, positive, negative):
+        queries, reference = _unit_pair(embeddings, ref_embeddings)
+        return angular_terms(queries, reference, positive, negative, self.alpha)
+
+    def get_config(self):
+        config = super().get_config()
+        config["alpha"] = self.alpha
+        return config
+
+
+# ---------------------------------------------------------------- tuplet margin
+
+
+def tuplet_margin_terms(similarity, positive, negative, margin=5.73, scale=64.0):
+    """Per-query sums of the tuplet margin losses of its positive pairs, and its number of positives.
+
+    `ℓ_ap = log(1 + Σ_{n∈Q(a)} exp(γ (s(a, n) − cos(θ_ap − m))))`, `θ_ap =
+    arccos s(a, p)`, `m` the margin in degrees, `γ` the scale; computed as
+    `softplus(log Σ_n exp(γ s(a, n)) − γ cos(θ_ap − m))`, O(N·R).
+    """
+    margin, scale = _check_tuplet(margin, scale)
+    radians = math.radians(margin)
+    cosine = ops.clip(similarity, -1.0, 1.0)
+    sine_squared = 1.0 - ops.square(cosine)
+    sine = ops.sqrt(ops.where(sine_squared > _TINY, sine_squared, ops.full_like(sine_squared, _TINY)))
+    # cos(θ − m) = cos θ cos m + sin θ sin m, with sin θ ≥ 0 on [0, π].
+    target = cosine * math.cos(radians) + sine * math.sin(radians)
+    negatives = row_logsumexp(scale * similarity, negative)
+    has_negative = ops.any(negative, axis=1)
+    terms = ops.softplus(negatives[:, None] - scale * target)
+    keep = ops.logical_and(positive, has_negative[:, None])
+    sums = ops.sum(ops.where(keep, terms, ops.zeros_like(terms)), axis=1)
+    return sums, ops.sum(ops.cast(positive, similarity.dtype), axis=1)
+
+
+def tuplet_margin(
+    labels,
+    embeddings,
+    ref_labels=None,
+    ref_embeddings=None,
+    *,
+    margin=5.73,
+    scale=64.0,
+    multi_label=False,
+    remove_diagonal=None,
+    miner=None,
+):
+    """Per-query tuplet margin losses (the math of `TupletMargin`): each query's mean over its positive pairs.
+
+    The arguments are those of `tfm.losses.angular` and `TupletMargin`.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> embeddings = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]])
+    >>> [round(float(v), 4) for v in tfm.losses.tuplet_margin([0, 0, 1, 1], embeddings, scale=8.0)]
+    [0.0011, 0.1224, 0.1224, 0.0011]
+    """
+    return similarity_loss(
+        tuplet_margin_terms, labels, embeddings, ref_labels, ref_embeddings, normalize=True,
+        multi_label=multi_label, remove_diagonal=remove_diagonal, miner=miner, margin=margin, scale=scale,
+    )
+
+
+class _CosineLoss(SimilarityLoss):
+    """A `SimilarityLoss` on cosine similarities only (no `normalize` option)."""
+
+    def __init__(self, reduction, name, cross_replica, multi_label, miner):
+        super().__init__(True, reduction, name, cross_replica, multi_label, miner)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["normalize"]
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfmetric")
+class TupletMargin(_CosineLoss):
+    """Tuplet margin loss (Yu & Tao 2019, "Deep Metric Learning with Tuplet
+    Margin Loss", ICCV, https://openaccess.thecvf.com/content_ICCV_2019/html/Yu_Deep_Metric_Learning_With_Tuplet_Margin_Loss_ICCV_2019_paper.html).
+
+    An N-pair loss on scaled cosines in which the positive's angle gets a
+    slack `m` (it is compared as `θ_ap − m`), so that positives are not
+    pulled all the way together:
+
+    ```
+    ℓ(a, p) = log(1 + Σ_{n∈Q(a)} exp(γ (cos θ_an − cos(θ_ap − m))))
+    loss = mean of ℓ(a, p) over all positive pairs (a, p)
+    ```
+
+    PyTorch Metric Learning's `TupletMarginLoss`, same defaults (`m = 5.73°`,
+    in degrees, `γ = 64`) and the same mean over positive pairs (a pair
+    whose anchor has no negative counts with loss 0). The gradient stays
+    finite where a positive pair coincides (PML's `acos` has an infinite
+    derivative there): `sin θ` is floored at 1e-6. The paper's
+    intra-pair variance regulariser is `IntraPairVariance`, added
+    separately (`TupletMargin()(y, x) + 0.5 * IntraPairVariance()(y, x)`, say).
+
+    Args:
+        margin: The slack `m` in degrees, in [0, 180).
+        scale: The scale `γ` > 0.
+        reduction: `"sum_over_batch_size"` (the mean above, default),
+            `"sum"`, or `None` for each anchor's mean over its positives.
+        name, cross_replica, multi_label, miner: As `Angular`.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> labels = np.array([0, 0, 1, 1])
+    >>> embeddings = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]])
+    >>> round(float(tfm.TupletMargin(scale=8.0)(labels, embeddings)), 4)
+    0.0617
+    """
+
+    def __init__(self, margin=5.73, scale=64.0, reduction="sum_over_batch_size", name="tuplet_margin",
+                 cross_replica=False, multi_label=False, miner=None):
+        super().__init__(reduction, name, cross_replica, multi_label, miner)
+        self.margin, self.scale = _check_tuplet(margin, scale)
+
+    def similarity_terms(self, similarity, positive, negative):
+        return tuplet_margin_terms(similarity, positive, negative, self.margin, self.scale)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"margin": self.margin, "scale": self.scale})
+        return config
+
+
+# ---------------------------------------------------------------- intra-pair variance
+
+
+def intra_pair_variance_terms(similarity, positive, negative, pos_eps=0.01, neg_eps=0.01):
+    """The intra-pair variance loss of all the pairs, `(value · 1, 1)` for every query.
+
+    `value = mean_{(a,p)} relu((1 − ε₊) μ₊ − s(a, p))² + mean_{(a,n)} relu(s(a, n) − (1 + ε₋) μ₋)²`,
+    `μ₊`, `μ₋` the means of the positive and of the negative similarities
+    (each mean 0 without pairs; the means are differentiated too).
+    """
+    pos_eps, neg_eps = _check_nonnegative(pos_eps=pos_eps, neg_eps=neg_eps)
+    mean_positive = _masked_mean(similarity, positive)
+    mean_negative = _masked_mean(similarity, negative)
+    pull = ops.square(ops.relu((1.0 - pos_eps) * mean_positive - similarity))
+    push = ops.square(ops.relu(similarity - (1.0 + neg_eps) * mean_negative))
+    return _global(_masked_mean(pull, positive) + _masked_mean(push, negative), similarity)
+
+
+def intra_pair_variance(
+    labels,
+    embeddings,
+    ref_labels=None,
+    ref_embeddings=None,
+    *,
+    pos_eps=0.01,
+    neg_eps=0.01,
+    multi_label=False,
+    remove_diagonal=None,
+    miner=None,
+):
+    """The intra-pair variance loss (the math of `IntraPairVariance`), repeated for every query.
+
+    A global quantity: every entry of the `(N,)` result is the loss. The
+    arguments are those of `tfm.losses.angular` and `IntraPairVariance`.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> embeddings = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]])
+    >>> [round(float(v), 4) for v in tfm.losses.intra_pair_variance([0, 0, 1, 1], embeddings)]
+    [0.09, 0.09, 0.09, 0.09]
+    """
+    return similarity_loss(
+        intra_pair_variance_terms, labels, embeddings, ref_labels, ref_embeddings, normalize=True,
+        multi_label=multi_label, remove_diagonal=remove_diagonal, miner=miner, pos_eps=pos_eps, neg_eps=neg_eps,
+    )
+
+
+@keras.saving.register_keras_serializable(package="tfmetric")
+class IntraPairVariance(_CosineLoss):
+    """Intra-pair variance loss (Yu & Tao 2019, "Deep Metric Learning with
+    Tuplet Margin Loss", ICCV): the regulariser that keeps the similarities
+    of the positive pairs, and those of the negative pairs, close to their
+    means.
+
+    ```
+    μ₊ = mean of s(a, p) over the positive pairs,  μ₋ = over the negative pairs
+    loss = mean_{(a,p)} relu((1 − ε₊) μ₊ − s(a, p))²
+         + mean_{(a,n)} relu(s(a, n) − (1 + ε₋) μ₋)²
+    ```
+
+    Positive pairs much less similar than their mean, and negative pairs
+    much more similar than theirs, are penalised; the means are part of the
+    gradient. PyTorch Metric Learning's `IntraPairVarianceLoss` with its
+    default cosine similarity, same defaults and values (each part 0
+    without pairs of its kind).
+
+    A global quantity (means over all the pairs of the batch, not a mean
+    over per-query terms): every query's loss is the whole value, and
+    sample weights scale nothing (the reduction's weighted mean of equal
+    values). Under `cross_replica`, the pairs of the global batch.
+
+    Args:
+        pos_eps: `ε₊` ≥ 0.
+        neg_eps: `ε₋` ≥ 0.
+        reduction: `"sum_over_batch_size"` (the value, default), `"sum"`
+            (N times the value), or `None` (the value for every query).
+        name, cross_replica, multi_label, miner: As `Angular`.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> labels = np.array([0, 0, 1, 1])
+    >>> embeddings = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]])
+    >>> round(float(tfm.IntraPairVariance()(labels, embeddings)), 4)
+    0.09
+    """
+
+    def __init__(self, pos_eps=0.01, neg_eps=0.01, reduction="sum_over_batch_size", name="intra_pair_variance",
+                 cross_replica=False, multi_label=False, miner=None):
+        super().__init__(reduction, name, cross_replica, multi_label, miner)
+        self.pos_eps, self.neg_eps = _check_nonnegative(pos_eps=pos_eps, neg_eps=neg_eps)
+
+    def similarity_terms(self, similarity, positive, negative):
+        return intra_pair_variance_terms(similarity, positive, negative, self.pos_eps, self.neg_eps)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"pos_eps": self.pos_eps, "neg_eps": self.neg_eps})
+        return config
+
+
+# ---------------------------------------------------------------- threshold-consistent margin
+
+
+def _check_margins(margin_plus, margin_minus):
+    margin_plus, margin_minus = _finite("margin_plus", margin_plus), _finite("margin_minus", margin_minus)
+    if not -1.0 <= margin_minus <= 1.0 or not -1.0 <= margin_plus <= 1.0:
+        raise ValueError(
+            f"margin_plus and margin_minus are cosine similarities in [-1, 1]; received {margin_plus} and "
+            f"{margin_minus}."
+        )
+    return margin_plus, margin_minus
+
+
+def threshold_consistent_margin_terms(similarity, positive, negative, lambda_plus=1.0, lambda_minus=1.0,
+                                      margin_plus=0.9, margin_minus=0.5):
+    """The threshold-consistent margin loss of all the pairs, `(value · 1, 1)` for every query.
+
+    `value = λ₊ mean_{s(a,p) ≤ m₊} (m₊ − s(a, p)) + λ₋ mean_{s(a,n) ≥ m₋} (s(a, n) − m₋)`,
+    each mean over the pairs of its kind on the wrong side of the margin
+    (0 where there is none).
+    """
+    lambda_plus, lambda_minus = _check_nonnegative(lambda_plus=lambda_plus, lambda_minus=lambda_minus)
+    margin_plus, margin_minus = _check_margins(margin_plus, margin_minus)
+    low_positive = ops.logical_and(positive, similarity <= margin_plus)
+    high_negative = ops.logical_and(negative, similarity >= margin_minus)
+    value = lambda_plus * _masked_mean(margin_plus - similarity, low_positive) + lambda_minus * _masked_mean(
+        similarity - margin_minus, high_negative
+    )
+    return _global(value, similarity)
+
+
+def threshold_consistent_margin(
+    labels,
+    embeddings,
+    ref_labels=None,
+    ref_embeddings=None,
+    *,
+    lambda_plus=1.0,
+    lambda_minus=1.0,
+    margin_plus=0.9,
+    margin_minus=0.5,
+    multi_label=False,
+    remove_diagonal=None,
+    miner=None,
+):
+    """The threshold-consistent margin loss (the math of `ThresholdConsistentMargin`), repeated for every query.
+
+    A global quantity: every entry of the `(N,)` result is the loss. The
+    arguments are those of `tfm.losses.angular` and
+    `ThresholdConsistentMargin`.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> embeddings = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]])
+    >>> [round(float(v), 4) for v in tfm.losses.threshold_consistent_margin([0, 0, 1, 1], embeddings)]
+    [0.2, 0.2, 0.2, 0.2]
+    """
+    return similarity_loss(
+        threshold_consistent_margin_terms, labels, embeddings, ref_labels, ref_embeddings, normalize=True,
+        multi_label=multi_label, remove_diagonal=remove_diagonal, miner=miner, lambda_plus=lambda_plus,
+        lambda_minus=lambda_minus, margin_plus=margin_plus, margin_minus=margin_minus,
+    )
+
+
+@keras.saving.register_keras_serializable(package="tfmetric")
+class ThresholdConsistentMargin(_CosineLoss):
+    """Threshold-consistent margin loss (Zhang, Li, Pun, Liu, Moeller,
+    Zhou & Tang 2023, "Threshold-Consistent Margin Loss for Open-World Deep
+    Metric Learning", https://arxiv.org/abs/2307.04047).
+
+    A regulariser that pushes the cosine similarities of positive pairs
+    above `m₊` and of negative pairs below `m₋`, so that one threshold
+    separates them equally well across classes; only the pairs on the wrong
+    side of their margin count:
+
+    ```
+    loss = λ₊ mean_{(a,p): s(a,p) ≤ m₊} (m₊ − s(a, p))
+         + λ₋ mean_{(a,n): s(a,n) ≥ m₋} (s(a, n) − m₋)
+    ```
+
+    PyTorch Metric Learning's `ThresholdConsistentMarginLoss`, same defaults
+    and values on a batch. (With a separate reference set, PML takes the
+    positive and negative rows from the batch instead of the reference;
+    here they are reference rows, as for every other loss.) The paper adds
+    it to a base loss: `tfm.MultiSimilarity()(y, x) +
+    tfm.ThresholdConsistentMargin()(y, x)`, say.
+
+    A global quantity (means over the pairs of the batch): every query's
+    loss is the whole value, and sample weights scale nothing.
+
+    Args:
+        lambda_plus: `λ₊` ≥ 0, the weight of the positive part.
+        lambda_minus: `λ₋` ≥ 0, the weight of the negative part.
+        margin_plus: `m₊`, a cosine similarity in [−1, 1].
+        margin_minus: `m₋`, a cosine similarity in [−1, 1].
+        reduction: `"sum_over_batch_size"` (the value, default), `"sum"`
+            (N times the value), or `None` (the value for every query).
+        name, cross_replica, multi_label, miner: As `Angular`.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> labels = np.array([0, 0, 1, 1])
+    >>> embeddings = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]])
+    >>> round(float(tfm.ThresholdConsistentMargin()(labels, embeddings)), 4)
+    0.2
+    """
+
+    def __init__(self, lambda_plus=1.0, lambda_minus=1.0, margin_plus=0.9, margin_minus=0.5,
+                 reduction="sum_over_batch_size", name="threshold_consistent_margin", cross_replica=False,
+                 multi_label=False, miner=None):
+        super().__init__(reduction, name, cross_replica, multi_label, miner)
+        self.lambda_plus, self.lambda_minus = _check_nonnegative(lambda_plus=lambda_plus, lambda_minus=lambda_minus)
+        self.margin_plus, self.margin_minus = _check_margins(margin_plus, margin_minus)
+
+    def similarity_terms(self, similarity, positive, negative):
+        return threshold_consistent_margin_terms(
+            similarity, positive, negative, self.lambda_plus, self.lambda_minus, self.margin_plus, self.margin_minus
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "lambda_plus": self.lambda_plus,
+            "lambda_minus": self.lambda_minus,
+            "margin_plus": self.margin_plus,
+            "margin_minus": self.margin_minus,
+        })
+        return config

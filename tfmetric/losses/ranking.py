@@ -1,0 +1,725 @@
+"""Ranking losses: FastAP, Smooth-AP, PNP, ranked list.
+
+Each query ranks the reference rows (the batch itself by default) by
+distance or similarity; these losses make its positives come first.
+Notation: `d` / `s` is the `(N, R)` distance / similarity matrix of the
+queries and the reference, `P(a)` the positives of query `a`, `Q(a)` its
+negatives, `σ` the logistic sigmoid.
+
+Memory: the ranked list loss works on `(N, R)` tensors, FastAP on
+`(N, R, num_bins + 1)` ones. Smooth-AP
+and PNP compare, for every query, every reference row with every positive:
+they build `(N, R, R)` tensors (a few of them are kept for the gradient),
+as the papers' and PyTorch Metric Learning's implementations do. In
+float32 one such tensor takes 64 MiB for N = R = 256 and 4 GiB for
+N = R = 1024.
+"""
+
+import keras
+from keras import ops
+
+from tfmetric.losses.base import (
+    DistanceLoss,
+    SimilarityLoss,
+    check_choice,
+    distance_loss,
+    divide_or_zero,
+    similarity_loss,
+)
+
+# The largest distance between two unit vectors, by distance.
+UNIT_RANGE = {"squared_euclidean": 4.0, "euclidean": 2.0, "cosine": 2.0}
+PNP_VARIANTS = ("O", "Ds", "Dq", "Iu", "Ib")
+
+
+# ---------------------------------------------------------------- term functions
+
+
+def fast_ap_terms(distances, positive, negative, num_bins=10, max_distance=4.0):
+    """Per-query `1 − FastAP` and whether the query has a positive.
+
+    The distances are binned into `num_bins + 1` triangular bins centred at
+    `c_k = k·Δ`, `Δ = max_distance / num_bins` (each pair spreads a weight
+    `relu(1 − |d − c_k| / Δ)` over the two bins around it), giving
+    histograms `h⁺_k` of the positives and `h_k` of all candidates, and
+    their cumulative sums `H⁺_k`, `H_k`:
+
+    `FastAP_a = 1/|P(a)| · Σ_k h⁺_k H⁺_k / H_k` (bins with `H_k = 0` left out).
+
+    Memory O(N·R·(num_bins + 1)): the pulses of every pair in every bin
+    at once (a loop over the bins, O(N·R), compiles four times slower
+    under XLA); 46 MB in float32 for N = R = 1024 and 10 bins.
+    """
+    dtype = distances.dtype
+    pos = ops.cast(positive, dtype)
+    candidates = ops.cast(ops.logical_or(positive, negative), dtype)
+    delta = max_distance / num_bins
+    centres = ops.cast(ops.arange(num_bins + 1), dtype) * delta
+    pulse = ops.relu(1.0 - ops.abs(distances[:, :, None] - centres) / delta)
+    h_positive = ops.sum(pulse * pos[:, :, None], axis=1)
+    h_all = ops.sum(pulse * candidates[:, :, None], axis=1)
+    cumulative_positive = ops.cumsum(h_positive, axis=1)
+    cumulative_all = ops.cumsum(h_all, axis=1)
+    precision_sums = ops.sum(divide_or_zero(h_positive * cumulative_positive, cumulative_all), axis=1)
+    num_positives = ops.sum(pos, axis=1)
+    has_positive = num_positives > 0
+    losses = 1.0 - divide_or_zero(precision_sums, num_positives)
+    return ops.where(has_positive, losses, ops.zeros_like(losses)), ops.cast(has_positive, dtype)
+
+
+def _sigmoid(z):
+    """`σ(z)` to float32's relative precision in its tails too.
+
+    TensorFlow's float32 `sigmoid` on CPU is a fast approximation whose
+    relative error in the tails (|z| > ~10, where sharp temperatures put
+    most pairs) reaches 1e-3; `exp(−|z|)` is accurate there, never overflows,
+    and has a finite gradient everywhere.
+    """
+    # where, not abs: abs has no slope at 0, where a tie needs σ'(0) = 1/4.
+    positive = z >= 0
+    tail = ops.exp(ops.where(positive, -z, z))
+    return ops.where(positive, 1.0 / (1.0 + tail), tail / (1.0 + tail))
+
+
+def _pairwise_sigmoid(similarity, temperature):
+    """`σ((s[a, j] − s[a, p]) / τ)` at `[a, p, j]`: whether j ranks before p for query a, `(N, R, R)`."""
+    return _sigmoid((similarity[:, None, :] - similarity[:, :, None]) / temperature)
+
+
+def _count_before(before, mask):
+    """`Σ_j before[a, p, j]·mask[a, j]`, `(N, R)`."""
+    return ops.squeeze(ops.matmul(before, mask[:, :, None]), axis=-1)
+
+
+def smooth_ap_terms(similarity, positive, negative, temperature=0.01):
+    """Per-query `1 − Smooth-AP` and whether the query has a positive.
+
+    `rank(p) = 1 + Σ_{j∈P(a)∪Q(a), j≠p} σ((s_aj − s_ap)/τ)`, `rank⁺(p)` the
+    same over `j∈P(a)`; `AP_a = 1/|P(a)| Σ_{p∈P(a)} rank⁺(p) / rank(p)`.
+
+    Memory O(N·R²).
+    """
+    dtype = similarity.dtype
+    pos = ops.cast(positive, dtype)
+    candidates = ops.cast(ops.logical_or(positive, negative), dtype)
+    before = _pairwise_sigmoid(similarity, temperature)
+    # j = p is in the sums with σ(0) = 1/2: take it out.
+    rank = 0.5 + _count_before(before, candidates)
+    positive_rank = 0.5 + _count_before(before, pos)
+    num_positives = ops.sum(pos, axis=1)
+    has_positive = num_positives > 0
+    precision = ops.sum(pos * positive_rank / rank, axis=1)
+    losses = 1.0 - divide_or_zero(precision, num_positives)
+    return ops.where(has_positive, losses, ops.zeros_like(losses)), ops.cast(has_positive, dtype)
+
+
+def pnp_terms(similarity, positive, negative, b=2.0, alpha=1.0, anneal=0.01, variant="O"):
+    """Per-query PNP losses and whether the query has a positive.
+
+    `n(p) = Σ_{j∈Q(a)} σ((s_aj − s_ap)/anneal)`, the negatives ranked before
+    positive p; `ℓ_a = 1/|P(a)| Σ_{p∈P(a)} f(n(p))` with `f` by variant
+    (`"Dq"`: `ℓ_a = 1 − 1/|P(a)| Σ_p f(n(p))`), see `PNP`.
+
+    Memory O(N·R²).
+    """
+    dtype = similarity.dtype
+    pos = ops.cast(positive, dtype)
+    before = _count_before(_pairwise_sigmoid(similarity, anneal), ops.cast(negative, dtype))
+    if variant == "O":
+        values = before
+    elif variant == "Ds":
+        values = ops.log1p(before)
+    elif variant == "Dq":
+        values = ops.exp(-alpha * ops.log1p(before))
+    elif variant == "Iu":
+        values = (1.0 + before) * ops.log1p(before)
+    else:
+        values = (b * before - ops.log1p(b * before)) / b**2
+    num_positives = ops.sum(pos, axis=1)
+    has_positive = num_positives > 0
+    losses = divide_or_zero(ops.sum(pos * values, axis=1), num_positives)
+    if variant == "Dq":
+        losses = 1.0 - losses
+    return ops.where(has_positive, losses, ops.zeros_like(losses)), ops.cast(has_positive, dtype)
+
+
+def _weighted_mean(values, logits, mask, epsilon):
+    """Row-wise `Σ_mask e^logits·values / (Σ_mask e^logits + epsilon)`, shifted against overflow."""
+    # Not -inf outside the mask (XLA on CPU made NaNs of it): the row's least
+    # logit, which leaves the largest in the mask the maximum.
+    floor = ops.min(logits, axis=1, keepdims=True)
+    has_terms = ops.any(mask, axis=1)
+    shift = ops.stop_gradient(ops.max(ops.where(mask, logits, floor), axis=1))
+    shift = ops.where(has_terms, shift, ops.zeros_like(shift))
+    # No inf anywhere (XLA may evaluate exp outside the mask): exp(0) there, then 0.
+    shifted = ops.where(mask, logits - shift[:, None], ops.zeros_like(logits))
+    weights = ops.where(mask, ops.exp(shifted), ops.zeros_like(logits))
+    total = ops.sum(weights * ops.where(mask, values, ops.zeros_like(values)), axis=1)
+    # ≥ 1 in exact arithmetic (the largest weight is e^0); at scales float32
+    # cannot resolve (|T·d| ~ 1e15), XLA's recomputed logits can underflow
+    # every weight: 0 then rather than NaN.
+    return divide_or_zero(total, ops.sum(weights, axis=1) + epsilon * ops.exp(-shift))
+
+
+def ranked_list_terms(distances, positive, negative, margin=0.4, Tn=10.0, imbalance=0.5, alpha=None, Tp=0.0):
+    """Per-query ranked list losses; every query counts once.
+
+    With `α` (`1 + margin/2` by default) and `c = α − margin`: the positives
+    farther than `c`, `P*`, and the negatives closer than `α`, `N*`, weighted
+    by `w_p = e^{Tp (d_ap − c)}`, `w_n = e^{Tn (α − d_an)}`;
+    `ε_a = 10⁻⁵ (1 + |P(a)| + |Q(a)|)`:
+
+    `ℓ_a = (1 − λ) Σ_{P*} w_p (d_ap − c) / (Σ_{P*} w_p + ε_a) + λ Σ_{N*} w_n (α − d_an) / (Σ_{N*} w_n + ε_a)`.
+    """
+    alpha = 1.0 + margin / 2 if alpha is None else alpha
+    dtype = distances.dtype
+    lower = alpha - margin
+    far_positive = ops.logical_and(positive, distances > lower)
+    close_negative = ops.logical_and(negative, distances < alpha)
+    rows = 1.0 + ops.sum(ops.cast(ops.logical_or(positive, negative), dtype), axis=1)
+    epsilon = 1e-5 * rows
+    pull = _weighted_mean(distances - lower, Tp * (distances - lower), far_positive, epsilon)
+    push = _weighted_mean(alpha - distances, Tn * (alpha - distances), close_negative, epsilon)
+    losses = (1.0 - imbalance) * pull + imbalance * push
+    return losses, ops.ones_like(losses)
+
+
+# ---------------------------------------------------------------- checks
+
+
+def _check_positive(**values):
+    for name, value in values.items():
+        if not value > 0:
+            raise ValueError(f"{name} must be positive; received {value}.")
+
+
+def _fast_ap_range(num_bins, distance, max_distance):
+    if int(num_bins) != num_bins or num_bins < 1:
+        raise ValueError(f"num_bins must be a positive integer; received {num_bins}.")
+    if max_distance is None:
+        return UNIT_RANGE[distance]
+    _check_positive(max_distance=max_distance)
+    return float(max_distance)
+
+
+def _check_pnp(b, alpha, anneal, variant):
+    check_choice("variant", variant, PNP_VARIANTS)
+    _check_positive(anneal=anneal)
+    if variant == "Ib":
+        _check_positive(b=b)
+    if variant == "Dq":
+        _check_positive(alpha=alpha)
+
+
+def _check_ranked_list(margin, imbalance, alpha):
+    if not 0 <= imbalance <= 1:
+        raise ValueError(f"imbalance must be between 0 and 1; received {imbalance}.")
+    if margin < 0:
+        raise ValueError(f"margin must be non-negative; received {margin}.")
+    if alpha is not None and alpha <= 0:
+        raise ValueError(f"alpha must be positive; received {alpha}.")
+
+
+# ---------------------------------------------------------------- pure functions
+
+
+def fast_ap(
+    labels,
+    embeddings,
+    ref_labels=None,
+    ref_embeddings=None,
+    *,
+    num_bins=10,
+    distance="squared_euclidean",
+    normalize=True,
+    max_distance=None,
+    multi_label=False,
+    remove_diagonal=None,
+    miner=None,
+):
+    """Per-query `1 − FastAP` (the math of `FastAP`), 0 for queries without a positive.
+
+    Args:
+        labels: Class ids `(N,)` of the queries (or, with `multi_label`,
+            0/1 rows `(N, C)`).
+        embeddings: Query embeddings `(N, D)`.
+        ref_labels, ref_embeddings: Optional reference `(R,)`, `(R, D)`;
+            each query ranks these R rows only.
+        remove_diagonal: Whether reference row a is query a itself (the
+            queries come first in the reference); `None`: only without a
+            reference.
+        miner: A `tfm.miners` miner that narrows the pairs first; `None`:
+            all of them.
+        num_bins, distance, normalize, max_distance, multi_label: As `FastAP`.
+
+    Returns:
+        The `(N,)` per-query losses.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> embeddings = np.array([[1.0, 0.0], [0.6, 0.8], [0.8, 0.6], [-0.6, 0.8]])
+    >>> [round(float(v), 4) for v in tfm.losses.fast_ap([0, 0, 1, 1], embeddings)]
+    [0.5, 0.5, 0.6667, 0.5]
+    """
+    check_choice("distance", distance, tuple(UNIT_RANGE))
+    return distance_loss(
+        fast_ap_terms,
+        labels,
+        embeddings,
+        ref_labels,
+        ref_embeddings,
+        distance=distance,
+        normalize=normalize,
+        multi_label=multi_label,
+        remove_diagonal=remove_diagonal,
+        miner=miner,
+        num_bins=int(num_bins),
+        max_distance=_fast_ap_range(num_bins, distance, max_distance),
+    )
+
+
+def smooth_ap(
+    labels,
+    embeddings,
+    ref_labels=None,
+    ref_embeddings=None,
+    *,
+    temperature=0.01,
+    normalize=True,
+    multi_label=False,
+    remove_diagonal=None,
+    miner=None,
+):
+    """Per-query `1 − Smooth-AP` (the math of `SmoothAP`), 0 for queries without a positive.
+
+    The arguments are those of `tfm.losses.fast_ap` and `SmoothAP`. With
+    `remove_diagonal=False` and no reference, each query is its own
+    positive (similarity 1), as in the paper's code and PyTorch Metric
+    Learning's `SmoothAPLoss`.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> embeddings = np.array([[1.0, 0.0], [0.6, 0.8], [0.8, 0.6], [-0.6, 0.8]])
+    >>> [round(float(v), 4) for v in tfm.losses.smooth_ap([0, 0, 1, 1], embeddings)]
+    [0.5, 0.5, 0.6667, 0.5]
+    """
+    _check_positive(temperature=temperature)
+    return similarity_loss(
+        smooth_ap_terms,
+        labels,
+        embeddings,
+        ref_labels,
+        ref_embeddings,
+        normalize=normalize,
+        multi_label=multi_label,
+        remove_diagonal=remove_diagonal,
+        miner=miner,
+        temperature=temperature,
+    )
+
+
+def pnp(
+    labels,
+    embeddings,
+    ref_labels=None,
+    ref_embeddings=None,
+    *,
+    b=2.0,
+    alpha=1.0,
+    anneal=0.01,
+    variant="O",
+    normalize=True,
+    multi_label=False,
+    remove_diagonal=None,
+    miner=None,
+):
+    """Per-query PNP losses (the math of `PNP`), 0 for queries without a positive.
+
+    The arguments are those of `tfm.losses.fast_ap` and `PNP`. With
+    `remove_diagonal=False` and no reference, each query is its own
+    positive, as in PyTorch Metric Learning's `PNPLoss`.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> embeddings = np.array([[1.0, 0.0], [0.6, 0.8], [0.8, 0.6], [-0.6, 0.8]])
+    >>> [round(float(v), 4) for v in tfm.losses.pnp([0, 0, 1, 1], embeddings)]
+    [1.0, 1.0, 2.0, 1.0]
+    """
+    _check_pnp(b, alpha, anneal, variant)
+    return similarity_loss(
+        pnp_terms,
+        labels,
+        embeddings,
+        ref_labels,
+        ref_embeddings,
+        normalize=normalize,
+        multi_label=multi_label,
+        remove_diagonal=remove_diagonal,
+        miner=miner,
+        b=b,
+        alpha=alpha,
+        anneal=anneal,
+        variant=variant,
+    )
+
+
+def ranked_list(
+    labels,
+    embeddings,
+    ref_labels=None,
+    ref_embeddings=None,
+    *,
+    margin,
+    Tn,
+    imbalance=0.5,
+    alpha=None,
+    Tp=0.0,
+    distance="euclidean",
+    normalize=True,
+    multi_label=False,
+    remove_diagonal=None,
+    miner=None,
+):
+    """Per-query ranked list losses (the math of `RankedList`).
+
+    The arguments are those of `tfm.losses.fast_ap` and `RankedList`.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> embeddings = np.array([[1.0, 0.0], [0.6, 0.8], [0.8, 0.6], [-0.6, 0.8]])
+    >>> [round(float(v), 4) for v in tfm.losses.ranked_list([0, 0, 1, 1], embeddings, margin=0.4, Tn=10.0)]
+    [0.331, 0.5057, 0.7605, 0.3071]
+    """
+    _check_ranked_list(margin, imbalance, alpha)
+    return distance_loss(
+        ranked_list_terms,
+        labels,
+        embeddings,
+        ref_labels,
+        ref_embeddings,
+        distance=distance,
+        normalize=normalize,
+        multi_label=multi_label,
+        remove_diagonal=remove_diagonal,
+        miner=miner,
+        margin=margin,
+        Tn=Tn,
+        imbalance=imbalance,
+        alpha=alpha,
+        Tp=Tp,
+    )
+
+
+# ---------------------------------------------------------------- classes
+
+
+@keras.saving.register_keras_serializable(package="tfmetric")
+class FastAP(DistanceLoss):
+    """FastAP (Cakir, He, Xia, Kulis and Sclaroff 2019, "Deep Metric Learning
+    to Rank", CVPR; no arXiv version, see the link below).
+
+    Average precision of each query's ranking of the batch, with the
+    distances quantised into soft histogram bins so that it has a gradient:
+    `num_bins + 1` triangular bins centred at `c_k = k·Δ`, `Δ = M / num_bins`,
+    each pair spreading a weight `relu(1 − |d − c_k| / Δ)` over the two bins
+    around its distance. With `h⁺_k` (positives) and `h_k` (positives and
+    negatives) the histograms of query a and `H⁺_k`, `H_k` their cumulative
+    sums (the positives and the items retrieved up to bin k):
+
+    ```
+    FastAP_a = 1/|P(a)| Σ_k h⁺_k · H⁺_k / H_k        (bins with H_k = 0 left out)
+    loss     = mean of (1 − FastAP_a) over the queries with a positive
+    ```
+
+    `M`, `max_distance`, defaults to the largest distance between unit
+    vectors (4 for `"squared_euclidean"`, 2 for `"euclidean"` and
+    `"cosine"`); pairs farther than `M + Δ` fall in no bin and are left out
+    of the ranking (set `max_distance` when `normalize=False`).
+
+    PyTorch Metric Learning's `FastAPLoss(num_bins)` (squared Euclidean
+    distances of L2-normalised embeddings): the same values. Memory
+    O(N·R·(num_bins + 1)).
+
+    Paper: https://openaccess.thecvf.com/content_CVPR_2019/html/Cakir_Deep_Metric_Learning_to_Rank_CVPR_2019_paper.html
+
+    Args:
+        num_bins: The number of bins' widths in `[0, M]` (PML's default 10).
+        distance: `"squared_euclidean"` (default, as the paper and PML),
+            `"euclidean"` or `"cosine"`.
+        normalize: L2-normalise the embeddings first (default).
+        max_distance: `M`; `None`: the range of the distance on the unit
+            sphere.
+        reduction: `"sum_over_batch_size"` (the mean above, default),
+            `"sum"`, or `None` for each query's loss.
+        name: Optional name of the loss.
+        cross_replica: Under a `tf.distribute` strategy, rank each replica's
+            queries against the batches of all replicas.
+        multi_label: Labels are multi-hot rows `(N, C)`: a positive pair
+            shares at least one label, a negative pair none.
+        miner: A `tfm.miners` miner that narrows the pairs; `None`: all.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> labels = np.array([0, 0, 1, 1])
+    >>> embeddings = np.array([[1.0, 0.0], [0.6, 0.8], [0.8, 0.6], [-0.6, 0.8]])
+    >>> round(float(tfm.FastAP()(labels, embeddings)), 4)
+    0.5417
+    """
+
+    def __init__(
+        self,
+        num_bins=10,
+        distance="squared_euclidean",
+        normalize=True,
+        max_distance=None,
+        reduction="sum_over_batch_size",
+        name="fast_ap",
+        cross_replica=False,
+        multi_label=False,
+        miner=None,
+    ):
+        check_choice("distance", distance, tuple(UNIT_RANGE))
+        super().__init__(distance, normalize, reduction, name, cross_replica, multi_label, miner)
+        self._range = _fast_ap_range(num_bins, distance, max_distance)
+        self.num_bins = int(num_bins)
+        self.max_distance = None if max_distance is None else float(max_distance)
+
+    def distance_terms(self, distances, positive, negative):
+        return fast_ap_terms(distances, positive, negative, self.num_bins, self._range)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"num_bins": self.num_bins, "max_distance": self.max_distance})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfmetric")
+class SmoothAP(SimilarityLoss):
+    """Smooth-AP (Brown, Xie, Kalogeiton and Zisserman 2020, "Smooth-AP:
+    Smoothing the Path Towards Large-Scale Image Retrieval", ECCV;
+    https://arxiv.org/abs/2007.12163).
+
+    Average precision of each query's ranking of the batch by cosine
+    similarity, each rank's step function replaced by a sigmoid of
+    temperature τ:
+
+    ```
+    rank(p)  = 1 + Σ_{j ∈ P(a) ∪ Q(a), j ≠ p} σ((s(a, j) − s(a, p)) / τ)
+    rank⁺(p) = 1 + Σ_{j ∈ P(a), j ≠ p}        σ((s(a, j) − s(a, p)) / τ)
+    AP_a     = 1/|P(a)| Σ_{p ∈ P(a)} rank⁺(p) / rank(p)
+    loss     = mean of (1 − AP_a) over the queries with a positive
+    ```
+
+    Any labels: classes of any sizes, in any order. PyTorch Metric
+    Learning's `SmoothAPLoss` (2.9) raises unless every class has equally
+    many examples, and then ignores the labels: it takes consecutive blocks
+    of C rows as the classes, C the number of classes in the batch, which
+    is right only for C classes of C examples each, in contiguous blocks.
+    It also counts each query as its own positive (similarity 1), as the
+    paper's code does; here a query is not its own positive. On PML's
+    batches, `tfm.losses.smooth_ap(labels, x, remove_diagonal=False)` gives
+    PML's per-query values (with `labels = arange(N) // C`, PML's blocks,
+    where the classes have other sizes).
+
+    Memory: `(N, R, R)` tensors (64 MiB each in float32 for N = R = 256,
+    4 GiB for N = R = 1024; the gradient keeps about three).
+
+    Args:
+        temperature: τ (PML's and the paper's default 0.01).
+        normalize: Cosine similarities (default), or raw dot products.
+        reduction, name, cross_replica, multi_label, miner: As `FastAP`.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> labels = np.array([0, 0, 1, 1])
+    >>> embeddings = np.array([[1.0, 0.0], [0.6, 0.8], [0.8, 0.6], [-0.6, 0.8]])
+    >>> round(float(tfm.SmoothAP()(labels, embeddings)), 4)
+    0.5417
+    """
+
+    def __init__(
+        self,
+        temperature=0.01,
+        normalize=True,
+        reduction="sum_over_batch_size",
+        name="smooth_ap",
+        cross_replica=False,
+        multi_label=False,
+        miner=None,
+    ):
+        super().__init__(normalize, reduction, name, cross_replica, multi_label, miner)
+        _check_positive(temperature=temperature)
+        self.temperature = float(temperature)
+
+    def similarity_terms(self, similarity, positive, negative):
+        return smooth_ap_terms(similarity, positive, negative, self.temperature)
+
+    def get_config(self):
+        config = super().get_config()
+        config["temperature"] = self.temperature
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfmetric")
+class PNP(SimilarityLoss):
+    """PNP loss (Li, Xu, Gao, Li and Zhang 2022, "Rethinking the Optimization
+    of Average Precision: Only Penalizing Negative Instances before Positive
+    Ones is Enough", AAAI; https://arxiv.org/abs/2102.04640).
+
+    For each positive p of query a, the number of negatives ranked before
+    it, smoothed by a sigmoid of temperature `anneal`, is penalised by an
+    increasing function `f` (the variant):
+
+    ```
+    n(p) = Σ_{j ∈ Q(a)} σ((s(a, j) − s(a, p)) / anneal)
+    ℓ_a  = 1/|P(a)| Σ_{p ∈ P(a)} f(n(p))        ("Dq": 1 − 1/|P(a)| Σ_p f(n(p)))
+    loss = mean of ℓ_a over the queries with a positive
+
+    "O":  f(n) = n                         "Ds": f(n) = log(1 + n)
+    "Dq": f(n) = (1 + n)^−α                "Iu": f(n) = (1 + n) log(1 + n)
+    "Ib": f(n) = (b n − log(1 + b n)) / b²
+    ```
+
+    "Ds" and "Dq" decrease the gradient as n grows (the paper's PNP-D),
+    "Iu" and "Ib" increase it (PNP-I, "Ib" bounded by 1/b).
+
+    PyTorch Metric Learning's `PNPLoss` counts each query as its own
+    positive when it has another one (and leaves out the queries without);
+    here a query is not its own positive.
+    `tfm.losses.pnp(labels, x, remove_diagonal=False)` gives PML's values on
+    batches where every query has another positive.
+
+    Memory: `(N, R, R)` tensors, as `SmoothAP`.
+
+    Args:
+        b: The `b` of "Ib" (PML's default 2).
+        alpha: The `α` of "Dq" (PML's default 1).
+        anneal: The sigmoid's temperature (PML's default 0.01).
+        variant: `"O"` (default), `"Ds"`, `"Dq"`, `"Iu"` or `"Ib"`.
+        normalize: Cosine similarities (default), or raw dot products.
+        reduction, name, cross_replica, multi_label, miner: As `FastAP`.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> labels = np.array([0, 0, 1, 1])
+    >>> embeddings = np.array([[1.0, 0.0], [0.6, 0.8], [0.8, 0.6], [-0.6, 0.8]])
+    >>> round(float(tfm.PNP()(labels, embeddings)), 4)
+    1.25
+    """
+
+    def __init__(
+        self,
+        b=2.0,
+        alpha=1.0,
+        anneal=0.01,
+        variant="O",
+        normalize=True,
+        reduction="sum_over_batch_size",
+        name="pnp",
+        cross_replica=False,
+        multi_label=False,
+        miner=None,
+    ):
+        super().__init__(normalize, reduction, name, cross_replica, multi_label, miner)
+        _check_pnp(b, alpha, anneal, variant)
+        self.b = float(b)
+        self.alpha = float(alpha)
+        self.anneal = float(anneal)
+        self.variant = variant
+
+    def similarity_terms(self, similarity, positive, negative):
+        return pnp_terms(similarity, positive, negative, self.b, self.alpha, self.anneal, self.variant)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"b": self.b, "alpha": self.alpha, "anneal": self.anneal, "variant": self.variant})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfmetric")
+class RankedList(DistanceLoss):
+    """Ranked list loss (Wang, Hua, Kodirov, Hu, Garnier and Robertson 2019,
+    "Ranked List Loss for Deep Metric Learning", CVPR;
+    https://arxiv.org/abs/1903.03238).
+
+    Each query's positives should lie within `α − m` and its negatives
+    beyond `α`; the violators are weighted by how far they are on the wrong
+    side (temperatures `Tp`, `Tn`):
+
+    ```
+    c      = α − m,   P* = {p ∈ P(a): d(a, p) > c},   N* = {n ∈ Q(a): d(a, n) < α}
+    w_p    = exp(Tp (d(a, p) − c)),   w_n = exp(Tn (α − d(a, n)))
+    ℓ_a    = (1 − λ) Σ_{P*} w_p (d(a, p) − c) / (Σ_{P*} w_p + ε_a)
+           +      λ  Σ_{N*} w_n (α − d(a, n)) / (Σ_{N*} w_n + ε_a)
+    loss   = mean of ℓ_a over all queries
+    ```
+
+    `ε_a = 10⁻⁵ (1 + |P(a)| + |Q(a)|)`: 10⁻⁵ per row of the batch, as in
+    PyTorch Metric Learning's `RankedListLoss`, whose values these are
+    (Euclidean distances of L2-normalised embeddings), except that PML
+    leaves out the pairs at distance exactly 0 (a negative that coincides
+    with the query, say), which count here. Tp = 0 weighs the positives
+    equally (the paper's RLL-Simpler).
+
+    Args:
+        margin: m, between the positives' boundary and the negatives'
+            (required, as in PML; the paper: 0.4).
+        Tn: The negatives' temperature (required; the paper: 10).
+        imbalance: λ, the weight of the negatives' term (0.5).
+        alpha: α, the negatives' boundary; `None`: `1 + m/2`.
+        Tp: The positives' temperature (0).
+        distance: `"euclidean"` (default), `"squared_euclidean"` or
+            `"cosine"`.
+        normalize: L2-normalise the embeddings first (default).
+        reduction, name, cross_replica, multi_label, miner: As `FastAP`.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> labels = np.array([0, 0, 1, 1])
+    >>> embeddings = np.array([[1.0, 0.0], [0.6, 0.8], [0.8, 0.6], [-0.6, 0.8]])
+    >>> round(float(tfm.RankedList(margin=0.4, Tn=10.0)(labels, embeddings)), 4)
+    0.4761
+    """
+
+    def __init__(
+        self,
+        margin,
+        Tn,
+        imbalance=0.5,
+        alpha=None,
+        Tp=0.0,
+        distance="euclidean",
+        normalize=True,
+        reduction="sum_over_batch_size",
+        name="ranked_list",
+        cross_replica=False,
+        multi_label=False,
+        miner=None,
+    ):
+        super().__init__(distance, normalize, reduction, name, cross_replica, multi_label, miner)
+        _check_ranked_list(margin, imbalance, alpha)
+        self.margin = float(margin)
+        self.Tn = float(Tn)
+        self.imbalance = float(imbalance)
+        self.alpha = 1.0 + self.margin / 2 if alpha is None else float(alpha)
+        self.Tp = float(Tp)
+
+    def distance_terms(self, distances, positive, negative):
+        return ranked_list_terms(
+            distances, positive, negative, self.margin, self.Tn, self.imbalance, self.alpha, self.Tp
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"margin": self.margin, "Tn": self.Tn, "imbalance": self.imbalance, "alpha": self.alpha, "Tp": self.Tp}
+        )
+        return config
