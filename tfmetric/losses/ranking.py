@@ -391,8 +391,8 @@ def ranked_list(
 
     >>> import numpy as np, tfmetric as tfm
     >>> embeddings = np.array([[1.0, 0.0], [0.6, 0.8], [0.8, 0.6], [-0.6, 0.8]])
-    >>> [round(float(v), 4) for v in tfm.losses.ranked_list([0, 0, 1, 1], embeddings, margin=0.4, Tn=10.0)]
-    [0.331, 0.5057, 0.7605, 0.3071]
+    >>> [round(float(v), 2) for v in tfm.losses.ranked_list([0, 0, 1, 1], embeddings, margin=0.4, Tn=10.0)]
+    [0.33, 0.51, 0.76, 0.31]
     """
     _check_ranked_list(margin, imbalance, alpha)
     return distance_loss(
