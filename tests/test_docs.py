@@ -6,6 +6,9 @@ import pkgutil
 
 import pytest
 
+import tfmetric.datasets.images
+import tfmetric.datasets.protocols
+import tfmetric.datasets.text
 import tfmetric.distances
 import tfmetric.evaluation
 import tfmetric.losses.center
@@ -36,6 +39,9 @@ from conftest import only_tensorflow
 @pytest.mark.parametrize(
     "module",
     [
+        tfmetric.datasets.images,
+        tfmetric.datasets.protocols,
+        tfmetric.datasets.text,
         tfmetric.distances,
         tfmetric.evaluation,
         tfmetric.losses.triplet,

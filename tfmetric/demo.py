@@ -1,7 +1,9 @@
 """`tfmetric demo`: a short, real training run that shows what tfmetric gives.
 
 Learns a 32-dimensional, L2-normalised embedding of scikit-learn's bundled 8×8
-digits (no download; `--dataset mnist|fashion_mnist` for users online) with
+digits (no download; `--dataset fashion_mnist` reads Debian's
+`dataset-fashion-mnist` where installed, `--data-dir` any copy of the IDX
+files, else MNIST/Fashion-MNIST download through `keras.datasets`) with
 P×K batches and an online-mined loss, writes a TensorBoard log directory (the
 projector with thumbnails, a PCA film of the held-out embeddings, retrieval
 metrics every epoch), and prints the held-out 1-NN accuracy and recall@1
@@ -56,15 +58,26 @@ def watchers(log_dir, x_test, y_test, image_shape):
     ]
 
 
-def run(loss="batch_hard", epochs=15, margin=0.5, seed=0, dataset="digits", log_dir=None, verbose=1, limit=None):
+def run(
+    loss="batch_hard",
+    epochs=15,
+    margin=0.5,
+    seed=0,
+    dataset="digits",
+    log_dir=None,
+    verbose=1,
+    limit=None,
+    data_dir=None,
+):
     """Trains, reports, and returns the figures as a dict.
 
     `loss` is a key of `tfm.losses.registry.LOSSES` or `PROXY_LOSSES`; `margin` applies to
     the losses whose margin is on distances. `log_dir` defaults to `tfmetric-logs/demo-<dataset>-<loss>`; `limit` keeps
-    the first examples of each split (for quick runs).
+    the first examples of each split (for quick runs); `data_dir` is where MNIST's or Fashion-MNIST's IDX
+    files are (see `tfm.datasets.load`: a system copy or a download otherwise).
     """
     keras.utils.set_random_seed(seed)
-    (x_train, y_train), (x_test, y_test), image_shape = load(dataset, seed, limit=limit)
+    (x_train, y_train), (x_test, y_test), image_shape = load(dataset, seed, limit=limit, data_dir=data_dir)
     log_dir = log_dir or os.path.join("tfmetric-logs", f"demo-{dataset}-{loss}")
     model = embedding_network(x_train.shape[1], 32, name=f"{dataset}_embedding")
     model.compile(
