@@ -52,3 +52,9 @@ def test_training_step_benchmark():
     )
     rows = table_rows(output, "batch_hard")
     assert len(rows) == 2 and all(row[-1].endswith("%") for row in rows)
+
+
+def test_search_benchmark():
+    output = run("search.py", "--sizes", "300", "--classes", "10")
+    rows = table_rows(output, "tfm.search")
+    assert len(rows) == 1 and rows[0][2] == "300"

@@ -59,6 +59,12 @@ def test_collapse_is_reported_plainly():
     model.compile(optimizer=keras.optimizers.SGD(0.0), loss=tfm.BatchHardTriplet(margin=0.5))
     with pytest.warns(tfm.callbacks.EmbeddingCollapseWarning, match="collapsed after epoch 1"):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[tfm.callbacks.RetrievalEvaluation(x, y)])
+    diverged = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, bias_initializer="ones")])
+    diverged.layers[-1].bias.assign(np.full(4, np.nan, "float32"))
+    with pytest.warns(RuntimeWarning, match="NaN or infinite values after epoch 1: retrieval metrics skipped"):
+        callback = tfm.callbacks.RetrievalEvaluation(x, y)
+        callback.set_model(diverged)
+        callback.on_epoch_end(0, {})
     rng = np.random.default_rng(0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

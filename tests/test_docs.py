@@ -32,6 +32,7 @@ import tfmetric.losses.triplet
 import tfmetric.losses.vicreg_loss
 import tfmetric.miners
 import tfmetric.recurrent
+import tfmetric.search
 
 from conftest import only_tensorflow
 
@@ -65,6 +66,7 @@ from conftest import only_tensorflow
         tfmetric.losses.vicreg_loss,
         tfmetric.miners,
         tfmetric.recurrent,
+        tfmetric.search,
     ],
 )
 def test_docstring_examples(module):

@@ -6,7 +6,19 @@ model.compile(optimizer="adam", loss=tfm.BatchHardTriplet(margin=0.5))
 ```
 """
 
-from tfmetric import callbacks, datasets, distances, evaluation, layers, losses, metrics, miners, plots, recurrent
+from tfmetric import (
+    callbacks,
+    datasets,
+    distances,
+    evaluation,
+    layers,
+    losses,
+    metrics,
+    miners,
+    plots,
+    recurrent,
+    search,
+)
 from tfmetric.losses import (
     NCA,
     PNP,
@@ -131,4 +143,5 @@ __all__ = [
     "miners",
     "plots",
     "recurrent",
+    "search",
 ]

@@ -4,7 +4,9 @@ Every query's neighbours are ranked by distance, ties (equal up to 1e-12 of
 the data's scale) broken by the reference's index, so the numbers are exact
 and reproducible. Without a
 reference set each point queries all the others (leave-one-out). The
-distances are computed block by block, so 100 000 points fit in memory.
+neighbours come from the exact search of `tfm.search` (blocks of queries
+against blocks of references), so 100 000 points take seconds and fit in
+memory.
 
 Queries whose class has no other example among the references cannot be
 scored and are left out of every average (their number is reported). With
@@ -16,11 +18,13 @@ import numpy as np
 
 from tfmetric.distances import check_distance
 from tfmetric.optional import optional_import
+from tfmetric.search import DEFAULT_BLOCK_SIZE, _nearest_neighbours
 
 __all__ = ["retrieval_metrics"]
 
-# Distance entries held at once per block: 2**24 float64 values, 128 MiB.
-_BLOCK_ENTRIES = 2**24
+# Neighbour entries held at once (queries × depth): with their distances and
+# relevance flags, about 40 MiB.
+_BLOCK_ENTRIES = 2**21
 
 
 def retrieval_metrics(
@@ -76,6 +80,8 @@ def retrieval_metrics(
         raise ValueError(
             f"embeddings must be (N, D) with one label each; received {queries.shape} and {query_labels.shape}."
         )
+    if not np.isfinite(queries).all():
+        raise ValueError("embeddings hold NaN or infinite values (has training diverged?).")
     if multi_label and nmi:
         raise ValueError("NMI compares one class per example with clusters: pass nmi=False with multi_label.")
     leave_one_out = reference is None
@@ -83,6 +89,8 @@ def retrieval_metrics(
         references, reference_labels = queries, query_labels
     else:
         references = np.asarray(reference, np.float64)
+        if not np.isfinite(references).all():
+            raise ValueError("reference holds NaN or infinite values (has training diverged?).")
         reference_labels = _labels(reference_labels, multi_label)
         if references.ndim != 2 or references.shape[1] != queries.shape[1] or len(references) != len(reference_labels):
             raise ValueError(
@@ -119,13 +127,12 @@ def retrieval_metrics(
     hits_at = {value: np.zeros(len(queries)) for value in depths}
     r_precision = np.zeros(len(queries))
     average_precision = np.zeros(len(queries))
-    block = max(1, _BLOCK_ENTRIES // max(len(references), 1))
+    block = max(1, _BLOCK_ENTRIES // max(depth, 1))
     for start in range(0, len(queries) if depth > 0 else 0, block):
         rows = np.arange(start, min(start + block, len(queries)))
-        d = _distances(queries[rows], references, distance)
-        if leave_one_out:
-            d[np.arange(len(rows)), rows] = np.inf
-        nearest = _nearest(d, depth)
+        _, nearest = _nearest_neighbours(
+            queries[rows], references, depth, distance, rows if leave_one_out else None, DEFAULT_BLOCK_SIZE
+        )
         if multi_label:
             shared = query_labels[rows, None, :] & reference_labels[nearest]
             relevant = shared.any(axis=2)
@@ -192,44 +199,3 @@ def normalized_mutual_information(embeddings, labels, seed=0):
         return 1.0 if num_clusters == len(np.unique(embeddings, axis=0)) else 0.0
     clusters = cluster.KMeans(n_clusters=num_clusters, n_init=1, random_state=seed).fit_predict(embeddings)
     return float(sklearn_metrics.normalized_mutual_info_score(labels, clusters))
-
-
-def _distances(queries, references, distance):
-    """Query × reference distances, snapped to a grid 1e-12 of their scale, so
-    that equal distances compare equal despite rounding (ties then go to the
-    lower reference index)."""
-    if distance == "cosine":
-        queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-300)
-        references = references / np.maximum(np.linalg.norm(references, axis=1, keepdims=True), 1e-300)
-        return np.maximum(_snap(1.0 - queries @ references.T, 1.0), 0.0)
-    query_norms = np.sum(queries**2, axis=1)
-    reference_norms = np.sum(references**2, axis=1)
-    squared = query_norms[:, None] + reference_norms[None, :] - 2.0 * queries @ references.T
-    scale = max(query_norms.max(initial=0.0), reference_norms.max(initial=0.0), np.finfo(float).tiny)
-    squared = np.maximum(_snap(squared, scale), 0.0)
-    return squared if distance == "squared_euclidean" else np.sqrt(squared)
-
-
-def _snap(values, scale):
-    step = scale * 1e-12
-    return np.round(values / step) * step
-
-
-def _nearest(d, depth):
-    """Per row, the indices of the `depth` smallest entries, by (value, index)."""
-    if depth >= d.shape[1]:
-        return np.lexsort((np.broadcast_to(np.arange(d.shape[1]), d.shape), d), axis=-1)
-    part = np.argpartition(d, depth - 1, axis=1)[:, :depth]
-    values = np.take_along_axis(d, part, axis=1)
-    boundary = values.max(axis=1)
-    # argpartition takes any of the entries tied at the boundary; the
-    # smallest indices must win. Rare (exact ties), so row by row.
-    tied_everywhere = (d == boundary[:, None]).sum(axis=1)
-    tied_taken = (values == boundary[:, None]).sum(axis=1)
-    for row in np.flatnonzero(tied_everywhere > tied_taken):
-        below = np.flatnonzero(d[row] < boundary[row])
-        at = np.flatnonzero(d[row] == boundary[row])[: depth - len(below)]
-        part[row] = np.concatenate([below, at])
-    values = np.take_along_axis(d, part, axis=1)
-    order = np.lexsort((part, values), axis=-1)
-    return np.take_along_axis(part, order, axis=1)

@@ -81,6 +81,14 @@ class RetrievalEvaluation(PeriodicCallback):
         if not self.due(epoch):
             return
         embeddings = self.embed(self.x).astype(np.float64)
+        if not np.isfinite(embeddings).all():
+            # A diverged model: say so and let training go on (TerminateOnNaN is the user's call).
+            warnings.warn(
+                f"The embeddings hold NaN or infinite values after epoch {epoch + 1}: retrieval metrics skipped.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return
         if self.collapse_tolerance is not None:
             check_collapse(embeddings, self.collapse_tolerance, epoch)
         reference = None

@@ -1,0 +1,576 @@
+"""Exact nearest-neighbour search over embeddings: `Index` and `nearest_neighbours`.
+
+`Index` stores embeddings with their labels and any data (the products, the
+file names, the answers of an intent) and finds the k nearest of queries:
+
+>>> import numpy as np, tfmetric as tfm
+>>> index = tfm.search.Index(distance="euclidean")
+>>> index.add(np.array([[0.0, 0.0], [1.0, 0.0], [5.0, 5.0]]), labels=[7, 7, 9], data=["a", "b", "c"])
+>>> result = index.search(np.array([[0.9, 0.1]]), k=2)
+>>> result.indices.tolist(), result.labels.tolist(), result.data
+([[1, 0]], [[7, 7]], [['b', 'a']])
+
+The search is exact, and its order is that of `tfm.evaluation.retrieval_metrics`:
+distances are rounded to a grid 1e-12 of the data's scale, in float64, so
+that equal distances compare equal, and ties go to the lower reference index.
+It streams blocks of queries against blocks of references (memory bounded by
+the block size, not by N × M) at the speed of a float32 matrix product: a
+float32 pass keeps each query's nearest few, a float64 pass re-ranks them,
+and a query whose candidates might miss a neighbour (within float32's
+proven error of the k-th: ties, near-duplicates) is searched again with
+every reference that float32 cannot rule out.
+"""
+
+import json
+import os
+from collections import namedtuple
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from tfmetric.distances import check_distance
+
+__all__ = ["Index", "SearchResult", "nearest_neighbours"]
+
+ENGINES = ("exact",)
+# Queries and references per block: the 1024 × 2048 float32 scores (8 MiB)
+# are scanned while still in the processor's cache.
+DEFAULT_BLOCK_SIZE = (1024, 2048)
+# Candidates kept beyond k, so that the float32 pass can prove it missed no
+# neighbour without a second look for almost every query.
+_SPARE_CANDIDATES = 4
+# Pairs whose exact keys a second look computes at once (about 32 MiB).
+_PAIRS_AT_ONCE = 2**20
+# Distances equal up to this share of the data's scale are ties.
+_RELATIVE_GRID = 1e-12
+# float32's unit roundoff, doubled for safety: a float32 score of D terms is
+# within (D + 8) × this × (|q| + |r|)² of the exact one (Higham's γ_D bound
+# on the dot product, plus the rounding of the inputs and of the norms).
+_FLOAT32_ERROR = 2.0**-23
+
+SearchResult = namedtuple("SearchResult", ["distances", "indices", "labels", "data"])
+SearchResult.__doc__ = """The k nearest references of every query, nearest first.
+
+- `distances`: `(N, k)` float64.
+- `indices`: `(N, k)` int64 positions of the references, in the order they were added.
+- `labels`: `(N, k)` labels of the references (None when the index has none).
+- `data`: the references' data: an `(N, k, ...)` array when it was added as
+  arrays, else a list (per query) of lists; None when the index has none.
+"""
+
+
+def nearest_neighbours(queries, references, k, distance="euclidean", exclude_self=False, block_size=DEFAULT_BLOCK_SIZE):
+    """The exact `k` nearest references of every query, nearest first.
+
+    Ties (distances equal up to 1e-12 of `max(|q|², max |r|²)`, or of 1 for
+    the cosine distance) go to the lower reference index, so the answer is
+    reproducible, and the same whatever the block size.
+
+    Args:
+        queries: `(N, D)` embeddings.
+        references: `(M, D)` embeddings.
+        k: How many neighbours; more than there are references gives them all
+            (`min(k, M)` columns, `min(k, M - 1)` with `exclude_self`).
+        distance: `"euclidean"`, `"squared_euclidean"` or `"cosine"` (1 - cos).
+        exclude_self: Query i is reference i and is not its own neighbour
+            (leave-one-out); needs N == M.
+        block_size: Queries and references per block, an integer for both or
+            a pair `(queries, references)`: memory grows with their product,
+            never with N × M.
+
+    Returns:
+        `(distances, indices)`: `(N, k)` float64 and int64.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> x = np.array([[0.0], [1.0], [3.0], [4.0]])
+    >>> distances, indices = tfm.search.nearest_neighbours(x, x, k=2, exclude_self=True)
+    >>> indices.tolist(), distances.tolist()
+    ([[1, 2], [0, 2], [3, 1], [2, 1]], [[1.0, 3.0], [1.0, 2.0], [1.0, 2.0], [1.0, 3.0]])
+    """
+    queries, references = _as_matrix(queries, "queries"), _as_matrix(references, "references")
+    if queries.shape[1] != references.shape[1]:
+        raise ValueError(
+            f"queries have {queries.shape[1]} dimensions and references {references.shape[1]}; they must match."
+        )
+    if exclude_self and len(queries) != len(references):
+        raise ValueError(
+            f"exclude_self pairs query i with reference i: {len(queries)} queries against {len(references)} references."
+        )
+    return _nearest_neighbours(
+        queries,
+        references,
+        _check_k(k),
+        check_distance(distance),
+        np.arange(len(queries)) if exclude_self else None,
+        _check_block_size(block_size),
+    )
+
+
+def _nearest_neighbours(queries, references, k, distance, self_indices, block_size):
+    """`nearest_neighbours` after the checks; `self_indices[i]` is the reference query i skips (or None)."""
+    query_block, reference_block = block_size
+    available = len(references) - (0 if self_indices is None else 1)
+    k = min(k, available)
+    distances = np.empty((len(queries), max(k, 0)))
+    indices = np.empty((len(queries), max(k, 0)), np.int64)
+    if k <= 0 or len(queries) == 0:
+        return distances, indices
+    space = _FastSpace(queries, references, distance)
+    kept = min(k + _SPARE_CANDIDATES, available)
+
+    def search_block(start):
+        rows = np.arange(start, min(start + query_block, len(queries)))
+        own = None if self_indices is None else self_indices[rows]
+        scores, candidates = _float32_pass(space, rows, own, kept, reference_block)
+        threshold = space.threshold(rows, np.partition(scores, k - 1, axis=1)[:, k - 1])
+        # A dropped reference scored at least the largest kept score: above the
+        # threshold, every reference that can still be a neighbour was kept.
+        settled = (scores.max(axis=1) > threshold) | (kept == available)
+        keys, order = _exact_order(space, rows[settled], candidates[settled], k)
+        distances[rows[settled]] = space.distances(keys)
+        indices[rows[settled]] = order
+        # Few queries at a time: with many ties every pair may need its exact key.
+        rows_at_once = max(1, _PAIRS_AT_ONCE // reference_block)
+        unsettled = np.flatnonzero(~settled)
+        for first in range(0, len(unsettled), rows_at_once):
+            chosen = unsettled[first : first + rows_at_once]
+            own_chosen = None if own is None else own[chosen]
+            keys, order = _search_within(space, rows[chosen], own_chosen, threshold[chosen], k, reference_block)
+            distances[rows[chosen]] = space.distances(keys)
+            indices[rows[chosen]] = order
+
+    starts = range(0, len(queries), query_block)
+    workers = min(len(starts), os.cpu_count() or 1)
+    blas_limits = _blas_thread_limits() if workers > 1 else None
+    if blas_limits is None:
+        for start in starts:
+            search_block(start)
+    else:
+        # One BLAS thread per block, the blocks spread over the cores: a
+        # multi-threaded BLAS wakes and parks its threads for every block's
+        # small product and spins between them, starving the scans (three
+        # times slower on two cores).
+        with blas_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+            list(pool.map(search_block, starts))
+    return distances, indices
+
+
+class _FastSpace:
+    """The float32 operands of the fast pass and the exact float64 distance.
+
+    Scores are `q' · r'` with `q' = [q, 1]` and `r' = [-2 r, |r|²]` (the data
+    centred on the references' mean and scaled by a power of two, so that
+    float32 neither overflows nor loses the digits of distant data), or
+    `-q̂ · r̂` for the cosine distance: a query's scores are its distances
+    up to a constant, in one matrix product.
+    """
+
+    def __init__(self, queries, references, distance):
+        self.distance = distance
+        if distance == "cosine":
+            query_units, reference_units = _unit_rows(queries), _unit_rows(references)
+            self.query_coordinates, self.reference_coordinates = query_units.T.copy(), reference_units.T.copy()
+            query_part, reference_part = query_units.astype(np.float32), reference_units.astype(np.float32)
+            self.query_operand, self.reference_operand = query_part, -reference_part
+            self.grid = np.full(len(queries), _RELATIVE_GRID)
+            scaled_grid = self.grid
+        else:
+            self.query_coordinates = np.asarray(queries, np.float64).T.copy()
+            # Integer or float32 references stay so (converted exactly when used).
+            self.reference_coordinates = references.T.copy()
+            centre = references.mean(axis=0, dtype=np.float64)
+            query_part, reference_part = queries - centre, references - centre
+            largest = max(np.abs(query_part).max(initial=0.0), np.abs(reference_part).max(initial=0.0))
+            unit = 2.0 ** np.frexp(largest)[1] if largest > 0 else 1.0
+            query_part = (query_part / unit).astype(np.float32)
+            reference_part = (reference_part / unit).astype(np.float32)
+            reference_squares = _squared_norms(reference_part).astype(np.float32)[:, None]
+            self.query_operand = np.hstack([query_part, np.ones((len(queries), 1), np.float32)])
+            self.reference_operand = np.hstack([-2 * reference_part, reference_squares])
+            scale = np.maximum(_squared_norms(queries), _squared_norms(references).max(initial=0.0))
+            self.grid = np.maximum(scale, np.finfo(float).tiny) * _RELATIVE_GRID
+            scaled_grid = self.grid / unit**2
+        query_lengths = np.sqrt(_squared_norms(query_part))
+        longest_reference = np.sqrt(_squared_norms(reference_part).max(initial=0.0))
+        error = (queries.shape[1] + 8) * _FLOAT32_ERROR * (query_lengths + longest_reference) ** 2
+        # The k-th candidate's exact distance is within one error of its
+        # score, a neighbour's score within another, plus the rounding grid.
+        self.margin = 2 * error + 2 * scaled_grid
+
+    def threshold(self, rows, kth_scores):
+        return kth_scores.astype(np.float64) + self.margin[rows]
+
+    def exact_keys(self, rows, columns):
+        """The float64 sort keys of queries `rows` `(P,)` against references `columns` `(P, C)`.
+
+        The distances snapped to the grid, summed one dimension at a time
+        (over the coordinates stored dimension by dimension, a gather each)
+        so that a pair's key is the same whichever pass or block computes it.
+        """
+        total = np.zeros(columns.shape)
+        term = np.empty(columns.shape)
+        gathered = np.empty(columns.shape, self.reference_coordinates.dtype)
+        for query_values, reference_values in zip(self.query_coordinates, self.reference_coordinates):
+            np.take(reference_values, columns, out=gathered)
+            if self.distance == "cosine":
+                np.multiply(query_values[rows, None], gathered, out=term)
+            else:
+                np.subtract(query_values[rows, None], gathered, out=term)
+                term *= term
+            total += term
+        if self.distance == "cosine":
+            total = 1.0 - total
+        step = self.grid[rows, None]
+        return np.maximum(np.round(total / step) * step, 0.0)
+
+    def distances(self, keys):
+        return np.sqrt(keys) if self.distance == "euclidean" else keys
+
+
+def _unit_rows(rows):
+    rows = np.asarray(rows, np.float64)
+    return rows / np.maximum(np.linalg.norm(rows, axis=1), 1e-300)[:, None]
+
+
+def _squared_norms(rows):
+    return np.einsum("ij,ij->i", rows, rows, dtype=np.float64)
+
+
+def _float32_pass(space, rows, own, kept, block_size):
+    """The `kept` smallest float32 scores of each query row and their reference indices.
+
+    New candidates are appended to a buffer twice as wide as `kept`; a row
+    is cut back to its `kept` best (and its bar for candidates lowered) only
+    when its buffer is full, so that the kept ones are not partitioned again
+    for every block.
+    """
+    count = len(rows)
+    queries = space.query_operand[rows]
+    capacity = 2 * kept
+    buffer_scores = np.full((count, capacity), np.inf, np.float32)
+    buffer_indices = np.full((count, capacity), -1, np.int64)
+    filled = np.zeros(count, np.int64)
+    bar = np.full((count, 1), np.inf, np.float32)
+    references = space.reference_operand
+    for start in range(0, len(references), block_size):
+        width = min(block_size, len(references) - start)
+        scores = queries @ references[start : start + width].T
+        if own is not None:
+            _mask_self(scores, own, start, width)
+        if start == 0 and width > kept:
+            # Every row takes its first candidates from this block: a dense
+            # selection beats the scatter below (at most one score is +inf).
+            best = np.argpartition(scores, kept - 1, axis=1)[:, :kept]
+            buffer_scores[:, :kept] = np.take_along_axis(scores, best, axis=1)
+            buffer_indices[:, :kept] = best
+            filled[:] = kept
+            bar[:, 0] = buffer_scores[:, :kept].max(axis=1)
+            continue
+        hits = np.flatnonzero(scores < bar)
+        if not len(hits):
+            continue
+        hit_rows, hit_columns = np.divmod(hits, width)
+        hit_scores, hit_columns = scores.ravel()[hits], hit_columns + start
+        counts = np.bincount(hit_rows, minlength=count)
+        rank = np.arange(len(hits)) - (np.cumsum(counts) - counts)[hit_rows]
+        full = filled + counts > capacity
+        if full.any():
+            merging = full[hit_rows]
+            _cut_back(buffer_scores, buffer_indices, bar, kept, np.flatnonzero(full), counts,
+                      hit_rows[merging], rank[merging], hit_scores[merging], hit_columns[merging])
+            filled[full] = kept
+            appending = ~merging
+            hit_rows, rank = hit_rows[appending], rank[appending]
+            hit_scores, hit_columns = hit_scores[appending], hit_columns[appending]
+        position = filled[hit_rows] + rank
+        buffer_scores[hit_rows, position] = hit_scores
+        buffer_indices[hit_rows, position] = hit_columns
+        filled[~full] += counts[~full]
+    best = np.argpartition(buffer_scores, kept - 1, axis=1)[:, :kept]
+    return np.take_along_axis(buffer_scores, best, axis=1), np.take_along_axis(buffer_indices, best, axis=1)
+
+
+def _cut_back(buffer_scores, buffer_indices, bar, kept, full_rows, counts, hit_rows, rank, hit_scores, hit_columns):
+    """Keeps the `kept` best of full rows' buffers and their new hits, and lowers their bar."""
+    capacity = buffer_scores.shape[1]
+    slot = np.empty(len(counts), np.int64)
+    slot[full_rows] = np.arange(len(full_rows))
+    merged_scores = np.full((len(full_rows), capacity + counts[full_rows].max()), np.inf, np.float32)
+    merged_indices = np.full(merged_scores.shape, -1, np.int64)
+    merged_scores[:, :capacity] = buffer_scores[full_rows]
+    merged_indices[:, :capacity] = buffer_indices[full_rows]
+    merged_scores[slot[hit_rows], capacity + rank] = hit_scores
+    merged_indices[slot[hit_rows], capacity + rank] = hit_columns
+    best = np.argpartition(merged_scores, kept - 1, axis=1)[:, :kept]
+    buffer_scores[full_rows] = np.inf
+    buffer_indices[full_rows] = -1
+    buffer_scores[full_rows, :kept] = np.take_along_axis(merged_scores, best, axis=1)
+    buffer_indices[full_rows, :kept] = np.take_along_axis(merged_indices, best, axis=1)
+    bar[full_rows, 0] = buffer_scores[full_rows, :kept].max(axis=1)
+
+
+def _mask_self(scores, own, start, width):
+    """Sets each query's score against itself to +inf."""
+    inside = (own >= start) & (own < start + width)
+    scores[np.flatnonzero(inside), own[inside] - start] = np.inf
+
+
+def _exact_order(space, rows, candidates, k):
+    """The k best candidates of each row by (exact key, index): their keys and indices."""
+    keys = space.exact_keys(rows, candidates)
+    order = np.lexsort((candidates, keys), axis=1)[:, :k]
+    return np.take_along_axis(keys, order, axis=1), np.take_along_axis(candidates, order, axis=1)
+
+
+def _search_within(space, rows, own, threshold, k, block_size):
+    """Exact k nearest of `rows` among every reference whose float32 score is within `threshold`.
+
+    For the rare queries whose float32 candidates could not be proven
+    complete. Streams the references again, keeping an exact running top-k,
+    so memory stays bounded however many references tie.
+    """
+    bound = np.nextafter(threshold.astype(np.float32), np.float32(np.inf))[:, None]
+    queries = space.query_operand[rows]
+    kept_rows = np.empty(0, np.int64)
+    kept_keys = np.empty(0)
+    kept_columns = np.empty(0, np.int64)
+    references = space.reference_operand
+    for start in range(0, len(references), block_size):
+        width = min(block_size, len(references) - start)
+        scores = queries @ references[start : start + width].T
+        if own is not None:
+            _mask_self(scores, own, start, width)
+        local_rows, columns = np.nonzero(scores <= bound)
+        columns = columns + start
+        keys = space.exact_keys(rows[local_rows], columns[:, None])[:, 0]
+        local_rows = np.concatenate([kept_rows, local_rows])
+        keys = np.concatenate([kept_keys, keys])
+        columns = np.concatenate([kept_columns, columns])
+        order = np.lexsort((columns, keys, local_rows))
+        local_rows, keys, columns = local_rows[order], keys[order], columns[order]
+        first = np.searchsorted(local_rows, local_rows, side="left")
+        keep = np.arange(len(local_rows)) - first < k
+        kept_rows, kept_keys, kept_columns = local_rows[keep], keys[keep], columns[keep]
+    return kept_keys.reshape(len(rows), k), kept_columns.reshape(len(rows), k)
+
+
+def _blas_thread_limits():
+    """threadpoolctl's `threadpool_limits` (a dependency of scikit-learn), or None: then one thread searches."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    return threadpool_limits
+
+
+def _as_matrix(values, name):
+    array = np.asarray(values)
+    if array.ndim != 2 or array.dtype.kind not in "iuf":
+        raise ValueError(f"{name} must be a real (N, D) matrix; received shape {array.shape}, dtype {array.dtype}.")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} hold NaN or infinite values.")
+    return array
+
+
+def _check_k(k):
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer; received {k!r}.")
+    return int(k)
+
+
+def _check_block_size(block_size):
+    sizes = (block_size, block_size) if isinstance(block_size, (int, np.integer)) else tuple(block_size)
+    if len(sizes) != 2 or not all(isinstance(size, (int, np.integer)) and size >= 1 for size in sizes):
+        raise ValueError(
+            f"block_size must be a positive integer or a pair (queries, references) of them; received {block_size!r}."
+        )
+    return int(sizes[0]), int(sizes[1])
+
+
+class Index:
+    """Embeddings with their labels and data, searched exactly for the nearest.
+
+    `add` appends references: embeddings, or raw inputs `x` that the model
+    embeds in batches (with Keras' progress bar); `search` returns the k
+    nearest of each query (embeddings, or inputs `x` embedded the same way)
+    as a `SearchResult` `(distances, indices, labels, data)`. A `k` larger
+    than the index returns every reference (fewer columns), not an error.
+
+    Labels and data are optional, but every `add` must give them if the first
+    did. `data` is one item per reference: a NumPy array (saved as is), or a
+    list of anything (saved when all are strings).
+
+    Args:
+        model: Optional Keras model that turns raw inputs into embeddings.
+        distance: `"euclidean"`, `"squared_euclidean"` or `"cosine"`.
+        engine: How to search; `"exact"` (the only one so far) compares every
+            query with every reference, in blocks.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> index = tfm.search.Index(distance="cosine")
+    >>> index.add(np.array([[1.0, 0.0], [0.0, 1.0]]), labels=["east", "north"])
+    >>> index.add(np.array([[-1.0, 0.0]]), labels=["west"])
+    >>> result = index.search(np.array([[0.9, 0.2], [-0.5, -0.1]]), k=1)
+    >>> result.labels.tolist(), result.indices.tolist()
+    ([['east'], ['west']], [[0], [2]])
+    """
+
+    def __init__(self, model=None, distance="euclidean", engine="exact"):
+        if engine not in ENGINES:
+            raise ValueError(f"Unknown engine {engine!r}; expected one of {ENGINES}.")
+        self.model = model
+        self.distance = check_distance(distance)
+        self.engine = engine
+        self._embeddings, self._labels, self._data = [], [], []
+        self._has_labels = self._has_data = None
+
+    def __len__(self):
+        return sum(len(part) for part in self._embeddings)
+
+    @property
+    def embeddings(self):
+        """The references' embeddings, `(size, D)`."""
+        self._consolidate()
+        return self._embeddings[0] if self._embeddings else None
+
+    @property
+    def labels(self):
+        """The references' labels, or None."""
+        self._consolidate()
+        return self._labels[0] if self._has_labels else None
+
+    @property
+    def data(self):
+        """The references' data (an array or a list), or None."""
+        self._consolidate()
+        return self._data[0] if self._has_data else None
+
+    def add(self, embeddings=None, labels=None, data=None, x=None, model=None, batch_size=256, verbose=1):
+        """Appends references: `embeddings`, or inputs `x` embedded by the model (this one's or `model`)."""
+        embeddings = self._embed(embeddings, x, model, batch_size, verbose, "add")
+        if self._embeddings and embeddings.shape[1] != self._embeddings[0].shape[1]:
+            raise ValueError(
+                f"The index holds {self._embeddings[0].shape[1]}-dimensional embeddings; "
+                f"received {embeddings.shape[1]} dimensions."
+            )
+        if labels is not None:
+            labels = np.asarray(labels)
+            if labels.ndim != 1:
+                raise ValueError(f"labels must be one per embedding, shape (N,); received shape {labels.shape}.")
+        if data is not None and not isinstance(data, np.ndarray):
+            data = list(data)
+        for name, values in (("labels", labels), ("data", data)):
+            if values is not None and len(values) != len(embeddings):
+                raise ValueError(f"{len(embeddings)} embeddings but {len(values)} {name}.")
+        if self._has_labels is None:
+            self._has_labels, self._has_data = labels is not None, data is not None
+        for name, values, present in (("labels", labels, self._has_labels), ("data", data, self._has_data)):
+            if (values is not None) != present:
+                state = "has" if present else "has no"
+                raise ValueError(f"The index {state} {name}: every add must {'' if present else 'not '}give them.")
+        self._embeddings.append(embeddings)
+        if labels is not None:
+            self._labels.append(labels)
+        if data is not None:
+            self._data.append(data)
+
+    def search(self, queries=None, k=10, x=None, model=None, batch_size=256, verbose=1, block_size=DEFAULT_BLOCK_SIZE):
+        """The `k` nearest references of every query: a `SearchResult`.
+
+        `queries` are embeddings; or pass inputs `x` for the model to embed.
+        """
+        if not len(self):
+            raise ValueError("The index is empty: add references before searching.")
+        queries = self._embed(queries, x, model, batch_size, verbose, "search")
+        references = self.embeddings
+        if queries.shape[1] != references.shape[1]:
+            raise ValueError(
+                f"The index holds {references.shape[1]}-dimensional embeddings; "
+                f"the queries have {queries.shape[1]} dimensions."
+            )
+        distances, indices = nearest_neighbours(queries, references, k, self.distance, block_size=block_size)
+        labels = self.labels[indices] if self._has_labels else None
+        data = None
+        if self._has_data:
+            stored = self.data
+            data = stored[indices] if isinstance(stored, np.ndarray) else [[stored[i] for i in row] for row in indices]
+        return SearchResult(distances, indices, labels, data)
+
+    def save(self, path):
+        """Writes the index to `path` (a `.npz` file; the model is not saved).
+
+        Labels must be a NumPy-storable array (numbers, strings); data a
+        NumPy array of numbers or strings, or a list of strings. Loading
+        never unpickles.
+        """
+        if self._has_data and not _storable(self.data):
+            raise ValueError(
+                "Index.save stores data that is a NumPy array of numbers or strings, or a list of strings; "
+                "keep other data beside the index and look it up by result.indices."
+            )
+        if self._has_labels and not _storable(self.labels):
+            raise ValueError("Index.save stores labels of numbers or strings.")
+        config = {
+            "format": 1,
+            "distance": self.distance,
+            "engine": self.engine,
+            "has_labels": bool(self._has_labels),
+            "data": None if not self._has_data else ("array" if isinstance(self.data, np.ndarray) else "list"),
+        }
+        arrays = {"config": np.array(json.dumps(config))}
+        if len(self):
+            arrays["embeddings"] = self.embeddings
+        if self._has_labels:
+            arrays["labels"] = self.labels
+        if self._has_data:
+            arrays["data"] = np.asarray(self.data) if config["data"] == "list" else self.data
+        with open(path, "wb") as file:
+            np.savez(file, **arrays)
+
+    @classmethod
+    def load(cls, path, model=None):
+        """Reads an index written by `save`; `model` embeds raw inputs, as in `Index(model)`."""
+        with np.load(path, allow_pickle=False) as stored:
+            config = json.loads(str(stored["config"]))
+            index = cls(model, config["distance"], config["engine"])
+            if "embeddings" in stored:
+                data = None
+                if config["data"] == "list":
+                    data = stored["data"].tolist()
+                elif config["data"] == "array":
+                    data = stored["data"]
+                index.add(stored["embeddings"], stored["labels"] if config["has_labels"] else None, data)
+        return index
+
+    def _embed(self, embeddings, x, model, batch_size, verbose, action):
+        if (embeddings is None) == (x is None):
+            raise ValueError(f"Index.{action} takes embeddings or raw inputs x (embedded by the model), not both.")
+        if x is not None:
+            model = model if model is not None else self.model
+            if model is None:
+                raise ValueError(f"Index.{action}(x=...) needs a model: Index(model) or {action}(x=..., model=...).")
+            embeddings = model.predict(x, batch_size=batch_size, verbose=verbose)
+        embeddings = _as_matrix(embeddings, "embeddings")
+        # float32 embeddings stay float32 (half the memory); float64 stays exact.
+        return embeddings.astype(np.result_type(embeddings.dtype, np.float32), copy=False)
+
+    def _consolidate(self):
+        """Joins the parts of successive adds, once, before a search."""
+        if len(self._embeddings) > 1:
+            self._embeddings = [np.concatenate(self._embeddings)]
+            if self._has_labels:
+                self._labels = [np.concatenate(self._labels)]
+            if self._has_data:
+                arrays = all(isinstance(part, np.ndarray) for part in self._data)
+                self._data = [np.concatenate(self._data) if arrays else [item for part in self._data for item in part]]
+
+
+def _storable(values):
+    """Whether `np.savez` keeps `values` without pickling (numbers, booleans, strings)."""
+    if isinstance(values, np.ndarray):
+        return values.dtype.kind in "biufcUS"
+    return all(isinstance(item, str) for item in values)
