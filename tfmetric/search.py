@@ -254,11 +254,7 @@ def _float32_pass(space, rows, own, kept, block_size):
     filled = np.zeros(count, np.int64)
     bar = np.full((count, 1), np.inf, np.float32)
     references = space.reference_operand
-    for start in range(0, len(references), block_size):
-        width = min(block_size, len(references) - start)
-        scores = queries @ references[start : start + width].T
-        if own is not None:
-            _mask_self(scores, own, start, width)
+    for start, width, scores in _scored_blocks(queries, references, own, block_size):
         if start == 0 and width > kept:
             # Every row takes its first candidates from this block: a dense
             # selection beats the scatter below (at most one score is +inf).
@@ -311,6 +307,16 @@ def _cut_back(buffer_scores, buffer_indices, bar, kept, full_rows, counts, hit_r
     bar[full_rows, 0] = buffer_scores[full_rows, :kept].max(axis=1)
 
 
+def _scored_blocks(queries, references, own, block_size):
+    """`(start, width, scores)` per block of references: the float32 scores, each query's own reference masked."""
+    for start in range(0, len(references), block_size):
+        width = min(block_size, len(references) - start)
+        scores = queries @ references[start : start + width].T
+        if own is not None:
+            _mask_self(scores, own, start, width)
+        yield start, width, scores
+
+
 def _mask_self(scores, own, start, width):
     """Sets each query's score against itself to +inf."""
     inside = (own >= start) & (own < start + width)
@@ -337,11 +343,7 @@ def _search_within(space, rows, own, threshold, k, block_size):
     kept_keys = np.empty(0)
     kept_columns = np.empty(0, np.int64)
     references = space.reference_operand
-    for start in range(0, len(references), block_size):
-        width = min(block_size, len(references) - start)
-        scores = queries @ references[start : start + width].T
-        if own is not None:
-            _mask_self(scores, own, start, width)
+    for start, _, scores in _scored_blocks(queries, references, own, block_size):
         local_rows, columns = np.nonzero(scores <= bound)
         columns = columns + start
         keys = space.exact_keys(rows[local_rows], columns[:, None])[:, 0]
