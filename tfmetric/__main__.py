@@ -54,19 +54,19 @@ def main(argv=None):
             )
         else:
             compare_module.run(
-                args.dataset,
-                args.protocol,
-                args.seeds,
-                args.dims,
-                args.encoder,
-                args.epochs,
-                args.train_size,
-                args.eval_size,
-                args.augment,
-                args.seen_classes,
-                args.methods,
-                args.out_dir,
-                args.data_dir,
+                dataset=args.dataset,
+                protocol=args.protocol,
+                seeds=args.seeds,
+                dimensions=args.dims,
+                encoder=args.encoder,
+                epochs=args.epochs,
+                train_size=args.train_size,
+                eval_size=args.eval_size,
+                augment=args.augment,
+                seen_classes=args.seen_classes,
+                methods=args.methods,
+                out_dir=args.out_dir,
+                data_dir=args.data_dir,
             )
     except (RuntimeError, FileNotFoundError) as error:
         # A dataset that cannot be found or downloaded: say so without a traceback.
