@@ -208,4 +208,6 @@ def test_export_serves_the_model_alone(tmp_path):
     fit(model, 1)
     model.export(str(tmp_path / "served"))
     served = tf.saved_model.load(str(tmp_path / "served"))
-    np.testing.assert_array_equal(served.serve(FEATURES).numpy(), model.predict(FEATURES, verbose=0))
+    # One batch of 48 served, against predict's batches of 32 and 16: the matrix products may
+    # round differently with the batch's shape (a few 1e-7 seen), so not bit for bit.
+    np.testing.assert_allclose(served.serve(FEATURES).numpy(), model.predict(FEATURES, verbose=0), rtol=1e-5, atol=1e-6)
