@@ -113,6 +113,13 @@ def reduce_anchor_terms(loss_sums, term_counts, sample_weight=None, reduction="s
     return divide_or_zero(weighted_sum, ops.sum(weights * term_counts))
 
 
+def check_positive(name, value):
+    """`value` as a float; a ValueError unless it is a finite positive number (a temperature, a scale)."""
+    if not 0 < float(value) < float("inf"):
+        raise ValueError(f"{name} must be a positive number; received {value!r}.")
+    return float(value)
+
+
 def row_logsumexp(values, mask, add_one=False):
     """Row-wise `log Σ_{mask} exp(values)`, or `log(1 + Σ_{mask} exp(values))`.
 

@@ -22,7 +22,7 @@ Everything is computed row by row on the `(N, R)` rectangle, in log space
 import keras
 from keras import ops
 
-from tfmetric.losses.base import SimilarityLoss, divide_or_zero, similarity_loss
+from tfmetric.losses.base import SimilarityLoss, check_positive, divide_or_zero, similarity_loss
 
 
 def _row_logsumexp(values, mask):
@@ -48,12 +48,6 @@ def _row_logsumexp(values, mask):
     total = ops.sum(ops.exp(exponents), axis=1)
     total = total + ops.stop_gradient(ops.maximum(1.0 - total, ops.zeros_like(total)))
     return shift + ops.log(total)
-
-
-def _check_positive(name, value):
-    if not value > 0:
-        raise ValueError(f"{name} must be positive; received {value!r}.")
-    return float(value)
 
 
 def _row_mean(values, mask):
@@ -84,7 +78,7 @@ def supcon_terms(similarity, positive, negative, temperature=0.1):
         `(losses, has_positive)`, both `(N,)`: queries without a positive
         have no term.
     """
-    _check_positive("temperature", temperature)
+    check_positive("temperature", temperature)
     logits = similarity / temperature
     has_positive = ops.any(positive, axis=1)
     own = _row_logsumexp(logits, positive)
@@ -105,7 +99,7 @@ def ntxent_terms(similarity, positive, negative, temperature=0.07):
         `(loss_sums, positive_counts)`, both `(N,)`: the mean over terms is
         the mean over positive pairs.
     """
-    _check_positive("temperature", temperature)
+    check_positive("temperature", temperature)
     logits = similarity / temperature
     has_negative = ops.any(negative, axis=1)
     against = _row_logsumexp(logits, negative)
@@ -124,7 +118,7 @@ def instance_terms(similarity, positive, negative, gamma=64.0):
         `(losses, has_positive)`, both `(N,)`: queries without a positive
         have no term.
     """
-    _check_positive("gamma", gamma)
+    check_positive("gamma", gamma)
     logits = gamma * similarity
     has_positive = ops.any(positive, axis=1)
     losses = _negatives_share(logits, _row_logsumexp(logits, positive), negative)
@@ -318,7 +312,7 @@ class SupCon(SimilarityLoss):
         miner=None,
     ):
         super().__init__(normalize, reduction, name, cross_replica, multi_label, miner)
-        self.temperature = _check_positive("temperature", temperature)
+        self.temperature = check_positive("temperature", temperature)
 
     def similarity_terms(self, similarity, positive, negative):
         return supcon_terms(similarity, positive, negative, self.temperature)
@@ -410,7 +404,7 @@ class NTXent(SimilarityLoss):
         miner=None,
     ):
         super().__init__(normalize, reduction, name, cross_replica, multi_label, miner)
-        self.temperature = _check_positive("temperature", temperature)
+        self.temperature = check_positive("temperature", temperature)
 
     def similarity_terms(self, similarity, positive, negative):
         return ntxent_terms(similarity, positive, negative, self.temperature)
@@ -489,7 +483,7 @@ class Instance(SimilarityLoss):
         miner=None,
     ):
         super().__init__(normalize, reduction, name, cross_replica, multi_label, miner)
-        self.gamma = _check_positive("gamma", gamma)
+        self.gamma = check_positive("gamma", gamma)
 
     def similarity_terms(self, similarity, positive, negative):
         return instance_terms(similarity, positive, negative, self.gamma)

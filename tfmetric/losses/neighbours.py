@@ -10,7 +10,7 @@ and the reference (the batch itself by default), `T` the temperature,
 import keras
 from keras import ops
 
-from tfmetric.losses.base import DistanceLoss, distance_loss, row_logsumexp
+from tfmetric.losses.base import DistanceLoss, check_positive, distance_loss, row_logsumexp
 
 
 def soft_nearest_neighbor_terms(distances, positive, negative, temperature=1.0):
@@ -19,16 +19,11 @@ def soft_nearest_neighbor_terms(distances, positive, negative, temperature=1.0):
     Returns:
         `(losses, has_positive)`: queries without a positive have no term.
     """
-    _check_positive("temperature", temperature)
+    check_positive("temperature", temperature)
     logits = -distances / temperature
     has_positive = ops.any(positive, axis=1)
     losses = row_logsumexp(logits, ops.logical_or(positive, negative)) - row_logsumexp(logits, positive)
     return ops.where(has_positive, losses, ops.zeros_like(losses)), ops.cast(has_positive, distances.dtype)
-
-
-def _check_positive(name, value):
-    if value <= 0:
-        raise ValueError(f"{name} must be positive; received {value}.")
 
 
 def soft_nearest_neighbor(
@@ -110,7 +105,7 @@ def nca(
     >>> [round(float(v), 4) for v in tfm.losses.nca([0, 0, 1, 1], embeddings)]
     [0.2333, 0.6271, 0.6271, 0.2333]
     """
-    _check_positive("softmax_scale", softmax_scale)
+    check_positive("softmax_scale", softmax_scale)
     return soft_nearest_neighbor(
         labels,
         embeddings,
@@ -173,7 +168,7 @@ class SoftNearestNeighbor(DistanceLoss):
         miner=None,
     ):
         super().__init__(distance, normalize, reduction, name, cross_replica, multi_label, miner)
-        _check_positive("temperature", temperature)
+        check_positive("temperature", temperature)
         self.temperature = float(temperature)
 
     def distance_terms(self, distances, positive, negative):
@@ -232,7 +227,7 @@ class NCA(DistanceLoss):
         miner=None,
     ):
         super().__init__(distance, normalize, reduction, name, cross_replica, multi_label, miner)
-        _check_positive("softmax_scale", softmax_scale)
+        check_positive("softmax_scale", softmax_scale)
         self.softmax_scale = float(softmax_scale)
 
     def distance_terms(self, distances, positive, negative):

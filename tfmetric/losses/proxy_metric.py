@@ -20,7 +20,7 @@ from keras import ops
 
 from tfmetric.distances import l2_normalize
 from tfmetric.labels import in_class_range
-from tfmetric.losses.base import check_sample_weight, divide_or_zero, row_logsumexp
+from tfmetric.losses.base import check_positive, check_sample_weight, divide_or_zero, row_logsumexp
 from tfmetric.losses.proxy import (
     ProxyLoss,
     class_mask,
@@ -57,11 +57,6 @@ SOFT_TRIPLE_EPSILON = 1e-5
 # ---------------------------------------------------------------- shared helpers
 
 
-def _check_positive(name, value):
-    if not float(value) > 0 or float(value) == float("inf"):
-        raise ValueError(f"{name} must be a positive number; received {value!r}.")
-
-
 def _check_non_negative(name, value):
     if not float(value) >= 0 or float(value) == float("inf"):
         raise ValueError(f"{name} must be a non-negative number; received {value!r}.")
@@ -96,7 +91,7 @@ def proxy_nca_logits(embeddings, proxies, temperature=1.0):
 
 def proxy_nca_terms(class_ids, embeddings, proxies, temperature=1.0):
     """Per-example ProxyNCA losses `−log softmax_c(−‖x̂_i − p̂_c‖² / T)_{y_i}`, and a count of 1 each."""
-    _check_positive("temperature", temperature)
+    check_positive("temperature", temperature)
     mask = class_mask(class_ids, ops.shape(proxies)[0])
     losses = _cross_entropy(proxy_nca_logits(embeddings, proxies, temperature), mask)
     return losses, ops.ones_like(losses)
@@ -188,7 +183,7 @@ class ProxyNCA(ProxyLoss):
         reduction="sum_over_batch_size",
         name="proxy_nca",
     ):
-        _check_positive("temperature", temperature)
+        check_positive("temperature", temperature)
         if proxy_initializer is None:
             proxy_initializer = keras.initializers.RandomNormal(stddev=0.125)
         super().__init__(
@@ -228,7 +223,7 @@ def proxy_anchor_terms(class_ids, embeddings, proxies, margin=0.1, alpha=32.0, s
         batch axis of the `(N, C)` cosines; a weight enters as `log w` in
         the exponent, and examples of weight 0 are left out.
     """
-    _check_positive("alpha", alpha)
+    check_positive("alpha", alpha)
     _check_non_negative("margin", margin)
     cosine = cosine_to_proxies(embeddings, proxies)
     num_classes = ops.shape(proxies)[0]
@@ -369,7 +364,7 @@ class ProxyAnchor(ProxyLoss):
                 f"reduction='sum_over_batch_size' (the loss of the batch); received reduction={reduction!r}."
             )
         _check_non_negative("margin", margin)
-        _check_positive("alpha", alpha)
+        check_positive("alpha", alpha)
         if proxy_initializer is None:
             # Keras' fan_in of a (C, D) tensor is C: PyTorch's fan_out of it.
             proxy_initializer = keras.initializers.VarianceScaling(
@@ -413,7 +408,7 @@ class ProxyAnchor(ProxyLoss):
 
 def soft_triple_similarities(embeddings, proxies, gamma=0.1):
     """`(N, C)` relaxed similarities `S_ic = Σ_t softmax_t(x̂ᵀŵ_{c,t} / γ) x̂ᵀŵ_{c,t}`."""
-    _check_positive("gamma", gamma)
+    check_positive("gamma", gamma)
     num_classes = ops.shape(proxies)[0]
     cosine = proxy_class_scores(cosine_to_proxies(embeddings, proxies), num_classes)
     if proxies.shape[1] == 1:
@@ -424,7 +419,7 @@ def soft_triple_similarities(embeddings, proxies, gamma=0.1):
 
 def soft_triple_terms(class_ids, embeddings, proxies, scale=20.0, gamma=0.1, margin=0.01):
     """Per-example SoftTriple losses, cross-entropies of `λ(S_ic − δ·[c = y_i])`, and a count of 1 each."""
-    _check_positive("scale", scale)
+    check_positive("scale", scale)
     _check_non_negative("margin", margin)
     similarity = soft_triple_similarities(embeddings, proxies, gamma)
     mask = class_mask(class_ids, ops.shape(proxies)[0])
@@ -556,8 +551,8 @@ class SoftTriple(ProxyLoss):
     ):
         if centers_per_class is None:
             raise ValueError("SoftTriple needs centers_per_class, a positive integer.")
-        _check_positive("scale", scale)
-        _check_positive("gamma", gamma)
+        check_positive("scale", scale)
+        check_positive("gamma", gamma)
         _check_non_negative("margin", margin)
         _check_non_negative("tau", tau)
         if proxy_initializer is None:

@@ -22,6 +22,7 @@ from tfmetric.losses.base import (
     DistanceLoss,
     SimilarityLoss,
     check_choice,
+    check_positive,
     distance_loss,
     divide_or_zero,
     similarity_loss,
@@ -187,28 +188,22 @@ def ranked_list_terms(distances, positive, negative, margin=0.4, Tn=10.0, imbala
 # ---------------------------------------------------------------- checks
 
 
-def _check_positive(**values):
-    for name, value in values.items():
-        if not value > 0:
-            raise ValueError(f"{name} must be positive; received {value}.")
-
-
 def _fast_ap_range(num_bins, distance, max_distance):
     if int(num_bins) != num_bins or num_bins < 1:
         raise ValueError(f"num_bins must be a positive integer; received {num_bins}.")
     if max_distance is None:
         return UNIT_RANGE[distance]
-    _check_positive(max_distance=max_distance)
+    check_positive("max_distance", max_distance)
     return float(max_distance)
 
 
 def _check_pnp(b, alpha, anneal, variant):
     check_choice("variant", variant, PNP_VARIANTS)
-    _check_positive(anneal=anneal)
+    check_positive("anneal", anneal)
     if variant == "Ib":
-        _check_positive(b=b)
+        check_positive("b", b)
     if variant == "Dq":
-        _check_positive(alpha=alpha)
+        check_positive("alpha", alpha)
 
 
 def _check_ranked_list(margin, imbalance, alpha):
@@ -305,7 +300,7 @@ def smooth_ap(
     >>> [round(float(v), 4) for v in tfm.losses.smooth_ap([0, 0, 1, 1], embeddings)]
     [0.5, 0.5, 0.6667, 0.5]
     """
-    _check_positive(temperature=temperature)
+    check_positive("temperature", temperature)
     return similarity_loss(
         smooth_ap_terms,
         labels,
@@ -554,7 +549,7 @@ class SmoothAP(SimilarityLoss):
         miner=None,
     ):
         super().__init__(normalize, reduction, name, cross_replica, multi_label, miner)
-        _check_positive(temperature=temperature)
+        check_positive("temperature", temperature)
         self.temperature = float(temperature)
 
     def similarity_terms(self, similarity, positive, negative):
