@@ -20,9 +20,9 @@ distance matrix they are compared with does not. "xbm contrastive_all" mines
 each batch against a full memory of 1024 earlier embeddings.
 
 With `--memory M`, the rows are the wrapped contrastive, batch-hard and
-multi-similarity losses in a `CrossBatchMemory` of M rows (full, D = 128),
-each divided by the forward+backward time of the N × (N + M) distance
-rectangle alone.
+multi-similarity losses (those of them `--losses` names) in a
+`CrossBatchMemory` of M rows (full, D = 128), each divided by the
+forward+backward time of the N × (N + M) distance rectangle alone.
 
 With `--classes C`, the rows are the losses with class vectors
 (`tfm.losses.registry.PROXY_LOSSES`) for C classes, gradients w.r.t. the
@@ -140,7 +140,7 @@ def main():
         names = [SCORES, *PROXY_LOSSES]
         print(f"C = {args.classes} classes; × = time over the N × C cosine matrix's (gradients to both sides)")
     elif args.memory:
-        names = [RECTANGLE] + [f"xbm {name}" for name in MEMORY_LOSSES]
+        names = [RECTANGLE] + [f"xbm {name}" for name in MEMORY_LOSSES if name in args.losses]
         print(f"cross-batch memory of M = {args.memory} rows; × = time over the N × (N + M) rectangle's")
     else:
         names = [BASELINE] + [name for name in args.losses if name != BASELINE]

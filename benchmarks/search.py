@@ -11,6 +11,14 @@ of queries whose neighbour lists are the same, a list that differs only by
 the order of neighbours at equal float32 distances counting as the same.
 Then `retrieval_metrics(k=(1, 5, 10))` on the same points; before this
 search existed it took 180-235 s for 100 000 points on a 2-core machine.
+
+Last, the approximate engines (`tfm.search.IVF`, `tfm.search.HNSW`: faiss
+behind `Index.search`) at their default settings: 10 000 new points from
+the same distribution searching the N for their 10 nearest, seconds to build
+the index and to search, and their recall of the exact neighbours; on the
+standard normal points (the hard case: no clusters to exploit) and on
+clustered ones (1 000 class centres, each point 0.25 from its own in every
+dimension, as trained embeddings cluster by class).
 """
 
 import argparse
@@ -24,9 +32,15 @@ import numpy as np
 import tfmetric as tfm
 
 
-def points(n, dim, classes, seed=0):
+def points(n, dim, classes, seed=0, spread=None):
+    """Standard normal points with random labels; or, given a `spread`, points that
+    many standard deviations around their class's standard normal centre."""
     rng = np.random.default_rng(seed)
-    return rng.normal(size=(n, dim)).astype("float32"), rng.integers(0, classes, size=n)
+    labels = rng.integers(0, classes, size=n)
+    if spread is None:
+        return rng.normal(size=(n, dim)).astype("float32"), labels
+    centres = np.random.default_rng(classes).normal(size=(classes, dim))
+    return (centres[labels] + spread * rng.normal(size=(n, dim))).astype("float32"), labels
 
 
 def timed(work):
@@ -92,6 +106,33 @@ def main():
         name = "retrieval_metrics(k=1,5,10)"
         print(f"{name:<30}{n:>9}{seconds:>10.2f}{'':>13}{'':>8}{metrics['precision@1']:>13.4f}")
     print("retrieval_metrics before tfm.search: 180-235 s for N = 100 000 (issue 21, same machine)")
+    approximate(args)
+
+
+def approximate(args):
+    """Build and search seconds and recall@k of the faiss engines against the exact search."""
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        print("approximate engines: skipped, faiss is not installed (pip install 'tfmetric[search]')")
+        return
+    print()
+    recall_column = f"recall@{args.k}"
+    print(f"{'engine (10 000 queries)':<30}{'N':>9}{'build s':>10}{'search s':>10}{'speed-up':>10}{recall_column:>11}")
+    print("-" * 80)
+    for spread, kind in ((None, "normal"), (0.25, "clustered")):
+        for n in args.sizes:
+            references, _ = points(n, args.dim, args.classes, spread=spread)
+            queries, _ = points(10_000, args.dim, args.classes, seed=1, spread=spread)
+            exact_seconds, (_, exact) = timed(lambda: tfm.search.nearest_neighbours(queries, references, args.k))
+            print(f"{'exact, ' + kind:<30}{n:>9}{0:>10.2f}{exact_seconds:>10.2f}{1:>10.2f}{1:>11.4f}")
+            for engine in (tfm.search.IVF(), tfm.search.HNSW()):
+                build_seconds, _ = timed(lambda: engine.build(references, "euclidean"))
+                search_seconds, (_, found) = timed(lambda: engine.search(queries, args.k))
+                speed_up = exact_seconds / search_seconds
+                recalled = tfm.search.recall(found, exact)
+                settings = repr(engine).replace(", build_breadth=80", "").replace(", seed=0", "")
+                print(f"{settings:<30}{n:>9}{build_seconds:>10.2f}{search_seconds:>10.2f}{speed_up:>10.2f}{recalled:>11.4f}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ import doctest
 import importlib
 import pkgutil
 
+import keras
 import pytest
 
 import tfmetric.datasets.images
@@ -33,6 +34,11 @@ import tfmetric.losses.vicreg_loss
 import tfmetric.miners
 import tfmetric.recurrent
 import tfmetric.search
+import tfmetric.search.calibration
+import tfmetric.search.engines
+import tfmetric.search.exact
+import tfmetric.search.index
+import tfmetric.search.serving
 
 from conftest import only_tensorflow
 
@@ -67,12 +73,21 @@ from conftest import only_tensorflow
         tfmetric.miners,
         tfmetric.recurrent,
         tfmetric.search,
+        tfmetric.search.calibration,
+        tfmetric.search.engines,
+        tfmetric.search.exact,
+        tfmetric.search.index,
     ],
 )
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+@pytest.mark.skipif(keras.backend.backend() == "torch", reason="a SavedModel is not exported from PyTorch models")
+def test_serving_docstring_example():
+    test_docstring_examples(tfmetric.search.serving)
 
 
 # The loss modules whose examples are elsewhere: the contract and plumbing.

@@ -30,6 +30,13 @@ def test_demo_trains_writes_tensorboard_logs_and_reports(tmp_path, capsys):
     assert (tmp_path / "projector" / "sprite.png").exists()
     assert (tmp_path / "pca" / "embeddings.gif").exists()
     assert list((tmp_path / "retrieval").glob("events.out.tfevents.*"))
+    # The lookups: an index of the held-out examples, calibrated, saved, answering one training example per class.
+    index = result["index"]
+    held_out_labels = datasets.load("digits", 0)[1][1]
+    assert len(index) == len(held_out_labels) and 0 < index.threshold < 2
+    assert f"An index of the {len(index)} held-out embeddings" in printed and "random pixels" in printed
+    loaded = tfm.search.Index.load(tmp_path / "index.npz")
+    assert loaded.threshold == index.threshold and len(loaded) == len(index)
 
 
 def test_demo_on_fashion_mnist_files(tmp_path, capsys):

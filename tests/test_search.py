@@ -224,7 +224,7 @@ def test_index_errors():
     with pytest.raises(ValueError, match="2 embeddings but 3 labels"):
         index.add(np.zeros((2, 2)), labels=[0, 1, 2])
     with pytest.raises(ValueError, match="Unknown engine"):
-        Index(engine="hnsw")
+        Index(engine="annoy")
     index.add(np.zeros((2, 2)), labels=[0, 1])
     with pytest.raises(ValueError, match="2-dimensional"):
         index.add(np.zeros((2, 3)), labels=[0, 1])

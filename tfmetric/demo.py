@@ -6,19 +6,23 @@ digits (no download; `--dataset fashion_mnist` reads Debian's
 files, else MNIST/Fashion-MNIST download through `keras.datasets`) with
 P×K batches and an online-mined loss, writes a TensorBoard log directory (the
 projector with thumbnails, a PCA film of the held-out embeddings, retrieval
-metrics every epoch), and prints the held-out 1-NN accuracy and recall@1
-before and after training.
+metrics every epoch), prints the held-out 1-NN accuracy and recall@1
+before and after training, and ends with lookups: an index of the held-out
+embeddings (`tfm.search.Index`, calibrated, saved beside the logs) answering
+a few training pictures.
 """
 
 import os
 
 import keras
+import numpy as np
 
 from tfmetric.data import pk_sampler
 from tfmetric.datasets import load
 from tfmetric.evaluation import retrieval_metrics
 from tfmetric.losses.registry import LOSSES, PROXY_LOSSES
 from tfmetric.metrics import ActiveTripletFraction
+from tfmetric.search import Index
 
 # What `--loss` takes: the losses mined from labels, and those with class vectors.
 LOSS_KEYS = (*LOSSES, *PROXY_LOSSES)
@@ -109,4 +113,35 @@ def run(
     print(f"Training loss: {history[0]:.4f} (first epoch) -> {history[-1]:.4f} (last epoch)")
     print(f"Projector, PCA film and retrieval metrics written to {log_dir}; look at them with:")
     print(f"  tensorboard --logdir {log_dir}")
-    return {"loss": history, "before": before, "after": after, "log_dir": log_dir, "model": model}
+    index = lookups(model, x_test, y_test, x_train, y_train, log_dir)
+    return {"loss": history, "before": before, "after": after, "log_dir": log_dir, "model": model, "index": index}
+
+
+def lookups(model, x_test, y_test, x_train, y_train, log_dir, shown=5, k=5):
+    """Indexes the held-out examples, calibrates a match threshold, and looks up a training example per class."""
+    index = Index(model)
+    index.add(x=x_test, labels=y_test, verbose=0)
+    # Leave-one-out on the index itself: each held-out example against the others.
+    calibration = index.calibrate(exclude_self=True)
+    path = os.path.join(log_dir, "index.npz")
+    index.save(path)
+    print()
+    print(f"An index of the {len(index)} held-out embeddings (tfm.search.Index, saved to {path}):")
+    print(
+        f"a match is within distance {calibration.threshold:.3f} (best F1, leave-one-out: "
+        f"precision {calibration.precision:.3f}, recall {calibration.recall:.3f})"
+    )
+    chosen = [int((y_train == label).argmax()) for label in sorted(set(y_train.tolist()))[:shown]]
+    names = [f"#{i} (label {y_train[i]})" for i in chosen] + ["random pixels"]
+    # A picture of no class: the open-set case a threshold is for.
+    noise = np.random.default_rng(0).permutation(x_train[chosen[0]])
+    queries = np.concatenate([x_train[chosen], noise[None]])
+    found = index.search(x=queries, k=k, verbose=0)
+    matches = index.match(x=queries, verbose=0)
+    print(f"{'training example':<22}{'match':>7}   {k} nearest held-out: label (distance)")
+    for row, name in enumerate(names):
+        nearest = zip(found.labels[row], found.distances[row])
+        neighbours = "  ".join(f"{label} ({distance:.2f})" for label, distance in nearest)
+        answer = str(matches.labels[row]) if matches.matched[row] else "unknown"
+        print(f"{name:<22}{answer:>7}   {neighbours}")
+    return index

@@ -18,7 +18,7 @@ import numpy as np
 
 from tfmetric.distances import check_distance
 from tfmetric.optional import optional_import
-from tfmetric.search import DEFAULT_BLOCK_SIZE, _nearest_neighbours
+from tfmetric.search.exact import DEFAULT_BLOCK_SIZE, _nearest_neighbours
 
 __all__ = ["retrieval_metrics"]
 

@@ -1,14 +1,4 @@
-"""Exact nearest-neighbour search over embeddings: `Index` and `nearest_neighbours`.
-
-`Index` stores embeddings with their labels and any data (the products, the
-file names, the answers of an intent) and finds the k nearest of queries:
-
->>> import numpy as np, tfmetric as tfm
->>> index = tfm.search.Index(distance="euclidean")
->>> index.add(np.array([[0.0, 0.0], [1.0, 0.0], [5.0, 5.0]]), labels=[7, 7, 9], data=["a", "b", "c"])
->>> result = index.search(np.array([[0.9, 0.1]]), k=2)
->>> result.indices.tolist(), result.labels.tolist(), result.data
-([[1, 0]], [[7, 7]], [['b', 'a']])
+"""Exact k-nearest-neighbour search in blocks: `nearest_neighbours`.
 
 The search is exact, and its order is that of `tfm.evaluation.retrieval_metrics`:
 distances are rounded to a grid 1e-12 of the data's scale, in float64, so
@@ -21,18 +11,15 @@ proven error of the k-th: ties, near-duplicates) is searched again with
 every reference that float32 cannot rule out.
 """
 
-import json
 import os
-from collections import namedtuple
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from tfmetric.distances import check_distance
 
-__all__ = ["Index", "SearchResult", "nearest_neighbours"]
+__all__ = ["nearest_neighbours"]
 
-ENGINES = ("exact",)
 # Queries and references per block: the 1024 × 2048 float32 scores (8 MiB)
 # are scanned while still in the processor's cache.
 DEFAULT_BLOCK_SIZE = (1024, 2048)
@@ -48,15 +35,6 @@ _RELATIVE_GRID = 1e-12
 # on the dot product, plus the rounding of the inputs and of the norms).
 _FLOAT32_ERROR = 2.0**-23
 
-SearchResult = namedtuple("SearchResult", ["distances", "indices", "labels", "data"])
-SearchResult.__doc__ = """The k nearest references of every query, nearest first.
-
-- `distances`: `(N, k)` float64.
-- `indices`: `(N, k)` int64 positions of the references, in the order they were added.
-- `labels`: `(N, k)` labels of the references (None when the index has none).
-- `data`: the references' data: an `(N, k, ...)` array when it was added as
-  arrays, else a list (per query) of lists; None when the index has none.
-"""
 
 
 def nearest_neighbours(queries, references, k, distance="euclidean", exclude_self=False, block_size=DEFAULT_BLOCK_SIZE):
@@ -389,190 +367,3 @@ def _check_block_size(block_size):
             f"block_size must be a positive integer or a pair (queries, references) of them; received {block_size!r}."
         )
     return int(sizes[0]), int(sizes[1])
-
-
-class Index:
-    """Embeddings with their labels and data, searched exactly for the nearest.
-
-    `add` appends references: embeddings, or raw inputs `x` that the model
-    embeds in batches (with Keras' progress bar); `search` returns the k
-    nearest of each query (embeddings, or inputs `x` embedded the same way)
-    as a `SearchResult` `(distances, indices, labels, data)`. A `k` larger
-    than the index returns every reference (fewer columns), not an error.
-
-    Labels and data are optional, but every `add` must give them if the first
-    did. `data` is one item per reference: a NumPy array (saved as is), or a
-    list of anything (saved when all are strings).
-
-    Args:
-        model: Optional Keras model that turns raw inputs into embeddings.
-        distance: `"euclidean"`, `"squared_euclidean"` or `"cosine"`.
-        engine: How to search; `"exact"` (the only one so far) compares every
-            query with every reference, in blocks.
-
-    Example:
-
-    >>> import numpy as np, tfmetric as tfm
-    >>> index = tfm.search.Index(distance="cosine")
-    >>> index.add(np.array([[1.0, 0.0], [0.0, 1.0]]), labels=["east", "north"])
-    >>> index.add(np.array([[-1.0, 0.0]]), labels=["west"])
-    >>> result = index.search(np.array([[0.9, 0.2], [-0.5, -0.1]]), k=1)
-    >>> result.labels.tolist(), result.indices.tolist()
-    ([['east'], ['west']], [[0], [2]])
-    """
-
-    def __init__(self, model=None, distance="euclidean", engine="exact"):
-        if engine not in ENGINES:
-            raise ValueError(f"Unknown engine {engine!r}; expected one of {ENGINES}.")
-        self.model = model
-        self.distance = check_distance(distance)
-        self.engine = engine
-        self._embeddings, self._labels, self._data = [], [], []
-        self._has_labels = self._has_data = None
-
-    def __len__(self):
-        return sum(len(part) for part in self._embeddings)
-
-    @property
-    def embeddings(self):
-        """The references' embeddings, `(size, D)`."""
-        self._consolidate()
-        return self._embeddings[0] if self._embeddings else None
-
-    @property
-    def labels(self):
-        """The references' labels, or None."""
-        self._consolidate()
-        return self._labels[0] if self._has_labels else None
-
-    @property
-    def data(self):
-        """The references' data (an array or a list), or None."""
-        self._consolidate()
-        return self._data[0] if self._has_data else None
-
-    def add(self, embeddings=None, labels=None, data=None, x=None, model=None, batch_size=256, verbose=1):
-        """Appends references: `embeddings`, or inputs `x` embedded by the model (this one's or `model`)."""
-        embeddings = self._embed(embeddings, x, model, batch_size, verbose, "add")
-        if self._embeddings and embeddings.shape[1] != self._embeddings[0].shape[1]:
-            raise ValueError(
-                f"The index holds {self._embeddings[0].shape[1]}-dimensional embeddings; "
-                f"received {embeddings.shape[1]} dimensions."
-            )
-        if labels is not None:
-            labels = np.asarray(labels)
-            if labels.ndim != 1:
-                raise ValueError(f"labels must be one per embedding, shape (N,); received shape {labels.shape}.")
-        if data is not None and not isinstance(data, np.ndarray):
-            data = list(data)
-        for name, values in (("labels", labels), ("data", data)):
-            if values is not None and len(values) != len(embeddings):
-                raise ValueError(f"{len(embeddings)} embeddings but {len(values)} {name}.")
-        if self._has_labels is None:
-            self._has_labels, self._has_data = labels is not None, data is not None
-        for name, values, present in (("labels", labels, self._has_labels), ("data", data, self._has_data)):
-            if (values is not None) != present:
-                state = "has" if present else "has no"
-                raise ValueError(f"The index {state} {name}: every add must {'' if present else 'not '}give them.")
-        self._embeddings.append(embeddings)
-        if labels is not None:
-            self._labels.append(labels)
-        if data is not None:
-            self._data.append(data)
-
-    def search(self, queries=None, k=10, x=None, model=None, batch_size=256, verbose=1, block_size=DEFAULT_BLOCK_SIZE):
-        """The `k` nearest references of every query: a `SearchResult`.
-
-        `queries` are embeddings; or pass inputs `x` for the model to embed.
-        """
-        if not len(self):
-            raise ValueError("The index is empty: add references before searching.")
-        queries = self._embed(queries, x, model, batch_size, verbose, "search")
-        references = self.embeddings
-        if queries.shape[1] != references.shape[1]:
-            raise ValueError(
-                f"The index holds {references.shape[1]}-dimensional embeddings; "
-                f"the queries have {queries.shape[1]} dimensions."
-            )
-        distances, indices = nearest_neighbours(queries, references, k, self.distance, block_size=block_size)
-        labels = self.labels[indices] if self._has_labels else None
-        data = None
-        if self._has_data:
-            stored = self.data
-            data = stored[indices] if isinstance(stored, np.ndarray) else [[stored[i] for i in row] for row in indices]
-        return SearchResult(distances, indices, labels, data)
-
-    def save(self, path):
-        """Writes the index to `path` (a `.npz` file; the model is not saved).
-
-        Labels must be a NumPy-storable array (numbers, strings); data a
-        NumPy array of numbers or strings, or a list of strings. Loading
-        never unpickles.
-        """
-        if self._has_data and not _storable(self.data):
-            raise ValueError(
-                "Index.save stores data that is a NumPy array of numbers or strings, or a list of strings; "
-                "keep other data beside the index and look it up by result.indices."
-            )
-        if self._has_labels and not _storable(self.labels):
-            raise ValueError("Index.save stores labels of numbers or strings.")
-        config = {
-            "format": 1,
-            "distance": self.distance,
-            "engine": self.engine,
-            "has_labels": bool(self._has_labels),
-            "data": None if not self._has_data else ("array" if isinstance(self.data, np.ndarray) else "list"),
-        }
-        arrays = {"config": np.array(json.dumps(config))}
-        if len(self):
-            arrays["embeddings"] = self.embeddings
-        if self._has_labels:
-            arrays["labels"] = self.labels
-        if self._has_data:
-            arrays["data"] = np.asarray(self.data) if config["data"] == "list" else self.data
-        with open(path, "wb") as file:
-            np.savez(file, **arrays)
-
-    @classmethod
-    def load(cls, path, model=None):
-        """Reads an index written by `save`; `model` embeds raw inputs, as in `Index(model)`."""
-        with np.load(path, allow_pickle=False) as stored:
-            config = json.loads(str(stored["config"]))
-            index = cls(model, config["distance"], config["engine"])
-            if "embeddings" in stored:
-                data = None
-                if config["data"] == "list":
-                    data = stored["data"].tolist()
-                elif config["data"] == "array":
-                    data = stored["data"]
-                index.add(stored["embeddings"], stored["labels"] if config["has_labels"] else None, data)
-        return index
-
-    def _embed(self, embeddings, x, model, batch_size, verbose, action):
-        if (embeddings is None) == (x is None):
-            raise ValueError(f"Index.{action} takes embeddings or raw inputs x (embedded by the model), not both.")
-        if x is not None:
-            model = model if model is not None else self.model
-            if model is None:
-                raise ValueError(f"Index.{action}(x=...) needs a model: Index(model) or {action}(x=..., model=...).")
-            embeddings = model.predict(x, batch_size=batch_size, verbose=verbose)
-        embeddings = _as_matrix(embeddings, "embeddings")
-        # float32 embeddings stay float32 (half the memory); float64 stays exact.
-        return embeddings.astype(np.result_type(embeddings.dtype, np.float32), copy=False)
-
-    def _consolidate(self):
-        """Joins the parts of successive adds, once, before a search."""
-        if len(self._embeddings) > 1:
-            self._embeddings = [np.concatenate(self._embeddings)]
-            if self._has_labels:
-                self._labels = [np.concatenate(self._labels)]
-            if self._has_data:
-                arrays = all(isinstance(part, np.ndarray) for part in self._data)
-                self._data = [np.concatenate(self._data) if arrays else [item for part in self._data for item in part]]
-
-
-def _storable(values):
-    """Whether `np.savez` keeps `values` without pickling (numbers, booleans, strings)."""
-    if isinstance(values, np.ndarray):
-        return values.dtype.kind in "biufcUS"
-    return all(isinstance(item, str) for item in values)
