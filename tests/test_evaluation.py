@@ -126,7 +126,9 @@ def test_blocks_give_the_same_answer(monkeypatch):
     x = rng.normal(size=(300, 4))
     y = rng.integers(0, 7, size=300)
     whole = tfm.evaluation.retrieval_metrics(x, y, nmi=False)
-    monkeypatch.setattr(tfmetric.evaluation, "_BLOCK_ENTRIES", 1000)  # blocks of 3 queries
+    # Blocks of 7 queries against 11 references: 43 blocks of queries scored
+    # as they come, from several threads.
+    monkeypatch.setattr(tfmetric.evaluation, "DEFAULT_BLOCK_SIZE", (7, 11))
     assert tfm.evaluation.retrieval_metrics(x, y, nmi=False) == whole
 
 

@@ -8,7 +8,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import tfmetric as tfm
+from tfmetric import search
 from tfmetric.search import Index, nearest_neighbours
+from tfmetric.search.exact import _pilot_bars as original_bars
 
 DISTANCES = ("euclidean", "squared_euclidean", "cosine")
 
@@ -113,6 +115,31 @@ def test_many_blocks_the_last_ragged_and_float32_inputs():
     want = brute_force(queries, references, 12, "euclidean")
     for block_size in [(32, 64), (50, 100), 517, (1, 1000)]:
         assert_same(nearest_neighbours(queries, references, 12, block_size=block_size), want)
+
+
+@pytest.mark.parametrize("distance", DISTANCES)
+def test_a_pilot_sets_the_bar_for_many_candidates(distance, monkeypatch):
+    # k ≥ 44 among more than 8192 references: a sample of the references sets
+    # each query's bar; with a margin so small that nearly every query falls
+    # short of k candidates, they are searched again without it. Both agree
+    # with the search without a pilot, itself checked against brute force
+    # above; with ties (points on a grid, duplicates) and self-exclusion.
+    rng = np.random.default_rng(6)
+    x = np.concatenate([rng.normal(size=(9000, 5)), rng.integers(-2, 3, size=(1000, 5)).astype(float)])
+    exact = search.exact
+    monkeypatch.setattr(exact, "_PILOTED_CANDIDATES", 10**9)
+    want = nearest_neighbours(x[:600], x[:600 + 9000], 60, distance)
+    want_loo = nearest_neighbours(x, x, 50, distance, exclude_self=True)
+    monkeypatch.setattr(exact, "_PILOTED_CANDIDATES", 48)
+    calls = []
+    monkeypatch.setattr(exact, "_pilot_bars", lambda *a: calls.append(1) or original_bars(*a))
+    for margin in (4, 0.05):
+        monkeypatch.setattr(exact, "_PILOT_MARGIN", margin)
+        np.testing.assert_array_equal(nearest_neighbours(x[:600], x[:600 + 9000], 60, distance)[1], want[1])
+        got = nearest_neighbours(x, x, 50, distance, exclude_self=True)
+        np.testing.assert_array_equal(got[1], want_loo[1])
+        np.testing.assert_array_equal(got[0], want_loo[0])
+    assert calls
 
 
 def test_every_point_the_same_and_one_reference():

@@ -22,9 +22,8 @@ from tfmetric.search.exact import DEFAULT_BLOCK_SIZE, _nearest_neighbours
 
 __all__ = ["retrieval_metrics"]
 
-# Neighbour entries held at once (queries × depth): with their distances and
-# relevance flags, about 40 MiB.
-_BLOCK_ENTRIES = 2**21
+# Query-reference pairs whose shared labels are counted at once (multi-label): about 16 MiB.
+_PAIRS_AT_ONCE = 2**21
 
 
 def retrieval_metrics(
@@ -127,12 +126,9 @@ def retrieval_metrics(
     hits_at = {value: np.zeros(len(queries)) for value in depths}
     r_precision = np.zeros(len(queries))
     average_precision = np.zeros(len(queries))
-    block = max(1, _BLOCK_ENTRIES // max(depth, 1))
-    for start in range(0, len(queries) if depth > 0 else 0, block):
-        rows = np.arange(start, min(start + block, len(queries)))
-        _, nearest = _nearest_neighbours(
-            queries[rows], references, depth, distance, rows if leave_one_out else None, DEFAULT_BLOCK_SIZE
-        )
+    def score(rows, _, nearest):
+        # Called for each block of queries as its neighbours are found (from
+        # several threads, for disjoint rows): one block's neighbours in memory.
         if multi_label:
             shared = query_labels[rows, None, :] & reference_labels[nearest]
             relevant = shared.any(axis=2)
@@ -146,6 +142,10 @@ def retrieval_metrics(
         r_precision[rows] = hits_within_r.sum(axis=1) / r_safe
         precision_at_rank = np.cumsum(hits_within_r, axis=1) / np.arange(1, depth + 1)
         average_precision[rows] = (precision_at_rank * hits_within_r).sum(axis=1) / r_safe
+
+    if depth > 0:
+        own = np.arange(len(queries)) if leave_one_out else None
+        _nearest_neighbours(queries, references, depth, distance, own, DEFAULT_BLOCK_SIZE, consume=score)
 
     count = int(scored.sum())
 
@@ -183,7 +183,7 @@ def _shared_label_counts(query_labels, reference_labels):
     """For every query, how many references share at least one label with it (block by block)."""
     counts = np.zeros(len(query_labels), np.int64)
     references = reference_labels.astype(np.float64)
-    block = max(1, _BLOCK_ENTRIES // max(len(reference_labels), 1))
+    block = max(1, _PAIRS_AT_ONCE // max(len(reference_labels), 1))
     for start in range(0, len(query_labels), block):
         rows = slice(start, start + block)
         counts[rows] = ((query_labels[rows].astype(np.float64) @ references.T) > 0).sum(axis=1)
