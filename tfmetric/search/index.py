@@ -130,11 +130,8 @@ class Index:
     def add(self, embeddings=None, labels=None, data=None, x=None, model=None, batch_size=256, verbose=1):
         """Appends references: `embeddings`, or inputs `x` embedded by the model (this one's or `model`)."""
         embeddings = self._embed(embeddings, x, model, batch_size, verbose, "add")
-        if self._embeddings and embeddings.shape[1] != self._embeddings[0].shape[1]:
-            raise ValueError(
-                f"The index holds {self._embeddings[0].shape[1]}-dimensional embeddings; "
-                f"received {embeddings.shape[1]} dimensions."
-            )
+        if self._embeddings:
+            self._check_width(embeddings, "received")
         if labels is not None:
             labels = np.asarray(labels)
             if labels.ndim != 1:
@@ -167,11 +164,7 @@ class Index:
             raise ValueError("The index is empty: add references before searching.")
         queries = self._embed(queries, x, model, batch_size, verbose, "search")
         references = self.embeddings
-        if queries.shape[1] != references.shape[1]:
-            raise ValueError(
-                f"The index holds {references.shape[1]}-dimensional embeddings; "
-                f"the queries have {queries.shape[1]} dimensions."
-            )
+        self._check_width(queries, "the queries have")
         if not self._engine_is_built:
             self.engine.build(references, self.distance)
             self._engine_is_built = True
@@ -248,11 +241,7 @@ class Index:
                 raise ValueError(
                     f"{len(queries)} queries need labels of shape ({len(queries)},); received {labels.shape}."
                 )
-            if queries.shape[1] != references.shape[1]:
-                raise ValueError(
-                    f"The index holds {references.shape[1]}-dimensional embeddings; "
-                    f"the queries have {queries.shape[1]} dimensions."
-                )
+            self._check_width(queries, "the queries have")
             _check_comparable(reference_labels, labels)
             known = np.isin(labels, reference_labels)
         distances, indices = nearest_neighbours(queries, references, 1, self.distance, exclude_self=exclude_self)
@@ -406,6 +395,11 @@ class Index:
         embeddings = _as_matrix(embeddings, "embeddings")
         # float32 embeddings stay float32 (half the memory); float64 stays exact.
         return embeddings.astype(np.result_type(embeddings.dtype, np.float32), copy=False)
+
+    def _check_width(self, rows, what):
+        width = self._embeddings[0].shape[1]
+        if rows.shape[1] != width:
+            raise ValueError(f"The index holds {width}-dimensional embeddings; {what} {rows.shape[1]} dimensions.")
 
     def _consolidate(self):
         """Joins the parts of successive adds, once, before a search."""
