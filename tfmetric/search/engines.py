@@ -31,7 +31,7 @@ import math
 import numpy as np
 
 from tfmetric.optional import optional_import
-from tfmetric.search.exact import DEFAULT_BLOCK_SIZE, _as_matrix, _check_block_size, nearest_neighbours
+from tfmetric.search.exact import DEFAULT_BLOCK_SIZE, _as_matrix, _check_block_size, _unit_rows, nearest_neighbours
 
 __all__ = ["Exact", "HNSW", "IVF", "get_engine", "recall"]
 
@@ -100,10 +100,9 @@ class _Faiss:
         return f"{type(self).__name__}({', '.join(f'{name}={value}' for name, value in settings.items())})"
 
     def _prepare(self, rows):
-        rows = np.ascontiguousarray(rows, np.float32)
         if self._distance == "cosine":
-            rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), np.finfo(np.float32).tiny)
-        return rows
+            rows = _unit_rows(rows)
+        return np.ascontiguousarray(rows, np.float32)
 
 
 class IVF(_Faiss):

@@ -13,7 +13,7 @@ import io
 import keras
 import numpy as np
 
-from tfmetric.search.exact import _check_k
+from tfmetric.search.exact import _check_k, _squared_norms, _unit_rows
 
 __all__ = ["export", "UNKNOWN_LABELS"]
 
@@ -177,9 +177,8 @@ def _references_module(tf, embeddings, distance, labels):
     references = tf.Module()
     embeddings = np.asarray(embeddings, np.float64)
     if distance == "cosine":
-        norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
         references.operand = tf.Variable(
-            (embeddings / np.maximum(norms, 1e-300)).astype(np.float32), trainable=False, name="unit_embeddings"
+            _unit_rows(embeddings).astype(np.float32), trainable=False, name="unit_embeddings"
         )
     else:
         # Centred on their mean (queries too, when served), so that float32
@@ -190,7 +189,7 @@ def _references_module(tf, embeddings, distance, labels):
         references.centre = tf.Variable(centre.astype(np.float32), trainable=False, name="centre")
         references.operand = tf.Variable(centred, trainable=False, name="centred_embeddings")
         references.squared_norms = tf.Variable(
-            np.einsum("ij,ij->i", centred, centred, dtype=np.float64).astype(np.float32),
+            _squared_norms(centred).astype(np.float32),
             trainable=False,
             name="squared_norms",
         )
