@@ -15,7 +15,8 @@ creates on first use under `--env-dir` (default `~/.cache/tfmetric-peers`):
 
 tfmetric runs in the Python running this script. Each (implementation, task,
 N, XLA) cell runs in its own process and is timed as forward + backward (the
-loss and its gradient with respect to the embeddings), median over repeats
+loss and its gradient with respect to the embeddings, and to the class
+vectors of the losses that have them), median over repeats
 after a warm-up; `+MB` is the peak resident memory the cell added to its
 process (runtime, data and loss object excluded). Batches are P×K (N/K
 classes of K examples, K = 4), D = 128, float32, the same numbers for
@@ -23,32 +24,68 @@ everyone. TF Addons runs in `tf.function`, with `jit_compile` off and on;
 PyTorch runs eagerly (its `XLA` cells repeat the eager time, for the ratio).
 
 The tasks, with the same definitions on both sides (the `value` column shows
-it where the definitions agree exactly):
+it where the definitions agree exactly). tfmetric's side is the registry's
+configuration (`tfmetric.losses.registry`), the peer's the constructor with
+the same arguments (PML's defaults where they are tfmetric's):
 
 - semi-hard: `SemiHardTriplet` / TF Addons `TripletSemiHardLoss`.
 - batch-hard: `BatchHardTriplet` / TF Addons `TripletHardLoss` / PML
   `BatchHardMiner` + `TripletMarginLoss` (mean over anchors).
 - batch-all: `BatchAllTriplet` / PML `TripletMarginLoss` without a miner
   (all triplets, mean over the positive ones).
+- batch-all-mean: `BatchAllTriplet(average="all")` / PML
+  `TripletMarginLoss` with a `MeanReducer` (mean over all triplets).
 - contrastive: `Contrastive` / PML `ContrastiveLoss` over all pairs (PML's
   terms are not squared: same work, different values).
 - margin: `MarginLoss` (distance-weighted sampling) / PML
   `DistanceWeightedMiner` + `MarginLoss` (random draws: different values).
-- lifted: `LiftedStructure` / TF Addons `LiftedStructLoss`.
+- margin-all: `MarginLoss(sampling="all")` / PML `MarginLoss` without a
+  miner (PML takes every triplet, so it counts a positive pair once per
+  negative: same β and margin, different values).
+- lifted: `LiftedStructure` / TF Addons `LiftedStructLoss` / PML
+  `LiftedStructureLoss` (Euclidean distances, embeddings as they are).
+- multi-similarity, circle, nca, supcon, ntxent, fast-ap, ranked-list,
+  histogram, tuplet-margin, intra-pair-var, tcm, gen-lifted, snr: the
+  registry's loss / PML's loss of the same name, same values.
+- ms-mined: `MultiSimilarity(epsilon=0.1)` / PML `MultiSimilarityMiner` +
+  `MultiSimilarityLoss`.
+- dyn-soft-margin: `DynamicSoftMargin` / PML `DynamicSoftMarginLoss`. Both
+  keep a running histogram: the values agree when both made as many calls
+  (`--min-seconds 0`); PML's keeps its autograd graph from call to call,
+  its values only are kept here (a second `backward` would fail).
+- n-pairs: `NPairs` / PML `NPairsLoss`, both on raw dot products (PML takes
+  one positive pair per class, tfmetric every anchor with all its
+  positives: different values).
+- instance: `Instance` / PML `InstanceLoss` (with repeated labels PML's
+  target is the column of the label's rank: different values).
+- smooth-ap: `SmoothAP` / PML `SmoothAPLoss` (PML takes blocks of N/K rows
+  as the classes and counts a query as its own positive: different values).
+- pnp, pnp-dq: `PNP` / PML `PNPLoss` (variant "O", and "Dq"; PML counts a
+  query as its own positive: different values).
+- angular: `Angular` / PML `AngularLoss` (PML leaves the negatives
+  unnormalised: the values agree on unit-norm embeddings only, not here).
+
+Then the losses with class vectors (C = N/K classes; the same seeded unit
+vectors on both sides; the gradient with respect to the embeddings and the
+class vectors): arcface, cosface, sphereface, l-softmax, subcenter-arcface,
+norm-softmax, proxy-nca, proxy-anchor, p2sgrad, manifold (PML's proxy ids
+given as `indices_tuple` = the labels), soft-triple (tfmetric with `tau=0`:
+PML has no τ regulariser). Same values throughout.
 
 `--peers` picks the peers (`--peers` alone: tfmetric only, no environment
-to create). TF Addons' semi-hard and lifted losses and PML's all-triplets
-masks build (N, N, N)
-tensors; their cells are skipped when that would not fit in `--max-memory-gb`.
+to create). TF Addons' semi-hard and lifted losses, PML's all-triplets
+masks, lifted structure and ranking losses, and tfmetric's Smooth-AP and
+PNP build (N, N, N) tensors; their cells are skipped when that would not fit
+in `--max-memory-gb`.
 """
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
 
-from losses import build_loss
 from timing import pk_batch, rss_mb, run_cell, tensorflow_step, time_calls
 
 PEERS = {
@@ -62,8 +99,27 @@ PEERS = {
     },
 }
 
-MARGIN = 0.2  # the triplet and margin losses' margin, as benchmarks/losses.py configures tfmetric's
-
+# The triplet losses' margin, on both sides.
+MARGIN = 0.2
+TRIPLET_MARGIN = ("semi_hard", "batch_hard", "batch_all_nonzero", "batch_all_all")
+# Where tfmetric's configuration has an option that the peer lacks, the
+# peer's value of it: PML's SoftTriple has no τ regulariser.
+TFMETRIC_OPTIONS = {"soft_triple": {"tau": 0.0}}
+# The tasks with class vectors, and the vectors per class (tfmetric's
+# defaults, passed to PML).
+VECTORS_PER_CLASS = {
+    "arcface": 1,
+    "cosface": 1,
+    "sphereface": 1,
+    "l-softmax": 1,
+    "subcenter-arcface": 3,
+    "norm-softmax": 1,
+    "proxy-nca": 1,
+    "proxy-anchor": 1,
+    "soft-triple": 10,
+    "p2sgrad": 1,
+    "manifold": 1,
+}
 
 
 def no_cube(n):
@@ -82,83 +138,243 @@ def pml_all_triplets_gb(n):
     return 1.5 * n**3 / 2**30 if n**3 < 2**31 else 0.0
 
 
+def pml_lifted_gb(n):
+    # PML masks the negative pairs of every positive pair, (N·(K−1), N·(N−K))
+    # at once; measured: 66 bytes per entry of (N, N, N) at N = 256.
+    return 70 * n**3 / 2**30
+
+
+def pml_rank_cube_gb(n):
+    # Smooth-AP and PNP compare every pair of similarities of every query,
+    # in repeated (N, N, N) copies; measured at N = 256: 23 (Smooth-AP) and
+    # 39 (PNP) bytes per entry.
+    return 40 * n**3 / 2**30
+
+
+def tfmetric_rank_cube_gb(n):
+    # The same (N, N, N) comparisons and their gradient, without XLA;
+    # measured at N = 256: 35 (Smooth-AP) and 44 (PNP) bytes per entry.
+    return 48 * n**3 / 2**30
+
+
+def ours(name, cube_gb=no_cube):
+    return (f"tfmetric {name}", "tfmetric", cube_gb)
+
+
+def tfa(name, cube_gb=no_cube):
+    return (f"TF Addons {name}", "tfa", cube_gb)
+
+
+def pml(name, cube_gb=no_cube):
+    return (f"PML {name}", "pml", cube_gb)
+
+
 # task -> [(implementation, environment, GB its (N, N, N) tensors need)]
 TASKS = {
-    "semi-hard": [
-        ("tfmetric semi_hard", "tfmetric", no_cube),
-        ("TF Addons TripletSemiHardLoss", "tfa", tfa_tiled_gb),
-    ],
-    "batch-hard": [
-        ("tfmetric batch_hard", "tfmetric", no_cube),
-        ("TF Addons TripletHardLoss", "tfa", no_cube),
-        ("PML BatchHardMiner+TripletMargin", "pml", no_cube),
-    ],
-    "batch-all": [
-        ("tfmetric batch_all_nonzero", "tfmetric", no_cube),
-        ("PML TripletMarginLoss (all)", "pml", pml_all_triplets_gb),
-    ],
-    "contrastive": [
-        ("tfmetric contrastive_all", "tfmetric", no_cube),
-        ("PML ContrastiveLoss", "pml", no_cube),
-    ],
-    "margin": [
-        ("tfmetric margin_dw", "tfmetric", no_cube),
-        ("PML DistanceWeighted+MarginLoss", "pml", no_cube),
-    ],
+    "semi-hard": [ours("semi_hard"), tfa("TripletSemiHardLoss", tfa_tiled_gb)],
+    "batch-hard": [ours("batch_hard"), tfa("TripletHardLoss"), pml("BatchHardMiner+TripletMargin")],
+    "batch-all": [ours("batch_all_nonzero"), pml("TripletMarginLoss (all)", pml_all_triplets_gb)],
+    "batch-all-mean": [ours("batch_all_all"), pml("TripletMarginLoss (mean)", pml_all_triplets_gb)],
+    "contrastive": [ours("contrastive_all"), pml("ContrastiveLoss")],
+    "margin": [ours("margin_dw"), pml("DistanceWeighted+MarginLoss")],
+    "margin-all": [ours("margin_all"), pml("MarginLoss (all)", pml_all_triplets_gb)],
     "lifted": [
-        ("tfmetric lifted_structure", "tfmetric", no_cube),
-        ("TF Addons LiftedStructLoss", "tfa", tfa_tiled_gb),
+        ours("lifted_structure"),
+        tfa("LiftedStructLoss", tfa_tiled_gb),
+        pml("LiftedStructureLoss", pml_lifted_gb),
     ],
+    "multi-similarity": [ours("multi_similarity"), pml("MultiSimilarityLoss")],
+    "ms-mined": [ours("multi_similarity_mined"), pml("MultiSimilarityMiner+Loss")],
+    "circle": [ours("circle"), pml("CircleLoss")],
+    "n-pairs": [ours("npairs"), pml("NPairsLoss")],
+    "nca": [ours("nca"), pml("NCALoss")],
+    "supcon": [ours("supcon"), pml("SupConLoss")],
+    "ntxent": [ours("ntxent"), pml("NTXentLoss")],
+    "instance": [ours("instance"), pml("InstanceLoss")],
+    "fast-ap": [ours("fast_ap"), pml("FastAPLoss")],
+    "smooth-ap": [ours("smooth_ap", tfmetric_rank_cube_gb), pml("SmoothAPLoss", pml_rank_cube_gb)],
+    "pnp": [ours("pnp", tfmetric_rank_cube_gb), pml("PNPLoss", pml_rank_cube_gb)],
+    "pnp-dq": [ours("pnp_dq", tfmetric_rank_cube_gb), pml("PNPLoss (Dq)", pml_rank_cube_gb)],
+    "ranked-list": [ours("ranked_list"), pml("RankedListLoss")],
+    "histogram": [ours("histogram"), pml("HistogramLoss", pml_all_triplets_gb)],
+    "dyn-soft-margin": [ours("dynamic_soft_margin"), pml("DynamicSoftMarginLoss", pml_all_triplets_gb)],
+    "angular": [ours("angular"), pml("AngularLoss")],
+    "tuplet-margin": [ours("tuplet_margin"), pml("TupletMarginLoss")],
+    "intra-pair-var": [ours("intra_pair_variance"), pml("IntraPairVarianceLoss")],
+    "tcm": [ours("threshold_consistent_margin"), pml("ThresholdConsistentMarginLoss")],
+    "gen-lifted": [ours("generalized_lifted_structure"), pml("GeneralizedLiftedStructureLoss")],
+    "snr": [ours("snr_contrastive"), pml("SignalToNoiseRatioContrastiveLoss")],
+    # With class vectors (VECTORS_PER_CLASS).
+    "arcface": [ours("arcface"), pml("ArcFaceLoss")],
+    "cosface": [ours("cosface"), pml("CosFaceLoss")],
+    "sphereface": [ours("sphereface"), pml("SphereFaceLoss")],
+    "l-softmax": [ours("large_margin_softmax"), pml("LargeMarginSoftmaxLoss")],
+    "subcenter-arcface": [ours("subcenter_arcface"), pml("SubCenterArcFaceLoss")],
+    "norm-softmax": [ours("normalized_softmax"), pml("NormalizedSoftmaxLoss")],
+    "proxy-nca": [ours("proxy_nca"), pml("ProxyNCALoss")],
+    "proxy-anchor": [ours("proxy_anchor"), pml("ProxyAnchorLoss")],
+    "soft-triple": [ours("soft_triple"), pml("SoftTripleLoss")],
+    "p2sgrad": [ours("p2sgrad"), pml("P2SGradLoss")],
+    "manifold": [ours("manifold"), pml("ManifoldLoss")],
 }
 
 
-def tensorflow_loss(implementation):
+def class_vectors(task, n, k, dim):
+    """The task's initial class vectors for N/K classes, `(C, dim)` or `(C, per class, dim)`; None without."""
+    if task not in VECTORS_PER_CLASS:
+        return None
+    import numpy as np
+
+    per_class = VECTORS_PER_CLASS[task]
+    shape = (n // k, dim) if per_class == 1 else (n // k, per_class, dim)
+    vectors = np.random.default_rng(1).normal(size=shape).astype("float32")
+    # Unit norm: P2SGrad's PML renormalises its vectors in place at every
+    # call, the other losses use their directions only.
+    return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
+
+
+def tensorflow_loss(implementation, vectors=None):
+    """The loss, and the variables (class vectors) whose gradient is timed with the embeddings'."""
     if implementation.startswith("tfmetric "):
-        return build_loss(implementation.removeprefix("tfmetric "))
+        # Imported here: the peers' cells run where tfmetric is not installed.
+        from tfmetric.losses.registry import LOSSES, PROXY_LOSSES
+
+        name = implementation.removeprefix("tfmetric ")
+        options = TFMETRIC_OPTIONS.get(name, {})
+        if name in PROXY_LOSSES:
+            loss = PROXY_LOSSES[name].build(vectors.shape[0], vectors.shape[-1], **options)
+            loss.set_proxies(vectors)
+            return loss, [loss.proxies.value]
+        # The peers' triplet margin, so that the values agree; the contrastive
+        # and lifted losses keep their margin of 1 (PML's and TF Addons' too).
+        return LOSSES[name].build(margin=MARGIN if name in TRIPLET_MARGIN else None, **options), []
     import tensorflow_addons as tfa
 
     return {
         "TF Addons TripletSemiHardLoss": lambda: tfa.losses.TripletSemiHardLoss(margin=MARGIN),
         "TF Addons TripletHardLoss": lambda: tfa.losses.TripletHardLoss(margin=MARGIN),
         "TF Addons LiftedStructLoss": lambda: tfa.losses.LiftedStructLoss(margin=1.0),
-    }[implementation]()
+    }[implementation](), []
 
 
-def torch_loss(implementation):
+def torch_loss(implementation, vectors=None):
+    """The loss, `(embeddings, labels) -> value`, and its class vectors (as `tensorflow_loss`)."""
+    import warnings
+
+    import torch
     from pytorch_metric_learning import distances, losses, miners, reducers
 
     euclidean = distances.LpDistance(normalize_embeddings=False)
-    if implementation == "PML BatchHardMiner+TripletMargin":
-        miner = miners.BatchHardMiner(distance=euclidean)
-        loss = losses.TripletMarginLoss(margin=MARGIN, distance=euclidean, reducer=reducers.MeanReducer())
+
+    def mined(miner, loss):
         return lambda x, y: loss(x, y, miner(x, y))
-    if implementation == "PML TripletMarginLoss (all)":
-        return losses.TripletMarginLoss(margin=MARGIN, distance=euclidean)
-    if implementation == "PML ContrastiveLoss":
-        return losses.ContrastiveLoss(pos_margin=0.0, neg_margin=1.0, distance=euclidean)
-    if implementation == "PML DistanceWeighted+MarginLoss":
+
+    def histogram_values_only(loss):
+        # PML keeps the running histogram's autograd graph from call to call,
+        # so that the second backward fails; tfmetric keeps its values.
+        def call(x, y):
+            value = loss(x, y)
+            loss.hist_ = loss.hist_.detach()
+            return value
+
+        return call
+
+    # Without arguments: PML's defaults are tfmetric's (the `value` column shows it).
+    in_batch = {
+        "BatchHardMiner+TripletMargin": lambda: mined(
+            miners.BatchHardMiner(distance=euclidean),
+            losses.TripletMarginLoss(margin=MARGIN, distance=euclidean, reducer=reducers.MeanReducer()),
+        ),
+        "TripletMarginLoss (all)": lambda: losses.TripletMarginLoss(margin=MARGIN, distance=euclidean),
+        "TripletMarginLoss (mean)": lambda: losses.TripletMarginLoss(
+            margin=MARGIN, distance=euclidean, reducer=reducers.MeanReducer()
+        ),
+        "ContrastiveLoss": lambda: losses.ContrastiveLoss(pos_margin=0.0, neg_margin=1.0, distance=euclidean),
         # Both normalise the embeddings, as tfmetric's MarginLoss does.
-        miner = miners.DistanceWeightedMiner(cutoff=0.5, nonzero_loss_cutoff=1.4)
-        loss = losses.MarginLoss(margin=MARGIN, beta=1.2)
-        return lambda x, y: loss(x, y, miner(x, y))
-    raise KeyError(implementation)
+        "DistanceWeighted+MarginLoss": lambda: mined(
+            miners.DistanceWeightedMiner(cutoff=0.5, nonzero_loss_cutoff=1.4), losses.MarginLoss(margin=0.2, beta=1.2)
+        ),
+        "MarginLoss (all)": lambda: losses.MarginLoss(margin=0.2, beta=1.2),
+        "LiftedStructureLoss": lambda: losses.LiftedStructureLoss(neg_margin=1.0, pos_margin=0.0, distance=euclidean),
+        "MultiSimilarityLoss": losses.MultiSimilarityLoss,
+        "MultiSimilarityMiner+Loss": lambda: mined(
+            miners.MultiSimilarityMiner(epsilon=0.1), losses.MultiSimilarityLoss()
+        ),
+        "CircleLoss": losses.CircleLoss,
+        # tfmetric's n-pairs takes raw dot products, as the paper.
+        "NPairsLoss": lambda: losses.NPairsLoss(distance=distances.DotProductSimilarity(normalize_embeddings=False)),
+        "NCALoss": losses.NCALoss,
+        "SupConLoss": losses.SupConLoss,
+        "NTXentLoss": losses.NTXentLoss,
+        "InstanceLoss": losses.InstanceLoss,
+        "FastAPLoss": losses.FastAPLoss,
+        "SmoothAPLoss": losses.SmoothAPLoss,
+        "PNPLoss": losses.PNPLoss,
+        "PNPLoss (Dq)": lambda: losses.PNPLoss(variant="Dq"),
+        "RankedListLoss": lambda: losses.RankedListLoss(margin=0.4, Tn=10.0),
+        "HistogramLoss": losses.HistogramLoss,
+        "DynamicSoftMarginLoss": lambda: histogram_values_only(losses.DynamicSoftMarginLoss()),
+        "AngularLoss": losses.AngularLoss,
+        "TupletMarginLoss": losses.TupletMarginLoss,
+        "IntraPairVarianceLoss": losses.IntraPairVarianceLoss,
+        "ThresholdConsistentMarginLoss": losses.ThresholdConsistentMarginLoss,
+        "GeneralizedLiftedStructureLoss": losses.GeneralizedLiftedStructureLoss,
+        "SignalToNoiseRatioContrastiveLoss": losses.SignalToNoiseRatioContrastiveLoss,
+    }
+    # {num_classes, embedding_size} -> loss: tfmetric's registry
+    # configurations, in PML's units (degrees, softmax scales).
+    with_class_vectors = {
+        "ArcFaceLoss": lambda classes: losses.ArcFaceLoss(**classes, margin=math.degrees(0.5), scale=64.0),
+        "CosFaceLoss": lambda classes: losses.CosFaceLoss(**classes, margin=0.35, scale=64.0),
+        "SphereFaceLoss": lambda classes: losses.SphereFaceLoss(**classes, margin=4, scale=1.0),
+        "LargeMarginSoftmaxLoss": lambda classes: losses.LargeMarginSoftmaxLoss(**classes, margin=4, scale=1.0),
+        "SubCenterArcFaceLoss": lambda classes: losses.SubCenterArcFaceLoss(
+            **classes, margin=math.degrees(0.5), scale=64.0, sub_centers=VECTORS_PER_CLASS["subcenter-arcface"]
+        ),
+        "NormalizedSoftmaxLoss": lambda classes: losses.NormalizedSoftmaxLoss(**classes, temperature=0.05),
+        "ProxyNCALoss": lambda classes: losses.ProxyNCALoss(**classes, softmax_scale=9.0),
+        "ProxyAnchorLoss": lambda classes: losses.ProxyAnchorLoss(**classes, margin=0.1, alpha=32.0),
+        "SoftTripleLoss": lambda classes: losses.SoftTripleLoss(
+            **classes, centers_per_class=VECTORS_PER_CLASS["soft-triple"], la=20.0, gamma=0.1, margin=0.01
+        ),
+        "P2SGradLoss": lambda classes: losses.P2SGradLoss(classes["embedding_size"], classes["num_classes"]),
+        "ManifoldLoss": lambda classes: losses.ManifoldLoss(
+            l=classes["embedding_size"], K=classes["num_classes"], lambdaC=1.0, alpha=0.8, margin=0.01
+        ),
+    }
+    name = implementation.removeprefix("PML ")
+    if name in in_batch:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # RankedListLoss warns for Tn > 5
+            return in_batch[name](), []
+    loss = with_class_vectors[name]({"num_classes": vectors.shape[0], "embedding_size": vectors.shape[-1]})
+    ((attribute, parameter),) = loss.named_parameters()
+    # PML keeps the proxies as rows, the other losses' vectors as columns
+    # (k consecutive columns per class where there are k).
+    rows = vectors.reshape(-1, vectors.shape[-1])
+    with torch.no_grad():
+        parameter.copy_(torch.from_numpy(rows if attribute == "proxies" else rows.T))
+    if name == "ManifoldLoss":
+        # PML's ManifoldLoss takes each example's proxy, here its class.
+        return (lambda x, y: loss(x, indices_tuple=y)), [parameter]
+    return loss, [parameter]
 
 
-def measure(implementation, environment, n, k, dim, jit, min_seconds):
+def measure(task, implementation, environment, n, k, dim, jit, min_seconds):
     """Runs in a child process, under the environment's Python."""
     x, y = pk_batch(n, k, dim)
+    vectors = class_vectors(task, n, k, dim)
     if environment == "pml":
         import torch
 
         torch.manual_seed(0)
-        loss = torch_loss(implementation)
+        loss, variables = torch_loss(implementation, vectors)
         embeddings = torch.tensor(x, requires_grad=True)
         labels = torch.tensor(y)
 
         def gradient_step():
-            embeddings.grad = None
-            loss(embeddings, labels).backward()
-            embeddings.grad.numpy()
+            for gradient in torch.autograd.grad(loss(embeddings, labels), [embeddings, *variables]):
+                gradient.numpy()
 
         def value():
             with torch.no_grad():
@@ -167,9 +383,9 @@ def measure(implementation, environment, n, k, dim, jit, min_seconds):
     else:
         import tensorflow as tf
 
-        loss = tensorflow_loss(implementation)
+        loss, variables = tensorflow_loss(implementation, vectors)
         embeddings, labels = tf.constant(x), tf.constant(y)
-        gradient_step = tensorflow_step(loss, embeddings, labels, jit)
+        gradient_step = tensorflow_step(loss, embeddings, labels, jit, variables)
 
         def value():
             return float(loss(labels, embeddings))
@@ -250,9 +466,11 @@ def main():
         f"{os.cpu_count()} CPUs, D={args.dim}, K={args.k}, float32, forward+backward; "
         "× = peer ms ÷ tfmetric ms, same column"
     )
+    task_width = max(12, *(len(task) + 1 for task in args.tasks))
+    implementation_width = max(len(implementation) + 1 for task in args.tasks for implementation, _, _ in TASKS[task])
     header = (
-        f"{'task':<12}{'N':>5}  {'implementation':<33}{'ms':>10}{'ms XLA':>10}{'+MB':>7}{'+MB XLA':>8}"
-        f"{'×':>8}{'× XLA':>8}{'value':>10}"
+        f"{'task':<{task_width}}{'N':>5}  {'implementation':<{implementation_width}}"
+        f"{'ms':>10}{'ms XLA':>10}{'+MB':>7}{'+MB XLA':>8}{'×':>8}{'× XLA':>8}{'value':>10}"
     )
     print(header)
     print("-" * len(header))
@@ -262,7 +480,7 @@ def main():
             for implementation, environment, cube_gb in TASKS[task]:
                 if environment not in pythons:
                     continue
-                label = f"{task:<12}{n:>5}  {implementation:<33}"
+                label = f"{task:<{task_width}}{n:>5}  {implementation:<{implementation_width}}"
                 if cube_gb(n) > args.max_memory_gb:
                     print(f"{label}skipped: its (N, N, N) tensors need ~{cube_gb(n):.0f} GB", flush=True)
                     continue
@@ -271,7 +489,7 @@ def main():
                     if jit and environment == "pml":
                         cells[jit] = cells[False]
                         continue
-                    cell = [implementation, environment, n, args.k, args.dim, jit, args.min_seconds]
+                    cell = [task, implementation, environment, n, args.k, args.dim, jit, args.min_seconds]
                     cells[jit] = run_cell(pythons[environment], os.path.abspath(__file__), cell, args.cell_timeout)
                 errors = [r["error"] for r in cells.values() if "error" in r]
                 if errors:

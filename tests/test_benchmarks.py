@@ -58,3 +58,9 @@ def test_search_benchmark():
     output = run("search.py", "--sizes", "300", "--classes", "10")
     rows = table_rows(output, "tfm.search")
     assert len(rows) == 1 and rows[0][2] == "300"
+
+
+def test_distances_benchmark():
+    output = run("distances.py", "--sizes", "16", "--dim", "4", "--min-seconds", "0")
+    assert len(table_rows(output, "euclidean")) == 2  # without and with XLA
+    assert len(table_rows(output, "x @ xᵀ")) == 2

@@ -407,19 +407,17 @@ def test_cjk_tokens_render_with_a_cjk_font(monkeypatch):
     from matplotlib import font_manager
 
     counts = {"input": [1, 2, 3], "forget": [0, 1, 0], "output": [3, 3, 3]}
-    installed = list(font_manager.fontManager.ttflist)
+    # matplotlib's own fonts only, whatever the machine has installed.
+    installed = font_manager.fontManager.ttflist
+    latin = [entry for entry in installed if "DejaVu" in entry.name or "Last Resort" in entry.name]
     # Without a CJK font the glyphs would be boxes, and we say so. (matplotlib's
     # own Last Resort font "covers" everything with boxes: it does not count.)
-    monkeypatch.setattr(
-        font_manager.fontManager,
-        "ttflist",
-        [entry for entry in installed if "DejaVu" in entry.name or "Last Resort" in entry.name],
-    )
+    monkeypatch.setattr(font_manager.fontManager, "ttflist", latin)
     with pytest.warns(UserWarning, match="No installed font can draw"):
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")
         boxes = plots.gate_heatmap(counts, list("导航到"))
-    # A CJK font matplotlib knows is found by itself, among all the installed ones.
-    monkeypatch.setattr(font_manager.fontManager, "ttflist", installed)
+    # A CJK font matplotlib knows is found by itself, among the installed ones.
+    monkeypatch.setattr(font_manager.fontManager, "ttflist", list(latin))
     font_manager.fontManager.addfont(cjk_font())
     assert plots.font_for("导航到: units > 0.8").get_file() == cjk_font()
     with warnings.catch_warnings():

@@ -260,3 +260,18 @@ def test_each_replica_gets_whole_classes():
     result = subprocess.run([sys.executable, "-c", REPLICAS_SCRIPT], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "whole classes per replica" in result.stdout
+
+
+def test_the_docstring_example_fits_on_the_sampler_without_a_warning():
+    # The example passes shuffle=False to model.fit, as every documented fit on
+    # the sampler must: Keras warns about its default shuffle=True for a dataset.
+    import doctest
+    import warnings
+
+    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for example in doctest.DocTestFinder().find(tfm.data.pk_sampler, "pk_sampler", globs={}):
+            runner.run(example)
+    result = runner.summarize(verbose=False)
+    assert result.attempted > 0 and result.failed == 0

@@ -7,7 +7,7 @@ import tfmetric as tfm
 from tfmetric.distances import pairwise_distance
 
 import reference
-from conftest import tensor, value_and_grad
+from conftest import only_tensorflow, tensor, value_and_grad
 
 DISTANCES = tfm.distances.DISTANCES
 
@@ -102,3 +102,68 @@ def test_gradient_through_normalization_of_one_hot_like_rows(distance):
     d = reference.distance_matrix(x, distance, normalize=True)
     want = reference.chain_distance_gradient(x, distance, True, (d > 0).astype(float))
     np.testing.assert_allclose(grad, want, atol=1e-5)
+
+
+# The Euclidean distances' gradient is written by hand (one matrix product):
+# checked against the pair-by-pair reference, for the square matrix and the
+# rectangle to reference rows, eagerly and compiled, with a random incoming
+# gradient (a plain sum would hide a transposed or halved term).
+def weighted_sum(distances, weights):
+    return keras.ops.sum(distances * keras.ops.convert_to_tensor(weights))
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "squared_euclidean"])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_hand_written_gradient_of_the_square_matrix(distance, compiled):
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(9, 5)) * 2 + 7).astype("float32")
+    weights = rng.uniform(-1, 1, size=(9, 9)).astype("float32")
+    objective = lambda e, w: weighted_sum(pairwise_distance(e, distance), w)  # noqa: E731
+    _, grad = value_and_grad(objective, x, weights, compiled=compiled)
+    want = reference.chain_distance_gradient(x, distance, False, weights.astype("float64"))
+    np.testing.assert_allclose(grad, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "squared_euclidean"])
+def test_hand_written_gradient_of_the_rectangle(distance):
+    rng = np.random.default_rng(4)
+    x, ref = rng.normal(size=(6, 4)).astype("float32"), rng.normal(size=(8, 4)).astype("float32")
+    weights = rng.uniform(-1, 1, size=(6, 8)).astype("float32")
+    stacked = np.concatenate([x, ref])
+
+    def weighted(rows, w):
+        return weighted_sum(pairwise_distance(rows[:6], distance, ref_embeddings=rows[6:]), w)
+
+    _, grad = value_and_grad(weighted, stacked, weights)
+    want_x, want_ref = reference.chain_distance_gradient(x, distance, False, weights.astype("float64"), ref)
+    np.testing.assert_allclose(grad, np.concatenate([want_x, want_ref]), rtol=1e-4, atol=1e-4)
+
+
+def test_euclidean_gradient_is_zero_between_coincident_rows():
+    # Rows 0 and 1 coincide: their distance is 0 and contributes no gradient;
+    # rows 2 and 3 pull only through their distances to the others.
+    x = np.array([[1.0, 2.0], [1.0, 2.0], [4.0, 6.0], [-2.0, -2.0]], "float32")
+    weights = np.zeros((4, 4), "float32")
+    weights[0, 1] = weights[1, 0] = 5.0
+    _, grad = value_and_grad(lambda e, w: weighted_sum(pairwise_distance(e), w), x, weights)
+    np.testing.assert_array_equal(grad, np.zeros_like(x))
+
+
+@only_tensorflow
+def test_the_square_matrix_knows_when_xla_compiles_it():
+    # The gradient takes the product form that suits XLA only inside an XLA
+    # compilation; TensorFlow internals that moved would silently cost speed.
+    import tensorflow as tf
+
+    from tfmetric.distances import _compiled_by_xla
+
+    seen = {}
+
+    def probe(jit):
+        seen[jit] = _compiled_by_xla()
+        return tf.constant(0.0)
+
+    for jit in (False, True):
+        tf.function(lambda jit=jit: probe(jit), jit_compile=jit)()
+    assert seen == {False: False, True: True}
+    assert not _compiled_by_xla()  # eagerly

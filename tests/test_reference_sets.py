@@ -25,7 +25,7 @@ import zlib
 import keras
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 import tfmetric as tfm
 from tfmetric.losses.registry import LOSSES as REGISTRY
@@ -113,8 +113,9 @@ def compare(kind, x, labels, ref_x, ref_labels, **options):
         np.testing.assert_allclose(got, want.per_anchor, rtol=1e-4, atol=1e-5)
         assert float(value) == pytest.approx(want.per_anchor.sum(), rel=1e-4, abs=1e-5)
         want_grad = np.concatenate([want.per_query_grad, want.per_query_ref_grad])
-        # (A floor: float32 leaves ~1e-7 where the exact gradient is 0, a perfect ranking.)
-        scale = max(np.abs(want_grad).max(), 1e-3)
+        # (A floor: float32 leaves up to ~1e-6 where the exact gradient is 0, a
+        # perfect ranking: FastAP, n=4, r=2, seed=1722 left 1.0e-6.)
+        scale = max(np.abs(want_grad).max(), 1e-2)
         np.testing.assert_allclose(grad / scale, want_grad / scale, atol=1e-3)
     return want
 
@@ -150,6 +151,7 @@ def away_from_kinks(kind, base, draw):
 # Under JAX, every new shape is a compilation (a second or two) of its own.
 @settings(max_examples=10 if BACKEND != "jax" else 2, deadline=None)
 @given(n=st.integers(2, 6), r=st.integers(2, 8), seed=st.integers(0, 2**31))
+@example(n=4, r=2, seed=1722)  # FastAP's perfect ranking: float32 leaves 1e-6 where the gradient is 0
 def test_matches_brute_force(kind, n, r, seed):
     rng = np.random.default_rng(seed)
     x, ref_x = rng.normal(size=(n, 3)), rng.normal(size=(r, 3))

@@ -32,6 +32,8 @@ import time
 import keras
 import numpy as np
 
+# The methods by title, as the command line offers them (the titles of the registry's entries).
+from tfmetric.choices import BASELINES, ENCODERS, METHODS
 from tfmetric.data import pk_sampler, random_pairs, random_triplets
 from tfmetric.datasets import load, protocol_split
 from tfmetric.evaluation import retrieval_metrics
@@ -42,7 +44,6 @@ from tfmetric.plots import scatter
 
 # In a free 2-D space, a margin of 1 leaves the classes room.
 MARGIN_2D = 1.0
-BASELINES = ("raw pixels", "untrained encoder")
 ONLINE = {
     **{entry.title: entry for entry in LOSSES.values() if not entry.variant},
     "cross-batch memory": None,
@@ -50,16 +51,6 @@ ONLINE = {
 # The weight λ of the center loss next to the softmax loss (the paper's range).
 CENTER_WEIGHT = 0.1
 PROXIES = {entry.title: entry for entry in PROXY_LOSSES.values()}
-METHODS = (
-    *BASELINES,
-    "softmax",
-    "softmax + center loss",
-    "siamese (random pairs)",
-    "triplet (random triplets)",
-    *ONLINE,
-    *PROXIES,
-)
-ENCODERS = ("mlp", "cnn")
 METRICS = ("precision@1", "recall@4", "map@r")
 BATCH_SIZE = 64
 

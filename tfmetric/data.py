@@ -53,6 +53,22 @@ def pk_sampler(
     `model.fit` does every epoch, draws a new order; the same `seed` gives
     the same sequence of epochs.
 
+    Pass `shuffle=False` to `model.fit`: the sampler orders the batches
+    itself (shuffling examples would break up the P×K groups), and Keras,
+    which never shuffles a `tf.data.Dataset`, warns about its default
+    `shuffle=True` otherwise (`UserWarning: shuffle=True was passed, but will
+    be ignored`):
+
+    >>> import keras, numpy as np, tfmetric as tfm
+    >>> x = np.random.default_rng(0).normal(size=(256, 8)).astype("float32")
+    >>> y = np.repeat(np.arange(16), 16)  # integer class ids
+    >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4), keras.layers.UnitNormalization()])
+    >>> model.compile(optimizer="adam", loss=tfm.BatchHardTriplet(margin=0.5))
+    >>> batches = tfm.data.pk_sampler(x, y, p=4, k=4, seed=0)
+    >>> history = model.fit(batches, epochs=2, shuffle=False, verbose=0)
+    >>> len(history.history["loss"]), int(batches.cardinality())  # 16 classes × 16 examples: 16 batches of 4 × 4
+    (2, 16)
+
     Args:
         x: An array, or a nested structure (dict, tuple) of arrays sharing the
             first dimension; with `load_fn`, references to examples (e.g. file
@@ -272,7 +288,8 @@ def pk_batches(dataset, p, k, *, block_size=8192, carry_size=None, input_context
     Batches follow the order of the stream, so shuffle the input (e.g.
     `interleave` TFRecord files and `shuffle` with a buffer); the number of
     batches is not known in advance (`model.fit` shows no total; pass
-    `steps_per_epoch` or let it run to the end of the stream).
+    `steps_per_epoch` or let it run to the end of the stream). As with
+    `pk_sampler`, pass `shuffle=False` to `model.fit`.
 
     Args:
         dataset: A `tf.data.Dataset` of `(x, y)` single examples; `x` any

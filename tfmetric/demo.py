@@ -24,9 +24,6 @@ from tfmetric.losses.registry import LOSSES, PROXY_LOSSES
 from tfmetric.metrics import ActiveTripletFraction
 from tfmetric.search import Index
 
-# What `--loss` takes: the losses mined from labels, and those with class vectors.
-LOSS_KEYS = (*LOSSES, *PROXY_LOSSES)
-
 
 def build_loss(key, num_classes, embedding_dim, margin):
     """The demo's loss `key`; `margin` applies to the losses whose margin is on distances."""

@@ -62,12 +62,14 @@ def l2_normalize(x):
 
 def _clip_at_zero(x):
     # Not `maximum`: at a tie JAX splits its gradient between both sides.
-    return ops.where(x > 0, x, ops.zeros_like(x))
+    return ops.where(x > 0, x, ops.zeros((), x.dtype))
 
 
 def _zero_diagonal(matrix):
-    n = ops.shape(matrix)[0]
-    return ops.where(ops.eye(n, dtype="bool"), ops.zeros_like(matrix), matrix)
+    # Indices compared, and a scalar zero: without XLA, `ops.eye` and
+    # `zeros_like` are each one more (N, N) tensor written at every call.
+    rows = ops.arange(ops.shape(matrix)[0])
+    return ops.where(rows[:, None] == rows[None, :], ops.zeros((), matrix.dtype), matrix)
 
 
 def _power_of_two_scale(x):
@@ -82,8 +84,8 @@ def _power_of_two_scale(x):
     return ops.power(ops.full_like(exponent, 2.0), exponent)
 
 
-def _scaled_squared_euclidean(x, ref=None):
-    """Returns `(d2, scale)` with `scale**2 * d2` the squared distances from `x` to `ref` (or `x`).
+def _euclidean_matrix(x, ref, squared):
+    """The `(N, N)` (or `(N, R)`) Euclidean or squared Euclidean distances, with a hand-written gradient.
 
     Distances do not change under translation, so both sets are moved to put
     the first row of `x` at the origin before the `|a|² + |b|² − 2a·b`
@@ -91,25 +93,121 @@ def _scaled_squared_euclidean(x, ref=None):
     rows, not to their distance from the origin. (The first row rather than
     the mean: subtracting a nearby float is exact, so equal distances stay
     equal.) Rows of extreme magnitude are divided by a power of two, exactly,
-    so that their squares neither overflow nor underflow. Both are constants
-    for the gradient, which is exact for the original input.
+    so that their squares neither overflow nor underflow. Negative squares
+    (rounding) are 0, and so is the diagonal of the square matrix.
+
+    Autodiff would differentiate each of these passes over the `(N, N)`
+    matrix; the gradient is instead written out, exact for the original
+    input: with `W = G / d` (G the incoming gradient, 0 where d = 0),
+    `∂/∂x_i = x_i Σ_j W_ij − (W x)_i` (W + Wᵀ for the square matrix, whose
+    rows are both ends): one matrix product, as for `x @ xᵀ` itself (two
+    under XLA, which on a CPU transposes slowly: `W x + Wᵀ x`). The gradient
+    is 0 where two rows coincide, and on the diagonal.
     """
-    origin = ops.stop_gradient(x[:1])
-    x = x - origin
+    # Every tensor the gradient uses is made inside the function: JAX's
+    # custom gradients cannot close over the tracers of an enclosing trace.
     if ref is None:
-        scale = _power_of_two_scale(x)
-    else:
-        ref = ref - origin
-        scale = ops.maximum(_power_of_two_scale(x), _power_of_two_scale(ref))
-    x = x / scale
-    y = x if ref is None else ref / scale
-    d2 = (
-        ops.sum(ops.square(x), axis=1)[:, None]
-        + ops.sum(ops.square(y), axis=1)[None, :]
-        - 2.0 * ops.matmul(x, ops.transpose(y))
-    )
-    d2 = _clip_at_zero(d2)
-    return (_zero_diagonal(d2) if ref is None else d2), scale
+
+        @ops.custom_gradient
+        def matrix(x):
+            moved, scale = _moved_and_scale(x)
+            d2 = _squared_norms_expanded(moved, moved)
+            d2 = _zero_diagonal(d2)
+            out, value = _from_squares(d2, scale, squared)
+
+            def gradient(*args, upstream=None):
+                if upstream is None:
+                    (upstream,) = args
+                upstream = ops.cast(upstream, x.dtype)
+                # Row i is the first end of row i's distances and the second of column i's.
+                if _compiled_by_xla():
+                    # XLA on a CPU transposes an (N, N) matrix slowly; a second
+                    # product reads it transposed at no cost.
+                    weights, factor = _pair_weights(upstream, d2, value, scale, squared)
+                    sums = ops.sum(weights, axis=1) + ops.sum(weights, axis=0)
+                    products = ops.matmul(weights, moved) + ops.matmul(ops.transpose(weights), moved)
+                else:
+                    # Without XLA one transpose costs less than one more product.
+                    weights, factor = _pair_weights(upstream + ops.transpose(upstream), d2, value, scale, squared)
+                    sums = ops.sum(weights, axis=1)
+                    products = ops.matmul(weights, moved)
+                return factor * (moved * sums[:, None] - products)
+
+            return out, gradient
+
+        return matrix(x)
+
+    @ops.custom_gradient
+    def rectangle(x, ref):
+        moved, scale = _moved_and_scale(x, ref)
+        moved_ref = (ref - ops.stop_gradient(x[:1])) / scale
+        d2 = _squared_norms_expanded(moved, moved_ref)
+        out, value = _from_squares(d2, scale, squared)
+
+        def gradient(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            weights, factor = _pair_weights(ops.cast(upstream, x.dtype), d2, value, scale, squared)
+            grad_x = moved * ops.sum(weights, axis=1)[:, None] - ops.matmul(weights, moved_ref)
+            grad_ref = moved_ref * ops.sum(weights, axis=0)[:, None] - ops.matmul(ops.transpose(weights), moved)
+            return factor * grad_x, factor * grad_ref
+
+        return out, gradient
+
+    return rectangle(x, ref)
+
+
+def _compiled_by_xla():
+    """Whether the code being traced is compiled by XLA: always on JAX; in TensorFlow, `jit_compile` functions."""
+    if backend.backend() == "jax":
+        return True
+    if backend.backend() != "tensorflow":
+        return False
+    try:
+        from tensorflow.python.framework import ops as graph_ops
+        from tensorflow.python.ops import control_flow_util
+
+        return bool(control_flow_util.GraphOrParentsInXlaContext(graph_ops.get_default_graph()))
+    except (ImportError, AttributeError):  # internals that moved: the choice only costs time
+        return False
+
+
+def _moved_and_scale(x, ref=None):
+    """`x` moved to put its first row at the origin and divided by the power-of-two scale (of both sets)."""
+    origin = ops.stop_gradient(x[:1])
+    moved = x - origin
+    scale = _power_of_two_scale(moved)
+    if ref is not None:
+        scale = ops.maximum(scale, _power_of_two_scale(ref - origin))
+    return moved / scale, scale
+
+
+def _squared_norms_expanded(x, y):
+    """`|x_i|² + |y_j|² − 2 x_i·y_j`, negative roundings at 0.
+
+    `−2` scales an operand of the product rather than the `(N, R)` result:
+    the same floats (a power of two), one pass fewer.
+    """
+    squares = ops.sum(ops.square(x), axis=1)[:, None] + ops.sum(ops.square(y), axis=1)[None, :]
+    # relu, not maximum: Keras' PyTorch maximum returns float32 for float64 inputs.
+    return ops.relu(squares + ops.matmul(x * -2.0, ops.transpose(y)))
+
+
+def _from_squares(d2, scale, squared):
+    """The distances from the scaled squares, and the scaled distances (None when squared)."""
+    if squared:
+        return d2 * ops.square(scale), None
+    value = ops.sqrt(d2)
+    return value * scale, value
+
+
+def _pair_weights(upstream, d2, value, scale, squared):
+    """`(W, factor)`: the gradient is `factor · (x_i Σ_j W_ij − (W y)_i)` in the scaled coordinates."""
+    if squared:
+        # d(scale² |a − b|²) / da = 2 scale (a − b) in the scaled coordinates.
+        return ops.where(d2 > 0, upstream, ops.zeros((), upstream.dtype)), 2.0 * scale
+    # d |a − b| / da = (a − b) / |a − b|, and 0 where the rows coincide.
+    return ops.divide_no_nan(upstream, value), 1.0
 
 
 def _safe_sqrt(x):
@@ -159,10 +257,7 @@ def pairwise_distance(x, distance="euclidean", normalize=False, *, ref_embedding
     if distance == "cosine":
         cosine = _clip_at_zero(1.0 - ops.matmul(x, ops.transpose(x if ref is None else ref)))
         return _zero_diagonal(cosine) if ref is None else cosine
-    d2, scale = _scaled_squared_euclidean(x, ref)
-    if distance == "squared_euclidean":
-        return d2 * ops.square(scale)
-    return _safe_sqrt(d2) * scale
+    return _euclidean_matrix(x, ref, squared=distance == "squared_euclidean")
 
 
 def as_embedding_pair(x, ref):

@@ -13,11 +13,11 @@ import os
 
 import numpy as np
 
+from tfmetric.choices import DATASETS
 from tfmetric.optional import optional_import
 
 __all__ = ["DATASETS", "SYSTEM_DIRECTORIES", "available_offline", "load", "read_idx"]
 
-DATASETS = ("digits", "mnist", "fashion_mnist")
 
 # Where system packages put the IDX files (Debian: apt-get install dataset-fashion-mnist).
 SYSTEM_DIRECTORIES = {

@@ -2,9 +2,9 @@
 
 import numpy as np
 
-__all__ = ["PROTOCOLS", "protocol_split"]
+from tfmetric.choices import PROTOCOLS
 
-PROTOCOLS = ("open", "closed")
+__all__ = ["PROTOCOLS", "protocol_split"]
 
 
 def protocol_split(train, test, protocol="open", seen_classes=None):

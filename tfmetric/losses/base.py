@@ -90,7 +90,8 @@ def reduce_anchor_terms(loss_sums, term_counts, sample_weight=None, reduction="s
 
     - `"sum_over_batch_size"`, `"mean"`, `"mean_with_sample_weight"`: the
       weighted mean over terms, `Σ w·loss_sums / Σ w·term_counts` (0 when
-      there is no term). This is the loss of SPEC.md.
+      there is no term): the `loss` of the formulas in the loss classes'
+      docstrings.
     - `"sum"`: `Σ w·loss_sums`.
     - `None` / `"none"`: the per-anchor vector `w·loss_sums / term_counts`,
       0 for anchors without terms.

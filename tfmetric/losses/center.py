@@ -19,13 +19,12 @@ def center_terms(embeddings, class_ids, centers):
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class CenterLoss(InBatchLoss):
-    """Center loss (Wen et al. 2016, "A Discriminative Feature Learning
+    r"""Center loss (Wen et al. 2016, "A Discriminative Feature Learning
     Approach for Deep Face Recognition").
 
-    ```
-    ℓ_i = ½ ‖x_i − c_{y_i}‖²
-    loss = mean of ℓ_i over the batch
-    ```
+    $$ \ell_i = \tfrac{1}{2} \lVert x_i - c_{y_i} \rVert^2 $$
+
+    $$ \text{loss} = \text{the mean of } \ell_i \text{ over the batch} $$
 
     The class centres `c` are variables of the loss: compile a model with it
     and `model.fit` trains them with the model's own optimizer (the

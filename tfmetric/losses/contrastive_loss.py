@@ -40,15 +40,51 @@ def contrastive_terms(distances, positive, negative, margin=1.0, negatives="all"
         `(loss_sums, pair_counts)`, both `(N,)`.
     """
     positive = ops.cast(positive, distances.dtype)
-    if check_choice("negatives", negatives, NEGATIVES) == "hard":
+    hard = check_choice("negatives", negatives, NEGATIVES) == "hard"
+    if hard:
         negative = smallest_entries(distances, negative, ops.sum(positive))
     else:
         negative = ops.cast(negative, distances.dtype)
-    # where, not a product: 0 · d² would be NaN where d² overflows.
-    pull = ops.where(positive > 0, ops.square(distances), ops.zeros_like(distances))
-    push = ops.square(ops.relu(margin - distances))
-    loss_sums = ops.sum(pull + negative * push, axis=1)
-    return loss_sums, ops.sum(positive + negative, axis=1)
+    sums = _contrastive_sums(distances, positive, negative, margin, binary=not hard)
+    return sums, ops.sum(positive + negative, axis=1)
+
+
+def _contrastive_sums(distances, positive, negative, margin, binary):
+    """Each row's `Σ positive·d² + negative·relu(m − d)²`, with its gradient written out.
+
+    The terms are quadratic in the distances, so the gradient is a multiple
+    of the factors the forward pass already holds: one pass over the matrix
+    where autodiff would take one per forward operation. With `binary`
+    (0/1 negative weights: all negatives, not the hard ones whose ties share
+    a weight) each term is the square of half its own derivative, which
+    saves the forward pass a few more.
+    """
+
+    # Every tensor the gradient uses is made inside the function (JAX).
+    @ops.custom_gradient
+    def sums(distances, positive, negative):
+        hinge = ops.relu(margin - distances)
+        # where, not a product: 0 · d² would be NaN where d² overflows.
+        if binary:
+            half_slope = ops.where(positive > 0, distances, -(negative * hinge))
+            value = ops.sum(ops.square(half_slope), axis=1)
+        else:
+            pulled = ops.where(positive > 0, distances, ops.zeros((), distances.dtype))
+            pushed = negative * hinge
+            value = ops.sum(pulled * pulled + pushed * hinge, axis=1)
+            half_slope = None
+
+        def gradient(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            upstream = ops.cast(upstream, distances.dtype)
+            # d/dd of d² is 2d, of relu(m − d)² is −2 relu(m − d); the masks get none.
+            slope = half_slope if binary else pulled - pushed
+            return (2.0 * upstream)[:, None] * slope, ops.zeros_like(positive), ops.zeros_like(negative)
+
+        return value, gradient
+
+    return sums(distances, positive, negative)
 
 
 def contrastive(
@@ -113,15 +149,15 @@ def contrastive(
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class Contrastive(DistanceLoss):
-    """Contrastive loss over the pairs of a batch (Hadsell, Chopra & LeCun 2006).
+    r"""Contrastive loss over the pairs of a batch (Hadsell, Chopra & LeCun 2006).
 
     Pairs are formed online from the labels:
 
-    ```
-    ℓ_ij = d(i, j)²                  same label
-    ℓ_ij = relu(margin − d(i, j))²   different labels
-    loss = mean of ℓ over the pairs used
-    ```
+    $$ \ell_{ij} = d(i, j)^2 \quad \text{same label} $$
+
+    $$ \ell_{ij} = \mathrm{relu}\big(m - d(i, j)\big)^2 \quad \text{different labels} $$
+
+    $$ \text{loss} = \text{the mean of } \ell \text{ over the pairs used} $$
 
     Without the ½ factor of the paper, like TF Addons' `ContrastiveLoss`
     (whose two-tower form is `PairContrastive`). `negatives="all"` uses
@@ -141,7 +177,8 @@ class Contrastive(DistanceLoss):
         name: Optional name of the loss.
         cross_replica: Under a `tf.distribute` strategy, mine each replica's
             anchors against the batches of all replicas, so that training
-            matches one device on the global batch (see the README).
+            matches one device on the global batch (see the guide *Several devices*,
+            docs/guides/devices.md).
         multi_label: Labels are multi-hot rows `(N, C)`: a positive pair
             shares at least one label, a negative pair none.
 
@@ -340,7 +377,7 @@ def _snr_terms(embeddings, ref_embeddings, positive, negative, pos_margin, neg_m
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class SignalToNoiseRatioContrastive(InBatchLoss):
-    """Contrastive loss on signal-to-noise ratio distances (Yuan, Chen, Li &
+    r"""Contrastive loss on signal-to-noise ratio distances (Yuan, Chen, Li &
     Lu 2019, "Signal-to-Noise Ratio: A Robust Distance Metric for Deep
     Metric Learning", [arXiv:1904.02616](https://arxiv.org/abs/1904.02616)).
 
@@ -350,10 +387,10 @@ class SignalToNoiseRatioContrastive(InBatchLoss):
     scaling and shifting both rows together), and the pairs of the batch
     give a contrastive loss with PyTorch Metric Learning's reduction:
 
-    ```
-    d(i, j) = var(x_j − x_i) / var(x_i)
-    L = mean_{>0} relu(d(a, p) − m₊) + mean_{>0} relu(m₋ − d(a, n)) + λ·mean_a |Σ_k x_ak|
-    ```
+    $$ d(i, j) = \mathrm{var}(x_j - x_i) \,/\, \mathrm{var}(x_i) $$
+
+    $$ L = \mathrm{mean}_{>0}\, \mathrm{relu}\big(d(a, p) - m_+\big) + \mathrm{mean}_{>0}\, \mathrm{relu}\big(m_-
+        - d(a, n)\big) + \lambda \cdot \mathrm{mean}_a \big|\textstyle\sum_k x_{ak}\big| $$
 
     Each `mean_{>0}` runs over the positive (resp. negative) entries (a, r)
     of the batch's rectangle — both orders of each pair, as the distance is
@@ -384,7 +421,8 @@ class SignalToNoiseRatioContrastive(InBatchLoss):
             `"sum"`, or `None`.
         name: Optional name of the loss.
         cross_replica: Under a `tf.distribute` strategy, mine each replica's
-            anchors against the batches of all replicas (see the README).
+            anchors against the batches of all replicas (see the guide *Several devices*,
+            docs/guides/devices.md).
         multi_label: Labels are multi-hot rows `(N, C)`: a positive pair
             shares at least one label, a negative pair none.
         miner: A `tfm.miners` miner that chooses the pairs; `None`: all.

@@ -145,7 +145,7 @@ def histogram(
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class Histogram(SimilarityLoss):
-    """Histogram loss (Ustinova & Lempitsky 2016, "Learning Deep Embeddings
+    r"""Histogram loss (Ustinova & Lempitsky 2016, "Learning Deep Embeddings
     with Histogram Loss", https://arxiv.org/abs/1611.00822).
 
     The estimated probability that a random negative pair is more similar
@@ -155,10 +155,10 @@ class Histogram(SimilarityLoss):
     linearly between the two nodes around it (so that the histograms have
     gradients):
 
-    ```
-    h⁺_r = mean over positive pairs of max(0, 1 − |s − t_r| / Δ)   (h⁻ alike)
-    loss = Σ_r h⁻_r · Σ_{q ≤ r} h⁺_q
-    ```
+    $$ h^+_r = \text{the mean over the positive pairs of } \max\big(0, 1 - |s - t_r| / \Delta\big)
+        \quad (h^- \text{ alike}) $$
+
+    $$ \text{loss} = \sum_r h^-_r \sum_{q \le r} h^+_q $$
 
     The loss is one number for the whole batch, not a mean of
     independent per-query terms: it is computed as the mean over the
@@ -188,7 +188,8 @@ class Histogram(SimilarityLoss):
             `"sum"`, or `None` for each query's mean over its negative pairs.
         name: Optional name of the loss.
         cross_replica: Under a `tf.distribute` strategy, compute the
-            histograms of the global batch (see the README).
+            histograms of the global batch (see the guide *Several devices*,
+            docs/guides/devices.md).
         multi_label: Labels are multi-hot rows `(N, C)`: a positive pair
             shares at least one label, a negative pair none.
         miner: A `tfm.miners` miner choosing the pairs; `None`: all of them.
@@ -407,7 +408,7 @@ def dynamic_soft_margin(
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class DynamicSoftMargin(InBatchLoss):
-    """Dynamic soft margin loss (Zhang & Rusinkiewicz 2019, "Learning Local
+    r"""Dynamic soft margin loss (Zhang & Rusinkiewicz 2019, "Learning Local
     Descriptors with a CDF-Based Dynamic Soft Margin", ICCV).
 
     A triplet loss without a margin to tune: each triplet's margin
@@ -415,10 +416,9 @@ class DynamicSoftMargin(InBatchLoss):
     embeddings, in [−2, 2]) is weighted by where it stands among the
     margins seen so far, the CDF of a running histogram of them:
 
-    ```
-    h   ← normalise((1 − m)·h + m·histogram of this batch's margins)
-    ℓ   = mean over the triplets (a, p, n) of CDF_h(x)·x
-    ```
+    $$ h \leftarrow \mathrm{normalise}\big((1 - m)\, h + m \cdot \text{the histogram of this batch's margins}\big) $$
+
+    $$ \ell = \text{the mean over the triplets } (a, p, n) \text{ of } \mathrm{CDF}_h(x) \cdot x $$
 
     so the hardest triplets (largest x) get the largest weights, and the
     weights follow the distribution as training improves it. The histogram
@@ -457,7 +457,8 @@ class DynamicSoftMargin(InBatchLoss):
             default), `"sum"`, or `None` for each anchor's mean.
         name: Optional name of the loss.
         cross_replica: Under a `tf.distribute` strategy, mine each replica's
-            anchors against the batches of all replicas (see the README).
+            anchors against the batches of all replicas (see the guide *Several devices*,
+            docs/guides/devices.md).
         multi_label: Labels are multi-hot rows `(N, C)`: a positive pair
             shares at least one label, a negative pair none.
         miner: A `tfm.miners` miner choosing the pairs; `None`: all of them.

@@ -258,17 +258,17 @@ def instance(
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class SupCon(SimilarityLoss):
-    """Supervised contrastive loss (Khosla et al. 2020, "Supervised
+    r"""Supervised contrastive loss (Khosla et al. 2020, "Supervised
     Contrastive Learning", https://arxiv.org/abs/2004.11362), the paper's
     `L^sup_out`.
 
     Every positive of an anchor is a target of the softmax over all the
     anchor's other rows, and the anchor averages over its positives:
 
-    ```
-    ℓ_a = −1/|P(a)| Σ_{p∈P(a)} log( exp(s(a, p)/τ) / Σ_{r∈P(a)∪Q(a)} exp(s(a, r)/τ) )
-    loss = mean of ℓ_a over the anchors with a positive
-    ```
+    $$ \ell_a = -\frac{1}{|P(a)|} \sum_{p \in P(a)} \log
+        \frac{\exp(s(a, p) / \tau)}{\sum_{r \in P(a) \cup Q(a)} \exp(s(a, r) / \tau)} $$
+
+    $$ \text{loss} = \text{the mean of } \ell_a \text{ over the anchors with a positive} $$
 
     Anchors without a positive have no term. Same values as PyTorch Metric
     Learning's `SupConLoss` (`AvgNonZeroReducer`: the mean over the anchors
@@ -286,7 +286,8 @@ class SupCon(SimilarityLoss):
             `"sum"`, or `None` for each anchor's loss.
         name: Optional name of the loss.
         cross_replica: Under a `tf.distribute` strategy, mine each replica's
-            anchors against the batches of all replicas (see the README).
+            anchors against the batches of all replicas (see the guide *Several devices*,
+            docs/guides/devices.md).
         multi_label: Labels are multi-hot rows `(N, C)`: a positive pair
             shares at least one label, a negative pair none.
         miner: A `tfm.miners` miner that narrows the pairs the loss looks
@@ -325,17 +326,16 @@ class SupCon(SimilarityLoss):
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class NTXent(SimilarityLoss):
-    """NT-Xent, the normalised temperature-scaled cross-entropy of SimCLR
+    r"""NT-Xent, the normalised temperature-scaled cross-entropy of SimCLR
     (Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual
     Representations", https://arxiv.org/abs/2002.05709), also called InfoNCE.
 
     One term per positive pair `(a, p)`: the softmax of the pair against the
     anchor's negatives only:
 
-    ```
-    ℓ_ap = −log( exp(s(a, p)/τ) / (exp(s(a, p)/τ) + Σ_{n∈Q(a)} exp(s(a, n)/τ)) )
-    loss = mean of ℓ_ap over all positive pairs
-    ```
+    $$ \ell_{ap} = -\log \frac{\exp(s(a, p) / \tau)}{\exp(s(a, p) / \tau) + \sum_{n \in Q(a)} \exp(s(a, n) / \tau)} $$
+
+    $$ \text{loss} = \text{the mean of } \ell_{ap} \text{ over all positive pairs} $$
 
     A pair whose anchor has no negative scores 0 (it still counts in the
     mean, as in PML); anchors without a positive have no term. Same values
@@ -378,7 +378,8 @@ class NTXent(SimilarityLoss):
             `"sum"`, or `None` for each anchor's loss.
         name: Optional name of the loss.
         cross_replica: Under a `tf.distribute` strategy, mine each replica's
-            anchors against the batches of all replicas (see the README).
+            anchors against the batches of all replicas (see the guide *Several devices*,
+            docs/guides/devices.md).
         multi_label: Labels are multi-hot rows `(N, C)`: a positive pair
             shares at least one label, a negative pair none.
         miner: A `tfm.miners` miner that narrows the pairs the loss looks
@@ -417,7 +418,7 @@ class NTXent(SimilarityLoss):
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class Instance(SimilarityLoss):
-    """Instance loss (Zheng et al. 2020, "Dual-Path Convolutional Image-Text
+    r"""Instance loss (Zheng et al. 2020, "Dual-Path Convolutional Image-Text
     Embeddings with Instance Loss", https://arxiv.org/abs/1711.05535), in
     batch.
 
@@ -426,10 +427,10 @@ class Instance(SimilarityLoss):
     the classifier: the query's probability of its own class is the softmax
     mass, at scale `γ`, of the rows that share its label:
 
-    ```
-    ℓ_a = −log( Σ_{p∈P(a)} exp(γ s(a, p)) / Σ_{r∈P(a)∪Q(a)} exp(γ s(a, r)) )
-    loss = mean of ℓ_a over the anchors with a positive
-    ```
+    $$ \ell_a = -\log \frac{\sum_{p \in P(a)} \exp(\gamma\, s(a, p))}{\sum_{r \in P(a) \cup Q(a)} \exp(\gamma\,
+        s(a, r))} $$
+
+    $$ \text{loss} = \text{the mean of } \ell_a \text{ over the anchors with a positive} $$
 
     Anchors without a positive have no term. With image and text embeddings
     stacked along the batch axis and the instance ids repeated as `y_true`,
@@ -457,7 +458,8 @@ class Instance(SimilarityLoss):
             `"sum"`, or `None` for each anchor's loss.
         name: Optional name of the loss.
         cross_replica: Under a `tf.distribute` strategy, mine each replica's
-            anchors against the batches of all replicas (see the README).
+            anchors against the batches of all replicas (see the guide *Several devices*,
+            docs/guides/devices.md).
         multi_label: Labels are multi-hot rows `(N, C)`: a positive pair
             shares at least one label, a negative pair none.
         miner: A `tfm.miners` miner that narrows the pairs the loss looks

@@ -94,16 +94,16 @@ def lifted_structure(
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class LiftedStructure(DistanceLoss):
-    """Lifted structured loss (Song et al. 2016, "Deep Metric Learning via
+    r"""Lifted structured loss (Song et al. 2016, "Deep Metric Learning via
     Lifted Structured Feature Embedding").
 
     Every positive pair (i, j) is contrasted with every negative of both of
     its examples, through a smooth maximum:
 
-    ```
-    J_ij = log(Σ_{k∈Q(i)} exp(m − d(i, k)) + Σ_{l∈Q(j)} exp(m − d(j, l))) + d(i, j)
-    loss = 1/(2|P̂|) Σ_{(i,j)∈P̂} relu(J_ij)²
-    ```
+    $$ J_{ij} = \log\Big(\sum_{k \in Q(i)} \exp\big(m - d(i, k)\big) + \sum_{l \in Q(j)} \exp\big(m
+        - d(j, l)\big)\Big) + d(i, j) $$
+
+    $$ \text{loss} = \frac{1}{2|\hat P|} \sum_{(i, j) \in \hat P} \mathrm{relu}(J_{ij})^2 $$
 
     `P̂` are the unordered positive pairs of the batch. Same values as TF
     Addons' `LiftedStructLoss` (Euclidean distance), with O(N²) memory
@@ -120,7 +120,8 @@ class LiftedStructure(DistanceLoss):
             `"sum"`, or `None` for each anchor's mean over its pairs.
         name: Optional name of the loss.
         cross_replica: Under a `tf.distribute` strategy, mine each replica's
-            anchors against the batches of all replicas (see the README).
+            anchors against the batches of all replicas (see the guide *Several devices*,
+            docs/guides/devices.md).
         multi_label: Labels are multi-hot rows `(N, C)`: a positive pair
             shares at least one label, a negative pair none.
 
@@ -239,17 +240,17 @@ def generalized_lifted_structure(
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class GeneralizedLiftedStructure(DistanceLoss):
-    """Generalised lifted structured loss (Hermans, Beyer & Leibe 2017, "In
+    r"""Generalised lifted structured loss (Hermans, Beyer & Leibe 2017, "In
     Defense of the Triplet Loss for Person Re-Identification",
     [arXiv:1703.07737](https://arxiv.org/abs/1703.07737), section 2).
 
     Each anchor's positives and negatives are summarised by smooth maxima:
     a soft hardest positive against a soft hardest negative,
 
-    ```
-    ℓ_a  = relu(log Σ_{p∈P(a)} exp(d(a, p) − m₊) + log Σ_{n∈Q(a)} exp(m₋ − d(a, n)))
-    loss = mean over the anchors a of ℓ_a
-    ```
+    $$ \ell_a = \mathrm{relu}\Big(\log \sum_{p \in P(a)} \exp\big(d(a, p) - m_+\big)
+        + \log \sum_{n \in Q(a)} \exp\big(m_- - d(a, n)\big)\Big) $$
+
+    $$ \text{loss} = \text{the mean over the anchors } a \text{ of } \ell_a $$
 
     with `m₊ = pos_margin` and `m₋ = neg_margin`. Compared with
     `LiftedStructure` (Oh Song et al. 2016), whose terms are the positive
@@ -279,7 +280,8 @@ class GeneralizedLiftedStructure(DistanceLoss):
             `"sum"`, or `None` for each anchor's `ℓ_a`.
         name: Optional name of the loss.
         cross_replica: Under a `tf.distribute` strategy, mine each replica's
-            anchors against the batches of all replicas (see the README).
+            anchors against the batches of all replicas (see the guide *Several devices*,
+            docs/guides/devices.md).
         multi_label: Labels are multi-hot rows `(N, C)`: a positive pair
             shares at least one label, a negative pair none.
         miner: A `tfm.miners` miner that chooses the pairs; `None`: all.

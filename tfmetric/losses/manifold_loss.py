@@ -150,7 +150,7 @@ def meta_class_table(num_classes, K=None, partition_seed=0):
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class Manifold(ProxyLoss):
-    """The manifold loss (Aziere & Todorovic 2019, "Ensemble Deep Manifold
+    r"""The manifold loss (Aziere & Todorovic 2019, "Ensemble Deep Manifold
     Similarity Learning using Hard Proxies", CVPR,
     https://openaccess.thecvf.com/content_CVPR_2019/papers/Aziere_Ensemble_Deep_Manifold_Similarity_Learning_Using_Hard_Proxies_CVPR_2019_paper.pdf).
 
@@ -160,11 +160,12 @@ class Manifold(ProxyLoss):
     similarity to proxy k and `c_ik = cos(F_i, F_k)` the cosine of their rows
     of `F`:
 
-    ```
-    ℓ_int(i) = log(1 + Σ_{k ≠ p(i), t ≥ 0} exp(t)),   t = F_ik − F_ip(i) + m
-    ℓ_ctx(i) = the same with c_ik in place of F_ik
-    loss     = mean over i of  ℓ_int(i) + λ_C ℓ_ctx(i)
-    ```
+    $$ \ell_{\text{int}}(i) = \log\Big(1 + \sum_{k \ne p(i),\ t \ge 0} \exp(t)\Big), \quad t = F_{ik} - F_{i p(i)}
+        + m $$
+
+    $$ \ell_{\text{ctx}}(i) = \text{the same with } c_{ik} \text{ in place of } F_{ik} $$
+
+    $$ \text{loss} = \text{the mean over } i \text{ of } \ell_{\text{int}}(i) + \lambda_C\, \ell_{\text{ctx}}(i) $$
 
     A proxy term counts only where it is within the margin of (or above)
     the example's own proxy (`t ≥ 0`): the loss jumps by up to `log 2` per

@@ -119,8 +119,8 @@ def margin_loss(
             inside a JAX trace).
         remove_diagonal: Whether reference row a is query a itself; `None`:
             only without a reference.
-        margin, nu, sampling, cutoff, nonzero_loss_cutoff, normalize,
-            multi_label: As `MarginLoss`.
+        margin, nu, sampling, cutoff, nonzero_loss_cutoff, normalize, multi_label: As
+            `MarginLoss`.
 
     Returns:
         The `(N,)` per-query losses.
@@ -160,16 +160,17 @@ def _check_cutoff(cutoff):
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class MarginLoss(DistanceLoss):
-    """Margin loss with distance-weighted sampling (Wu et al. 2017).
+    r"""Margin loss with distance-weighted sampling (Wu et al. 2017).
 
     Positive distances are pulled below `β − m`, negative ones pushed above
     `β + m`:
 
-    ```
-    ℓ_ap = relu(m + d(a, p) − β_a)     every positive pair
-    ℓ_an = relu(m − d(a, n) + β_a)     sampled (or all) negative pairs
-    loss = (Σ ℓ + ν Σ β_a) / #{ℓ > 0}  (0 when no term is positive)
-    ```
+    $$ \ell_{ap} = \mathrm{relu}\big(m + d(a, p) - \beta_a\big) \quad \text{every positive pair} $$
+
+    $$ \ell_{an} = \mathrm{relu}\big(m - d(a, n) + \beta_a\big) \quad \text{sampled (or all) negative pairs} $$
+
+    $$ \text{loss} = \Big(\sum \ell + \nu \sum \beta_a\Big) \Big/ \#\{\ell > 0\}
+        \quad \text{(0 when no term is positive)} $$
 
     `β_a = beta`, plus a learned offset for the anchor's class when
     `num_classes` is given. With `sampling="distance_weighted"`, each
@@ -215,7 +216,8 @@ class MarginLoss(DistanceLoss):
         name: Optional name of the loss.
         cross_replica: Under a `tf.distribute` strategy, mine each replica's
             anchors against the batches of all replicas, so that training
-            matches one device on the global batch (see the README).
+            matches one device on the global batch (see the guide *Several devices*,
+            docs/guides/devices.md).
         multi_label: Labels are multi-hot rows `(N, C)`: a positive pair
             shares at least one label, a negative pair none (not with
             `num_classes`).

@@ -350,18 +350,19 @@ def _initializer(class_name, **config):
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class ArcFace(ProxyLoss):
-    """ArcFace, the additive angular margin loss (Deng et al. 2019, "ArcFace:
+    r"""ArcFace, the additive angular margin loss (Deng et al. 2019, "ArcFace:
     Additive Angular Margin Loss for Deep Face Recognition").
 
     With `θ_j` the angle between embedding `x_i` and the vector of class `j`,
     and `y` the class of `x_i`:
 
-    ```
-    z_y = s·cos(θ_y + m)          (s·(cos θ_y − m·sin m) where θ_y > π − m)
-    z_j = s·cos θ_j               (j ≠ y)
-    ℓ_i = −log softmax(z)_y = log(1 + Σ_{j≠y} exp(z_j − z_y))
-    loss = mean of ℓ_i over the batch
-    ```
+    $$ z_y = s \cos(\theta_y + m) \quad \big(s\,(\cos\theta_y - m \sin m) \text{ where } \theta_y > \pi - m\big) $$
+
+    $$ z_j = s \cos\theta_j \quad (j \ne y) $$
+
+    $$ \ell_i = -\log \mathrm{softmax}(z)_y = \log\Big(1 + \sum_{j \ne y} \exp(z_j - z_y)\Big) $$
+
+    $$ \text{loss} = \text{the mean of } \ell_i \text{ over the batch} $$
 
     Beyond `θ_y = π − m`, `cos(θ_y + m)` would grow again with the angle:
     the paper's code (insightface) and PyTorch Metric Learning switch to
@@ -436,19 +437,20 @@ class ArcFace(ProxyLoss):
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class SubCenterArcFace(ProxyLoss):
-    """Sub-centre ArcFace (Deng et al. 2020, "Sub-center ArcFace: Boosting
+    r"""Sub-centre ArcFace (Deng et al. 2020, "Sub-center ArcFace: Boosting
     Face Recognition by Large-scale Noisy Web Faces").
 
     Each class has `k` vectors (`loss.proxies` is `(C, k, D)`); an example's
     cosine to a class is its largest cosine to that class's `k` vectors, and
     the loss is `ArcFace` on those cosines:
 
-    ```
-    cos θ_j = max_{p=1…k} cos(x_i, W_{j,p})
-    z_y = s·cos(θ_y + m)          (s·(cos θ_y − m·sin m) where θ_y > π − m)
-    z_j = s·cos θ_j               (j ≠ y)
-    ℓ_i = −log softmax(z)_y,   loss = mean of ℓ_i over the batch
-    ```
+    $$ \cos\theta_j = \max_{p = 1 \ldots k} \cos(x_i, W_{j,p}) $$
+
+    $$ z_y = s \cos(\theta_y + m) \quad \big(s\,(\cos\theta_y - m \sin m) \text{ where } \theta_y > \pi - m\big) $$
+
+    $$ z_j = s \cos\theta_j \quad (j \ne y) $$
+
+    $$ \ell_i = -\log \mathrm{softmax}(z)_y, \quad \text{loss} = \text{the mean of } \ell_i \text{ over the batch} $$
 
     Noisy examples of a class gather around non-dominant sub-centres instead
     of pulling the dominant one: `outliers` finds them (the paper drops them
@@ -565,13 +567,12 @@ class SubCenterArcFace(ProxyLoss):
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class CosFace(ProxyLoss):
-    """CosFace, the large margin cosine loss (Wang et al. 2018, "CosFace:
+    r"""CosFace, the large margin cosine loss (Wang et al. 2018, "CosFace:
     Large Margin Cosine Loss for Deep Face Recognition").
 
-    ```
-    z_y = s·(cos θ_y − m),   z_j = s·cos θ_j   (j ≠ y)
-    ℓ_i = −log softmax(z)_y,   loss = mean of ℓ_i over the batch
-    ```
+    $$ z_y = s\,(\cos\theta_y - m), \quad z_j = s \cos\theta_j \quad (j \ne y) $$
+
+    $$ \ell_i = -\log \mathrm{softmax}(z)_y, \quad \text{loss} = \text{the mean of } \ell_i \text{ over the batch} $$
 
     Defaults: `m = 0.35`, `s = 64` (the paper's). A negative margin (Liu et
     al. 2020, "Negative Margin Matters") is accepted. The authors released
@@ -636,20 +637,17 @@ class CosFace(ProxyLoss):
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class SphereFace(ProxyLoss):
-    """SphereFace, the angular softmax (A-Softmax) loss (Liu et al. 2017,
+    r"""SphereFace, the angular softmax (A-Softmax) loss (Liu et al. 2017,
     "SphereFace: Deep Hypersphere Embedding for Face Recognition").
 
     The class vectors are normalised, the embeddings are not: with the
     integer margin `m` multiplying the true class's angle,
 
-    ```
-    z_y = s·‖x_i‖·ψ(θ_y),   z_j = s·‖x_i‖·cos θ_j   (j ≠ y)
-    ℓ_i = −log softmax(z)_y,   loss = mean of ℓ_i over the batch
-    ```
+    $$ z_y = s\, \lVert x_i \rVert\, \psi(\theta_y), \quad z_j = s\, \lVert x_i \rVert \cos\theta_j \quad (j \ne y) $$
 
-    ```
-    ψ(θ) = (−1)^k cos(mθ) − 2k,   k = ⌊mθ/π⌋ ∈ {0, …, m}
-    ```
+    $$ \ell_i = -\log \mathrm{softmax}(z)_y, \quad \text{loss} = \text{the mean of } \ell_i \text{ over the batch} $$
+
+    $$ \psi(\theta) = (-1)^k \cos(m\theta) - 2k, \quad k = \lfloor m\theta / \pi \rfloor \in \{0, \ldots, m\} $$
 
     `ψ` equals `cos(mθ)` for `θ ≤ π/m` and keeps decreasing beyond;
     `cos(mθ)` is the multiple-angle polynomial in `cos θ`.
@@ -719,20 +717,18 @@ class SphereFace(ProxyLoss):
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class LargeMarginSoftmax(ProxyLoss):
-    """L-Softmax, the large-margin softmax loss (Liu et al. 2016,
+    r"""L-Softmax, the large-margin softmax loss (Liu et al. 2016,
     "Large-Margin Softmax Loss for Convolutional Neural Networks").
 
     A softmax over the plain products `W_j·x_i = ‖W_j‖‖x_i‖ cos θ_j`, the
     true class's angle multiplied by the integer margin `m`:
 
-    ```
-    z_y = s·‖W_y‖·‖x_i‖·ψ(θ_y),   z_j = s·‖W_j‖·‖x_i‖·cos θ_j   (j ≠ y)
-    ℓ_i = −log softmax(z)_y,   loss = mean of ℓ_i over the batch
-    ```
+    $$ z_y = s\, \lVert W_y \rVert\, \lVert x_i \rVert\, \psi(\theta_y),
+        \quad z_j = s\, \lVert W_j \rVert\, \lVert x_i \rVert \cos\theta_j \quad (j \ne y) $$
 
-    ```
-    ψ(θ) = (−1)^k cos(mθ) − 2k,   k = ⌊mθ/π⌋ ∈ {0, …, m}
-    ```
+    $$ \ell_i = -\log \mathrm{softmax}(z)_y, \quad \text{loss} = \text{the mean of } \ell_i \text{ over the batch} $$
+
+    $$ \psi(\theta) = (-1)^k \cos(m\theta) - 2k, \quad k = \lfloor m\theta / \pi \rfloor \in \{0, \ldots, m\} $$
 
     `ψ` equals `cos(mθ)` for `θ ≤ π/m` and keeps decreasing beyond;
     `cos(mθ)` is the multiple-angle polynomial in `cos θ`.
@@ -807,17 +803,16 @@ class LargeMarginSoftmax(ProxyLoss):
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class NormalizedSoftmax(ProxyLoss):
-    """The normalised softmax loss (NormFace: Wang et al. 2017, "NormFace:
+    r"""The normalised softmax loss (NormFace: Wang et al. 2017, "NormFace:
     L2 Hypersphere Embedding for Face Verification"; Zhai & Wu 2019,
     "Classification is a Strong Baseline for Deep Metric Learning").
 
     A softmax over the cosines to the class vectors, at temperature `T`,
     without margin:
 
-    ```
-    z_j = cos θ_j / T
-    ℓ_i = −log softmax(z)_y,   loss = mean of ℓ_i over the batch
-    ```
+    $$ z_j = \cos\theta_j / T $$
+
+    $$ \ell_i = -\log \mathrm{softmax}(z)_y, \quad \text{loss} = \text{the mean of } \ell_i \text{ over the batch} $$
 
     Default `T = 0.05` (Zhai & Wu's); NormFace's scale `s` is `1/T`. The
     class vectors start as in Zhai & Wu's code, uniform in `±1/√D` (they are

@@ -26,7 +26,7 @@ def _label_dtype():
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class CrossBatchMemory(keras.losses.Loss):
-    """Cross-batch memory (Wang et al. 2020, "Cross-Batch Memory for
+    r"""Cross-batch memory (Wang et al. 2020, "Cross-Batch Memory for
     Embedding Learning"): an in-batch loss mined against recent batches too.
 
     The wrapper keeps the embeddings and labels of the last `memory_size`
@@ -36,9 +36,7 @@ class CrossBatchMemory(keras.losses.Loss):
     anchor is its own positive), then the batch joins the memory, replacing
     the oldest entries:
 
-    ```
-    loss = loss of the batch's queries against the reference batch ∪ memory
-    ```
+    $$ \text{loss} = \text{the loss of the batch's queries against the reference } \text{batch} \cup \text{memory} $$
 
     The loss's reduction and sample weights apply to the batch's anchors
     as usual. Empty slots (before the memory has filled) take part in no

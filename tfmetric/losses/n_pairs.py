@@ -153,17 +153,16 @@ def npairs(
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class NPairs(SimilarityLoss):
-    """N-pair loss (Sohn 2016, "Improved Deep Metric Learning with
+    r"""N-pair loss (Sohn 2016, "Improved Deep Metric Learning with
     Multi-class N-pair Loss Objective"), mined online from the labels.
 
     Every example a is an anchor; its logits are its dot products with every
     other example of the batch, its target is spread evenly over its
     positives:
 
-    ```
-    ℓ_a = log Σ_{j≠a} exp(s(a, j)) − 1/|P(a)| Σ_{p∈P(a)} s(a, p)
-    loss = mean of ℓ_a over the anchors with a positive
-    ```
+    $$ \ell_a = \log \sum_{j \ne a} \exp\big(s(a, j)\big) - \frac{1}{|P(a)|} \sum_{p \in P(a)} s(a, p) $$
+
+    $$ \text{loss} = \text{the mean of } \ell_a \text{ over the anchors with a positive} $$
 
     With one positive per anchor this is the paper's
     `log(1 + Σ_n exp(s(a, n) − s(a, p)))`. TF Addons' `NpairsLoss` takes
@@ -181,7 +180,8 @@ class NPairs(SimilarityLoss):
             `"sum"`, or `None` for each anchor's loss (0 without positive).
         name: Optional name of the loss.
         cross_replica: Under a `tf.distribute` strategy, use the batches of
-            all replicas as candidates (see the README).
+            all replicas as candidates (see the guide *Several devices*,
+            docs/guides/devices.md).
         multi_label: Labels are multi-hot rows `(N, C)`: the positives of
             an anchor share at least one label with it, evenly weighted
             (`NPairsMultilabel` weighs them by how many they share).
@@ -207,16 +207,16 @@ class NPairs(SimilarityLoss):
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class NPairsMultilabel(SimilarityLoss):
-    """N-pair loss for multi-label data, mined online from `(N, C)` 0/1 labels.
+    r"""N-pair loss for multi-label data, mined online from `(N, C)` 0/1 labels.
 
     As `NPairs`, with the target of anchor a on example j proportional to
     `L(a, j)`, the number of labels they share (TF Addons'
     `NpairsMultilabelLoss` semantics, over one batch):
 
-    ```
-    ℓ_a = log Σ_{j≠a} exp(s(a, j)) − Σ_{j≠a} L(a, j) s(a, j) / Σ_{j≠a} L(a, j)
-    loss = mean of ℓ_a over the anchors sharing a label with another example
-    ```
+    $$ \ell_a = \log \sum_{j \ne a} \exp\big(s(a, j)\big)
+        - \frac{\sum_{j \ne a} L(a, j)\, s(a, j)}{\sum_{j \ne a} L(a, j)} $$
+
+    $$ \text{loss} = \text{the mean of } \ell_a \text{ over the anchors that share a label with another example} $$
 
     `y_true` is the `(N, C)` 0/1 matrix (or a `tf.SparseTensor`);
     `tfm.losses.npairs_multilabel_loss` is TF Addons' function on an anchor

@@ -122,13 +122,12 @@ def nca(
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class SoftNearestNeighbor(DistanceLoss):
-    """Soft nearest neighbour loss (Frosst, Papernot & Hinton 2019, "Analyzing
+    r"""Soft nearest neighbour loss (Frosst, Papernot & Hinton 2019, "Analyzing
     and Improving Representations with the Soft Nearest Neighbor Loss").
 
-    ```
-    ℓ_a = −log( Σ_{p∈P(a)} exp(−d(a, p)/T) / Σ_{j≠a} exp(−d(a, j)/T) )
-    loss = mean of ℓ_a over the anchors with a positive
-    ```
+    $$ \ell_a = -\log \frac{\sum_{p \in P(a)} \exp(-d(a, p) / T)}{\sum_{j \ne a} \exp(-d(a, j) / T)} $$
+
+    $$ \text{loss} = \text{the mean of } \ell_a \text{ over the anchors with a positive} $$
 
     with `d` the squared Euclidean distance, as in the paper. Computed in log
     space: anchors whose positives are all far away keep a finite, large
@@ -143,7 +142,8 @@ class SoftNearestNeighbor(DistanceLoss):
             `"sum"`, or `None` for each anchor's loss.
         name: Optional name of the loss.
         cross_replica: Under a `tf.distribute` strategy, mine each replica's
-            anchors against the batches of all replicas (see the README).
+            anchors against the batches of all replicas (see the guide *Several devices*,
+            docs/guides/devices.md).
         multi_label: Labels are multi-hot rows `(N, C)`: a positive pair
             shares at least one label, a negative pair none.
 
@@ -182,16 +182,15 @@ class SoftNearestNeighbor(DistanceLoss):
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class NCA(DistanceLoss):
-    """Neighbourhood components analysis loss (Goldberger et al. 2004), in batch.
+    r"""Neighbourhood components analysis loss (Goldberger et al. 2004), in batch.
 
     The soft nearest neighbour loss with a scale instead of a temperature,
     on L2-normalised embeddings by default, as PyTorch Metric Learning's
     `NCALoss` (same values):
 
-    ```
-    ℓ_a = −log Σ_{p∈P(a)} softmax_{j≠a}(−scale · d(a, j))_p
-    loss = mean of ℓ_a over the anchors with a positive
-    ```
+    $$ \ell_a = -\log \sum_{p \in P(a)} \mathrm{softmax}_{j \ne a}\big(-\mathrm{scale} \cdot d(a, j)\big)_p $$
+
+    $$ \text{loss} = \text{the mean of } \ell_a \text{ over the anchors with a positive} $$
 
     Args:
         softmax_scale: The scale of the negative squared distances.
@@ -202,7 +201,8 @@ class NCA(DistanceLoss):
             `"sum"`, or `None` for each anchor's loss.
         name: Optional name of the loss.
         cross_replica: Under a `tf.distribute` strategy, mine each replica's
-            anchors against the batches of all replicas (see the README).
+            anchors against the batches of all replicas (see the guide *Several devices*,
+            docs/guides/devices.md).
         multi_label: Labels are multi-hot rows `(N, C)`: a positive pair
             shares at least one label, a negative pair none.
 

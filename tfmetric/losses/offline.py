@@ -66,11 +66,9 @@ def multiclass_hinge(y_true, y_pred, margin=1.0, aggregate="sum"):
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class PairContrastive(keras.losses.Loss):
-    """Contrastive loss of two-tower (siamese) models (Hadsell et al. 2006).
+    r"""Contrastive loss of two-tower (siamese) models (Hadsell et al. 2006).
 
-    ```
-    loss = y·d² + (1 − y)·relu(margin − d)²
-    ```
+    $$ \text{loss} = y\, d^2 + (1 - y)\, \mathrm{relu}(\mathrm{margin} - d)^2 $$
 
     `y_true` is 1 for a similar pair and 0 for a dissimilar one, `y_pred` the
     distance of each pair (`tfm.layers.PairDistance` computes it from the two
@@ -100,15 +98,14 @@ class PairContrastive(keras.losses.Loss):
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class TripletLoss(keras.losses.Loss):
-    """Triplet loss on triplets formed offline, for three-tower models.
+    r"""Triplet loss on triplets formed offline, for three-tower models.
 
     `y_pred` holds `(anchor, positive, negative)` embeddings, shape
     `(N, 3, D)`; `y_true` is ignored (pass zeros to `fit`).
 
-    ```
-    loss = relu(d(a, p) − d(a, n) + margin)          # soft=False
-    loss = softplus(d(a, p) − d(a, n))               # soft=True
-    ```
+    $$ \text{loss} = \mathrm{relu}\big(d(a, p) - d(a, n) + \mathrm{margin}\big) \quad \text{(soft=False)} $$
+
+    $$ \text{loss} = \mathrm{softplus}\big(d(a, p) - d(a, n)\big) \quad \text{(soft=True)} $$
 
     Args:
         margin: The margin; unused when `soft=True`.
@@ -152,12 +149,13 @@ class TripletLoss(keras.losses.Loss):
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class MulticlassHinge(keras.losses.Loss):
-    """Multi-class hinge (SVM) loss on class scores, with any margin.
+    r"""Multi-class hinge (SVM) loss on class scores, with any margin.
 
-    ```
-    loss = Σ_{j≠y} relu(s_j − s_y + margin)          # aggregate="sum" (Weston–Watkins)
-    loss = max_{j≠y} relu(s_j − s_y + margin)        # aggregate="max" (Crammer–Singer)
-    ```
+    $$ \text{loss} = \sum_{j \ne y} \mathrm{relu}(s_j - s_y + \mathrm{margin})
+        \quad \text{(aggregate="sum", Weston–Watkins)} $$
+
+    $$ \text{loss} = \max_{j \ne y} \mathrm{relu}(s_j - s_y + \mathrm{margin})
+        \quad \text{(aggregate="max", Crammer–Singer)} $$
 
     `y_true` holds integer classes `(N,)` or `(N, 1)`, `y_pred` scores
     `(N, C)` (any real values, e.g. logits). `keras.losses.Hinge` takes ±1

@@ -230,7 +230,7 @@ def angular(
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class Angular(InBatchLoss):
-    """Angular loss (Wang, Zhou, Wen, Liu & Lin 2017, "Deep Metric Learning
+    r"""Angular loss (Wang, Zhou, Wen, Liu & Lin 2017, "Deep Metric Learning
     with Angular Loss", https://arxiv.org/abs/1708.01682), N-pair form.
 
     The triangle of an anchor, its positive and a negative should have an
@@ -239,11 +239,11 @@ class Angular(InBatchLoss):
     ‖x_n − x_c‖²` becomes a logit per negative, and each positive pair is
     contrasted with all the negatives of its anchor:
 
-    ```
-    f(a, p, n) = 4 tan²α (x_a + x_p)·x_n − 2 (1 + tan²α) x_a·x_p
-    ℓ(a, p) = log(1 + Σ_{n∈Q(a)} exp f(a, p, n))
-    loss = mean of ℓ(a, p) over all positive pairs (a, p)
-    ```
+    $$ f(a, p, n) = 4 \tan^2\alpha\, (x_a + x_p) \cdot x_n - 2\,(1 + \tan^2\alpha)\, x_a \cdot x_p $$
+
+    $$ \ell(a, p) = \log\Big(1 + \sum_{n \in Q(a)} \exp f(a, p, n)\Big) $$
+
+    $$ \text{loss} = \text{the mean of } \ell(a, p) \text{ over all positive pairs } (a, p) $$
 
     This is PyTorch Metric Learning's `AngularLoss` (same default α = 40°,
     in degrees; same mean over positive pairs). One difference: PML
@@ -261,7 +261,8 @@ class Angular(InBatchLoss):
             `"sum"`, or `None` for each anchor's mean over its positives.
         name: Optional name of the loss.
         cross_replica: Under a `tf.distribute` strategy, mine each replica's
-            anchors against the batches of all replicas (see the README).
+            anchors against the batches of all replicas (see the guide *Several devices*,
+            docs/guides/devices.md).
         multi_label: Labels are multi-hot rows `(N, C)`: a positive pair
             shares at least one label, a negative pair none.
         miner: As `tfm.losses.base.InBatchLoss`.
@@ -358,17 +359,17 @@ class _CosineLoss(SimilarityLoss):
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class TupletMargin(_CosineLoss):
-    """Tuplet margin loss (Yu & Tao 2019, "Deep Metric Learning with Tuplet
+    r"""Tuplet margin loss (Yu & Tao 2019, "Deep Metric Learning with Tuplet
     Margin Loss", ICCV, https://openaccess.thecvf.com/content_ICCV_2019/html/Yu_Deep_Metric_Learning_With_Tuplet_Margin_Loss_ICCV_2019_paper.html).
 
     An N-pair loss on scaled cosines in which the positive's angle gets a
     slack `m` (it is compared as `θ_ap − m`), so that positives are not
     pulled all the way together:
 
-    ```
-    ℓ(a, p) = log(1 + Σ_{n∈Q(a)} exp(γ (cos θ_an − cos(θ_ap − m))))
-    loss = mean of ℓ(a, p) over all positive pairs (a, p)
-    ```
+    $$ \ell(a, p) = \log\Big(1 + \sum_{n \in Q(a)} \exp\big(\gamma\,(\cos\theta_{an} - \cos(\theta_{ap}
+        - m))\big)\Big) $$
+
+    $$ \text{loss} = \text{the mean of } \ell(a, p) \text{ over all positive pairs } (a, p) $$
 
     PyTorch Metric Learning's `TupletMarginLoss`, same defaults (`m = 5.73°`,
     in degrees, `γ = 64`) and the same mean over positive pairs (a pair
@@ -458,16 +459,16 @@ def intra_pair_variance(
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class IntraPairVariance(_CosineLoss):
-    """Intra-pair variance loss (Yu & Tao 2019, "Deep Metric Learning with
+    r"""Intra-pair variance loss (Yu & Tao 2019, "Deep Metric Learning with
     Tuplet Margin Loss", ICCV): the regulariser that keeps the similarities
     of the positive pairs, and those of the negative pairs, close to their
     means.
 
-    ```
-    μ₊ = mean of s(a, p) over the positive pairs,  μ₋ = over the negative pairs
-    loss = mean_{(a,p)} relu((1 − ε₊) μ₊ − s(a, p))²
-         + mean_{(a,n)} relu(s(a, n) − (1 + ε₋) μ₋)²
-    ```
+    $$ \mu_+ = \text{the mean of } s(a, p) \text{ over the positive pairs},
+        \quad \mu_- = \text{over the negative pairs} $$
+
+    $$ \text{loss} = \mathrm{mean}_{(a, p)}\, \mathrm{relu}\big((1 - \varepsilon_+)\, \mu_+ - s(a, p)\big)^2
+        + \mathrm{mean}_{(a, n)}\, \mathrm{relu}\big(s(a, n) - (1 + \varepsilon_-)\, \mu_-\big)^2 $$
 
     Positive pairs much less similar than their mean, and negative pairs
     much more similar than theirs, are penalised; the means are part of the
@@ -577,7 +578,7 @@ def threshold_consistent_margin(
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class ThresholdConsistentMargin(_CosineLoss):
-    """Threshold-consistent margin loss (Zhang, Li, Pun, Liu, Moeller,
+    r"""Threshold-consistent margin loss (Zhang, Li, Pun, Liu, Moeller,
     Zhou & Tang 2023, "Threshold-Consistent Margin Loss for Open-World Deep
     Metric Learning", https://arxiv.org/abs/2307.04047).
 
@@ -586,10 +587,8 @@ class ThresholdConsistentMargin(_CosineLoss):
     separates them equally well across classes; only the pairs on the wrong
     side of their margin count:
 
-    ```
-    loss = λ₊ mean_{(a,p): s(a,p) ≤ m₊} (m₊ − s(a, p))
-         + λ₋ mean_{(a,n): s(a,n) ≥ m₋} (s(a, n) − m₋)
-    ```
+    $$ \text{loss} = \lambda_+ \mathrm{mean}_{(a, p):\, s(a, p) \le m_+} \big(m_+ - s(a, p)\big)
+        + \lambda_- \mathrm{mean}_{(a, n):\, s(a, n) \ge m_-} \big(s(a, n) - m_-\big) $$
 
     PyTorch Metric Learning's `ThresholdConsistentMarginLoss`, same defaults
     and values on a batch. (With a separate reference set, PML takes the

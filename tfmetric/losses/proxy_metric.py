@@ -124,16 +124,16 @@ def proxy_nca(labels, embeddings, proxies, *, temperature=1.0):
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class ProxyNCA(ProxyLoss):
-    """ProxyNCA (Movshovitz-Attias et al. 2017, "No Fuss Distance Metric
+    r"""ProxyNCA (Movshovitz-Attias et al. 2017, "No Fuss Distance Metric
     Learning using Proxies"), with the temperature of ProxyNCA++ (Teh et al.
     2020, "ProxyNCA++: Revisiting and Revitalizing Proxy Neighborhood
     Component Analysis").
 
-    ```
-    p_ic = softmax_c( −‖x̂_i − p̂_c‖² / T )
-    ℓ_i  = −log p_{i, y_i}
-    loss = mean of ℓ_i over the batch
-    ```
+    $$ p_{ic} = \mathrm{softmax}_c\big(-\lVert \hat x_i - \hat p_c \rVert^2 / T\big) $$
+
+    $$ \ell_i = -\log p_{i, y_i} $$
+
+    $$ \text{loss} = \text{the mean of } \ell_i \text{ over the batch} $$
 
     Embeddings and class vectors are L2-normalised. As in ProxyNCA++ and
     PyTorch Metric Learning (PML), the softmax's denominator includes the
@@ -292,13 +292,12 @@ def proxy_anchor(labels, embeddings, proxies, *, margin=0.1, alpha=32.0, sample_
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class ProxyAnchor(ProxyLoss):
-    """Proxy Anchor (Kim et al. 2020, "Proxy Anchor Loss for Deep Metric
+    r"""Proxy Anchor (Kim et al. 2020, "Proxy Anchor Loss for Deep Metric
     Learning").
 
-    ```
-    loss = 1/|P⁺| Σ_{p∈P⁺} log(1 + Σ_{x∈X_p⁺} e^{−α(s(x,p) − δ)})
-         + 1/C    Σ_{p}    log(1 + Σ_{x∈X_p⁻} e^{ α(s(x,p) + δ)})
-    ```
+    $$ \text{loss} = \frac{1}{|P^+|} \sum_{p \in P^+} \log\Big(1
+        + \sum_{x \in X_p^+} e^{-\alpha (s(x, p) - \delta)}\Big) + \frac{1}{C} \sum_p \log\Big(1
+        + \sum_{x \in X_p^-} e^{\alpha (s(x, p) + \delta)}\Big) $$
 
     with `s` the cosine similarity, `X_p⁺` (`X_p⁻`) the examples of (not
     of) class `p`, `P⁺` the class vectors with a positive in the batch.
@@ -481,15 +480,17 @@ def soft_triple(labels, embeddings, proxies, *, scale=20.0, gamma=0.1, margin=0.
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class SoftTriple(ProxyLoss):
-    """SoftTriple (Qian et al. 2019, "SoftTriple Loss: Deep Metric Learning
+    r"""SoftTriple (Qian et al. 2019, "SoftTriple Loss: Deep Metric Learning
     Without Triplet Sampling").
 
-    ```
-    S_ic = Σ_t softmax_t(x̂_iᵀŵ_{c,t} / γ) · x̂_iᵀŵ_{c,t}
-    ℓ_i  = −log softmax_c( λ(S_ic − δ·[c = y_i]) )_{y_i}
-    R    = Σ_c Σ_{t<t'} √(2 + ε − 2 ŵ_{c,t}ᵀŵ_{c,t'}) / (C·k·(k − 1)),   ε = 1e-5
-    loss = mean of ℓ_i over the batch + τ·R
-    ```
+    $$ S_{ic} = \sum_t \mathrm{softmax}_t\big(\hat x_i^\top \hat w_{c,t} / \gamma\big)\, \hat x_i^\top \hat w_{c,t} $$
+
+    $$ \ell_i = -\log \mathrm{softmax}_c\big(\lambda\,(S_{ic} - \delta\, [c = y_i])\big)_{y_i} $$
+
+    $$ R = \sum_c \sum_{t < t'} \sqrt{2 + \varepsilon - 2\, \hat w_{c,t}^\top \hat w_{c,t'}} \Big/ \big(C k (k
+        - 1)\big), \quad \varepsilon = 10^{-5} $$
+
+    $$ \text{loss} = \text{the mean of } \ell_i \text{ over the batch} + \tau R $$
 
     Each class has `k = centers_per_class` centres; an example's similarity
     to a class is a soft maximum over them. `R`, with the normalisation of
@@ -672,14 +673,14 @@ class UnitNormUniform(keras.initializers.RandomUniform):
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class P2SGrad(ProxyLoss):
-    """P2SGrad (Zhang et al. 2019, "P2SGrad: Refined Gradients for
+    r"""P2SGrad (Zhang et al. 2019, "P2SGrad: Refined Gradients for
     Optimizing Deep Face Models"), as PyTorch Metric Learning computes it.
 
-    ```
-    cos θ_ic = clip(x̂_iᵀ w_c / ‖w_c‖, −1, 1)
-    ℓ_i  = 1/C Σ_c (cos θ_ic − [c = y_i])²
-    loss = mean of ℓ_i over the batch
-    ```
+    $$ \cos\theta_{ic} = \mathrm{clip}\big(\hat x_i^\top w_c / \lVert w_c \rVert, -1, 1\big) $$
+
+    $$ \ell_i = \frac{1}{C} \sum_c \big(\cos\theta_{ic} - [c = y_i]\big)^2 $$
+
+    $$ \text{loss} = \text{the mean of } \ell_i \text{ over the batch} $$
 
     The paper replaces the gradient of margin-softmax losses by that of
     the cosines towards their targets 1 (own class) and 0 (the others):

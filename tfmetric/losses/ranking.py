@@ -414,7 +414,7 @@ def ranked_list(
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class FastAP(DistanceLoss):
-    """FastAP (Cakir, He, Xia, Kulis and Sclaroff 2019, "Deep Metric Learning
+    r"""FastAP (Cakir, He, Xia, Kulis and Sclaroff 2019, "Deep Metric Learning
     to Rank", CVPR; no arXiv version, see the link below).
 
     Average precision of each query's ranking of the batch, with the
@@ -425,10 +425,10 @@ class FastAP(DistanceLoss):
     negatives) the histograms of query a and `H⁺_k`, `H_k` their cumulative
     sums (the positives and the items retrieved up to bin k):
 
-    ```
-    FastAP_a = 1/|P(a)| Σ_k h⁺_k · H⁺_k / H_k        (bins with H_k = 0 left out)
-    loss     = mean of (1 − FastAP_a) over the queries with a positive
-    ```
+    $$ \mathrm{FastAP}_a = \frac{1}{|P(a)|} \sum_k h^+_k\, H^+_k / H_k
+        \quad (\text{the bins with } H_k = 0 \text{ left out}) $$
+
+    $$ \text{loss} = \text{the mean of } (1 - \mathrm{FastAP}_a) \text{ over the queries with a positive} $$
 
     `M`, `max_distance`, defaults to the largest distance between unit
     vectors (4 for `"squared_euclidean"`, 2 for `"euclidean"` and
@@ -495,7 +495,7 @@ class FastAP(DistanceLoss):
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class SmoothAP(SimilarityLoss):
-    """Smooth-AP (Brown, Xie, Kalogeiton and Zisserman 2020, "Smooth-AP:
+    r"""Smooth-AP (Brown, Xie, Kalogeiton and Zisserman 2020, "Smooth-AP:
     Smoothing the Path Towards Large-Scale Image Retrieval", ECCV;
     https://arxiv.org/abs/2007.12163).
 
@@ -503,12 +503,13 @@ class SmoothAP(SimilarityLoss):
     similarity, each rank's step function replaced by a sigmoid of
     temperature τ:
 
-    ```
-    rank(p)  = 1 + Σ_{j ∈ P(a) ∪ Q(a), j ≠ p} σ((s(a, j) − s(a, p)) / τ)
-    rank⁺(p) = 1 + Σ_{j ∈ P(a), j ≠ p}        σ((s(a, j) − s(a, p)) / τ)
-    AP_a     = 1/|P(a)| Σ_{p ∈ P(a)} rank⁺(p) / rank(p)
-    loss     = mean of (1 − AP_a) over the queries with a positive
-    ```
+    $$ \mathrm{rank}(p) = 1 + \sum_{j \in P(a) \cup Q(a),\ j \ne p} \sigma\big((s(a, j) - s(a, p)) / \tau\big) $$
+
+    $$ \mathrm{rank}^+(p) = 1 + \sum_{j \in P(a),\ j \ne p} \sigma\big((s(a, j) - s(a, p)) / \tau\big) $$
+
+    $$ \mathrm{AP}_a = \frac{1}{|P(a)|} \sum_{p \in P(a)} \mathrm{rank}^+(p) / \mathrm{rank}(p) $$
+
+    $$ \text{loss} = \text{the mean of } (1 - \mathrm{AP}_a) \text{ over the queries with a positive} $$
 
     Any labels: classes of any sizes, in any order. PyTorch Metric
     Learning's `SmoothAPLoss` (2.9) raises unless every class has equally
@@ -563,7 +564,7 @@ class SmoothAP(SimilarityLoss):
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class PNP(SimilarityLoss):
-    """PNP loss (Li, Xu, Gao, Li and Zhang 2022, "Rethinking the Optimization
+    r"""PNP loss (Li, Xu, Gao, Li and Zhang 2022, "Rethinking the Optimization
     of Average Precision: Only Penalizing Negative Instances before Positive
     Ones is Enough", AAAI; https://arxiv.org/abs/2102.04640).
 
@@ -571,15 +572,16 @@ class PNP(SimilarityLoss):
     it, smoothed by a sigmoid of temperature `anneal`, is penalised by an
     increasing function `f` (the variant):
 
-    ```
-    n(p) = Σ_{j ∈ Q(a)} σ((s(a, j) − s(a, p)) / anneal)
-    ℓ_a  = 1/|P(a)| Σ_{p ∈ P(a)} f(n(p))        ("Dq": 1 − 1/|P(a)| Σ_p f(n(p)))
-    loss = mean of ℓ_a over the queries with a positive
+    $$ n(p) = \sum_{j \in Q(a)} \sigma\big((s(a, j) - s(a, p)) / \mathrm{anneal}\big) $$
 
-    "O":  f(n) = n                         "Ds": f(n) = log(1 + n)
-    "Dq": f(n) = (1 + n)^−α                "Iu": f(n) = (1 + n) log(1 + n)
-    "Ib": f(n) = (b n − log(1 + b n)) / b²
-    ```
+    $$ \ell_a = \frac{1}{|P(a)|} \sum_{p \in P(a)} f\big(n(p)\big) \quad \Big(\text{"Dq": } 1
+        - \frac{1}{|P(a)|} \sum_p f\big(n(p)\big)\Big) $$
+
+    $$ \text{loss} = \text{the mean of } \ell_a \text{ over the queries with a positive} $$
+
+    $$ \text{"O": } f(n) = n, \quad \text{"Ds": } f(n) = \log(1 + n), \quad \text{"Dq": } f(n) = (1 + n)^{-\alpha} $$
+
+    $$ \text{"Iu": } f(n) = (1 + n) \log(1 + n), \quad \text{"Ib": } f(n) = \big(b n - \log(1 + b n)\big) / b^2 $$
 
     "Ds" and "Dq" decrease the gradient as n grows (the paper's PNP-D),
     "Iu" and "Ib" increase it (PNP-I, "Ib" bounded by 1/b).
@@ -640,7 +642,7 @@ class PNP(SimilarityLoss):
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class RankedList(DistanceLoss):
-    """Ranked list loss (Wang, Hua, Kodirov, Hu, Garnier and Robertson 2019,
+    r"""Ranked list loss (Wang, Hua, Kodirov, Hu, Garnier and Robertson 2019,
     "Ranked List Loss for Deep Metric Learning", CVPR;
     https://arxiv.org/abs/1903.03238).
 
@@ -648,13 +650,14 @@ class RankedList(DistanceLoss):
     beyond `α`; the violators are weighted by how far they are on the wrong
     side (temperatures `Tp`, `Tn`):
 
-    ```
-    c      = α − m,   P* = {p ∈ P(a): d(a, p) > c},   N* = {n ∈ Q(a): d(a, n) < α}
-    w_p    = exp(Tp (d(a, p) − c)),   w_n = exp(Tn (α − d(a, n)))
-    ℓ_a    = (1 − λ) Σ_{P*} w_p (d(a, p) − c) / (Σ_{P*} w_p + ε_a)
-           +      λ  Σ_{N*} w_n (α − d(a, n)) / (Σ_{N*} w_n + ε_a)
-    loss   = mean of ℓ_a over all queries
-    ```
+    $$ c = \alpha - m, \quad P^* = \{p \in P(a) : d(a, p) > c\}, \quad N^* = \{n \in Q(a) : d(a, n) < \alpha\} $$
+
+    $$ w_p = \exp\big(T_p\, (d(a, p) - c)\big), \quad w_n = \exp\big(T_n\, (\alpha - d(a, n))\big) $$
+
+    $$ \ell_a = (1 - \lambda) \frac{\sum_{P^*} w_p\, (d(a, p) - c)}{\sum_{P^*} w_p + \varepsilon_a}
+        + \lambda \frac{\sum_{N^*} w_n\, (\alpha - d(a, n))}{\sum_{N^*} w_n + \varepsilon_a} $$
+
+    $$ \text{loss} = \text{the mean of } \ell_a \text{ over all queries} $$
 
     `ε_a = 10⁻⁵ (1 + |P(a)| + |Q(a)|)`: 10⁻⁵ per row of the batch, as in
     PyTorch Metric Learning's `RankedListLoss`, whose values these are

@@ -4,8 +4,10 @@ The command line (`tfmetric demo --loss`, `tfmetric compare`), the
 benchmarks and the tests take their losses from `LOSSES`: a loss added here
 is trained, benchmarked and tested everywhere (the tests fail until it has
 a NumPy reference). Each entry is a configuration of a class: its key, its
-title in tables and figures, the class and the arguments it is built with,
-the pure function it wraps, and its family:
+title in tables and figures (both listed in `tfmetric.choices`, with a
+one-line summary, so that the command line needs no Keras to show them), the
+class and the arguments it is built with, the pure function it wraps, and
+its family:
 
 - `"triplet"`: a margin between positive and negative distances
   (batch-hard, batch-all, semi-hard, lifted structure);
@@ -43,6 +45,7 @@ the class vectors instead of a reference set. Families:
 import inspect
 from typing import Callable, NamedTuple
 
+from tfmetric import choices
 from tfmetric.losses.contrastive_loss import (
     Contrastive,
     SignalToNoiseRatioContrastive,
@@ -152,85 +155,62 @@ def _accepted(function, arguments):
     return {name: value for name, value in arguments.items() if name in accepted}
 
 
-def _entry(key, title, loss_class, function, family, variant=False, deterministic=True, **arguments):
-    return LossEntry(key, title, loss_class, function, family, arguments, variant, deterministic)
+def _entry(key, loss_class, function, family, deterministic=True, **arguments):
+    """The entry of `key`, its title and whether it is a variant from `tfmetric.choices`."""
+    named = _NAMED[key]
+    return LossEntry(key, named.title, loss_class, function, family, arguments, named.variant, deterministic)
 
+
+# The keys, titles and one-line summaries are `tfmetric.choices`' (plain data,
+# so that `tfmetric --help` answers before Keras loads): the classes and
+# arguments are here, in the same order (tests/test_cli.py checks it).
+_NAMED = {choice.key: choice for choice in (*choices.LOSSES, *choices.PROXY_LOSSES)}
 
 LOSSES = {
     entry.key: entry
     for entry in (
-        _entry("batch_hard", "batch-hard triplet", BatchHardTriplet, batch_hard_triplet, "triplet"),
-        _entry(
-            "batch_hard_soft", "batch-hard triplet (soft)", BatchHardTriplet, batch_hard_triplet, "triplet",
-            variant=True, soft=True,
-        ),
-        _entry("batch_all_nonzero", "batch-all triplet", BatchAllTriplet, batch_all_triplet, "triplet"),
-        _entry(
-            "batch_all_all", "batch-all triplet (all)", BatchAllTriplet, batch_all_triplet, "triplet",
-            variant=True, average="all",
-        ),
-        _entry("semi_hard", "semi-hard triplet", SemiHardTriplet, semi_hard_triplet, "triplet"),
-        _entry("lifted_structure", "lifted structure", LiftedStructure, lifted_structure, "triplet"),
-        _entry(
-            "contrastive_hard", "online contrastive (hard)", Contrastive, contrastive, "contrastive",
-            negatives="hard",
-        ),
-        _entry("contrastive_all", "online contrastive (all)", Contrastive, contrastive, "contrastive", variant=True),
-        _entry(
-            "margin_dw", "margin loss (dw)", MarginLoss, margin_loss, "margin",
-            deterministic=False, learn_beta=True,
-        ),
-        _entry("margin_all", "margin loss (all)", MarginLoss, margin_loss, "margin", variant=True,
-               sampling="all"),
-        _entry("npairs", "n-pairs", NPairs, npairs, "similarity"),
-        _entry("multi_similarity", "multi-similarity", MultiSimilarity, multi_similarity, "similarity"),
-        _entry(
-            "multi_similarity_mined", "multi-similarity (ε)", MultiSimilarity, multi_similarity,
-            "similarity", variant=True, epsilon=0.1,
-        ),
-        _entry("circle", "circle", Circle, circle, "similarity"),
-        _entry("binomial_deviance", "binomial deviance", BinomialDeviance, binomial_deviance, "similarity"),
-        _entry(
-            "soft_nearest_neighbor", "soft nearest neighbour", SoftNearestNeighbor, soft_nearest_neighbor,
-            "neighbourhood",
-        ),
-        _entry("nca", "nca", NCA, nca, "neighbourhood"),
+        _entry("batch_hard", BatchHardTriplet, batch_hard_triplet, "triplet"),
+        _entry("batch_hard_soft", BatchHardTriplet, batch_hard_triplet, "triplet", soft=True),
+        _entry("batch_all_nonzero", BatchAllTriplet, batch_all_triplet, "triplet"),
+        _entry("batch_all_all", BatchAllTriplet, batch_all_triplet, "triplet", average="all"),
+        _entry("semi_hard", SemiHardTriplet, semi_hard_triplet, "triplet"),
+        _entry("lifted_structure", LiftedStructure, lifted_structure, "triplet"),
+        _entry("contrastive_hard", Contrastive, contrastive, "contrastive", negatives="hard"),
+        _entry("contrastive_all", Contrastive, contrastive, "contrastive"),
+        _entry("margin_dw", MarginLoss, margin_loss, "margin", deterministic=False, learn_beta=True),
+        _entry("margin_all", MarginLoss, margin_loss, "margin", sampling="all"),
+        _entry("npairs", NPairs, npairs, "similarity"),
+        _entry("multi_similarity", MultiSimilarity, multi_similarity, "similarity"),
+        _entry("multi_similarity_mined", MultiSimilarity, multi_similarity, "similarity", epsilon=0.1),
+        _entry("circle", Circle, circle, "similarity"),
+        _entry("binomial_deviance", BinomialDeviance, binomial_deviance, "similarity"),
+        _entry("soft_nearest_neighbor", SoftNearestNeighbor, soft_nearest_neighbor, "neighbourhood"),
+        _entry("nca", NCA, nca, "neighbourhood"),
         # -- softmax (losses/info_nce.py) --
-        _entry("supcon", "SupCon", SupCon, supcon, "softmax"),
-        _entry("ntxent", "NT-Xent", NTXent, ntxent, "softmax"),
-        _entry("instance", "instance loss", Instance, instance, "softmax"),
+        _entry("supcon", SupCon, supcon, "softmax"),
+        _entry("ntxent", NTXent, ntxent, "softmax"),
+        _entry("instance", Instance, instance, "softmax"),
         # -- ranking (losses/ranking.py) --
-        _entry("fast_ap", "FastAP", FastAP, fast_ap, "ranking"),
-        _entry("smooth_ap", "Smooth-AP", SmoothAP, smooth_ap, "ranking"),
-        _entry("pnp", "PNP", PNP, pnp, "ranking"),
-        # The paper's best variant, PNP-Dq (PNP's `variant` argument is not
-        # `_entry`'s, hence the entry itself).
-        LossEntry("pnp_dq", "PNP-Dq", PNP, pnp, "ranking", {"variant": "Dq"}, variant=True),
+        _entry("fast_ap", FastAP, fast_ap, "ranking"),
+        _entry("smooth_ap", SmoothAP, smooth_ap, "ranking"),
+        _entry("pnp", PNP, pnp, "ranking"),
+        # The paper's best variant.
+        _entry("pnp_dq", PNP, pnp, "ranking", variant="Dq"),
         # The paper's margin and negatives' temperature (PML has no defaults).
-        _entry("ranked_list", "ranked list", RankedList, ranked_list, "ranking", margin=0.4, Tn=10.0),
+        _entry("ranked_list", RankedList, ranked_list, "ranking", margin=0.4, Tn=10.0),
         # -- histogram (losses/histogram_loss.py) --
-        _entry("histogram", "histogram loss", Histogram, histogram, "histogram"),
+        _entry("histogram", Histogram, histogram, "histogram"),
         # Its value depends on the running histogram of earlier calls, which the
         # shared tests (one call against a reference) cannot know: tests/test_histogram.py.
-        _entry("dynamic_soft_margin", "dynamic soft margin", DynamicSoftMargin, dynamic_soft_margin, "histogram",
-               deterministic=False),
+        _entry("dynamic_soft_margin", DynamicSoftMargin, dynamic_soft_margin, "histogram", deterministic=False),
         # -- pairs (losses/pair_weighting.py) --
-        _entry("angular", "angular", Angular, angular, "pairs"),
-        _entry("tuplet_margin", "tuplet margin", TupletMargin, tuplet_margin, "pairs"),
-        _entry("intra_pair_variance", "intra-pair variance", IntraPairVariance, intra_pair_variance, "pairs"),
-        _entry(
-            "threshold_consistent_margin", "threshold-consistent margin", ThresholdConsistentMargin,
-            threshold_consistent_margin, "pairs",
-        ),
+        _entry("angular", Angular, angular, "pairs"),
+        _entry("tuplet_margin", TupletMargin, tuplet_margin, "pairs"),
+        _entry("intra_pair_variance", IntraPairVariance, intra_pair_variance, "pairs"),
+        _entry("threshold_consistent_margin", ThresholdConsistentMargin, threshold_consistent_margin, "pairs"),
         # -- pairs (losses/lifted.py, losses/contrastive_loss.py) --
-        _entry(
-            "generalized_lifted_structure", "generalised lifted structure", GeneralizedLiftedStructure,
-            generalized_lifted_structure, "pairs",
-        ),
-        _entry(
-            "snr_contrastive", "SNR contrastive", SignalToNoiseRatioContrastive,
-            signal_to_noise_ratio_contrastive, "pairs",
-        ),
+        _entry("generalized_lifted_structure", GeneralizedLiftedStructure, generalized_lifted_structure, "pairs"),
+        _entry("snr_contrastive", SignalToNoiseRatioContrastive, signal_to_noise_ratio_contrastive, "pairs"),
     )
 }
 
@@ -254,27 +234,27 @@ class ProxyEntry(NamedTuple):
         return _accepted(self.function, self.arguments)
 
 
+def _proxy_entry(key, loss_class, function, family, **arguments):
+    return ProxyEntry(key, _NAMED[key].title, loss_class, function, family, arguments)
+
+
 PROXY_LOSSES = {
     entry.key: entry
     for entry in (
-        ProxyEntry("arcface", "ArcFace", ArcFace, arcface, "margin_softmax", {}),
-        ProxyEntry("cosface", "CosFace", CosFace, cosface, "margin_softmax", {}),
-        ProxyEntry("sphereface", "SphereFace", SphereFace, sphereface, "margin_softmax", {}),
-        ProxyEntry("large_margin_softmax", "large-margin softmax", LargeMarginSoftmax, large_margin_softmax,
-                   "margin_softmax", {}),
-        ProxyEntry("subcenter_arcface", "sub-centre ArcFace", SubCenterArcFace, subcenter_arcface,
-                   "margin_softmax", {}),
-        ProxyEntry("normalized_softmax", "normalised softmax", NormalizedSoftmax, normalized_softmax,
-                   "margin_softmax", {}),
+        _proxy_entry("arcface", ArcFace, arcface, "margin_softmax"),
+        _proxy_entry("cosface", CosFace, cosface, "margin_softmax"),
+        _proxy_entry("sphereface", SphereFace, sphereface, "margin_softmax"),
+        _proxy_entry("large_margin_softmax", LargeMarginSoftmax, large_margin_softmax, "margin_softmax"),
+        _proxy_entry("subcenter_arcface", SubCenterArcFace, subcenter_arcface, "margin_softmax"),
+        _proxy_entry("normalized_softmax", NormalizedSoftmax, normalized_softmax, "margin_softmax"),
         # ProxyNCA++'s temperature.
-        ProxyEntry("proxy_nca", "ProxyNCA++", ProxyNCA, proxy_nca, "proxy", {"temperature": 1 / 9}),
+        _proxy_entry("proxy_nca", ProxyNCA, proxy_nca, "proxy", temperature=1 / 9),
         # The paper trains the proxies 100 times faster than the network.
-        ProxyEntry("proxy_anchor", "Proxy Anchor", ProxyAnchor, proxy_anchor, "proxy", {"proxy_lr_multiplier": 100.0}),
-        ProxyEntry("soft_triple", "SoftTriple", SoftTriple, soft_triple, "proxy", {}),
-        ProxyEntry("p2sgrad", "P2SGrad", P2SGrad, p2sgrad, "proxy", {}),
+        _proxy_entry("proxy_anchor", ProxyAnchor, proxy_anchor, "proxy", proxy_lr_multiplier=100.0),
+        _proxy_entry("soft_triple", SoftTriple, soft_triple, "proxy"),
+        _proxy_entry("p2sgrad", P2SGrad, p2sgrad, "proxy"),
         # PML's margin (5e-4) is small next to the random walk's differences
         # in batches of tens; its proxies start as standard normals.
-        ProxyEntry("manifold", "manifold", Manifold, manifold, "proxy",
-                   {"margin": 0.01, "proxy_lr_multiplier": 10.0}),
+        _proxy_entry("manifold", Manifold, manifold, "proxy", margin=0.01, proxy_lr_multiplier=10.0),
     )
 }

@@ -225,17 +225,16 @@ def binomial_deviance(
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class MultiSimilarity(SimilarityLoss):
-    """Multi-similarity loss (Wang et al. 2019, "Multi-Similarity Loss with
+    r"""Multi-similarity loss (Wang et al. 2019, "Multi-Similarity Loss with
     General Pair Weighting for Deep Metric Learning").
 
     Each anchor weighs its pairs by their own similarity and by the others'
     (soft maxima around the threshold `λ = base`):
 
-    ```
-    ℓ_a = 1/α log(1 + Σ_{p∈P(a)} exp(−α (s(a, p) − λ)))
-        + 1/β log(1 + Σ_{n∈Q(a)} exp( β (s(a, n) − λ)))
-    loss = mean of ℓ_a over all anchors
-    ```
+    $$ \ell_a = \frac{1}{\alpha} \log\Big(1 + \sum_{p \in P(a)} e^{-\alpha (s(a, p) - \lambda)}\Big)
+        + \frac{1}{\beta} \log\Big(1 + \sum_{n \in Q(a)} e^{\beta (s(a, n) - \lambda)}\Big) $$
+
+    $$ \text{loss} = \text{the mean of } \ell_a \text{ over all anchors} $$
 
     With `epsilon`, the paper's pair mining first keeps only the negatives
     more similar than the least similar positive minus ε, and the positives
@@ -253,7 +252,8 @@ class MultiSimilarity(SimilarityLoss):
             `"sum"`, or `None` for each anchor's loss.
         name: Optional name of the loss.
         cross_replica: Under a `tf.distribute` strategy, mine each replica's
-            anchors against the batches of all replicas (see the README).
+            anchors against the batches of all replicas (see the guide *Several devices*,
+            docs/guides/devices.md).
         multi_label: Labels are multi-hot rows `(N, C)`: a positive pair
             shares at least one label, a negative pair none.
 
@@ -297,18 +297,19 @@ class MultiSimilarity(SimilarityLoss):
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class Circle(SimilarityLoss):
-    """Circle loss (Sun et al. 2020, "Circle Loss: A Unified Perspective of
+    r"""Circle loss (Sun et al. 2020, "Circle Loss: A Unified Perspective of
     Pair Similarity Optimization"), pair-based form.
 
     Pairs far from their optimum (`O_p = 1 + m` for positives, `O_n = −m`
     for negatives) get larger weights:
 
-    ```
-    α_p = relu(1 + m − s(a, p)),  α_n = relu(s(a, n) + m)   (no gradient)
-    ℓ_a = softplus(log Σ_{p∈P(a)} exp(−γ α_p (s(a, p) − 1 + m))
-                 + log Σ_{n∈Q(a)} exp( γ α_n (s(a, n) − m)))
-    loss = mean of ℓ_a over the anchors with a positive and a negative
-    ```
+    $$ \alpha_p = \mathrm{relu}\big(1 + m - s(a, p)\big), \quad \alpha_n = \mathrm{relu}\big(s(a, n) + m\big)
+        \quad \text{(no gradient)} $$
+
+    $$ \ell_a = \mathrm{softplus}\Big(\log \sum_{p \in P(a)} e^{-\gamma \alpha_p (s(a, p) - 1 + m)}
+        + \log \sum_{n \in Q(a)} e^{\gamma \alpha_n (s(a, n) - m)}\Big) $$
+
+    $$ \text{loss} = \text{the mean of } \ell_a \text{ over the anchors with a positive and a negative} $$
 
     Same values as PyTorch Metric Learning's `CircleLoss` (whose
     `AvgNonZeroReducer` averages over the same anchors whenever no loss is
@@ -323,7 +324,8 @@ class Circle(SimilarityLoss):
             `"sum"`, or `None` for each anchor's loss.
         name: Optional name of the loss.
         cross_replica: Under a `tf.distribute` strategy, mine each replica's
-            anchors against the batches of all replicas (see the README).
+            anchors against the batches of all replicas (see the guide *Several devices*,
+            docs/guides/devices.md).
         multi_label: Labels are multi-hot rows `(N, C)`: a positive pair
             shares at least one label, a negative pair none.
 
@@ -362,18 +364,17 @@ class Circle(SimilarityLoss):
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class BinomialDeviance(SimilarityLoss):
-    """Binomial deviance loss (Yi et al. 2014, "Deep Metric Learning for
+    r"""Binomial deviance loss (Yi et al. 2014, "Deep Metric Learning for
     Person Re-Identification").
 
     A logistic loss on every pair's similarity around the threshold `λ`,
     negatives scaled by the cost `C` that balances their number, each kind
     averaged per anchor (the paper's weights 1/n₊, 1/n₋):
 
-    ```
-    ℓ_a = mean_{p∈P(a)} log(1 + exp(−α (s(a, p) − λ)))
-        + mean_{n∈Q(a)} log(1 + exp( αC (s(a, n) − λ)))
-    loss = mean of ℓ_a over the anchors with a positive and a negative
-    ```
+    $$ \ell_a = \mathrm{mean}_{p \in P(a)} \log\big(1 + e^{-\alpha (s(a, p) - \lambda)}\big)
+        + \mathrm{mean}_{n \in Q(a)} \log\big(1 + e^{\alpha C (s(a, n) - \lambda)}\big) $$
+
+    $$ \text{loss} = \text{the mean of } \ell_a \text{ over the anchors with a positive and a negative} $$
 
     Args:
         alpha: The scale `α`.
@@ -385,7 +386,8 @@ class BinomialDeviance(SimilarityLoss):
             `"sum"`, or `None` for each anchor's loss.
         name: Optional name of the loss.
         cross_replica: Under a `tf.distribute` strategy, mine each replica's
-            anchors against the batches of all replicas (see the README).
+            anchors against the batches of all replicas (see the guide *Several devices*,
+            docs/guides/devices.md).
         multi_label: Labels are multi-hot rows `(N, C)`: a positive pair
             shares at least one label, a negative pair none.
 

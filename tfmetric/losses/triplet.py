@@ -228,17 +228,18 @@ def batch_hard_triplet(
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class BatchHardTriplet(DistanceLoss):
-    """Batch-hard triplet loss (Hermans et al. 2017, "In Defense of the Triplet
+    r"""Batch-hard triplet loss (Hermans et al. 2017, "In Defense of the Triplet
     Loss for Person Re-Identification").
 
     For every anchor, the hardest positive and the hardest negative of the
     batch:
 
-    ```
-    ℓ_a = relu(max_{p∈P(a)} d(a, p) − min_{n∈Q(a)} d(a, n) + margin)
-    ℓ_a = softplus(max_{p∈P(a)} d(a, p) − min_{n∈Q(a)} d(a, n))   # soft=True
-    loss = Σ_valid w_a ℓ_a / Σ_valid w_a
-    ```
+    $$ \ell_a = \mathrm{relu}\big(\max_{p \in P(a)} d(a, p) - \min_{n \in Q(a)} d(a, n) + m\big) $$
+
+    $$ \ell_a = \mathrm{softplus}\big(\max_{p \in P(a)} d(a, p) - \min_{n \in Q(a)} d(a, n)\big)
+        \quad \text{(soft=True)} $$
+
+    $$ \text{loss} = \sum_{a\ \text{valid}} w_a \ell_a \Big/ \sum_{a\ \text{valid}} w_a $$
 
     An anchor is valid when it has at least one positive and one negative in
     the batch; a batch without valid anchors has loss 0. Same values as TF
@@ -258,7 +259,8 @@ class BatchHardTriplet(DistanceLoss):
         name: Optional name of the loss.
         cross_replica: Under a `tf.distribute` strategy, mine each replica's
             anchors against the batches of all replicas, so that training
-            matches one device on the global batch (see the README).
+            matches one device on the global batch (see the guide *Several devices*,
+            docs/guides/devices.md).
         multi_label: Labels are multi-hot rows `(N, C)`: a positive shares
             at least one label with the anchor, a negative none.
 
@@ -362,13 +364,13 @@ def _batch_all_pair_terms(embeddings, ref_embeddings, positive, negative, margin
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class BatchAllTriplet(DistanceLoss):
-    """Batch-all triplet loss over every valid triplet of the batch.
+    r"""Batch-all triplet loss over every valid triplet of the batch.
 
-    ```
-    ℓ_apn = relu(d(a, p) − d(a, n) + margin)   for p ∈ P(a), n ∈ Q(a)
-    loss  = Σ w_a ℓ_apn / Σ w_a [ℓ_apn > 0]    # average="nonzero"
-    loss  = Σ w_a ℓ_apn / Σ w_a 1              # average="all"
-    ```
+    $$ \ell_{apn} = \mathrm{relu}\big(d(a, p) - d(a, n) + m\big) \quad \text{for } p \in P(a),\ n \in Q(a) $$
+
+    $$ \text{loss} = \sum w_a \ell_{apn} \Big/ \sum w_a [\ell_{apn} > 0] \quad \text{(average="nonzero")} $$
+
+    $$ \text{loss} = \sum w_a \ell_{apn} \Big/ \sum w_a \quad \text{(average="all")} $$
 
     A triplet is weighted by its anchor's sample weight; a batch without
     (positive) triplets has loss 0. `"nonzero"` is Hermans et al.'s
@@ -390,7 +392,8 @@ class BatchAllTriplet(DistanceLoss):
         name: Optional name of the loss.
         cross_replica: Under a `tf.distribute` strategy, mine each replica's
             anchors against the batches of all replicas, so that training
-            matches one device on the global batch (see the README).
+            matches one device on the global batch (see the guide *Several devices*,
+            docs/guides/devices.md).
         multi_label: Labels are multi-hot rows `(N, C)` (see `BatchHardTriplet`).
         miner: A `tfm.miners` miner: the loss runs over the triplets it mines
             (a pair miner's: each mined positive pair with every mined
@@ -487,16 +490,16 @@ def semi_hard_triplet(
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class SemiHardTriplet(DistanceLoss):
-    """Semi-hard triplet loss (Schroff et al. 2015, "FaceNet").
+    r"""Semi-hard triplet loss (Schroff et al. 2015, "FaceNet").
 
     For every positive pair (a, p), the negative is the closest one farther
     than the positive, `argmin_{n∈Q(a), d(a,n) > d(a,p)} d(a, n)`, or the
     farthest negative when no negative is farther than the positive:
 
-    ```
-    ℓ_ap = relu(d(a, p) − d(a, n*) + margin)
-    loss = Σ w_a ℓ_ap / Σ w_a 1      over positive pairs whose anchor has a negative
-    ```
+    $$ \ell_{ap} = \mathrm{relu}\big(d(a, p) - d(a, n^*) + m\big) $$
+
+    $$ \text{loss} = \sum w_a \ell_{ap} \Big/ \sum w_a
+        \quad \text{over the positive pairs whose anchor has a negative} $$
 
     Exactly TF Addons' `TripletSemiHardLoss`, except that a batch without
     such pairs gives 0 where TF Addons returns NaN, and a single-class batch
@@ -512,7 +515,8 @@ class SemiHardTriplet(DistanceLoss):
         name: Optional name of the loss.
         cross_replica: Under a `tf.distribute` strategy, mine each replica's
             anchors against the batches of all replicas, so that training
-            matches one device on the global batch (see the README).
+            matches one device on the global batch (see the guide *Several devices*,
+            docs/guides/devices.md).
         multi_label: Labels are multi-hot rows `(N, C)` (see `BatchHardTriplet`).
 
     Example:

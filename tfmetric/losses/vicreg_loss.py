@@ -131,16 +131,17 @@ def vicreg(embeddings, ref_embeddings, *, invariance_lambda=25.0, variance_mu=25
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class VICReg(keras.losses.Loss):
-    """VICReg (Bardes, Ponce & LeCun 2022, "VICReg: Variance-Invariance-
+    r"""VICReg (Bardes, Ponce & LeCun 2022, "VICReg: Variance-Invariance-
     Covariance Regularization for Self-Supervised Learning", ICLR,
     https://arxiv.org/abs/2105.04906).
 
-    ```
-    loss = λ · s(Z, Z') + μ · [v(Z) + v(Z')] / 2 + ν · [c(Z) + c(Z')]
-    s(Z, Z') = mean_i mean_d (z_id − z'_id)²
-    v(Z)     = mean_d max(0, 1 − √(Var(z_d) + ε))
-    c(Z)     = Σ_{d≠e} Cov(Z)_de² / D
-    ```
+    $$ \text{loss} = \lambda\, s(Z, Z') + \mu\, \big[v(Z) + v(Z')\big] / 2 + \nu\, \big[c(Z) + c(Z')\big] $$
+
+    $$ s(Z, Z') = \mathrm{mean}_i\, \mathrm{mean}_d\, (z_{id} - z'_{id})^2 $$
+
+    $$ v(Z) = \mathrm{mean}_d \max\big(0, 1 - \sqrt{\mathrm{Var}(z_d) + \varepsilon}\big) $$
+
+    $$ c(Z) = \sum_{d \ne e} \mathrm{Cov}(Z)_{de}^2 / D $$
 
     with `Z`, `Z'` the `(N, D)` embeddings of two views of the same N inputs
     (row i of each is input i) and unbiased variances and covariances over
