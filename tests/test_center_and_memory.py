@@ -9,7 +9,7 @@ import tfmetric as tfm
 from tfmetric.losses.registry import LOSSES as REGISTRY
 
 import reference
-from conftest import BACKEND, FIT_JIT_COMPILE, no_warnings, tensor, value_and_grad, variable_gradient
+from conftest import BACKEND, FIT_JIT_COMPILE, no_warnings, slow_on_jax, tensor, value_and_grad, variable_gradient
 from registry import ALL_LOSSES, loss_and_reference
 
 # ---------------------------------------------------------------- CenterLoss
@@ -123,6 +123,7 @@ def union_reference(kind, x, labels, memory_x, memory_labels):
     return want, want.grad + want.ref_grad[: len(x)]
 
 
+@slow_on_jax
 @pytest.mark.parametrize("kind", WRAPPED)
 def test_memory_matches_the_loss_on_batch_and_memory(kind):
     inner = loss_and_reference(kind)[0]
@@ -235,6 +236,7 @@ def test_memory_config_and_errors():
         tfm.CrossBatchMemory(tfm.Contrastive(), memory_size=0)
 
 
+@slow_on_jax
 def test_every_in_batch_loss_can_be_wrapped():
     x, labels = next(batches(2, [12]))
     for kind in sorted(ALL_LOSSES):

@@ -40,9 +40,10 @@ import tfmetric.search.exact
 import tfmetric.search.index
 import tfmetric.search.serving
 
-from conftest import only_tensorflow
+from conftest import only_tensorflow, slow_on_jax
 
 
+@slow_on_jax
 @pytest.mark.parametrize(
     "module",
     [

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import only_tensorflow
+from conftest import only_tensorflow, slow_on_jax
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 PAGES = sorted(
@@ -76,6 +76,7 @@ SKIPPED = [
 ]
 
 
+@slow_on_jax
 @pytest.mark.parametrize("page", RUN)
 def test_code_blocks_run(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -7,7 +7,7 @@ import pytest
 import tfmetric as tfm
 from tfmetric.losses.registry import LOSSES as REGISTRY
 
-from conftest import BACKEND, FIT_JIT_COMPILE
+from conftest import BACKEND, FIT_JIT_COMPILE, slow_on_jax
 
 LOSSES = [
     tfm.BatchHardTriplet(margin=0.5),
@@ -98,6 +98,7 @@ def test_sample_weight_through_fit():
     assert model.evaluate(x, y, sample_weight=weights, batch_size=96, verbose=0) != pytest.approx(unweighted)
 
 
+@slow_on_jax
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 @pytest.mark.parametrize(
     "make_loss", [lambda: tfm.BatchAllTriplet(margin=0.2), lambda: tfm.MarginLoss(learn_beta=True)]

@@ -13,7 +13,7 @@ import tfmetric.miners as miners
 from tfmetric.mining import pair_masks, smallest_mask
 
 import recorded
-from conftest import BACKEND, FIT_JIT_COMPILE, tensor, value_and_grad
+from conftest import BACKEND, FIT_JIT_COMPILE, slow_on_jax, tensor, value_and_grad
 
 FLOAT64 = BACKEND != "jax"  # JAX runs without x64 here: float64 inputs become float32
 ON_TF = BACKEND == "tensorflow"
@@ -53,6 +53,7 @@ def _candidates(labels, ref_labels=None):
 # ---------------------------------------------------------------- primitives
 
 
+@slow_on_jax
 @settings(max_examples=20, deadline=None)
 @given(st.data())
 def test_smallest_mask_keeps_exactly_count_ties_by_position(data):
@@ -425,6 +426,7 @@ ALL_MINERS = [m for m, *_ in DETERMINISTIC] + [
 ]
 
 
+@slow_on_jax
 @pytest.mark.parametrize("name", sorted(DEGENERATE))
 def test_degenerate_batches(name):
     x, labels = DEGENERATE[name]
@@ -595,6 +597,7 @@ def _bin_counts(mask, bins, num_bins):
     return counts[:num_bins]
 
 
+@slow_on_jax
 @settings(max_examples=EXAMPLES + 4, deadline=None)
 @given(batch=batches(), num_bins=st.sampled_from([1, 3, 7]), per_bin=st.sampled_from([(1, 2), (3, 1), (2, 50)]),
        distance=st.sampled_from(["euclidean", "similarity"]))

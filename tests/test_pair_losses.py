@@ -23,6 +23,7 @@ from conftest import (
     FIT_JIT_COMPILE,
     no_warnings,
     only_tensorflow,
+    slow_on_jax,
     tensor,
     value_and_grad,
     variable_gradient,
@@ -146,6 +147,7 @@ def test_margin_terms_with_sampled_counts_and_class_betas(n, seed, nu):
 # ---------------------------------------------------------------- hard-negative selection
 
 
+@slow_on_jax
 @settings(max_examples=30, deadline=None)
 @given(
     n=st.integers(1, 30),

@@ -12,7 +12,7 @@ import tfmetric as tfm
 from tfmetric.losses.proxy import ProxyLoss
 from tfmetric.losses.registry import LOSSES, PROXY_LOSSES
 
-from conftest import no_warnings, only_tensorflow
+from conftest import no_warnings, only_tensorflow, slow_on_jax
 
 # Every kind of state a loss keeps: learned (trained by the optimizer, with
 # Adam's moments), sampled (a random state) and remembered (a memory that is
@@ -127,6 +127,7 @@ def resumed(path, make_loss, directory, kind="sequential"):
     return model
 
 
+@slow_on_jax
 @pytest.mark.parametrize("name", STATEFUL)
 @pytest.mark.parametrize("path", PATHS)
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does(path, name, tmp_path):

@@ -10,7 +10,7 @@ import tfmetric as tfm
 from tfmetric.losses.proxy import ProxyLoss
 from tfmetric.losses.registry import PROXY_FAMILIES, PROXY_LOSSES
 
-from conftest import BACKEND, FIT_JIT_COMPILE, no_warnings
+from conftest import BACKEND, FIT_JIT_COMPILE, no_warnings, slow_on_jax
 
 CLASSES, DIM = 5, 4
 rng = np.random.default_rng(0)
@@ -159,6 +159,7 @@ def test_mixed_precision_keeps_the_class_vectors_float32(key):
     assert np.all(np.isfinite(history)) and np.all(np.isfinite(model.loss.proxy_values()))
 
 
+@slow_on_jax
 def test_no_batch_by_class_by_dimension_tensor():
     # 1024 classes × 256 dimensions × 64 examples would be 64 MB in float32;
     # the losses use one (N, D) × (D, C·k) product.

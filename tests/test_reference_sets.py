@@ -31,7 +31,7 @@ import tfmetric as tfm
 from tfmetric.losses.registry import LOSSES as REGISTRY
 
 import reference
-from conftest import BACKEND, value_and_grad
+from conftest import BACKEND, slow_on_jax, value_and_grad
 from registry import ALL_LOSSES
 
 # Milder scales than the defaults for the random cases (fewer saturated
@@ -160,6 +160,7 @@ def test_matches_brute_force(kind, n, r, seed):
     compare(kind, x, labels, ref_x, ref_labels, **random_options(kind, rng))
 
 
+@slow_on_jax
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_queries_first_in_the_reference(kind):
     # reference = [queries; memory]: row a of the reference is query a,
@@ -175,6 +176,7 @@ def test_queries_first_in_the_reference(kind):
     assert compare(kind, x, labels, ref_x, ref_labels, **options).kink > 1e-3
 
 
+@slow_on_jax
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_without_a_reference_is_the_class(kind):
     name, ref, cls, only, shared = KINDS[kind]
@@ -205,6 +207,7 @@ def multi_hot(rng, rows):
     return labels
 
 
+@slow_on_jax
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_multi_label_matches_brute_force(kind):
     def draw(rng):
@@ -215,6 +218,7 @@ def test_multi_label_matches_brute_force(kind):
     assert compare(kind, x, labels, ref_x, ref_labels, **options).kink > 1e-3
 
 
+@slow_on_jax
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_one_hot_rows_are_class_ids(kind):
     name, _, _, only, shared = KINDS[kind]

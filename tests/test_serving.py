@@ -10,7 +10,7 @@ import pytest
 from tfmetric.search import Index
 from tfmetric.search.serving import UNKNOWN_LABELS, export
 
-from conftest import BACKEND
+from conftest import BACKEND, slow_on_jax
 
 K = 4
 
@@ -112,6 +112,7 @@ RANDOM_CASES = {
 
 
 # JAX models are traced through jax2tf; export refuses PyTorch ones (tested below).
+@slow_on_jax
 @pytest.mark.skipif(BACKEND == "torch", reason="export serves TensorFlow and JAX models")
 # In a fresh process (slow: TensorFlow's import), the promise: served without tfmetric.
 @pytest.mark.parametrize("fresh", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["here", "fresh process"])
