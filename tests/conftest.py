@@ -184,9 +184,10 @@ def tensor(x, dtype=None):
 # other backends. Every other test is marked `backend_neutral`, which CI runs
 # under JAX and PyTorch and on the oldest TensorFlow and Keras.
 only_tensorflow = pytest.mark.tensorflow_only
-# Minutes under JAX, which compiles every operation of an eager call anew for
-# each new shape, and nothing JAX-specific that the JAX run's other tests
-# miss (the same losses on fewer shapes, fits repeated elsewhere). CI's JAX
+# Minutes under JAX, which compiles every new shape anew, and nothing
+# JAX-specific that the JAX run's other tests miss: more shapes and
+# configurations of the losses it checks there (values, gradients, peers,
+# degenerate batches, fits), Keras' save/load and config plumbing. CI's JAX
 # run deselects them; TensorFlow and PyTorch run them.
 slow_on_jax = pytest.mark.slow_on_jax
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from tfmetric.losses.histogram_loss import DynamicSoftMargin, Histogram, dynamic_soft_margin, histogram
 
 import recorded
-from conftest import BACKEND, COMPILE_MODES, FIT_JIT_COMPILE, check_against, tensor, value_and_grad
+from conftest import BACKEND, COMPILE_MODES, FIT_JIT_COMPILE, check_against, slow_on_jax, tensor, value_and_grad
 
 # The same four unit vectors as the other losses' examples, with labels that make pairs overlap.
 UNIT = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]], "float32")
@@ -149,6 +149,7 @@ def _sequences():
     return list(chosen.values())
 
 
+@slow_on_jax
 @pytest.mark.parametrize("steps", _sequences())
 def test_dynamic_soft_margin_reproduces_pytorch_metric_learning_over_calls(steps):
     # One loss over consecutive batches: values, gradients and the running histogram.
@@ -352,6 +353,7 @@ def test_large_int64_labels_stay_distinct():
 # ---------------------------------------------------------------- configuration and arguments
 
 
+@slow_on_jax
 @pytest.mark.parametrize(
     "loss",
     [

@@ -22,7 +22,7 @@ from tfmetric.losses.base import reduce_anchor_terms
 from tfmetric.losses.info_nce import Instance, NTXent, SupCon, instance, ntxent, supcon
 
 import recorded
-from conftest import BACKEND, COMPILE_MODES, FIT_JIT_COMPILE, check_against, tensor, value_and_grad
+from conftest import BACKEND, COMPILE_MODES, FIT_JIT_COMPILE, check_against, slow_on_jax, tensor, value_and_grad
 
 CLASSES = {"supcon": SupCon, "ntxent": NTXent, "instance": Instance}
 FUNCTIONS = {"supcon": supcon, "ntxent": ntxent, "instance": instance}
@@ -336,6 +336,7 @@ def test_large_int64_labels_stay_distinct():
 # ---------------------------------------------------------------- configuration and arguments
 
 
+@slow_on_jax
 @pytest.mark.parametrize("kind", sorted(CLASSES))
 def test_config_round_trip(kind):
     name, values = SCALES[kind]

@@ -65,6 +65,7 @@ def test_fit_lowers_the_loss(loss, jit_compile):
     assert 0.0 <= history["active_triplet_fraction"][-1] <= 1.0
 
 
+@slow_on_jax
 def test_saved_model_keeps_the_loss_and_metric(tmp_path):
     x, y = grouped(*clustered_data())
     model = embedding_model()

@@ -16,7 +16,16 @@ from tfmetric.losses.contrastive_loss import (
 from tfmetric.losses.lifted import GeneralizedLiftedStructure, generalized_lifted_structure
 
 import recorded
-from conftest import BACKEND, COMPILE_MODES, FIT_JIT_COMPILE, check_against, no_warnings, tensor, value_and_grad
+from conftest import (
+    BACKEND,
+    COMPILE_MODES,
+    FIT_JIT_COMPILE,
+    check_against,
+    no_warnings,
+    slow_on_jax,
+    tensor,
+    value_and_grad,
+)
 
 CLASSES = {"generalized_lifted_structure": GeneralizedLiftedStructure, "signal_to_noise_ratio_contrastive":
            SignalToNoiseRatioContrastive}
@@ -169,6 +178,7 @@ def test_reproduces_pytorch_metric_learning(peer, index, case):
     assert np.abs(grad - recorded_grad).max() <= 1e-4 * np.abs(recorded_grad).max()
 
 
+@slow_on_jax
 @pytest.mark.parametrize("peer, index, case", covering([f"{k}_ref" for k in KINDS]))
 def test_reproduces_pytorch_metric_learning_with_a_reference_set(peer, index, case):
     # PML's ref_emb, ref_labels: the mean of the per-query losses (no
@@ -357,6 +367,7 @@ def test_large_int64_labels_stay_distinct():
 # ---------------------------------------------------------------- configuration and arguments
 
 
+@slow_on_jax
 @pytest.mark.parametrize(
     "loss",
     [

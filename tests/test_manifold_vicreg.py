@@ -15,7 +15,7 @@ from tfmetric.losses.manifold_loss import Manifold, manifold, manifold_similarit
 from tfmetric.losses.vicreg_loss import VICReg, split_views, vicreg, vicreg_terms
 
 import recorded
-from conftest import BACKEND, FIT_JIT_COMPILE, no_warnings, tensor, value_and_grad, variable_gradient
+from conftest import BACKEND, FIT_JIT_COMPILE, no_warnings, slow_on_jax, tensor, value_and_grad, variable_gradient
 
 PEER = "pml_manifold_vicreg"
 # How closely PML's float64 values are matched: JAX computes in float32 (its
@@ -194,6 +194,7 @@ def _options(case, names):
 
 
 # Under JAX, where every shape is a compilation of its own, one case in three.
+@slow_on_jax
 @pytest.mark.parametrize("peer, index, case", MANIFOLD_CASES if BACKEND != "jax" else MANIFOLD_CASES[::3])
 def test_manifold_reproduces_pytorch_metric_learning(peer, index, case):
     x, ids, grad = recorded.arrays(peer, index)
@@ -217,6 +218,7 @@ def one_manifold_case_per_configuration():
 
 
 # Under JAX, where every case compiles, two of them.
+@slow_on_jax
 @pytest.mark.parametrize("peer, index, case", one_manifold_case_per_configuration()[:: 2 if BACKEND == "jax" else 1])
 def test_manifold_class_reproduces_pytorch_metric_learning_in_float32(peer, index, case):
     x, ids, grad = recorded.arrays(peer, index)

@@ -260,6 +260,7 @@ def _loss_from(cfg):
     return getattr(tfm, cfg["loss"])(**cfg["loss_arguments"], miner=_miner_from(cfg))
 
 
+@slow_on_jax
 @pytest.mark.parametrize("peer, index, case", LOSS_CASES)
 def test_mined_losses_match_pml(peer, index, case):
     x, labels, grad = recorded.arrays(peer, index)
@@ -290,6 +291,7 @@ def _fast_and_mined(kind):
                                 miner=miners.SemiHardMiner(distance="cosine", normalize=False)))
 
 
+@slow_on_jax
 @pytest.mark.parametrize("kind", ["batch_hard", "semi_hard", "semi_hard_cosine"])
 def test_batch_hard_and_semi_hard_are_batch_all_with_a_miner(kind):
     fast, mined = _fast_and_mined(kind)
@@ -350,6 +352,7 @@ def _random(miner):
 MINED_IDS = [f"{loss.name}-{type(loss.miner).__name__}" for loss in MINED_LOSSES]
 
 
+@slow_on_jax
 @pytest.mark.parametrize("loss", MINED_LOSSES, ids=MINED_IDS)
 def test_mined_loss_compiled_is_eager_and_pure_function_agrees(loss):
     x, labels = _batch(5)

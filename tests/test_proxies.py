@@ -81,6 +81,7 @@ def first_update(key, optimizer, multiplier):
     return loss.proxy_values() - proxies, keras.ops.convert_to_numpy(model.layers[0].kernel) - kernel
 
 
+@slow_on_jax
 @pytest.mark.parametrize("key", ["arcface", "proxy_anchor"])
 @pytest.mark.parametrize(
     "optimizer",

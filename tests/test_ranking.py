@@ -13,7 +13,7 @@ from keras import ops
 from tfmetric.losses import ranking
 
 import recorded
-from conftest import BACKEND, COMPILE_MODES, FIT_JIT_COMPILE, check_against, tensor, value_and_grad
+from conftest import BACKEND, COMPILE_MODES, FIT_JIT_COMPILE, check_against, slow_on_jax, tensor, value_and_grad
 
 # kind: (class, reference, arguments of both)
 KINDS = {
@@ -395,6 +395,7 @@ def test_large_int64_labels_stay_distinct():
 # ---------------------------------------------------------------- configuration, arguments
 
 
+@slow_on_jax
 @pytest.mark.parametrize(
     "loss",
     [

@@ -147,6 +147,7 @@ def away_from_kinks(kind, base, draw):
 # ---------------------------------------------------------------- random cases
 
 
+@slow_on_jax
 @pytest.mark.parametrize("kind", sorted(KINDS))
 # Under JAX, every new shape is a compilation (a second or two) of its own.
 @settings(max_examples=10 if BACKEND != "jax" else 2, deadline=None)

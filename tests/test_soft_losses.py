@@ -9,7 +9,7 @@ import tfmetric as tfm
 
 import recorded
 import reference
-from conftest import BACKEND, COMPILE_MODES, check_against, tensor, value_and_grad
+from conftest import BACKEND, COMPILE_MODES, check_against, slow_on_jax, tensor, value_and_grad
 from registry import SOFT_LOSSES, loss_and_reference, loss_function
 
 DISTANCES = tfm.distances.DISTANCES
@@ -252,6 +252,7 @@ def test_large_int64_labels_stay_distinct():
 # ---------------------------------------------------------------- configuration
 
 
+@slow_on_jax
 @pytest.mark.parametrize("kind", sorted(SOFT_LOSSES) + ["npairs_multilabel"])
 def test_config_round_trip(kind):
     if kind == "npairs_multilabel":

@@ -7,7 +7,7 @@ import tfmetric as tfm
 
 import recorded
 import reference
-from conftest import BACKEND, COMPILE_MODES, tensor, value_and_grad
+from conftest import BACKEND, COMPILE_MODES, slow_on_jax, tensor, value_and_grad
 from registry import ALL_LOSSES, TRIPLET_LOSSES, check, loss_and_reference, loss_function, typical_arguments
 
 DISTANCES = tfm.distances.DISTANCES
@@ -94,6 +94,7 @@ def test_matches_brute_force(kind, n, num_classes, dim, seed, distance, margin, 
 
 
 # Every in-batch loss, the soft ones of test_soft_losses.py too.
+@slow_on_jax
 @pytest.mark.parametrize("kind", sorted(ALL_LOSSES))
 def test_pk_batch_with_weights_and_compiled(kind):
     rng = np.random.default_rng(3)
@@ -105,6 +106,7 @@ def test_pk_batch_with_weights_and_compiled(kind):
         check(kind, x, labels, compiled=compiled, sample_weight=weights, **typical_arguments(kind))
 
 
+@slow_on_jax
 @pytest.mark.parametrize("kind", sorted(ALL_LOSSES))
 def test_reduction_none_gives_per_anchor_losses(kind):
     rng = np.random.default_rng(4)
@@ -147,6 +149,7 @@ def test_fixtures_are_present():
     assert len(FIXTURE_CASES) >= 100
 
 
+@slow_on_jax
 @pytest.mark.parametrize("peer, index, case", BACKEND_CASES)
 def test_reproduces_fixture(peer, index, case):
     x, labels, recorded_grad = recorded.arrays(peer, index)
@@ -238,6 +241,7 @@ def test_scaled_batch_scales_the_loss():
 # ---------------------------------------------------------------- configuration
 
 
+@slow_on_jax
 @pytest.mark.parametrize("kind", sorted(TRIPLET_LOSSES))
 def test_config_round_trip(kind):
     loss = loss_and_reference(kind, margin=0.3, distance="cosine", normalize=True, reduction="sum", name="mine")[0]
