@@ -125,6 +125,8 @@ def main():
     parser.add_argument("--memory", type=int, default=0, help="M: benchmark the cross-batch memory instead")
     parser.add_argument("--classes", type=int, default=0, help="C: benchmark the losses with class vectors instead")
     parser.add_argument("--cell", help=argparse.SUPPRESS)
+    # The tests' smoke runs: one process instead of one per cell (each imports TensorFlow).
+    parser.add_argument("--in-process", action="store_true", help="every cell in this process (memory adds up)")
     args = parser.parse_args()
     if args.cell:
         print(json.dumps(measure(*json.loads(args.cell))))
@@ -149,7 +151,7 @@ def main():
             reference = None
             for name in names:
                 cell = [name, n, args.k, args.dim, jit, args.min_seconds, args.memory, args.classes]
-                r = run_cell(sys.executable, __file__, cell)
+                r = measure(*cell) if args.in_process else run_cell(sys.executable, __file__, cell)
                 if "error" in r:
                     print(f"{name:<24}{n:>6}{str(jit):>6}  error: {r['error']}")
                     continue

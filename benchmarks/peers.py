@@ -433,6 +433,8 @@ def main():
         "--setup", action="store_true", help="create the peers' environments, print their Pythons and stop"
     )
     parser.add_argument("--cell", help=argparse.SUPPRESS)
+    # The tests' smoke runs: tfmetric's cells in this process instead of one process each.
+    parser.add_argument("--in-process", action="store_true", help="tfmetric's cells in this process (memory adds up)")
     args = parser.parse_args()
     if args.cell:
         print(json.dumps(measure(*json.loads(args.cell))))
@@ -490,7 +492,10 @@ def main():
                         cells[jit] = cells[False]
                         continue
                     cell = [task, implementation, environment, n, args.k, args.dim, jit, args.min_seconds]
-                    cells[jit] = run_cell(pythons[environment], os.path.abspath(__file__), cell, args.cell_timeout)
+                    if args.in_process and environment == "tfmetric":
+                        cells[jit] = measure(*cell)
+                    else:
+                        cells[jit] = run_cell(pythons[environment], os.path.abspath(__file__), cell, args.cell_timeout)
                 errors = [r["error"] for r in cells.values() if "error" in r]
                 if errors:
                     print(f"{label}error: {errors[0]}", flush=True)

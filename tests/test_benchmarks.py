@@ -27,13 +27,15 @@ def table_rows(output, first_column):
 
 
 def test_losses_benchmark():
-    output = run("losses.py", "--sizes", "16", "--min-seconds", "0", "--losses", "lifted_structure")
+    output = run("losses.py", "--sizes", "16", "--min-seconds", "0", "--in-process", "--losses", "lifted_structure")
     assert "error" not in output
     assert len(table_rows(output, "lifted_structure")) == 2  # without and with XLA
 
 
 def test_memory_benchmark():
-    output = run("losses.py", "--sizes", "16", "--min-seconds", "0", "--memory", "32", "--losses", "batch_hard")
+    output = run(
+        "losses.py", "--sizes", "16", "--min-seconds", "0", "--in-process", "--memory", "32", "--losses", "batch_hard"
+    )
     assert "error" not in output
     assert len(table_rows(output, "xbm")) == 2  # without and with XLA
 
@@ -41,7 +43,7 @@ def test_memory_benchmark():
 def test_peers_benchmark_without_peers():
     # The peers' own environments (TF 2.15 + TF Addons, PyTorch) are GBs to
     # install: here only tfmetric's cells run.
-    output = run("peers.py", "--peers", "--sizes", "16", "--min-seconds", "0", "--tasks", "lifted")
+    output = run("peers.py", "--peers", "--sizes", "16", "--min-seconds", "0", "--in-process", "--tasks", "lifted")
     assert "error" not in output
     assert len(table_rows(output, "lifted")) == 1
 
