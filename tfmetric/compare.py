@@ -159,13 +159,19 @@ def train_triplet(encoder, x, y, epochs, seed, verbose):
         )
 
 
-def train_online(entry):
+def method_loss(method, encoder, num_classes):
+    """The loss an online or class-vector `method` trains `encoder` with, for `num_classes` classes."""
+    if method in PROXIES:
+        return PROXIES[method].build(num_classes, encoder.output_shape[-1])
+    margins = _margins(encoder)
+    if ONLINE[method] is None:
+        return CrossBatchMemory(Contrastive(**margins), memory_size=256, embedding_dim=encoder.output_shape[-1])
+    return ONLINE[method].build(**margins)
+
+
+def train_online(method):
     def train(encoder, x, y, epochs, seed, verbose):
-        margins = _margins(encoder)
-        if entry is None:
-            loss = CrossBatchMemory(Contrastive(**margins), memory_size=256, embedding_dim=encoder.output_shape[-1])
-        else:
-            loss = entry.build(**margins)
+        loss = method_loss(method, encoder, _num_classes(y))
         model = _normalized(encoder)
         model.compile(_optimizer(), loss)
         # P classes × K examples, about 64 per batch, every anchor with positives.
@@ -176,9 +182,9 @@ def train_online(entry):
     return train
 
 
-def train_proxy(entry):
+def train_proxy(method):
     def train(encoder, x, y, epochs, seed, verbose):
-        encoder.compile(_optimizer(), entry.build(_num_classes(y), encoder.output_shape[-1]))
+        encoder.compile(_optimizer(), method_loss(method, encoder, _num_classes(y)))
         encoder.fit(x, y, batch_size=BATCH_SIZE, epochs=epochs, verbose=verbose)
 
     return train
@@ -190,8 +196,8 @@ TRAINERS = {
     "softmax + center loss": train_softmax_center,
     "siamese (random pairs)": train_siamese,
     "triplet (random triplets)": train_triplet,
-    **{name: train_online(entry) for name, entry in ONLINE.items()},
-    **{name: train_proxy(entry) for name, entry in PROXIES.items()},
+    **{name: train_online(name) for name in ONLINE},
+    **{name: train_proxy(name) for name in PROXIES},
 }
 
 

@@ -65,11 +65,18 @@ def _clip_at_zero(x):
     return ops.where(x > 0, x, ops.zeros((), x.dtype))
 
 
+def off_diagonal(num_rows, num_columns):
+    """Boolean `(num_rows, num_columns)`: False exactly at the entries `(a, a)`."""
+    rows = ops.arange(num_rows, dtype="int32")
+    columns = ops.arange(num_columns, dtype="int32")
+    return rows[:, None] != columns[None, :]
+
+
 def _zero_diagonal(matrix):
     # Indices compared, and a scalar zero: without XLA, `ops.eye` and
     # `zeros_like` are each one more (N, N) tensor written at every call.
-    rows = ops.arange(ops.shape(matrix)[0])
-    return ops.where(rows[:, None] == rows[None, :], ops.zeros((), matrix.dtype), matrix)
+    size = ops.shape(matrix)[0]
+    return ops.where(off_diagonal(size, size), matrix, ops.zeros((), matrix.dtype))
 
 
 def _power_of_two_scale(x):

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 from keras import backend, ops
 
-from tfmetric.distances import as_embedding_pair
+from tfmetric.distances import as_embedding_pair, off_diagonal
 from tfmetric.labels import standardize_any, standardize_label_pair
 
 
@@ -65,13 +65,6 @@ def pair_masks(labels, ref_labels=None, *, multi_label=False, remove_diagonal=No
     if keep is None:
         return same, different
     return ops.logical_and(same, keep), ops.logical_and(different, keep)
-
-
-def off_diagonal(num_rows, num_columns):
-    """Boolean `(num_rows, num_columns)`: False exactly at the entries `(a, a)`."""
-    rows = ops.arange(num_rows, dtype="int32")
-    columns = ops.arange(num_columns, dtype="int32")
-    return rows[:, None] != columns[None, :]
 
 
 def label_masks(labels):
