@@ -156,15 +156,15 @@ def test_the_square_matrix_knows_when_xla_compiles_it():
     # compilation; TensorFlow internals that moved would silently cost speed.
     import tensorflow as tf
 
-    from tfmetric.distances import _compiled_by_xla
+    from tfmetric.distances import compiled_by_xla
 
     seen = {}
 
     def probe(jit):
-        seen[jit] = _compiled_by_xla()
+        seen[jit] = compiled_by_xla()
         return tf.constant(0.0)
 
     for jit in (False, True):
         tf.function(lambda jit=jit: probe(jit), jit_compile=jit)()
     assert seen == {False: False, True: True}
-    assert not _compiled_by_xla()  # eagerly
+    assert not compiled_by_xla()  # eagerly

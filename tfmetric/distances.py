@@ -127,7 +127,7 @@ def _euclidean_matrix(x, ref, squared):
                     (upstream,) = args
                 upstream = ops.cast(upstream, x.dtype)
                 # Row i is the first end of row i's distances and the second of column i's.
-                if _compiled_by_xla():
+                if compiled_by_xla():
                     # XLA on a CPU transposes an (N, N) matrix slowly; a second
                     # product reads it transposed at no cost.
                     weights, factor = _pair_weights(upstream, d2, value, scale, squared)
@@ -164,7 +164,7 @@ def _euclidean_matrix(x, ref, squared):
     return rectangle(x, ref)
 
 
-def _compiled_by_xla():
+def compiled_by_xla():
     """Whether the code being traced is compiled by XLA: always on JAX; in TensorFlow, `jit_compile` functions."""
     if backend.backend() == "jax":
         return True

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 from keras import backend, ops
 
-from tfmetric.distances import as_embedding_pair, off_diagonal
+from tfmetric.distances import as_embedding_pair, compiled_by_xla, off_diagonal
 from tfmetric.labels import standardize_any, standardize_label_pair
 
 
@@ -122,28 +122,67 @@ def hardest_pairs(distances, positive, negative):
 def for_each_positive(positive, body, state):
     """Runs `state = body(slot_positive, has_slot, *state)` for every slot.
 
-    Slot s holds, for every query a, one of its positives `slot_positive[a]`
-    (a reference column), a different one at every slot, until `has_slot[a]`
-    says that a has no more. Each slot takes the first positive column not
-    yet visited: two passes over the mask, whatever the labels are (class
-    ids, multi-hot rows, rows of a memory).
+    Slot s holds, for every query a, its s-th positive column
+    `slot_positive[a]` (in column order), until `has_slot[a]` says that a
+    has no more; whatever the labels are (class ids, multi-hot rows, rows
+    of a memory).
     """
+    positive = ops.cast(positive, "bool")
     num_positives = ops.sum(ops.cast(positive, "int32"), axis=1)
     num_slots = ops.max(ops.concatenate([num_positives, ops.zeros((1,), "int32")]))
-    columns = ops.arange(ops.shape(positive)[1], dtype="int32")
+    next_column = _positive_columns(positive, num_slots)
 
-    def step(slot, remaining, *state):
-        slot_positive = ops.cast(ops.argmax(ops.cast(remaining, "float32"), axis=1), "int32")
+    def step(slot, previous, *state):
+        slot_positive = next_column(slot, previous)
         has_slot = slot < num_positives
-        remaining = ops.logical_and(remaining, columns[None, :] != slot_positive[:, None])
-        return (slot + 1, remaining, *body(slot_positive, has_slot, *state))
+        return (slot + 1, slot_positive, *body(slot_positive, has_slot, *state))
 
     result = ops.while_loop(
         lambda slot, *_: slot < num_slots,
         step,
-        (ops.convert_to_tensor(0, "int32"), positive, *state),
+        (ops.convert_to_tensor(0, "int32"), -ops.ones_like(num_positives), *state),
     )
     return tuple(result[2:])
+
+
+def _positive_columns(positive, num_slots):
+    """`next_column(slot, previous)`: every query's `slot`-th positive column.
+
+    `previous` is the column of slot − 1 (−1 before the first); past a
+    query's last positive the column is any valid one. The loops call this
+    once per slot, and a pass over the `(N, R)` mask per slot would cost
+    more than many a loss's own work: where every operation is a kernel of
+    its own (TensorFlow without XLA, PyTorch), the columns of all slots are
+    found at once (`top_k` of the mask, whose ties come in column order; a
+    binary search of the running count of positives); under XLA, which
+    fuses it into one pass, the smallest positive column after `previous`.
+    """
+    num_columns = ops.shape(positive)[1]
+    if not compiled_by_xla() and backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        table = tf.math.top_k(tf.cast(positive, tf.int32), k=num_slots).indices
+        return lambda slot, previous: tf.gather(table, slot, axis=1)
+    if backend.backend() == "torch":
+        import torch
+
+        ranks = torch.cumsum(positive.to(torch.int32), dim=1)
+
+        def next_column(slot, previous):
+            # The first column where the count reaches slot + 1 is that positive.
+            target = (slot + 1).to(ranks.dtype).reshape(1, 1).expand(ranks.shape[0], 1)
+            column = torch.searchsorted(ranks, target, side="left")[:, 0].to(torch.int32)
+            return torch.clamp(column, max=num_columns - 1)
+
+        return next_column
+
+    columns = ops.arange(num_columns, dtype="int32")[None, :]
+
+    def next_column(slot, previous):
+        after = ops.logical_and(positive, columns > previous[:, None])
+        return ops.minimum(ops.min(ops.where(after, columns, num_columns), axis=1), num_columns - 1)
+
+    return next_column
 
 
 def _upper_ones(size, dtype, diagonal=True):

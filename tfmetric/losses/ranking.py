@@ -6,17 +6,16 @@ Notation: `d` / `s` is the `(N, R)` distance / similarity matrix of the
 queries and the reference, `P(a)` the positives of query `a`, `Q(a)` its
 negatives, `σ` the logistic sigmoid.
 
-Memory: the ranked list loss works on `(N, R)` tensors, FastAP on
-`(N, R, num_bins + 1)` ones. Smooth-AP
-and PNP compare, for every query, every reference row with every positive:
-they build `(N, R, R)` tensors (a few of them are kept for the gradient),
-as the papers' and PyTorch Metric Learning's implementations do. In
-float32 one such tensor takes 64 MiB for N = R = 256 and 4 GiB for
-N = R = 1024.
+Memory: the ranked list loss, Smooth-AP and PNP work on `(N, R)` tensors,
+FastAP on `(N, R, num_bins + 1)` ones. Smooth-AP and PNP compare, for every
+query, every reference row with every positive: one positive of every query
+at a time, with their gradients written out, where the papers' and PyTorch
+Metric Learning's implementations build `(N, R, R)` tensors (4 GiB in
+float32 for N = R = 1024).
 """
 
 import keras
-from keras import ops
+from keras import backend, ops
 
 from tfmetric.losses.base import (
     DistanceLoss,
@@ -27,6 +26,8 @@ from tfmetric.losses.base import (
     divide_or_zero,
     similarity_loss,
 )
+from tfmetric.distances import compiled_by_xla
+from tfmetric.mining import attach_gradient, for_each_positive, row_pick, scatter_rows
 
 # The largest distance between two unit vectors, by distance.
 UNIT_RANGE = {"squared_euclidean": 4.0, "euclidean": 2.0, "cosine": 2.0}
@@ -34,6 +35,52 @@ PNP_VARIANTS = ("O", "Ds", "Dq", "Iu", "Ib")
 
 
 # ---------------------------------------------------------------- term functions
+
+
+def _pulse_histograms(position, channel, weight, width, num_channels):
+    """Soft histograms of every row: `Σ_{j: channel[a, j] = c} weight[a, j]·max(0, 1 − |position[a, j] − k|)`.
+
+    `position` `(N, R)` in `[0, width − 2]`, `channel` int `(N, R)` in
+    `[0, num_channels)`; returns `(N, width, num_channels)`. A position
+    `k + f` adds `1 − f` to bin k and `f` to bin k + 1: scatter-adds, one
+    pass each. TensorFlow's `unsorted_segment_sum` on CPU takes 35 ms for
+    10⁶ pairs, its `bincount` 4 ms but has no gradient: without XLA,
+    `bincount` with the gradient written out (a gather).
+    """
+    num_rows = ops.shape(position)[0]
+    lower = ops.floor(ops.stop_gradient(position))
+    upper_share = position - lower
+    # Clipped: a NaN position must not index outside the histograms.
+    lower_bin = ops.clip(ops.cast(lower, "int32"), 0, width - 2)
+    rows = ops.arange(num_rows, dtype="int32")[:, None]
+    slot = (lower_bin + width * rows) * num_channels + ops.cast(channel, "int32")
+    size = num_rows * width * num_channels
+    if backend.backend() == "tensorflow" and not compiled_by_xla():
+        import tensorflow as tf
+
+        lower_slot, upper_slot = ops.reshape(slot, (-1,)), ops.reshape(slot + num_channels, (-1,))
+
+        @tf.custom_gradient
+        def histograms(upper_share):
+            upper = upper_share * weight
+            counts = tf.math.bincount(lower_slot, weights=ops.reshape(weight - upper, (-1,)), minlength=size,
+                                      maxlength=size)
+            counts += tf.math.bincount(upper_slot, weights=ops.reshape(upper, (-1,)), minlength=size, maxlength=size)
+
+            def gradient(upstream):
+                # Moving a pulse's share from bin k to bin k + 1.
+                steps = ops.reshape(upstream[:, 1:] - upstream[:, :-1], (-1,))
+                index = (lower_bin + (width - 1) * rows) * num_channels + ops.cast(channel, "int32")
+                return tf.gather(steps, index) * weight
+
+            return ops.reshape(counts, (num_rows, width, num_channels)), gradient
+
+        return histograms(upper_share)
+    upper = upper_share * weight
+    pulses = ops.concatenate([ops.reshape(weight - upper, (-1,)), ops.reshape(upper, (-1,))], axis=0)
+    slots = ops.concatenate([ops.reshape(slot, (-1,)), ops.reshape(slot + num_channels, (-1,))], axis=0)
+    counts = ops.segment_sum(pulses, slots, num_segments=size)
+    return ops.reshape(counts, (num_rows, width, num_channels))
 
 
 def fast_ap_terms(distances, positive, negative, num_bins=10, max_distance=4.0):
@@ -47,18 +94,21 @@ def fast_ap_terms(distances, positive, negative, num_bins=10, max_distance=4.0):
 
     `FastAP_a = 1/|P(a)| · Σ_k h⁺_k H⁺_k / H_k` (bins with `H_k = 0` left out).
 
-    Memory O(N·R·(num_bins + 1)): the pulses of every pair in every bin
-    at once (a loop over the bins, O(N·R), compiles four times slower
-    under XLA); 46 MB in float32 for N = R = 1024 and 10 bins.
+    Memory and work O(N·R): each distance falls between two bin centres,
+    `d/Δ = k + f`, and adds `1 − f` to bin k and `f` to bin k + 1
+    (`_pulse_histograms`), where every pair against every bin would take
+    `num_bins + 1` times the memory and time.
     """
     dtype = distances.dtype
     pos = ops.cast(positive, dtype)
     candidates = ops.cast(ops.logical_or(positive, negative), dtype)
-    delta = max_distance / num_bins
-    centres = ops.cast(ops.arange(num_bins + 1), dtype) * delta
-    pulse = ops.relu(1.0 - ops.abs(distances[:, :, None] - centres) / delta)
-    h_positive = ops.sum(pulse * pos[:, :, None], axis=1)
-    h_all = ops.sum(pulse * candidates[:, :, None], axis=1)
+    # Bins 0 … num_bins, then two that take the pulses beyond the last centre;
+    # clipped below too: a cosine distance can round to just under 0.
+    position = ops.clip(distances / (max_distance / num_bins), 0.0, num_bins + 1.0)
+    # Channel 1 the positives, 0 the negatives.
+    histograms = _pulse_histograms(position, positive, candidates, num_bins + 3, 2)[:, : num_bins + 1]
+    h_positive = histograms[..., 1]
+    h_all = h_positive + histograms[..., 0]
     cumulative_positive = ops.cumsum(h_positive, axis=1)
     cumulative_all = ops.cumsum(h_all, axis=1)
     precision_sums = ops.sum(divide_or_zero(h_positive * cumulative_positive, cumulative_all), axis=1)
@@ -68,28 +118,57 @@ def fast_ap_terms(distances, positive, negative, num_bins=10, max_distance=4.0):
     return ops.where(has_positive, losses, ops.zeros_like(losses)), ops.cast(has_positive, dtype)
 
 
-def _sigmoid(z):
-    """`σ(z)` to float32's relative precision in its tails too.
+def _sigmoid_and_slope(z):
+    """`σ(z)` and `σ'(z) = σ(z)·σ(−z)`, both to float32's relative precision in their tails too.
 
     TensorFlow's float32 `sigmoid` on CPU is a fast approximation whose
     relative error in the tails (|z| > ~10, where sharp temperatures put
-    most pairs) reaches 1e-3; `exp(−|z|)` is accurate there, never overflows,
-    and has a finite gradient everywhere.
+    most pairs) reaches 1e-3; `exp(−|z|)` is accurate there and never
+    overflows.
     """
-    # where, not abs: abs has no slope at 0, where a tie needs σ'(0) = 1/4.
-    positive = z >= 0
-    tail = ops.exp(ops.where(positive, -z, z))
-    return ops.where(positive, 1.0 / (1.0 + tail), tail / (1.0 + tail))
+    tail = ops.exp(-ops.abs(z))
+    reciprocal = 1.0 / (1.0 + tail)
+    return ops.where(z >= 0, reciprocal, tail * reciprocal), tail * ops.square(reciprocal)
 
 
-def _pairwise_sigmoid(similarity, temperature):
-    """`σ((s[a, j] − s[a, p]) / τ)` at `[a, p, j]`: whether j ranks before p for query a, `(N, R, R)`."""
-    return _sigmoid((similarity[:, None, :] - similarity[:, :, None]) / temperature)
+def _over_positives(similarity, positive, temperature, body, num_sums):
+    """Runs `body` for every positive p of every query, with the sigmoids of p's comparisons.
 
+    Smooth-AP and PNP rank each positive p of query a against the reference
+    rows j through `σ((s_aj − s_ap)/τ)`. Visiting one positive per query at
+    a time (`tfm.mining.for_each_positive`) keeps the memory at O(N·R) and
+    the work at O(N·R·k), k the most positives of a query, where comparing
+    every row with every row would build `(N, R, R)` tensors (4 GiB for
+    N = R = 1024).
 
-def _count_before(before, mask):
-    """`Σ_j before[a, p, j]·mask[a, j]`, `(N, R)`."""
-    return ops.squeeze(ops.matmul(before, mask[:, :, None]), axis=-1)
+    `body(before, slope, has_slot)` gets `σ((s_aj − s_ap)/τ)` and its
+    derivative with respect to `s_aj`, `(N, R)`, and whether query a has a
+    positive at this slot, and returns `(sums, coefficients)`: `num_sums`
+    vectors `(N,)` to add up over the positives, and the `(N, R)` derivative
+    of the query's loss with respect to `s_aj` through this positive's terms
+    (the derivative with respect to `s_ap` follows: minus their sum).
+
+    Returns:
+        The `num_sums` sums and the `(N, R)` gradient of every query's loss
+        with respect to the similarities.
+    """
+    s = ops.stop_gradient(similarity)
+
+    def step(slot_positive, has_slot, gradient, *sums):
+        z = (s - row_pick(s, slot_positive)[:, None]) / temperature
+        before, slope = _sigmoid_and_slope(z)
+        slot_sums, coefficients = body(before, slope / temperature, has_slot)
+        coefficients = ops.where(has_slot[:, None], coefficients, ops.zeros_like(coefficients))
+        own = -ops.sum(coefficients, axis=1)
+        gradient = gradient + coefficients + scatter_rows([(slot_positive, own)], ops.shape(s))
+        sums = [total + ops.where(has_slot, value, ops.zeros_like(value)) for total, value in zip(sums, slot_sums)]
+        return (gradient, *sums)
+
+    zeros = ops.zeros(ops.shape(s)[:1], s.dtype)
+    gradient, *sums = for_each_positive(
+        ops.cast(positive, "bool"), step, (ops.zeros_like(s), *([zeros] * num_sums))
+    )
+    return sums, gradient
 
 
 def smooth_ap_terms(similarity, positive, negative, temperature=0.01):
@@ -98,20 +177,42 @@ def smooth_ap_terms(similarity, positive, negative, temperature=0.01):
     `rank(p) = 1 + Σ_{j∈P(a)∪Q(a), j≠p} σ((s_aj − s_ap)/τ)`, `rank⁺(p)` the
     same over `j∈P(a)`; `AP_a = 1/|P(a)| Σ_{p∈P(a)} rank⁺(p) / rank(p)`.
 
-    Memory O(N·R²).
+    Memory O(N·R), work O(N·R·k) (see `_over_positives`).
     """
     dtype = similarity.dtype
     pos = ops.cast(positive, dtype)
     candidates = ops.cast(ops.logical_or(positive, negative), dtype)
-    before = _pairwise_sigmoid(similarity, temperature)
-    # j = p is in the sums with σ(0) = 1/2: take it out.
-    rank = 0.5 + _count_before(before, candidates)
-    positive_rank = 0.5 + _count_before(before, pos)
     num_positives = ops.sum(pos, axis=1)
     has_positive = num_positives > 0
-    precision = ops.sum(pos * positive_rank / rank, axis=1)
-    losses = 1.0 - divide_or_zero(precision, num_positives)
+    share = divide_or_zero(ops.ones_like(num_positives), num_positives)
+
+    def body(before, slope, has_slot):
+        # j = p is in both sums with σ(0) = 1/2: 1/2 + 1/2 makes the "1 +".
+        rank = 0.5 + ops.sum(before * candidates, axis=1)
+        positive_rank = 0.5 + ops.sum(before * pos, axis=1)
+        ratio = positive_rank / rank
+        # ∂(−ratio/|P|)/∂s_aj = −σ'_j/(|P|·rank)·(pos_j − candidate_j·ratio)
+        scale = -share / rank
+        return [ratio], scale[:, None] * slope * (pos - candidates * ratio[:, None])
+
+    (precision_sums,), gradient = _over_positives(similarity, positive, temperature, body, 1)
+    losses = attach_gradient(1.0 - precision_sums * share, similarity, gradient)
     return ops.where(has_positive, losses, ops.zeros_like(losses)), ops.cast(has_positive, dtype)
+
+
+def _pnp_value_and_slope(before, variant, b, alpha):
+    """`f(n)` of the PNP variant and `f'(n)`, `n` the negatives ranked before a positive."""
+    if variant == "O":
+        return before, ops.ones_like(before)
+    if variant == "Ds":
+        return ops.log1p(before), 1.0 / (1.0 + before)
+    if variant == "Dq":
+        value = ops.exp(-alpha * ops.log1p(before))
+        return value, -alpha * value / (1.0 + before)
+    if variant == "Iu":
+        log = ops.log1p(before)
+        return (1.0 + before) * log, log + 1.0
+    return (b * before - ops.log1p(b * before)) / b**2, before / (1.0 + b * before)
 
 
 def pnp_terms(similarity, positive, negative, b=2.0, alpha=1.0, anneal=0.01, variant="O"):
@@ -121,26 +222,25 @@ def pnp_terms(similarity, positive, negative, b=2.0, alpha=1.0, anneal=0.01, var
     positive p; `ℓ_a = 1/|P(a)| Σ_{p∈P(a)} f(n(p))` with `f` by variant
     (`"Dq"`: `ℓ_a = 1 − 1/|P(a)| Σ_p f(n(p))`), see `PNP`.
 
-    Memory O(N·R²).
+    Memory O(N·R), work O(N·R·k) (see `_over_positives`).
     """
     dtype = similarity.dtype
     pos = ops.cast(positive, dtype)
-    before = _count_before(_pairwise_sigmoid(similarity, anneal), ops.cast(negative, dtype))
-    if variant == "O":
-        values = before
-    elif variant == "Ds":
-        values = ops.log1p(before)
-    elif variant == "Dq":
-        values = ops.exp(-alpha * ops.log1p(before))
-    elif variant == "Iu":
-        values = (1.0 + before) * ops.log1p(before)
-    else:
-        values = (b * before - ops.log1p(b * before)) / b**2
+    neg = ops.cast(negative, dtype)
     num_positives = ops.sum(pos, axis=1)
     has_positive = num_positives > 0
-    losses = divide_or_zero(ops.sum(pos * values, axis=1), num_positives)
+    share = divide_or_zero(ops.ones_like(num_positives), num_positives)
+    sign = -1.0 if variant == "Dq" else 1.0
+
+    def body(before, slope, has_slot):
+        value, value_slope = _pnp_value_and_slope(ops.sum(before * neg, axis=1), variant, b, alpha)
+        return [value], (sign * share * value_slope)[:, None] * slope * neg
+
+    (value_sums,), gradient = _over_positives(similarity, positive, anneal, body, 1)
+    losses = value_sums * share
     if variant == "Dq":
         losses = 1.0 - losses
+    losses = attach_gradient(losses, similarity, gradient)
     return ops.where(has_positive, losses, ops.zeros_like(losses)), ops.cast(has_positive, dtype)
 
 
@@ -522,8 +622,10 @@ class SmoothAP(SimilarityLoss):
     PML's per-query values (with `labels = arange(N) // C`, PML's blocks,
     where the classes have other sizes).
 
-    Memory: `(N, R, R)` tensors (64 MiB each in float32 for N = R = 256,
-    4 GiB for N = R = 1024; the gradient keeps about three).
+    Memory O(N·R): one positive of every query at a time, with the
+    gradient written out, where PML and the paper's code build `(N, R, R)`
+    tensors (4 GiB each in float32 for N = R = 1024); the time grows with
+    the most positives a query has (K − 1 for P×K batches).
 
     Args:
         temperature: τ (PML's and the paper's default 0.01).
@@ -592,7 +694,7 @@ class PNP(SimilarityLoss):
     `tfm.losses.pnp(labels, x, remove_diagonal=False)` gives PML's values on
     batches where every query has another positive.
 
-    Memory: `(N, R, R)` tensors, as `SmoothAP`.
+    Memory O(N·R), time O(N·R·k), as `SmoothAP`.
 
     Args:
         b: The `b` of "Ib" (PML's default 2).
