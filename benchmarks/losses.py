@@ -1,10 +1,10 @@
 """Forward+backward time and peak memory of the in-batch losses.
 
 Every time is divided by the forward+backward time of the Euclidean distance
-matrix alone (`tfm.distances.pairwise_distance`), measured in the same run, so
-the ratios mean the same on a fast or a slow, busy machine.
-Each (loss, N, jit) cell runs in its own process so that its peak resident
-memory is its own.
+matrix alone (`tfm.distances.pairwise_distance`), timed in the same cell,
+its calls alternating with the loss's, so the ratios mean the same on a fast
+or a slow, busy machine. Each (loss, N, jit) cell runs in its own process so
+that its peak resident memory is its own (the distance matrix's included).
 
     python benchmarks/losses.py                 # N = 256, 1024, 4096
     python benchmarks/losses.py --sizes 1024 --k 8
@@ -38,7 +38,7 @@ import json
 import os
 import sys
 
-from timing import pk_batch, rss_mb, run_cell, tensorflow_step, time_calls
+from timing import pk_batch, rss_mb, run_cell, tensorflow_step, time_alternating, time_calls
 
 from tfmetric.losses.registry import LOSSES as REGISTRY, PROXY_LOSSES
 
@@ -75,24 +75,27 @@ def measure(loss_name, n, k, dim, jit, min_seconds, memory=0, classes=0):
     x, y = (tf.constant(array) for array in pk_batch(n, k, dim))
     if classes:
         return measure_classes(loss_name, x, y, classes, jit, min_seconds)
-    if loss_name == BASELINE:
+    remembered = tf.constant(np.random.default_rng(1).normal(size=(memory, dim)).astype("float32"))
 
-        def objective(y, x):
-            return tf.reduce_sum(tfm.distances.pairwise_distance(x))
-    elif loss_name == RECTANGLE:
-        remembered = tf.constant(np.random.default_rng(1).normal(size=(memory, dim)).astype("float32"))
+    def distances(y, x):
+        return tf.reduce_sum(tfm.distances.pairwise_distance(x))
 
-        def objective(y, x):
-            reference = tf.concat([x, tf.stop_gradient(remembered)], axis=0)
-            return tf.reduce_sum(tfm.distances.pairwise_distance(x, ref_embeddings=reference))
-    else:
-        objective = build_loss(loss_name, n, dim, memory or 1024)
-        if isinstance(objective, tfm.CrossBatchMemory):
-            # A full memory of earlier (here: random P×K) batches.
-            for seed in range(1 + (memory or 1024) // n):
-                past_x, past_y = pk_batch(n, k, dim, seed=seed + 1)
-                objective(past_y, past_x)
-    return time_calls(tensorflow_step(objective, x, y, jit), min_seconds, baseline_mb=rss_mb())
+    def rectangle(y, x):
+        reference = tf.concat([x, tf.stop_gradient(remembered)], axis=0)
+        return tf.reduce_sum(tfm.distances.pairwise_distance(x, ref_embeddings=reference))
+
+    baseline = rectangle if memory else distances
+    if loss_name in (BASELINE, RECTANGLE):
+        return time_calls(tensorflow_step(baseline, x, y, jit), min_seconds, baseline_mb=rss_mb())
+    objective = build_loss(loss_name, n, dim, memory or 1024)
+    if isinstance(objective, tfm.CrossBatchMemory):
+        # A full memory of earlier (here: random P×K) batches.
+        for seed in range(1 + (memory or 1024) // n):
+            past_x, past_y = pk_batch(n, k, dim, seed=seed + 1)
+            objective(past_y, past_x)
+    return time_alternating(
+        tensorflow_step(baseline, x, y, jit), tensorflow_step(objective, x, y, jit), min_seconds, baseline_mb=rss_mb()
+    )
 
 
 def measure_classes(loss_name, x, y, classes, jit, min_seconds):
@@ -102,17 +105,19 @@ def measure_classes(loss_name, x, y, classes, jit, min_seconds):
     from tfmetric.distances import l2_normalize
 
     baseline_mb = rss_mb()
-    if loss_name == SCORES:
-        vectors = tf.Variable(tf.random.normal((classes, x.shape[1])))
+    vectors = tf.Variable(tf.random.normal((classes, x.shape[1])))
 
-        def objective(y, x):
-            return tf.reduce_sum(tf.matmul(l2_normalize(x), l2_normalize(vectors), transpose_b=True))
-    else:
-        objective = PROXY_LOSSES[loss_name].build(classes, x.shape[1])
-        vectors = objective.proxies
+    def scores(y, x):
+        return tf.reduce_sum(tf.matmul(l2_normalize(x), l2_normalize(vectors), transpose_b=True))
+
     # The labels of a P×K batch, spread over all the classes.
     y = (y * 7919) % classes
-    return time_calls(tensorflow_step(objective, x, y, jit, [vectors]), min_seconds, baseline_mb=baseline_mb)
+    baseline = tensorflow_step(scores, x, y, jit, [vectors])
+    if loss_name == SCORES:
+        return time_calls(baseline, min_seconds, baseline_mb=baseline_mb)
+    objective = PROXY_LOSSES[loss_name].build(classes, x.shape[1])
+    step = tensorflow_step(objective, x, y, jit, [objective.proxies])
+    return time_alternating(baseline, step, min_seconds, baseline_mb=baseline_mb)
 
 
 def main():
@@ -148,16 +153,14 @@ def main():
         names = [BASELINE] + [name for name in args.losses if name != BASELINE]
     for n in args.sizes:
         for jit in (False, True):
-            reference = None
             for name in names:
                 cell = [name, n, args.k, args.dim, jit, args.min_seconds, args.memory, args.classes]
                 r = measure(*cell) if args.in_process else run_cell(sys.executable, __file__, cell)
                 if "error" in r:
                     print(f"{name:<24}{n:>6}{str(jit):>6}  error: {r['error']}")
                     continue
-                reference = reference or r["ms"]
                 print(
-                    f"{name:<24}{n:>6}{str(jit):>6}{r['ms']:>10.2f}{r['ms'] / reference:>9.2f}"
+                    f"{name:<24}{n:>6}{str(jit):>6}{r['ms']:>10.2f}{r.get('ratio', 1.0):>9.2f}"
                     f"{r['peak_mb']:>10.0f}{r['extra_mb']:>8.0f}",
                     flush=True,
                 )

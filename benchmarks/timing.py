@@ -48,6 +48,28 @@ def time_calls(call, min_seconds, baseline_mb, max_calls=50):
     return {"ms": 1e3 * statistics.median(times), "peak_mb": peak, "extra_mb": peak - baseline_mb}
 
 
+def time_alternating(baseline, call, min_seconds, baseline_mb, max_calls=50):
+    """`time_calls` of `call`, with `baseline()` timed between its calls: `ms`, `baseline_ms` and their `ratio`.
+
+    On a busy machine the speed drifts from second to second; calls that
+    alternate see the same drift, so the ratio of their medians holds where
+    times measured one after the other would not.
+    """
+    baseline()
+    call()
+    times, baseline_times = [], []
+    start = time.perf_counter()
+    while len(times) < 3 or (time.perf_counter() - start < min_seconds and len(times) < max_calls):
+        for function, recorded in ((baseline, baseline_times), (call, times)):
+            t0 = time.perf_counter()
+            function()
+            recorded.append(time.perf_counter() - t0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    ms, baseline_ms = 1e3 * statistics.median(times), 1e3 * statistics.median(baseline_times)
+    return {"ms": ms, "baseline_ms": baseline_ms, "ratio": ms / baseline_ms, "peak_mb": peak,
+            "extra_mb": peak - baseline_mb}
+
+
 def run_cell(python, script, cell, timeout=None):
     """Runs `python script --cell JSON` and returns the JSON dict it prints last.
 
