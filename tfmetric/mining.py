@@ -261,6 +261,45 @@ def _bit_pattern(values, key_dtype):
     return ops.view(values, key_dtype)
 
 
+def _kth_smallest_key(keys, count, bits, infinity_key):
+    """The `count`-th smallest of the non-negative integer `keys` (any value when `count` is 0).
+
+    Where every operation is a kernel of its own (TensorFlow without XLA,
+    PyTorch), one selection over the flattened keys; under XLA, which fuses
+    each counting pass and sorts slowly on CPU, a bisection: `bits` passes.
+    """
+    key_dtype = backend.standardize_dtype(keys.dtype)
+    if backend.backend() == "torch" or (backend.backend() == "tensorflow" and not compiled_by_xla()):
+        flat = ops.reshape(keys, (-1,))
+        if backend.backend() == "torch":
+            import torch
+
+            if not flat.numel():
+                return ops.zeros((), key_dtype)
+            return torch.kthvalue(flat, max(int(count), 1)).values
+        import tensorflow as tf
+
+        # One more key, so that an empty batch has a first smallest too.
+        flat = ops.concatenate([flat, ops.full((1,), infinity_key, key_dtype)], axis=0)
+        smallest = -tf.math.top_k(-flat, k=tf.cast(tf.maximum(count, 1), tf.int32)).values
+        return ops.where(count > 0, smallest[-1], ops.zeros((), key_dtype))
+
+    def halve(_, bounds):
+        low, high = bounds
+        middle = low + (high - low) // 2
+        enough = ops.sum(ops.cast(keys <= middle, key_dtype)) >= count
+        return ops.where(enough, low, middle + 1), ops.where(enough, middle, high)
+
+    # A loop rather than unrolled steps: XLA compiles it in a fraction.
+    low, _ = ops.fori_loop(
+        0,
+        bits,
+        halve,
+        (ops.convert_to_tensor(0, key_dtype), ops.convert_to_tensor(infinity_key, key_dtype)),
+    )
+    return low
+
+
 def smallest_entries(values, candidates, count):
     """Weights selecting exactly `count` of the smallest candidate entries.
 
@@ -287,19 +326,7 @@ def smallest_entries(values, candidates, count):
         ops.cast(count, key_dtype), ops.sum(ops.cast(candidates, key_dtype))
     )
 
-    def halve(_, bounds):
-        low, high = bounds
-        middle = low + (high - low) // 2
-        enough = ops.sum(ops.cast(keys <= middle, key_dtype)) >= count
-        return ops.where(enough, low, middle + 1), ops.where(enough, middle, high)
-
-    # A loop rather than unrolled steps: XLA compiles it in a fraction.
-    low, _ = ops.fori_loop(
-        0,
-        bits,
-        halve,
-        (ops.convert_to_tensor(0, key_dtype), ops.convert_to_tensor(infinity_key, key_dtype)),
-    )
+    low = _kth_smallest_key(keys, count, bits, infinity_key)
     below = keys < low
     at = ops.logical_and(keys == low, candidates)
     dtype = values.dtype
