@@ -74,9 +74,8 @@ PML has no τ regulariser). Same values throughout.
 
 `--peers` picks the peers (`--peers` alone: tfmetric only, no environment
 to create). TF Addons' semi-hard and lifted losses, PML's all-triplets
-masks, lifted structure and ranking losses, and tfmetric's Smooth-AP and
-PNP build (N, N, N) tensors; their cells are skipped when that would not fit
-in `--max-memory-gb`.
+masks, lifted structure and ranking losses build (N, N, N) tensors; their
+cells are skipped when that would not fit in `--max-memory-gb`.
 """
 
 import argparse
@@ -151,12 +150,6 @@ def pml_rank_cube_gb(n):
     return 40 * n**3 / 2**30
 
 
-def tfmetric_rank_cube_gb(n):
-    # The same (N, N, N) comparisons and their gradient, without XLA;
-    # measured at N = 256: 35 (Smooth-AP) and 44 (PNP) bytes per entry.
-    return 48 * n**3 / 2**30
-
-
 def ours(name, cube_gb=no_cube):
     return (f"tfmetric {name}", "tfmetric", cube_gb)
 
@@ -192,9 +185,9 @@ TASKS = {
     "ntxent": [ours("ntxent"), pml("NTXentLoss")],
     "instance": [ours("instance"), pml("InstanceLoss")],
     "fast-ap": [ours("fast_ap"), pml("FastAPLoss")],
-    "smooth-ap": [ours("smooth_ap", tfmetric_rank_cube_gb), pml("SmoothAPLoss", pml_rank_cube_gb)],
-    "pnp": [ours("pnp", tfmetric_rank_cube_gb), pml("PNPLoss", pml_rank_cube_gb)],
-    "pnp-dq": [ours("pnp_dq", tfmetric_rank_cube_gb), pml("PNPLoss (Dq)", pml_rank_cube_gb)],
+    "smooth-ap": [ours("smooth_ap"), pml("SmoothAPLoss", pml_rank_cube_gb)],
+    "pnp": [ours("pnp"), pml("PNPLoss", pml_rank_cube_gb)],
+    "pnp-dq": [ours("pnp_dq"), pml("PNPLoss (Dq)", pml_rank_cube_gb)],
     "ranked-list": [ours("ranked_list"), pml("RankedListLoss")],
     "histogram": [ours("histogram"), pml("HistogramLoss", pml_all_triplets_gb)],
     "dyn-soft-margin": [ours("dynamic_soft_margin"), pml("DynamicSoftMarginLoss", pml_all_triplets_gb)],

@@ -145,37 +145,48 @@ def for_each_positive(positive, body, state):
     return tuple(result[2:])
 
 
+def positive_table(positive, num_slots=None):
+    """Every query's positive columns in column order, `(N, S)` int32, S the most positives of a query; or `None`.
+
+    Where every operation is a kernel of its own (TensorFlow without XLA,
+    PyTorch), one selection finds them (`top_k` of the mask, whose ties
+    come in column order; a binary search of the running count of
+    positives); a query with fewer than S positives has other (valid)
+    columns after them. `None` under XLA, whose shapes cannot depend on S.
+    """
+    if compiled_by_xla() or backend.backend() not in ("tensorflow", "torch"):
+        return None
+    positive = ops.cast(positive, "bool")
+    if num_slots is None:
+        num_slots = ops.max(ops.concatenate([ops.sum(ops.cast(positive, "int32"), axis=1), ops.zeros((1,), "int32")]))
+    if backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.math.top_k(tf.cast(positive, tf.int32), k=num_slots).indices
+    import torch
+
+    ranks = torch.cumsum(positive.to(torch.int32), dim=1)
+    # The first column where the count reaches s + 1 is the s-th positive.
+    targets = torch.arange(1, int(num_slots) + 1, dtype=ranks.dtype, device=ranks.device)
+    columns = torch.searchsorted(ranks, targets.expand(ranks.shape[0], -1).contiguous(), side="left")
+    return torch.clamp(columns, max=max(ranks.shape[1] - 1, 0)).to(torch.int32)
+
+
 def _positive_columns(positive, num_slots):
     """`next_column(slot, previous)`: every query's `slot`-th positive column.
 
     `previous` is the column of slot − 1 (−1 before the first); past a
     query's last positive the column is any valid one. The loops call this
     once per slot, and a pass over the `(N, R)` mask per slot would cost
-    more than many a loss's own work: where every operation is a kernel of
-    its own (TensorFlow without XLA, PyTorch), the columns of all slots are
-    found at once (`top_k` of the mask, whose ties come in column order; a
-    binary search of the running count of positives); under XLA, which
-    fuses it into one pass, the smallest positive column after `previous`.
+    more than many a loss's own work: the columns of all slots at once
+    (`positive_table`) where every operation is a kernel of its own; under
+    XLA, which fuses it into one pass, the smallest positive column after
+    `previous`.
     """
+    table = positive_table(positive, num_slots)
+    if table is not None:
+        return lambda slot, previous: ops.take(table, slot, axis=1)
     num_columns = ops.shape(positive)[1]
-    if not compiled_by_xla() and backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        table = tf.math.top_k(tf.cast(positive, tf.int32), k=num_slots).indices
-        return lambda slot, previous: tf.gather(table, slot, axis=1)
-    if backend.backend() == "torch":
-        import torch
-
-        ranks = torch.cumsum(positive.to(torch.int32), dim=1)
-
-        def next_column(slot, previous):
-            # The first column where the count reaches slot + 1 is that positive.
-            target = (slot + 1).to(ranks.dtype).reshape(1, 1).expand(ranks.shape[0], 1)
-            column = torch.searchsorted(ranks, target, side="left")[:, 0].to(torch.int32)
-            return torch.clamp(column, max=num_columns - 1)
-
-        return next_column
-
     columns = ops.arange(num_columns, dtype="int32")[None, :]
 
     def next_column(slot, previous):

@@ -23,7 +23,7 @@ from tfmetric.losses.base import (
     similarity_loss,
 )
 from tfmetric.losses.state import LossState
-from tfmetric.mining import mine_pairs
+from tfmetric.mining import mine_pairs, positive_table
 
 # ---------------------------------------------------------------- histogram loss
 
@@ -251,7 +251,9 @@ def triplet_margin_sums(distances, positive, negative, thresholds):
     distances and, for every positive p and threshold b, the key
     `d_ap − b`; one sort of the row tells for each key how many negatives
     lie beyond it (`d_an > d_ap − b`, i.e. `d_ap − d_an < b`) and their
-    sum. Memory and time O(N·R·B) for B thresholds.
+    sum. Memory and time O(N·(R + k·B)) for B thresholds, k the most
+    positives of a query, where `tfm.mining.positive_table` finds them;
+    O(N·R·B) elsewhere (every column gets keys, the positives' count).
 
     Returns:
         `(counts, sums)`, both `(N, B)`.
@@ -259,25 +261,34 @@ def triplet_margin_sums(distances, positive, negative, thresholds):
     num_queries, num_reference = ops.shape(distances)[0], ops.shape(distances)[1]
     dtype = distances.dtype
     thresholds = ops.convert_to_tensor(thresholds, dtype)
-    num_thresholds = ops.shape(thresholds)[0]
+    table = positive_table(positive)
+    if table is None:
+        positive_distances, positives = distances, ops.cast(positive, dtype)
+    else:
+        positive_distances = ops.take_along_axis(distances, table, axis=1)
+        # A query with fewer positives than the table's width has other columns after them.
+        num_positives = ops.sum(ops.cast(positive, "int32"), axis=1)
+        slots = ops.arange(ops.shape(table)[1], dtype="int32")
+        positives = ops.cast(slots[None, :] < num_positives[:, None], dtype)
+    num_keys = ops.shape(positive_distances)[1] * ops.shape(thresholds)[0]
     keys = ops.concatenate(
-        [distances, ops.reshape(distances[:, :, None] - thresholds[None, None, :], (num_queries, -1))], axis=1
+        [distances, ops.reshape(positive_distances[:, :, None] - thresholds[None, None, :], (num_queries, -1))], axis=1
     )
     # The negatives first: a tie (d_an = d_ap − b, so d_ap − d_an = b) is not below b.
     order = ops.argsort(ops.stop_gradient(keys), axis=1)
-    padding = ops.zeros((num_queries, num_reference * num_thresholds), dtype)
+    padding = ops.zeros((num_queries, num_keys), dtype)
     is_negative = ops.concatenate([ops.cast(negative, dtype), padding], axis=1)
     negative_values = ops.concatenate([ops.where(negative, distances, ops.zeros_like(distances)), padding], axis=1)
     # For each key, the negatives at or after it in the sorted row (a key's own entry adds 0).
     counts_beyond = _reverse_cumsum(ops.take_along_axis(is_negative, order, axis=1))
     sums_beyond = _reverse_cumsum(ops.take_along_axis(negative_values, order, axis=1))
     back = ops.argsort(order, axis=1)
-    shape = (num_queries, num_reference, num_thresholds)
+    shape = (num_queries, -1, ops.shape(thresholds)[0])
     counts = ops.reshape(ops.take_along_axis(counts_beyond, back, axis=1)[:, num_reference:], shape)
     sums = ops.reshape(ops.take_along_axis(sums_beyond, back, axis=1)[:, num_reference:], shape)
-    positives = ops.cast(positive, dtype)[:, :, None]
+    positives = positives[:, :, None]
     triplet_counts = ops.sum(positives * counts, axis=1)
-    triplet_sums = ops.sum(positives * (distances[:, :, None] * counts - sums), axis=1)
+    triplet_sums = ops.sum(positives * (positive_distances[:, :, None] * counts - sums), axis=1)
     return triplet_counts, triplet_sums
 
 
