@@ -10,10 +10,10 @@ from hypothesis import given, settings, strategies as st
 
 import tfmetric as tfm
 import tfmetric.miners as miners
-from tfmetric.mining import pair_masks, smallest_mask
+from tfmetric.mining import for_each_positive, pair_masks, positive_table, scatter_rows, smallest_mask
 
 import recorded
-from conftest import BACKEND, FIT_JIT_COMPILE, slow_on_jax, tensor, value_and_grad
+from conftest import BACKEND, COMPILE_MODES, FIT_JIT_COMPILE, slow_on_jax, tensor, value_and_grad
 
 FLOAT64 = BACKEND != "jax"  # JAX runs without x64 here: float64 inputs become float32
 ON_TF = BACKEND == "tensorflow"
@@ -51,6 +51,54 @@ def _candidates(labels, ref_labels=None):
 
 
 # ---------------------------------------------------------------- primitives
+
+
+def _slot_masks():
+    """A positive mask with a query without positives, one with every column, and the rest random."""
+    positive = np.random.default_rng(11).random((9, 13)) < 0.35
+    positive[2] = False
+    positive[5] = True
+    return positive
+
+
+def _visit_order(positive):
+    """`order[a, c] = s + 1` where slot s of `for_each_positive` visits column c of query a."""
+
+    def body(slot_positive, has_slot, order, slot):
+        value = keras.ops.where(has_slot, keras.ops.cast(slot + 1, "float32"), 0.0)
+        return order + scatter_rows([(slot_positive, value)], keras.ops.shape(order)), slot + 1
+
+    start = (keras.ops.zeros(keras.ops.shape(positive), "float32"), keras.ops.convert_to_tensor(0, "int32"))
+    return for_each_positive(positive, body, start)[0]
+
+
+@pytest.mark.parametrize("compiled", COMPILE_MODES)
+def test_slots_visit_every_positive_once_in_column_order(compiled):
+    positive = _slot_masks()
+    want = np.zeros(positive.shape)
+    for a, row in enumerate(positive):
+        want[a, np.flatnonzero(row)] = np.arange(1, row.sum() + 1)
+    visit = _visit_order
+    if compiled:  # XLA, where the columns come from a pass over the mask per slot
+        import tensorflow as tf
+
+        visit = tf.function(_visit_order, jit_compile=True)
+    np.testing.assert_array_equal(_np(visit(tensor(positive, "bool"))), want)
+
+
+def test_positive_table_lists_the_positive_columns_first():
+    positive = _slot_masks()
+    table = positive_table(tensor(positive, "bool"))
+    if BACKEND == "jax":  # compiled by XLA: shapes cannot depend on the labels
+        assert table is None
+        return
+    table = _np(table)
+    assert table.shape == (9, 13)
+    for a, row in enumerate(positive):
+        columns = np.flatnonzero(row)
+        np.testing.assert_array_equal(table[a, : len(columns)], columns)
+        assert np.all((table[a] >= 0) & (table[a] < 13))
+
 
 
 @slow_on_jax

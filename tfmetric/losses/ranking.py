@@ -17,6 +17,7 @@ float32 for N = R = 1024).
 import keras
 from keras import backend, ops
 
+from tfmetric.distances import compiled_by_xla
 from tfmetric.losses.base import (
     DistanceLoss,
     SimilarityLoss,
@@ -26,7 +27,6 @@ from tfmetric.losses.base import (
     divide_or_zero,
     similarity_loss,
 )
-from tfmetric.distances import compiled_by_xla
 from tfmetric.mining import attach_gradient, for_each_positive, row_pick, scatter_rows
 
 # The largest distance between two unit vectors, by distance.
