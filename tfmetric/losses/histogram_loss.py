@@ -457,8 +457,10 @@ class DynamicSoftMargin(InBatchLoss):
     Inside a bare `jax.jit`, call the loss in a `keras.StatelessScope` and
     assign the scope's new value, or use the pure function
     `tfm.losses.dynamic_soft_margin(..., histogram=..., return_histogram=True)`.
-    Memory and time O(N·R·B) (a sort per query row, B = `num_bins`), never
-    the N·R·R triplets.
+    Memory O(N·(R + k·B)) (a sort per query row of its distances and a key
+    per positive and histogram node, k the most positives of a query,
+    B = `num_bins`; under XLA, whose shapes cannot depend on k, keys for
+    every column: O(N·R·B)), never the N·R·R triplets.
 
     Args:
         min_val: The smallest margin of the histogram (its first node).
