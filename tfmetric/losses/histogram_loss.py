@@ -16,11 +16,13 @@ from keras import ops
 from tfmetric.losses.base import (
     InBatchLoss,
     SimilarityLoss,
+    add_at,
     apply_miner,
     divide_or_zero,
     pair_distances,
     per_query,
     similarity_loss,
+    take_at,
 )
 from tfmetric.losses.state import LossState
 from tfmetric.mining import mine_pairs, positive_table
@@ -78,11 +80,11 @@ def histogram_terms(similarity, positive, negative, delta=0.02):
         [ops.reshape(kept_positive * (1.0 - upper_share), (-1,)), ops.reshape(kept_positive * upper_share, (-1,))]
     )
     nodes = ops.concatenate([ops.reshape(lower_index, (-1,)), ops.reshape(lower_index + 1, (-1,))])
-    density = ops.cast(ops.segment_sum(masses, nodes, num_segments=num_nodes), dtype)
+    density = ops.cast(add_at(masses, nodes, num_nodes), dtype)
     density = divide_or_zero(density, ops.sum(kept_positive))
     cumulative = ops.cumsum(density)
-    below = ops.take(cumulative, lower_index)
-    above = ops.take(cumulative, lower_index + 1)
+    below = take_at(cumulative, lower_index)
+    above = take_at(cumulative, lower_index + 1)
     shares = (1.0 - upper_share) * below + upper_share * above
     loss_sums = ops.sum(ops.where(kept_negative, shares, ops.zeros_like(shares)), axis=1)
     return loss_sums, ops.sum(ops.cast(kept_negative, dtype), axis=1)
