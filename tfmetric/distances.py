@@ -179,6 +179,12 @@ def compiled_by_xla():
         return False
 
 
+def runs_op_by_op():
+    """Whether every operation runs as a kernel of its own (TensorFlow without XLA, PyTorch), which favours
+    one library call (a selection, a search) over a few fused passes."""
+    return backend.backend() in ("tensorflow", "torch") and not compiled_by_xla()
+
+
 def _moved_and_scale(x, ref=None):
     """`x` moved to put its first row at the origin and divided by the power-of-two scale (of both sets)."""
     origin = ops.stop_gradient(x[:1])

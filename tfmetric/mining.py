@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 from keras import backend, ops
 
-from tfmetric.distances import as_embedding_pair, compiled_by_xla, off_diagonal
+from tfmetric.distances import as_embedding_pair, off_diagonal, runs_op_by_op
 from tfmetric.labels import standardize_any, standardize_label_pair
 
 
@@ -129,7 +129,7 @@ def for_each_positive(positive, body, state):
     """
     positive = ops.cast(positive, "bool")
     num_positives = ops.sum(ops.cast(positive, "int32"), axis=1)
-    num_slots = ops.max(ops.concatenate([num_positives, ops.zeros((1,), "int32")]))
+    num_slots = _most(num_positives)
     next_column = _positive_columns(positive, num_slots)
 
     def step(slot, previous, *state):
@@ -145,6 +145,11 @@ def for_each_positive(positive, body, state):
     return tuple(result[2:])
 
 
+def _most(counts):
+    """The largest of the int32 `counts`, 0 when there are none."""
+    return ops.max(ops.concatenate([counts, ops.zeros((1,), "int32")]))
+
+
 def positive_table(positive, num_slots=None):
     """Every query's positive columns in column order, `(N, S)` int32, S the most positives of a query; or `None`.
 
@@ -154,11 +159,11 @@ def positive_table(positive, num_slots=None):
     positives); a query with fewer than S positives has other (valid)
     columns after them. `None` under XLA, whose shapes cannot depend on S.
     """
-    if compiled_by_xla() or backend.backend() not in ("tensorflow", "torch"):
+    if not runs_op_by_op():
         return None
     positive = ops.cast(positive, "bool")
     if num_slots is None:
-        num_slots = ops.max(ops.concatenate([ops.sum(ops.cast(positive, "int32"), axis=1), ops.zeros((1,), "int32")]))
+        num_slots = _most(ops.sum(ops.cast(positive, "int32"), axis=1))
     if backend.backend() == "tensorflow":
         import tensorflow as tf
 
@@ -280,7 +285,7 @@ def _kth_smallest_key(keys, count, bits, infinity_key):
     each counting pass and sorts slowly on CPU, a bisection: `bits` passes.
     """
     key_dtype = backend.standardize_dtype(keys.dtype)
-    if backend.backend() == "torch" or (backend.backend() == "tensorflow" and not compiled_by_xla()):
+    if runs_op_by_op():
         flat = ops.reshape(keys, (-1,))
         if backend.backend() == "torch":
             import torch

@@ -47,7 +47,7 @@ terms), `per_query` the vector `loss_sums / term_counts` (0 where none).
 import keras
 from keras import backend, ops
 
-from tfmetric.distances import as_embeddings, check_distance, compiled_by_xla, pairwise_distance, pairwise_similarity
+from tfmetric.distances import as_embeddings, check_distance, pairwise_distance, pairwise_similarity, runs_op_by_op
 from tfmetric.distribute import gather_across_replicas, replica_context, scale_for_replicas
 from tfmetric.labels import standardize_any
 from tfmetric.mining import Pairs, mine_pairs
@@ -68,7 +68,7 @@ def divide_or_zero(numerator, denominator):
 
 
 def _without_xla_on_tensorflow():
-    return backend.backend() == "tensorflow" and not compiled_by_xla()
+    return backend.backend() == "tensorflow" and runs_op_by_op()
 
 
 def add_at(values, indices, size):

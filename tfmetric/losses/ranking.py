@@ -108,7 +108,7 @@ def _sigmoid_and_slope(z):
     return ops.where(z >= 0, reciprocal, tail * reciprocal), tail * ops.square(reciprocal)
 
 
-def _over_positives(similarity, positive, temperature, body, num_sums):
+def _over_positives(similarity, positive, temperature, body):
     """Runs `body` for every positive p of every query, with the sigmoids of p's comparisons.
 
     Smooth-AP and PNP rank each positive p of query a against the reference
@@ -118,34 +118,28 @@ def _over_positives(similarity, positive, temperature, body, num_sums):
     every row with every row would build `(N, R, R)` tensors (4 GiB for
     N = R = 1024).
 
-    `body(before, slope, has_slot)` gets `σ((s_aj − s_ap)/τ)` and its
-    derivative with respect to `s_aj`, `(N, R)`, and whether query a has a
-    positive at this slot, and returns `(sums, coefficients)`: `num_sums`
-    vectors `(N,)` to add up over the positives, and the `(N, R)` derivative
-    of the query's loss with respect to `s_aj` through this positive's terms
-    (the derivative with respect to `s_ap` follows: minus their sum).
+    `body(before, slope)` gets `σ((s_aj − s_ap)/τ)` and its derivative with
+    respect to `s_aj`, `(N, R)`, and returns `(value, coefficients)`: the
+    `(N,)` term of positive p, to add up over the positives, and the
+    `(N, R)` derivative of the query's loss with respect to `s_aj` through
+    it (the derivative with respect to `s_ap` follows: minus their sum).
 
     Returns:
-        The `num_sums` sums and the `(N, R)` gradient of every query's loss
-        with respect to the similarities.
+        The sums of the values, `(N,)`, and the `(N, R)` gradient of every
+        query's loss with respect to the similarities.
     """
     s = ops.stop_gradient(similarity)
 
-    def step(slot_positive, has_slot, gradient, *sums):
+    def step(slot_positive, has_slot, total, gradient):
         z = (s - row_pick(s, slot_positive)[:, None]) / temperature
         before, slope = _sigmoid_and_slope(z)
-        slot_sums, coefficients = body(before, slope / temperature, has_slot)
+        value, coefficients = body(before, slope / temperature)
         coefficients = ops.where(has_slot[:, None], coefficients, ops.zeros_like(coefficients))
         own = -ops.sum(coefficients, axis=1)
         gradient = gradient + coefficients + scatter_rows([(slot_positive, own)], ops.shape(s))
-        sums = [total + ops.where(has_slot, value, ops.zeros_like(value)) for total, value in zip(sums, slot_sums)]
-        return (gradient, *sums)
+        return total + ops.where(has_slot, value, ops.zeros_like(value)), gradient
 
-    zeros = ops.zeros(ops.shape(s)[:1], s.dtype)
-    gradient, *sums = for_each_positive(
-        ops.cast(positive, "bool"), step, (ops.zeros_like(s), *([zeros] * num_sums))
-    )
-    return sums, gradient
+    return for_each_positive(positive, step, (ops.zeros(ops.shape(s)[:1], s.dtype), ops.zeros_like(s)))
 
 
 def smooth_ap_terms(similarity, positive, negative, temperature=0.01):
@@ -163,16 +157,16 @@ def smooth_ap_terms(similarity, positive, negative, temperature=0.01):
     has_positive = num_positives > 0
     share = divide_or_zero(ops.ones_like(num_positives), num_positives)
 
-    def body(before, slope, has_slot):
+    def body(before, slope):
         # j = p is in both sums with σ(0) = 1/2: 1/2 + 1/2 makes the "1 +".
         rank = 0.5 + ops.sum(before * candidates, axis=1)
         positive_rank = 0.5 + ops.sum(before * pos, axis=1)
         ratio = positive_rank / rank
         # ∂(−ratio/|P|)/∂s_aj = −σ'_j/(|P|·rank)·(pos_j − candidate_j·ratio)
         scale = -share / rank
-        return [ratio], scale[:, None] * slope * (pos - candidates * ratio[:, None])
+        return ratio, scale[:, None] * slope * (pos - candidates * ratio[:, None])
 
-    (precision_sums,), gradient = _over_positives(similarity, positive, temperature, body, 1)
+    precision_sums, gradient = _over_positives(similarity, positive, temperature, body)
     losses = attach_gradient(1.0 - precision_sums * share, similarity, gradient)
     return ops.where(has_positive, losses, ops.zeros_like(losses)), ops.cast(has_positive, dtype)
 
@@ -209,11 +203,11 @@ def pnp_terms(similarity, positive, negative, b=2.0, alpha=1.0, anneal=0.01, var
     share = divide_or_zero(ops.ones_like(num_positives), num_positives)
     sign = -1.0 if variant == "Dq" else 1.0
 
-    def body(before, slope, has_slot):
+    def body(before, slope):
         value, value_slope = _pnp_value_and_slope(ops.sum(before * neg, axis=1), variant, b, alpha)
-        return [value], (sign * share * value_slope)[:, None] * slope * neg
+        return value, (sign * share * value_slope)[:, None] * slope * neg
 
-    (value_sums,), gradient = _over_positives(similarity, positive, anneal, body, 1)
+    value_sums, gradient = _over_positives(similarity, positive, anneal, body)
     losses = value_sums * share
     if variant == "Dq":
         losses = 1.0 - losses
