@@ -11,7 +11,7 @@ two nodes around it), so that the histogram, and the loss, have gradients.
 import math
 
 import keras
-from keras import ops
+from keras import backend, ops
 
 from tfmetric.losses.base import (
     InBatchLoss,
@@ -25,7 +25,7 @@ from tfmetric.losses.base import (
     take_at,
 )
 from tfmetric.losses.state import LossState
-from tfmetric.mining import mine_pairs, positive_table
+from tfmetric.mining import for_each_positive, mine_pairs, positive_table, row_pick
 
 # ---------------------------------------------------------------- histogram loss
 
@@ -242,56 +242,132 @@ def _check_dynamic_soft_margin(min_val, num_bins, momentum):
         raise ValueError(f"momentum must be in (0, 1]; received {momentum!r}.")
 
 
-def _reverse_cumsum(values):
-    return ops.flip(ops.cumsum(ops.flip(values, axis=1), axis=1), axis=1)
-
-
 def triplet_margin_sums(distances, positive, negative, thresholds):
     """For every query a and threshold b: how many triplets have `d_ap − d_an < b`, and their sum.
 
-    Without the `(N, R, R)` triplets: each query's row holds its negative
-    distances and, for every positive p and threshold b, the key
-    `d_ap − b`; one sort of the row tells for each key how many negatives
-    lie beyond it (`d_an > d_ap − b`, i.e. `d_ap − d_an < b`) and their
-    sum. Memory and time O(N·(R + k·B)) for B thresholds, k the most
-    positives of a query, where `tfm.mining.positive_table` finds them;
-    O(N·R·B) elsewhere (every column gets keys, the positives' count).
+    Never the `(N, R, R)` triplets. Where `tfm.mining.positive_table` finds
+    every query's positives (every operation a kernel of its own), each
+    query has k·B keys `d_ap − b` (k the most positives of a query, B
+    thresholds), sorted; a binary search puts each negative in the interval
+    between two keys, and the counts and sums of the negatives in each
+    interval, added up from the top, are the count and sum beyond each key
+    (`d_an > d_ap − b`, i.e. `d_ap − d_an < b`): time and memory
+    O(N·(R + k·B)), no sort of the rows. Under XLA, whose CPU sort
+    is slow and whose shapes cannot depend on k, one positive slot at a
+    time compares the negatives with the B keys (`_triplet_margin_sums_by_slot`).
 
     Returns:
         `(counts, sums)`, both `(N, B)`.
     """
-    num_queries, num_reference = ops.shape(distances)[0], ops.shape(distances)[1]
     dtype = distances.dtype
     thresholds = ops.convert_to_tensor(thresholds, dtype)
     table = positive_table(positive)
     if table is None:
-        positive_distances, positives = distances, ops.cast(positive, dtype)
-    else:
-        positive_distances = ops.take_along_axis(distances, table, axis=1)
-        # A query with fewer positives than the table's width has other columns after them.
-        num_positives = ops.sum(ops.cast(positive, "int32"), axis=1)
-        slots = ops.arange(ops.shape(table)[1], dtype="int32")
-        positives = ops.cast(slots[None, :] < num_positives[:, None], dtype)
-    num_keys = ops.shape(positive_distances)[1] * ops.shape(thresholds)[0]
-    keys = ops.concatenate(
-        [distances, ops.reshape(positive_distances[:, :, None] - thresholds[None, None, :], (num_queries, -1))], axis=1
-    )
-    # The negatives first: a tie (d_an = d_ap − b, so d_ap − d_an = b) is not below b.
+        return _triplet_margin_sums_by_slot(distances, positive, negative, thresholds)
+    num_queries = ops.shape(distances)[0]
+    positive_distances = ops.take_along_axis(distances, table, axis=1)
+    # A query with fewer positives than the table's width has other columns after them.
+    num_positives = ops.sum(ops.cast(positive, "int32"), axis=1)
+    slots = ops.arange(ops.shape(table)[1], dtype="int32")
+    positives = ops.cast(slots[None, :] < num_positives[:, None], dtype)[:, :, None]
+    keys = ops.reshape(positive_distances[:, :, None] - thresholds[None, None, :], (num_queries, -1))
+    num_keys = ops.shape(keys)[1]
+    # Each row's keys in ascending order; the negatives between two keys lie
+    # beyond the first of them and those before it (d_an > key: a tie,
+    # d_an = d_ap − b, is not below b).
     order = ops.argsort(ops.stop_gradient(keys), axis=1)
-    padding = ops.zeros((num_queries, num_keys), dtype)
-    is_negative = ops.concatenate([ops.cast(negative, dtype), padding], axis=1)
-    negative_values = ops.concatenate([ops.where(negative, distances, ops.zeros_like(distances)), padding], axis=1)
-    # For each key, the negatives at or after it in the sorted row (a key's own entry adds 0).
-    counts_beyond = _reverse_cumsum(ops.take_along_axis(is_negative, order, axis=1))
-    sums_beyond = _reverse_cumsum(ops.take_along_axis(negative_values, order, axis=1))
+    ascending = ops.take_along_axis(ops.stop_gradient(keys), order, axis=1)
+    interval = _places_in_rows(ascending, ops.stop_gradient(distances))
+    cells = ops.reshape(ops.arange(num_queries, dtype="int32")[:, None] * (num_keys + 1) + interval, (-1,))
+    size = num_queries * (num_keys + 1)
+    negative_distances = ops.where(negative, distances, ops.zeros_like(distances))
+    in_interval = add_at(ops.reshape(ops.cast(negative, dtype), (-1,)), cells, size)
+    sums_in_interval = add_at(ops.reshape(negative_distances, (-1,)), cells, size)
+    # Beyond the j-th key: the intervals i > j (a cumulative sum, not a
+    # triangular product, which TF32 on a GPU would round).
+    counts_sorted = _sums_after(ops.reshape(in_interval, (num_queries, -1)))
+    sums_sorted = _sums_after(ops.reshape(sums_in_interval, (num_queries, -1)))
     back = ops.argsort(order, axis=1)
     shape = (num_queries, -1, ops.shape(thresholds)[0])
-    counts = ops.reshape(ops.take_along_axis(counts_beyond, back, axis=1)[:, num_reference:], shape)
-    sums = ops.reshape(ops.take_along_axis(sums_beyond, back, axis=1)[:, num_reference:], shape)
-    positives = positives[:, :, None]
+    counts = ops.reshape(ops.take_along_axis(counts_sorted, back, axis=1), shape)
+    sums = ops.reshape(ops.take_along_axis(sums_sorted, back, axis=1), shape)
     triplet_counts = ops.sum(positives * counts, axis=1)
     triplet_sums = ops.sum(positives * (positive_distances[:, :, None] * counts - sums), axis=1)
     return triplet_counts, triplet_sums
+
+
+def _sums_after(values):
+    """`Σ_{i > j} values[:, i]` for every column j but the last."""
+    return ops.flip(ops.cumsum(ops.flip(values[:, 1:], axis=1), axis=1), axis=1)
+
+
+def _places_in_rows(ascending, values):
+    """For every value of row a, how many entries of the ascending row a are below it (int32)."""
+    if backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.searchsorted(ascending, values, side="left", out_type=tf.int32)
+    import torch
+
+    return torch.searchsorted(ascending.contiguous(), values.contiguous(), side="left").to(torch.int32)
+
+
+def _triplet_margin_sums_by_slot(distances, positive, negative, thresholds):
+    """`triplet_margin_sums` one positive slot at a time, `(N, B, R)` comparisons that XLA fuses into sums.
+
+    The loop runs without gradient; the gradient of the sums (the counts
+    have none) is a second loop over the slots, attached with
+    `keras.ops.custom_gradient` as in the angular loss: for the sum at
+    threshold b, `∂/∂d_ap` is the count of a's negatives beyond `d_ap − b`
+    and `∂/∂d_an` minus the count of a's positives p with `d_an > d_ap − b`.
+    Memory O(N·R + N·B).
+    """
+    num_thresholds = ops.shape(thresholds)[0]
+
+    def beyond(d, is_negative, slot_positive):
+        keys = row_pick(d, slot_positive)[:, None] - thresholds[None, :]
+        return ops.logical_and(is_negative[:, None, :], d[:, None, :] > keys[:, :, None])
+
+    # Every tensor is an argument (the masks as 0/1 floats): JAX's custom
+    # gradients cannot close over the tracers of an enclosing trace.
+    @ops.custom_gradient
+    def counts_and_sums(d, positive_ones, negative_ones):
+        d = ops.stop_gradient(d)
+        is_negative = negative_ones > 0.5
+        zero = ops.zeros_like(d)
+
+        def forward(slot_positive, has_slot, counts, sums):
+            selected = beyond(d, is_negative, slot_positive)
+            slot_counts = ops.sum(ops.cast(selected, d.dtype), axis=2)
+            slot_sums = ops.sum(ops.where(selected, d[:, None, :], zero[:, None, :]), axis=2)
+            margins = row_pick(d, slot_positive)[:, None] * slot_counts - slot_sums
+            keep = has_slot[:, None]
+            return counts + ops.where(keep, slot_counts, 0.0), sums + ops.where(keep, margins, 0.0)
+
+        empty = ops.zeros((ops.shape(d)[0], num_thresholds), d.dtype)
+        counts, sums = for_each_positive(positive_ones > 0.5, forward, (empty, empty))
+
+        def gradient(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            upstream = ops.cast(upstream, d.dtype)[:, num_thresholds:]
+
+            def backward(slot_positive, has_slot, grad):
+                selected = beyond(d, is_negative, slot_positive)
+                # Σ_b upstream(a, b)·[n beyond the key b]: minus the gradient of d_an, and summed over n, that of d_ap.
+                weights = ops.sum(ops.where(selected, upstream[:, :, None], zero[:, None, :]), axis=1)
+                weights = ops.where(has_slot[:, None], weights, zero)
+                at_slot = ops.one_hot(slot_positive, ops.shape(d)[1], dtype=d.dtype)
+                return (grad - weights + at_slot * ops.sum(weights, axis=1, keepdims=True),)
+
+            (grad,) = for_each_positive(positive_ones > 0.5, backward, (ops.zeros_like(d),))
+            return grad, ops.zeros_like(positive_ones), ops.zeros_like(negative_ones)
+
+        return ops.concatenate([counts, sums], axis=1), gradient
+
+    dtype = distances.dtype
+    both = counts_and_sums(distances, ops.cast(positive, dtype), ops.cast(negative, dtype))
+    return ops.stop_gradient(both[:, :num_thresholds]), both[:, num_thresholds:]
 
 
 def _differences(columns):
