@@ -238,6 +238,54 @@ def test_dynamic_soft_margin_from_a_running_histogram_matches_brute_force():
         start = new
 
 
+def _triplet_margin_sums_by_loops(d, positive, negative, thresholds, weights):
+    """Counts and sums of the margins `d_ap − d_an` below each threshold, and d Σ weights·sums / d d, by loops.
+
+    In float32, as the loss compares: `d_an > d_ap − b` (a margin equal to b is not below it).
+    """
+    n, r = d.shape
+    counts, sums, grad = np.zeros((n, len(thresholds))), np.zeros((n, len(thresholds))), np.zeros((n, r))
+    for a in range(n):
+        for p in range(r):
+            for q in range(r):
+                if not (positive[a, p] and negative[a, q]):
+                    continue
+                for k, b in enumerate(thresholds):
+                    if d[a, q] > np.float32(d[a, p]) - np.float32(b):
+                        counts[a, k] += 1
+                        sums[a, k] += float(d[a, p]) - float(d[a, q])
+                        grad[a, p] += weights[a, k]
+                        grad[a, q] -= weights[a, k]
+    return counts, sums, grad
+
+
+@pytest.mark.parametrize("by_slot", [False, True])
+def test_triplet_margin_sums_count_ties_as_the_loss_does(by_slot):
+    # Both ways of counting (a binary search among each query's keys where
+    # operations run one by one, a loop of comparisons under XLA) on distances
+    # whose margins fall on the thresholds exactly.
+    from tfmetric.losses import histogram_loss
+
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 3, 9)
+    d = (rng.integers(0, 11, (9, 9)) * 0.2).astype("float32")
+    positive = (labels[:, None] == labels[None, :]) & ~np.eye(9, dtype=bool)
+    negative = labels[:, None] != labels[None, :]
+    thresholds = np.array([-2.0 + 0.4 * k for k in range(10)], "float32")
+    weights = rng.normal(size=(9, 10)).astype("float32")
+    expected = _triplet_margin_sums_by_loops(d, positive, negative, thresholds, weights)
+    count = histogram_loss._triplet_margin_sums_by_slot if by_slot else histogram_loss.triplet_margin_sums
+
+    def weighted(matrix):
+        return keras.ops.sum(count(matrix, tensor(positive), tensor(negative), tensor(thresholds))[1] * tensor(weights))
+
+    counts, _ = count(tensor(d), tensor(positive), tensor(negative), tensor(thresholds))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(counts), expected[0])
+    value, grad = value_and_grad(weighted, d)
+    np.testing.assert_allclose(value, np.sum(weights * expected[1]), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(grad, expected[2], rtol=1e-5, atol=1e-5)
+
+
 def test_reference_sets_and_multi_label_match_brute_force():
     # Eager (JAX jits each check); XLA: `test_compiled_matches_brute_force`.
     compiled = False
