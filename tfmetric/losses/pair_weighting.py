@@ -95,7 +95,9 @@ def angular_terms(queries, reference, positive, negative, alpha=40.0):
     `ℓ_ap = log(1 + Σ_{n∈Q(a)} exp(4 tan²α (x_a + x_p)·x_n − 2 (1 + tan²α) x_a·x_p))`.
 
     `(x_a + x_p)·x_n = s(a, n) + x_p·x_n`: one `(N, D) × (D, R)` product per
-    positive slot (`tfm.mining.for_each_positive`), never an N·R·R tensor.
+    positive slot (`tfm.mining.for_each_positive`), never an N·R·R tensor;
+    where the reference is the batch itself, row p of the Gram matrix
+    instead (`_angular_sums_from_gram`).
     The slots run in a loop without gradient; the gradient (a second pass
     over the slots, scaled by the incoming gradient) is attached with
     `keras.ops.custom_gradient`, so it works where loops of data-dependent
@@ -123,6 +125,8 @@ def angular_terms(queries, reference, positive, negative, alpha=40.0):
     """
     pull, push = _angular_constants(alpha)
     counts = ops.sum(ops.cast(positive, queries.dtype), axis=1)
+    if reference is queries:
+        return _angular_sums_from_gram(queries, positive, negative, pull, push), counts
 
     def slot_logits(x, ref, similarity, slot_positive):
         positive_rows = ops.take(ref, slot_positive, axis=0)
@@ -178,6 +182,57 @@ def angular_terms(queries, reference, positive, negative, alpha=40.0):
 
     dtype = queries.dtype
     return loss_sums(queries, reference, ops.cast(positive, dtype), ops.cast(negative, dtype)), counts
+
+
+def _angular_sums_from_gram(x, positive, negative, pull, push):
+    """`angular_terms`' sums where the reference is the batch: `x_p·x_n` is row p of the Gram matrix.
+
+    A gathered row per slot instead of a matrix product; the loop's
+    gradient is with respect to the Gram matrix (`G_an` and `G_pn` get
+    `4 tan²α w`, `G_ap` gets `−2 (1 + tan²α) Σ_n w`, with `w` each
+    negative's softmax weight), and autodiff carries it through `x xᵀ`.
+    """
+
+    def slot_logits(gram, slot_positive):
+        logits = pull * (gram + ops.take(gram, slot_positive, axis=0))
+        return logits - push * row_pick(gram, slot_positive)[:, None]
+
+    @ops.custom_gradient
+    def loss_sums(gram, positive_ones, negative_ones):
+        gram = ops.stop_gradient(gram)
+        positive, negative = positive_ones > 0.5, negative_ones > 0.5
+
+        def forward(slot_positive, has_slot, sums):
+            value = row_logsumexp(slot_logits(gram, slot_positive), negative, add_one=True)
+            return (sums + ops.where(has_slot, value, ops.zeros_like(value)),)
+
+        (sums,) = for_each_positive(positive, forward, (ops.zeros((ops.shape(gram)[0],), gram.dtype),))
+
+        def gradient(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            upstream = ops.cast(upstream, gram.dtype)
+            size = ops.shape(gram)
+
+            def backward(slot_positive, has_slot, grad):
+                logits = slot_logits(gram, slot_positive)
+                value = row_logsumexp(logits, negative, add_one=True)
+                scale = ops.where(has_slot, upstream, ops.zeros_like(upstream))
+                exponents = ops.where(negative, logits - value[:, None], ops.full_like(logits, float("-inf")))
+                weights = pull * ops.exp(exponents) * scale[:, None]
+                at_positive = ops.one_hot(slot_positive, size[1], dtype=gram.dtype)
+                by_row = ops.scatter(slot_positive[:, None], weights, size)
+                total = ops.sum(weights, axis=1, keepdims=True)
+                return (grad + weights + by_row - (push / pull) * total * at_positive,)
+
+            (grad,) = for_each_positive(positive, backward, (ops.zeros_like(gram),))
+            return grad, ops.zeros_like(positive_ones), ops.zeros_like(negative_ones)
+
+        return sums, gradient
+
+    dtype = x.dtype
+    gram = ops.matmul(x, ops.transpose(x))
+    return loss_sums(gram, ops.cast(positive, dtype), ops.cast(negative, dtype))
 
 
 def _unit_pair(embeddings, ref_embeddings):
@@ -253,7 +308,8 @@ class Angular(InBatchLoss):
     to their component along each embedding (which normalisation removes).
 
     Memory O(N·R): the positive pairs are visited one slot at a time
-    (`tfm.mining.for_each_positive`), each a `(N, D) × (D, R)` product.
+    (`tfm.mining.for_each_positive`), each a row of the batch's Gram matrix
+    (a `(N, D) × (D, R)` product against a separate reference).
 
     Args:
         alpha: The angle α in degrees, in (0, 90) (paper: 36°–55°).
