@@ -114,7 +114,7 @@ def hardest_pairs(distances, positive, negative):
         `(positive_index, negative_index)`, int32 vectors of shape `(N,)`.
     """
     distances = ops.stop_gradient(distances)
-    farthest = ops.argmax(ops.where(positive, distances, ops.full_like(distances, float("-inf"))), axis=1)
+    farthest = ops.argmax(ops.where(positive, distances, ops.full((), float("-inf"), distances.dtype)), axis=1)
     closest = ops.argmin(ops.where(negative, distances, ops.full_like(distances, float("inf"))), axis=1)
     return ops.cast(farthest, "int32"), ops.cast(closest, "int32")
 
@@ -370,11 +370,11 @@ def distance_weighted_log_weights(distances, negative, dim, cutoff=0.5, nonzero_
     )
     allowed = ops.logical_and(negative, distances < nonzero_loss_cutoff)
     uniform = ops.logical_not(ops.any(allowed, axis=1, keepdims=True))
-    minus_inf = ops.full_like(d, float("-inf"))
+    minus_inf = ops.full((), float("-inf"), d.dtype)
     return ops.where(
         allowed,
         -log_q,
-        ops.where(ops.logical_and(uniform, negative), ops.zeros_like(d), minus_inf),
+        ops.where(ops.logical_and(uniform, negative), ops.zeros((), d.dtype), minus_inf),
     )
 
 

@@ -167,9 +167,10 @@ def row_logsumexp(values, mask, add_one=False):
     them out); with it they give log 1 = 0, which is their value. Stable for
     large values, and NaN-free in value and gradient for empty rows.
     """
-    minus_inf = ops.full_like(values, float("-inf"))
+    # A scalar -inf: without XLA a full matrix of it is one more pass.
+    masked = ops.where(mask, values, ops.full((), float("-inf"), values.dtype))
     has_terms = ops.any(mask, axis=1)
-    shift = ops.stop_gradient(ops.max(ops.where(mask, values, minus_inf), axis=1))
+    shift = ops.stop_gradient(ops.max(masked, axis=1))
     shift = ops.where(has_terms, shift, ops.zeros_like(shift))
     if add_one:
         # The 1 is exp(0): a term of every row, so the shift must cover it.
@@ -177,7 +178,7 @@ def row_logsumexp(values, mask, add_one=False):
     # The shifted exponents are <= 0 in the mask and -inf outside, so that
     # no inf reaches exp (or its gradient); the largest term is exp(0), so
     # the sum is >= 1 wherever the row has terms.
-    total = ops.sum(ops.exp(ops.where(mask, values - shift[:, None], minus_inf)), axis=1)
+    total = ops.sum(ops.exp(masked - shift[:, None]), axis=1)
     if add_one:
         return shift + ops.log(total + ops.exp(-shift))
     return shift + ops.log(ops.where(has_terms, total, ops.ones_like(total)))

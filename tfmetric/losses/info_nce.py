@@ -37,11 +37,11 @@ def _row_logsumexp(values, mask):
     (values only; the gradients pass unchanged), which changes nothing
     where the two agree (the largest term is exactly exp(0) = 1).
     """
-    minus_inf = ops.full_like(values, float("-inf"))
+    masked = ops.where(mask, values, ops.full((), float("-inf"), values.dtype))
     has_terms = ops.any(mask, axis=1)
-    shift = ops.stop_gradient(ops.max(ops.where(mask, values, minus_inf), axis=1))
+    shift = ops.stop_gradient(ops.max(masked, axis=1))
     shift = ops.where(has_terms, shift, ops.zeros_like(shift))
-    exponents = ops.where(mask, values - shift[:, None], minus_inf)
+    exponents = masked - shift[:, None]
     # The caps move values only, never gradients (a recomputed maximum a
     # rounding error above or below the shift keeps its gradient).
     exponents = exponents - ops.stop_gradient(ops.maximum(exponents, ops.zeros_like(exponents)))

@@ -140,11 +140,11 @@ def _log1p_sum_exp(values, mask):
 
     NaN-free in value and gradient, 0 for rows with an empty mask.
     """
-    minus_inf = ops.full_like(values, float("-inf"))
-    shift = ops.stop_gradient(ops.max(ops.where(mask, values, minus_inf), axis=1))
+    masked = ops.where(mask, values, ops.full((), float("-inf"), values.dtype))
+    shift = ops.stop_gradient(ops.max(masked, axis=1))
     shifted = shift > 0  # else every term is <= 1 = exp(0), and the row may be empty (−inf)
     shift = ops.where(shifted, shift, ops.zeros_like(shift))
-    total = ops.sum(ops.exp(ops.where(mask, values - shift[:, None], minus_inf)), axis=1)
+    total = ops.sum(ops.exp(masked - shift[:, None]), axis=1)
     return ops.where(shifted, shift + ops.log(total + ops.exp(-shift)), ops.log1p(total))
 
 

@@ -162,7 +162,7 @@ def angular_terms(queries, reference, positive, negative, alpha=40.0):
                 # d ℓ / d logit(a, n): the softmax weight of n, the 1 included
                 # in the normaliser; times the incoming gradient of query a.
                 scale = ops.where(has_slot, upstream, ops.zeros_like(upstream))
-                exponents = ops.where(negative, logits - value[:, None], ops.full_like(logits, float("-inf")))
+                exponents = ops.where(negative, logits - value[:, None], ops.full((), float("-inf"), logits.dtype))
                 weights = ops.exp(exponents) * scale[:, None]
                 total = ops.sum(weights, axis=1)
                 weighted_negatives = ops.matmul(weights, ref)
@@ -218,7 +218,7 @@ def _angular_sums_from_gram(x, positive, negative, pull, push):
                 logits = slot_logits(gram, slot_positive)
                 value = row_logsumexp(logits, negative, add_one=True)
                 scale = ops.where(has_slot, upstream, ops.zeros_like(upstream))
-                exponents = ops.where(negative, logits - value[:, None], ops.full_like(logits, float("-inf")))
+                exponents = ops.where(negative, logits - value[:, None], ops.full((), float("-inf"), logits.dtype))
                 weights = pull * ops.exp(exponents) * scale[:, None]
                 at_positive = ops.one_hot(slot_positive, size[1], dtype=gram.dtype)
                 by_row = ops.scatter(slot_positive[:, None], weights, size)
