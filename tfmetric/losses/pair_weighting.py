@@ -86,6 +86,24 @@ def _angular_constants(alpha):
     return 4.0 * tan_squared, 2.0 * (1.0 + tan_squared)
 
 
+def _sums_over_slots(positive, negative, logits_of_slot, num_queries, dtype):
+    """`Σ_p log(1 + Σ_{n∈Q(a)} exp f(a, p, n))` for every query a, one positive slot at a time."""
+
+    def forward(slot_positive, has_slot, sums):
+        value = row_logsumexp(logits_of_slot(slot_positive), negative, add_one=True)
+        return (sums + ops.where(has_slot, value, ops.zeros_like(value)),)
+
+    return for_each_positive(positive, forward, (ops.zeros((num_queries,), dtype),))[0]
+
+
+def _negative_weights(logits, negative, has_slot, upstream):
+    """d ℓ / d logit(a, n): the softmax weight of n (the 1 counted in the normaliser), times a's incoming gradient."""
+    value = row_logsumexp(logits, negative, add_one=True)
+    scale = ops.where(has_slot, upstream, ops.zeros_like(upstream))
+    exponents = ops.where(negative, logits - value[:, None], ops.full((), float("-inf"), logits.dtype))
+    return ops.exp(exponents) * scale[:, None]
+
+
 def angular_terms(queries, reference, positive, negative, alpha=40.0):
     """Per-query sums of the angular losses of its positive pairs, and its number of positives.
 
@@ -143,12 +161,8 @@ def angular_terms(queries, reference, positive, negative, alpha=40.0):
         positive, negative = positive_ones > 0.5, negative_ones > 0.5
         similarity = ops.matmul(x, ops.transpose(ref))
 
-        def forward(slot_positive, has_slot, sums):
-            logits, _ = slot_logits(x, ref, similarity, slot_positive)
-            value = row_logsumexp(logits, negative, add_one=True)
-            return (sums + ops.where(has_slot, value, ops.zeros_like(value)),)
-
-        (sums,) = for_each_positive(positive, forward, (ops.zeros((ops.shape(x)[0],), x.dtype),))
+        sums = _sums_over_slots(positive, negative, lambda slot: slot_logits(x, ref, similarity, slot)[0],
+                                ops.shape(x)[0], x.dtype)
 
         def gradient(*args, upstream=None):
             if upstream is None:
@@ -158,12 +172,7 @@ def angular_terms(queries, reference, positive, negative, alpha=40.0):
 
             def backward(slot_positive, has_slot, grad_x, grad_ref):
                 logits, positive_rows = slot_logits(x, ref, similarity, slot_positive)
-                value = row_logsumexp(logits, negative, add_one=True)
-                # d ℓ / d logit(a, n): the softmax weight of n, the 1 included
-                # in the normaliser; times the incoming gradient of query a.
-                scale = ops.where(has_slot, upstream, ops.zeros_like(upstream))
-                exponents = ops.where(negative, logits - value[:, None], ops.full((), float("-inf"), logits.dtype))
-                weights = ops.exp(exponents) * scale[:, None]
+                weights = _negative_weights(logits, negative, has_slot, upstream)
                 total = ops.sum(weights, axis=1)
                 weighted_negatives = ops.matmul(weights, ref)
                 # d/dx_a: 4t² Σ_n w x_n − 2(1 + t²) (Σ_n w) x_p.
@@ -202,11 +211,8 @@ def _angular_sums_from_gram(x, positive, negative, pull, push):
         gram = ops.stop_gradient(gram)
         positive, negative = positive_ones > 0.5, negative_ones > 0.5
 
-        def forward(slot_positive, has_slot, sums):
-            value = row_logsumexp(slot_logits(gram, slot_positive), negative, add_one=True)
-            return (sums + ops.where(has_slot, value, ops.zeros_like(value)),)
-
-        (sums,) = for_each_positive(positive, forward, (ops.zeros((ops.shape(gram)[0],), gram.dtype),))
+        num_queries = ops.shape(gram)[0]
+        sums = _sums_over_slots(positive, negative, lambda slot: slot_logits(gram, slot), num_queries, gram.dtype)
 
         def gradient(*args, upstream=None):
             if upstream is None:
@@ -215,11 +221,7 @@ def _angular_sums_from_gram(x, positive, negative, pull, push):
             size = ops.shape(gram)
 
             def backward(slot_positive, has_slot, grad):
-                logits = slot_logits(gram, slot_positive)
-                value = row_logsumexp(logits, negative, add_one=True)
-                scale = ops.where(has_slot, upstream, ops.zeros_like(upstream))
-                exponents = ops.where(negative, logits - value[:, None], ops.full((), float("-inf"), logits.dtype))
-                weights = pull * ops.exp(exponents) * scale[:, None]
+                weights = pull * _negative_weights(slot_logits(gram, slot_positive), negative, has_slot, upstream)
                 at_positive = ops.one_hot(slot_positive, size[1], dtype=gram.dtype)
                 by_row = ops.scatter(slot_positive[:, None], weights, size)
                 total = ops.sum(weights, axis=1, keepdims=True)
