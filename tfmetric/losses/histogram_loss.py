@@ -328,8 +328,9 @@ def _triplet_margin_sums_by_slot(distances, positive, negative, thresholds):
         keys = row_pick(d, slot_positive)[:, None] - thresholds[None, :]
         return ops.logical_and(is_negative[:, None, :], d[:, None, :] > keys[:, :, None])
 
-    # Every tensor is an argument (the masks as 0/1 floats): JAX's custom
-    # gradients cannot close over the tracers of an enclosing trace.
+    # Every tensor but the constant thresholds is an argument (the masks as
+    # 0/1 floats): JAX's custom gradients cannot close over the tracers of an
+    # enclosing trace.
     @ops.custom_gradient
     def counts_and_sums(d, positive_ones, negative_ones):
         d = ops.stop_gradient(d)
