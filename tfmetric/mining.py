@@ -115,7 +115,7 @@ def hardest_pairs(distances, positive, negative):
     """
     distances = ops.stop_gradient(distances)
     farthest = ops.argmax(ops.where(positive, distances, ops.full((), float("-inf"), distances.dtype)), axis=1)
-    closest = ops.argmin(ops.where(negative, distances, ops.full_like(distances, float("inf"))), axis=1)
+    closest = ops.argmin(ops.where(negative, distances, ops.full((), float("inf"), distances.dtype)), axis=1)
     return ops.cast(farthest, "int32"), ops.cast(closest, "int32")
 
 

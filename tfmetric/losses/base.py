@@ -160,6 +160,18 @@ def check_positive(name, value):
     return float(value)
 
 
+def masked_rows(values, mask):
+    """`(masked, shift, has_terms)`: `values` with −∞ outside `mask`, each row's largest masked value
+    (without gradient; 0 for a row with an empty mask), and whether the row has any.
+
+    The −∞ is a scalar: without XLA a full matrix of it is one more pass.
+    """
+    masked = ops.where(mask, values, ops.full((), float("-inf"), values.dtype))
+    has_terms = ops.any(mask, axis=1)
+    shift = ops.stop_gradient(ops.max(masked, axis=1))
+    return masked, ops.where(has_terms, shift, ops.zeros_like(shift)), has_terms
+
+
 def row_logsumexp(values, mask, add_one=False):
     """Row-wise `log Σ_{mask} exp(values)`, or `log(1 + Σ_{mask} exp(values))`.
 
@@ -167,11 +179,7 @@ def row_logsumexp(values, mask, add_one=False):
     them out); with it they give log 1 = 0, which is their value. Stable for
     large values, and NaN-free in value and gradient for empty rows.
     """
-    # A scalar -inf: without XLA a full matrix of it is one more pass.
-    masked = ops.where(mask, values, ops.full((), float("-inf"), values.dtype))
-    has_terms = ops.any(mask, axis=1)
-    shift = ops.stop_gradient(ops.max(masked, axis=1))
-    shift = ops.where(has_terms, shift, ops.zeros_like(shift))
+    masked, shift, has_terms = masked_rows(values, mask)
     if add_one:
         # The 1 is exp(0): a term of every row, so the shift must cover it.
         shift = ops.maximum(shift, ops.zeros_like(shift))

@@ -22,7 +22,7 @@ Everything is computed row by row on the `(N, R)` rectangle, in log space
 import keras
 from keras import ops
 
-from tfmetric.losses.base import SimilarityLoss, check_positive, divide_or_zero, similarity_loss
+from tfmetric.losses.base import SimilarityLoss, check_positive, divide_or_zero, masked_rows, similarity_loss
 
 
 def _row_logsumexp(values, mask):
@@ -37,10 +37,7 @@ def _row_logsumexp(values, mask):
     (values only; the gradients pass unchanged), which changes nothing
     where the two agree (the largest term is exactly exp(0) = 1).
     """
-    masked = ops.where(mask, values, ops.full((), float("-inf"), values.dtype))
-    has_terms = ops.any(mask, axis=1)
-    shift = ops.stop_gradient(ops.max(masked, axis=1))
-    shift = ops.where(has_terms, shift, ops.zeros_like(shift))
+    masked, shift, _ = masked_rows(values, mask)
     exponents = masked - shift[:, None]
     # The caps move values only, never gradients (a recomputed maximum a
     # rounding error above or below the shift keeps its gradient).

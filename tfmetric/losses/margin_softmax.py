@@ -23,6 +23,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfmetric.losses.base import masked_rows
 from tfmetric.losses.proxy import (
     ProxyLoss,
     check_proxies,
@@ -140,9 +141,8 @@ def _log1p_sum_exp(values, mask):
 
     NaN-free in value and gradient, 0 for rows with an empty mask.
     """
-    masked = ops.where(mask, values, ops.full((), float("-inf"), values.dtype))
-    shift = ops.stop_gradient(ops.max(masked, axis=1))
-    shifted = shift > 0  # else every term is <= 1 = exp(0), and the row may be empty (−inf)
+    masked, shift, _ = masked_rows(values, mask)
+    shifted = shift > 0  # else every term is <= 1 = exp(0) (or the row is empty)
     shift = ops.where(shifted, shift, ops.zeros_like(shift))
     total = ops.sum(ops.exp(masked - shift[:, None]), axis=1)
     return ops.where(shifted, shift + ops.log(total + ops.exp(-shift)), ops.log1p(total))

@@ -221,11 +221,12 @@ def _angular_sums_from_gram(x, positive, negative, pull, push):
             size = ops.shape(gram)
 
             def backward(slot_positive, has_slot, grad):
-                weights = pull * _negative_weights(slot_logits(gram, slot_positive), negative, has_slot, upstream)
+                weights = _negative_weights(slot_logits(gram, slot_positive), negative, has_slot, upstream)
                 at_positive = ops.one_hot(slot_positive, size[1], dtype=gram.dtype)
-                by_row = ops.scatter(slot_positive[:, None], weights, size)
+                pulled = pull * weights
+                by_row = ops.scatter(slot_positive[:, None], pulled, size)
                 total = ops.sum(weights, axis=1, keepdims=True)
-                return (grad + weights + by_row - (push / pull) * total * at_positive,)
+                return (grad + pulled + by_row - push * total * at_positive,)
 
             (grad,) = for_each_positive(positive, backward, (ops.zeros_like(gram),))
             return grad, ops.zeros_like(positive_ones), ops.zeros_like(negative_ones)
