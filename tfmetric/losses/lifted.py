@@ -10,10 +10,10 @@ import math
 import keras
 from keras import ops
 
-from tfmetric.losses.base import DistanceLoss, distance_loss, row_logsumexp
+from tfmetric.losses.base import DistanceLoss, distance_loss, pair_distances, row_logsumexp
 
 
-def lifted_structure_terms(distances, positive, negative, margin=1.0):
+def lifted_structure_terms(distances, positive, negative, margin=1.0, symmetric=False):
     """Per-query sums of lifted structured terms and the number of positive pairs.
 
     For query i and its positive reference row j:
@@ -27,27 +27,78 @@ def lifted_structure_terms(distances, positive, negative, margin=1.0):
     Pairs with no negative on either side have no finite `J`: their terms
     are 0 (a one-class batch).
 
+    `symmetric`: the matrix and both masks are symmetric (the batch against
+    itself, no miner). Column j's log-sum-exp is then row j's, and the
+    gradient of the pairs' terms is written out (`_symmetric_pair_sums`):
+    autodiff would sum it over the columns, which XLA on a CPU does slowly
+    when the sum is fused with the pairs' work (4× the distance matrix's
+    time instead of 1.6×).
+
     Returns:
         `(loss_sums, pair_counts)`, both `(N,)`.
     """
     exponents = margin - distances
-    row_terms = row_logsumexp(exponents, negative)[:, None]
-    column_terms = row_logsumexp(ops.transpose(exponents), ops.transpose(negative))[None, :]
-    row_has, column_has = ops.any(negative, axis=1)[:, None], ops.any(negative, axis=0)[None, :]
-    has_negative = ops.logical_or(row_has, column_has)
-    # An empty side is log 0 = -inf, not the 0 row_logsumexp gives it.
-    left = ops.where(row_has, row_terms, ops.full_like(row_terms, float("-inf")))
-    right = ops.where(column_has, column_terms, ops.full_like(column_terms, float("-inf")))
-    shift = ops.stop_gradient(ops.maximum(left, right))
-    shift = ops.where(has_negative, shift, ops.zeros_like(shift))
-    total = ops.exp(left - shift) + ops.exp(right - shift)
-    # log 1 where neither side has a negative: no log 0 for the gradient to meet.
-    total = ops.where(has_negative, total, ops.ones_like(total))
-    pair_terms = shift + ops.log(total) + distances
-    active = ops.logical_and(positive, has_negative)
-    pair_terms = ops.where(active, ops.relu(pair_terms), ops.zeros_like(pair_terms))
-    loss_sums = 0.5 * ops.sum(ops.square(pair_terms), axis=1)
+    row_has = ops.any(negative, axis=1)
+    rows = _log_sum_or_minus_infinity(exponents, negative, row_has)
+    if symmetric:
+        active = ops.logical_and(positive, ops.logical_or(row_has[:, None], row_has[None, :]))
+        loss_sums = _symmetric_pair_sums(rows, distances, ops.cast(active, distances.dtype))
+    else:
+        column_has = ops.any(negative, axis=0)
+        columns = _log_sum_or_minus_infinity(ops.transpose(exponents), ops.transpose(negative), column_has)
+        active = ops.logical_and(positive, ops.logical_or(row_has[:, None], column_has[None, :]))
+        terms, _, _ = _pair_terms(rows[:, None], columns[None, :], distances, active)
+        loss_sums = 0.5 * ops.sum(ops.square(terms), axis=1)
     return loss_sums, ops.sum(ops.cast(positive, distances.dtype), axis=1)
+
+
+def _log_sum_or_minus_infinity(exponents, mask, has_terms):
+    """Row-wise `log Σ_{mask} exp`, −∞ (log 0) for a row without terms, not the 0 `row_logsumexp` gives it."""
+    return ops.where(has_terms, row_logsumexp(exponents, mask), ops.full((), float("-inf"), exponents.dtype))
+
+
+def _pair_terms(left, right, distances, active):
+    """`(relu(J), e_left, total)`: `J = log(exp(left) + exp(right)) + d` on the active pairs (0 elsewhere).
+
+    `exp(left) + exp(right) = exp(high) · total` with `high` the larger side,
+    so that `e_left / total` is `∂J/∂left`. Pairs with no negative on either
+    side take log 1: no log 0 for the gradient to meet.
+    """
+    high = ops.stop_gradient(ops.maximum(left, right))
+    high = ops.where(active, high, ops.zeros_like(high))
+    e_left, e_right = ops.exp(left - high), ops.exp(right - high)
+    total = ops.where(active, e_left + e_right, ops.ones_like(high))
+    terms = ops.where(active, ops.relu(high + ops.log(total) + distances), ops.zeros_like(high))
+    return terms, e_left, total
+
+
+def _symmetric_pair_sums(sides, distances, active_ones):
+    """Each row's `Σ_j relu(J_ij)² / 2`, `J_ij` from `sides[i]`, `sides[j]` and a symmetric matrix.
+
+    With incoming gradients `u`, side k gets `u_k Σ_j J_kj σ_kj` as the row
+    of its pairs and `Σ_i u_i J_ik σ'_ik` as their column (`σ`, `σ'` the
+    shares `∂J/∂left`, `∂J/∂right`). `J_ik = J_ki` and `σ'_ik = σ_ki`, so the
+    column's part is `Σ_j u_j J_kj σ_kj`: together one row sum weighted by
+    `u_k + u_j`, where autodiff sums a gradient matrix over its columns.
+    Every tensor is an argument, as JAX's custom gradients need.
+    """
+
+    @ops.custom_gradient
+    def loss_sums(sides, distances, active_ones):
+        sides, distances = ops.stop_gradient(sides), ops.stop_gradient(distances)
+        terms, e_left, total = _pair_terms(sides[:, None], sides[None, :], distances, active_ones > 0.5)
+
+        def gradient(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            upstream = ops.cast(upstream, distances.dtype)
+            both_rows = upstream[:, None] + upstream[None, :]
+            grad_sides = ops.sum(terms * both_rows * e_left / total, axis=1)
+            return grad_sides, terms * upstream[:, None], ops.zeros_like(active_ones)
+
+        return 0.5 * ops.sum(ops.square(terms), axis=1), gradient
+
+    return loss_sums(sides, distances, active_ones)
 
 
 def lifted_structure(
@@ -89,6 +140,8 @@ def lifted_structure(
         remove_diagonal=remove_diagonal,
         miner=miner,
         margin=margin,
+        # The batch against itself without a miner: a symmetric matrix and masks.
+        symmetric=ref_labels is None and ref_embeddings is None and miner is None,
     )
 
 
@@ -147,6 +200,11 @@ class LiftedStructure(DistanceLoss):
     ):
         super().__init__(distance, normalize, reduction, name, cross_replica, multi_label, miner)
         self.margin = float(margin)
+
+    def pair_terms(self, embeddings, ref_embeddings, positive, negative):
+        distances = pair_distances(embeddings, ref_embeddings, self.distance, self.normalize)
+        symmetric = ref_embeddings is embeddings and self.miner is None
+        return lifted_structure_terms(distances, positive, negative, self.margin, symmetric)
 
     def distance_terms(self, distances, positive, negative):
         return lifted_structure_terms(distances, positive, negative, self.margin)
