@@ -308,3 +308,52 @@ def test_batch_hard_terms_on_a_distance_matrix_match_the_loss():
     assert np.any(expected_gradient != 0)
     np.testing.assert_allclose(value, expected_value, rtol=1e-6)
     np.testing.assert_allclose(gradient, expected_gradient, rtol=1e-4, atol=1e-6)
+
+
+def _all_triplets_by_loops(d, positive, negative, margin, weights):
+    """Sums and counts of the triplets with `d_an < d_ap + margin` (in float32), and d Σ weights·sums / d d."""
+    n, r = d.shape
+    sums, active, grad = np.zeros(n), np.zeros(n), np.zeros((n, r))
+    for a in range(n):
+        for p in np.flatnonzero(positive[a]):
+            key = np.float32(d[a, p]) + np.float32(margin)
+            for q in np.flatnonzero(negative[a]):
+                if d[a, q] < key:
+                    sums[a] += float(key) - float(d[a, q])
+                    active[a] += 1
+                    grad[a, p] += weights[a]
+                    grad[a, q] -= weights[a]
+    return sums, active, grad
+
+
+@pytest.mark.parametrize("by_keys", [False, True])
+def test_all_triplet_terms_count_ties_as_the_loop_does(by_keys):
+    # Both ways (a pass per positive slot; a binary search among each
+    # query's keys, taken from k = 10 positives where operations run one by
+    # one) on distances where d_an = d_ap + margin exactly: no loss, not active.
+    from tfmetric.losses import triplet
+    from tfmetric.mining import positive_table
+
+    rng = np.random.default_rng(5)
+    labels = np.repeat([0, 1, 2], [12, 11, 3])
+    n = len(labels)
+    d = (rng.integers(0, 11, (n, n)) * 0.25).astype("float32")
+    positive = (labels[:, None] == labels[None, :]) & ~np.eye(n, dtype=bool)
+    negative = labels[:, None] != labels[None, :]
+    weights = rng.normal(size=n).astype("float32")
+    table = positive_table(tensor(positive))
+    if by_keys and table is None:
+        pytest.skip("no table of positives under XLA or JAX: the loop only")
+
+    def terms(matrix):
+        if by_keys:
+            return triplet._all_triplet_terms_by_keys(matrix, tensor(positive), tensor(negative), 0.5, table)
+        return triplet._all_triplet_terms_by_slot(matrix, tensor(positive), tensor(negative), 0.5)
+
+    sums, active, grad = _all_triplets_by_loops(d, positive, negative, 0.5, weights)
+    _, got_active, valid = terms(tensor(d))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(got_active), active)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(valid), positive.sum(1) * negative.sum(1))
+    value, got_grad = value_and_grad(lambda matrix: keras.ops.sum(terms(matrix)[0] * tensor(weights)), d)
+    np.testing.assert_allclose(value, np.sum(weights * sums), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(got_grad, grad, rtol=1e-5, atol=1e-5)

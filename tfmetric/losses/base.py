@@ -106,6 +106,73 @@ def take_at(table, indices):
     return ops.take(table, indices)
 
 
+def negatives_beside_keys(values, negative, keys, below=False):
+    """For every query a and each of its keys: how many negatives n lie beyond the key, and the sum of their values.
+
+    Beyond is `values[a, n] > keys[a, j]`, or with `below`
+    `values[a, n] < keys[a, j]`; a tie with the key is neither. Each row's
+    keys are sorted, a binary search puts every value between two of them,
+    and the counts and sums of the negatives in each interval, added up
+    from the top (from the bottom with `below`), are the counts and sums
+    beyond every key: time and memory O(N·(R + M)) for M keys a row, and no
+    sort of the rows. The sums carry the gradient of `values`; the keys
+    take none. A binary search on rows has no `keras.ops` form: for
+    backends that run operation by operation (TensorFlow without XLA,
+    PyTorch), as `tfm.mining.positive_table`.
+
+    Args:
+        values: `(N, R)`.
+        negative: Boolean `(N, R)` mask of the negatives.
+        keys: `(N, M)`.
+
+    Returns:
+        `(counts, sums)`, both `(N, M)`.
+    """
+    dtype = values.dtype
+    num_queries, num_keys = ops.shape(keys)[0], ops.shape(keys)[1]
+    order = ops.argsort(ops.stop_gradient(keys), axis=1)
+    ascending = ops.take_along_axis(ops.stop_gradient(keys), order, axis=1)
+    # Interval i of a row holds the values with i keys before them: a value
+    # equal to a key lies before it ("left") when counting beyond the keys,
+    # after it ("right") when counting below them.
+    interval = _places_in_rows(ascending, ops.stop_gradient(values), side="right" if below else "left")
+    cells = ops.reshape(ops.arange(num_queries, dtype="int32")[:, None] * (num_keys + 1) + interval, (-1,))
+    size = num_queries * (num_keys + 1)
+    in_interval = add_at(ops.reshape(ops.cast(negative, dtype), (-1,)), cells, size)
+    negative_values = ops.where(negative, values, ops.zeros((), dtype))
+    sums_in_interval = add_at(ops.reshape(negative_values, (-1,)), cells, size)
+    # Cumulative sums, not triangular products, which TF32 on a GPU would round.
+    accumulate = _sums_up_to if below else _sums_after
+    counts = accumulate(ops.reshape(in_interval, (num_queries, -1)))
+    sums = accumulate(ops.reshape(sums_in_interval, (num_queries, -1)))
+    back = ops.argsort(order, axis=1)
+    return ops.take_along_axis(counts, back, axis=1), ops.take_along_axis(sums, back, axis=1)
+
+
+def _sums_after(values):
+    """`Σ_{i > j} values[:, i]` for every column j but the last."""
+    return ops.flip(ops.cumsum(ops.flip(values[:, 1:], axis=1), axis=1), axis=1)
+
+
+def _sums_up_to(values):
+    """`Σ_{i ≤ j} values[:, i]` for every column j but the last."""
+    return ops.cumsum(values[:, :-1], axis=1)
+
+
+def _places_in_rows(ascending, values, side):
+    """For every value of row a, how many entries of the ascending row a are before it (int32).
+
+    `side="left"`: the entries below the value; `"right"`: those not above it.
+    """
+    if backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.searchsorted(ascending, values, side=side, out_type=tf.int32)
+    import torch
+
+    return torch.searchsorted(ascending.contiguous(), values.contiguous(), side=side).to(torch.int32)
+
+
 def check_sample_weight(sample_weight, loss_sums):
     """`sample_weight` as a vector like `loss_sums` (ones when None)."""
     if sample_weight is None:

@@ -11,7 +11,7 @@ two nodes around it), so that the histogram, and the loss, have gradients.
 import math
 
 import keras
-from keras import backend, ops
+from keras import ops
 
 from tfmetric.losses.base import (
     InBatchLoss,
@@ -19,6 +19,7 @@ from tfmetric.losses.base import (
     add_at,
     apply_miner,
     divide_or_zero,
+    negatives_beside_keys,
     pair_distances,
     per_query,
     similarity_loss,
@@ -248,11 +249,9 @@ def triplet_margin_sums(distances, positive, negative, thresholds):
     Never the `(N, R, R)` triplets. Where `tfm.mining.positive_table` finds
     every query's positives (every operation a kernel of its own), each
     query has k·B keys `d_ap − b` (k the most positives of a query, B
-    thresholds), sorted; a binary search puts each negative in the interval
-    between two keys, and the counts and sums of the negatives in each
-    interval, added up from the top, are the count and sum beyond each key
-    (`d_an > d_ap − b`, i.e. `d_ap − d_an < b`): time and memory
-    O(N·(R + k·B)), no sort of the rows. Under XLA, whose CPU sort
+    thresholds), and `tfm.losses.base.negatives_beside_keys` counts and sums
+    the negatives beyond each key (`d_an > d_ap − b`, i.e. `d_ap − d_an <
+    b`): time and memory O(N·(R + k·B)), no sort of the rows. Under XLA, whose CPU sort
     is slow and whose shapes cannot depend on k, one positive slot at a
     time compares the negatives with the B keys (`_triplet_margin_sums_by_slot`).
 
@@ -270,46 +269,14 @@ def triplet_margin_sums(distances, positive, negative, thresholds):
     num_positives = ops.sum(ops.cast(positive, "int32"), axis=1)
     slots = ops.arange(ops.shape(table)[1], dtype="int32")
     positives = ops.cast(slots[None, :] < num_positives[:, None], dtype)[:, :, None]
+    # d_an > d_ap − b, i.e. d_ap − d_an < b (a tie is not below b).
     keys = ops.reshape(positive_distances[:, :, None] - thresholds[None, None, :], (num_queries, -1))
-    num_keys = ops.shape(keys)[1]
-    # Each row's keys in ascending order; the negatives between two keys lie
-    # beyond the first of them and those before it (d_an > key: a tie,
-    # d_an = d_ap − b, is not below b).
-    order = ops.argsort(ops.stop_gradient(keys), axis=1)
-    ascending = ops.take_along_axis(ops.stop_gradient(keys), order, axis=1)
-    interval = _places_in_rows(ascending, ops.stop_gradient(distances))
-    cells = ops.reshape(ops.arange(num_queries, dtype="int32")[:, None] * (num_keys + 1) + interval, (-1,))
-    size = num_queries * (num_keys + 1)
-    negative_distances = ops.where(negative, distances, ops.zeros_like(distances))
-    in_interval = add_at(ops.reshape(ops.cast(negative, dtype), (-1,)), cells, size)
-    sums_in_interval = add_at(ops.reshape(negative_distances, (-1,)), cells, size)
-    # Beyond the j-th key: the intervals i > j (a cumulative sum, not a
-    # triangular product, which TF32 on a GPU would round).
-    counts_sorted = _sums_after(ops.reshape(in_interval, (num_queries, -1)))
-    sums_sorted = _sums_after(ops.reshape(sums_in_interval, (num_queries, -1)))
-    back = ops.argsort(order, axis=1)
+    counts, sums = negatives_beside_keys(distances, negative, keys)
     shape = (num_queries, -1, ops.shape(thresholds)[0])
-    counts = ops.reshape(ops.take_along_axis(counts_sorted, back, axis=1), shape)
-    sums = ops.reshape(ops.take_along_axis(sums_sorted, back, axis=1), shape)
+    counts, sums = ops.reshape(counts, shape), ops.reshape(sums, shape)
     triplet_counts = ops.sum(positives * counts, axis=1)
     triplet_sums = ops.sum(positives * (positive_distances[:, :, None] * counts - sums), axis=1)
     return triplet_counts, triplet_sums
-
-
-def _sums_after(values):
-    """`Σ_{i > j} values[:, i]` for every column j but the last."""
-    return ops.flip(ops.cumsum(ops.flip(values[:, 1:], axis=1), axis=1), axis=1)
-
-
-def _places_in_rows(ascending, values):
-    """For every value of row a, how many entries of the ascending row a are below it (int32)."""
-    if backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        return tf.searchsorted(ascending, values, side="left", out_type=tf.int32)
-    import torch
-
-    return torch.searchsorted(ascending.contiguous(), values.contiguous(), side="left").to(torch.int32)
 
 
 def _triplet_margin_sums_by_slot(distances, positive, negative, thresholds):

@@ -10,8 +10,24 @@ import keras
 from keras import ops
 
 from tfmetric.distances import check_distance, paired_distance
-from tfmetric.losses.base import DistanceLoss, apply_miner, check_choice, distance_loss, pair_distances, per_query
-from tfmetric.mining import attach_gradient, for_each_positive, hardest_pairs, mine_pairs, row_pick, scatter_rows
+from tfmetric.losses.base import (
+    DistanceLoss,
+    apply_miner,
+    check_choice,
+    distance_loss,
+    negatives_beside_keys,
+    pair_distances,
+    per_query,
+)
+from tfmetric.mining import (
+    attach_gradient,
+    for_each_positive,
+    hardest_pairs,
+    mine_pairs,
+    positive_table,
+    row_pick,
+    scatter_rows,
+)
 
 AVERAGES = ("nonzero", "all")
 
@@ -94,6 +110,10 @@ def all_triplet_terms(distances, positive, negative, margin=1.0):
     """Sums `relu(d[a, p] − d[a, n] + margin)` over all triplets of each anchor.
 
     Triplets are every (a, p, n) with p a positive and n a negative of a.
+    A pass over the matrix per positive slot; where
+    `tfm.mining.positive_table` finds every query's positives and they are
+    many (k ≥ `_KEYS_FROM`), one binary search of the negatives among each
+    query's keys `d_ap + margin` instead (`_all_triplet_terms_by_keys`).
 
     Returns:
         `(loss_sums, active_counts, valid_counts)`, each of shape `(N,)`: the
@@ -101,6 +121,23 @@ def all_triplet_terms(distances, positive, negative, margin=1.0):
         to `distances`), how many of its triplets have a positive loss, and
         how many triplets it has.
     """
+    table = positive_table(positive)
+    if table is None:
+        return _all_triplet_terms_by_slot(distances, positive, negative, margin)
+    return ops.cond(
+        ops.shape(table)[1] >= _KEYS_FROM,
+        lambda: _all_triplet_terms_by_keys(distances, positive, negative, margin, table),
+        lambda: _all_triplet_terms_by_slot(distances, positive, negative, margin),
+    )
+
+
+# The binary search and the sums per interval cost about as much as nine
+# slots' passes (TensorFlow on a CPU, N = 1024: 37 ms against 31 at k = 7,
+# 40 against 73 at k = 15).
+_KEYS_FROM = 10
+
+
+def _all_triplet_terms_by_slot(distances, positive, negative, margin):
     d = ops.stop_gradient(distances)
     # +inf at non-negatives takes them out of every comparison below.
     negative_distances = ops.where(negative, d, ops.full_like(d, float("inf")))
@@ -122,6 +159,29 @@ def all_triplet_terms(distances, positive, negative, margin=1.0):
     valid_counts = num_positives * ops.sum(ops.cast(negative, d.dtype), axis=1)
     loss_sums = attach_gradient(loss_sums, distances, gradient)
     return loss_sums, ops.stop_gradient(active_counts), valid_counts
+
+
+def _all_triplet_terms_by_keys(distances, positive, negative, margin, table):
+    """`all_triplet_terms` from every query's keys `d_ap + margin` (`table`: its positive columns).
+
+    A triplet has a positive loss where `d_an < d_ap + margin`; for each
+    key, `negatives_beside_keys` counts those negatives and sums their
+    distances, and the losses of the pair are `key · count − sum`: one
+    binary search of the negatives among the k keys of their row instead of
+    k passes over the matrix. Autodiff gives `d_ap` its count and `d_an`
+    minus the number of keys above it.
+    """
+    dtype = distances.dtype
+    num_positives = ops.sum(ops.cast(positive, "int32"), axis=1)
+    slots = ops.arange(ops.shape(table)[1], dtype="int32")
+    # A query with fewer positives than the table's width has other columns after them.
+    is_positive = slots[None, :] < num_positives[:, None]
+    keys = ops.take_along_axis(distances, table, axis=1) + margin
+    counts, sums = negatives_beside_keys(distances, negative, keys, below=True)
+    counts = ops.where(is_positive, counts, ops.zeros((), dtype))
+    losses = ops.where(is_positive, keys * counts - sums, ops.zeros((), dtype))
+    valid_counts = ops.cast(num_positives, dtype) * ops.sum(ops.cast(negative, dtype), axis=1)
+    return ops.sum(losses, axis=1), ops.stop_gradient(ops.sum(counts, axis=1)), valid_counts
 
 
 def mined_triplet_terms(distances, triplets, margin=1.0):
