@@ -119,18 +119,19 @@ def hardest_pairs(distances, positive, negative):
     return ops.cast(farthest, "int32"), ops.cast(closest, "int32")
 
 
-def for_each_positive(positive, body, state):
+def for_each_positive(positive, body, state, table=None):
     """Runs `state = body(slot_positive, has_slot, *state)` for every slot.
 
     Slot s holds, for every query a, its s-th positive column
     `slot_positive[a]` (in column order), until `has_slot[a]` says that a
     has no more; whatever the labels are (class ids, multi-hot rows, rows
-    of a memory).
+    of a memory). `table`: the `positive_table` of `positive` where the
+    caller has it already.
     """
     positive = ops.cast(positive, "bool")
     num_positives = ops.sum(ops.cast(positive, "int32"), axis=1)
     num_slots = _most(num_positives)
-    next_column = _positive_columns(positive, num_slots)
+    next_column = _positive_columns(positive, num_slots, table)
 
     def step(slot, previous, *state):
         slot_positive = next_column(slot, previous)
@@ -177,7 +178,16 @@ def positive_table(positive, num_slots=None):
     return torch.clamp(columns, max=max(ranks.shape[1] - 1, 0)).to(torch.int32)
 
 
-def _positive_columns(positive, num_slots):
+def table_slots(positive, table):
+    """Which entries of `positive_table(positive)` are positives, `(N, S)` bool.
+
+    A query with fewer than S positives has other columns after its own.
+    """
+    num_positives = ops.sum(ops.cast(positive, "int32"), axis=1)
+    return ops.arange(ops.shape(table)[1], dtype="int32")[None, :] < num_positives[:, None]
+
+
+def _positive_columns(positive, num_slots, table=None):
     """`next_column(slot, previous)`: every query's `slot`-th positive column.
 
     `previous` is the column of slot − 1 (−1 before the first); past a
@@ -188,7 +198,8 @@ def _positive_columns(positive, num_slots):
     XLA, which fuses it into one pass, the smallest positive column after
     `previous`.
     """
-    table = positive_table(positive, num_slots)
+    if table is None:
+        table = positive_table(positive, num_slots)
     if table is not None:
         return lambda slot, previous: ops.take(table, slot, axis=1)
     num_columns = ops.shape(positive)[1]

@@ -26,7 +26,7 @@ from tfmetric.losses.base import (
     take_at,
 )
 from tfmetric.losses.state import LossState
-from tfmetric.mining import for_each_positive, mine_pairs, positive_table, row_pick
+from tfmetric.mining import for_each_positive, mine_pairs, positive_table, row_pick, table_slots
 
 # ---------------------------------------------------------------- histogram loss
 
@@ -265,10 +265,7 @@ def triplet_margin_sums(distances, positive, negative, thresholds):
         return _triplet_margin_sums_by_slot(distances, positive, negative, thresholds)
     num_queries = ops.shape(distances)[0]
     positive_distances = ops.take_along_axis(distances, table, axis=1)
-    # A query with fewer positives than the table's width has other columns after them.
-    num_positives = ops.sum(ops.cast(positive, "int32"), axis=1)
-    slots = ops.arange(ops.shape(table)[1], dtype="int32")
-    positives = ops.cast(slots[None, :] < num_positives[:, None], dtype)[:, :, None]
+    positives = ops.cast(table_slots(positive, table), dtype)[:, :, None]
     # d_an > d_ap − b, i.e. d_ap − d_an < b (a tie is not below b).
     keys = ops.reshape(positive_distances[:, :, None] - thresholds[None, None, :], (num_queries, -1))
     counts, sums = negatives_beside_keys(distances, negative, keys)

@@ -27,6 +27,7 @@ from tfmetric.mining import (
     positive_table,
     row_pick,
     scatter_rows,
+    table_slots,
 )
 
 AVERAGES = ("nonzero", "all")
@@ -127,7 +128,7 @@ def all_triplet_terms(distances, positive, negative, margin=1.0):
     return ops.cond(
         ops.shape(table)[1] >= _KEYS_FROM,
         lambda: _all_triplet_terms_by_keys(distances, positive, negative, margin, table),
-        lambda: _all_triplet_terms_by_slot(distances, positive, negative, margin),
+        lambda: _all_triplet_terms_by_slot(distances, positive, negative, margin, table),
     )
 
 
@@ -137,7 +138,7 @@ def all_triplet_terms(distances, positive, negative, margin=1.0):
 _KEYS_FROM = 10
 
 
-def _all_triplet_terms_by_slot(distances, positive, negative, margin):
+def _all_triplet_terms_by_slot(distances, positive, negative, margin, table=None):
     d = ops.stop_gradient(distances)
     # +inf at non-negatives takes them out of every comparison below.
     negative_distances = ops.where(negative, d, ops.full_like(d, float("inf")))
@@ -155,7 +156,7 @@ def _all_triplet_terms_by_slot(distances, positive, negative, margin):
 
     zeros = ops.zeros(ops.shape(d)[:1], d.dtype)
     num_positives = ops.sum(ops.cast(positive, d.dtype), axis=1)
-    loss_sums, active_counts, gradient = for_each_positive(positive, body, (zeros, zeros, ops.zeros_like(d)))
+    loss_sums, active_counts, gradient = for_each_positive(positive, body, (zeros, zeros, ops.zeros_like(d)), table)
     valid_counts = num_positives * ops.sum(ops.cast(negative, d.dtype), axis=1)
     loss_sums = attach_gradient(loss_sums, distances, gradient)
     return loss_sums, ops.stop_gradient(active_counts), valid_counts
@@ -172,15 +173,12 @@ def _all_triplet_terms_by_keys(distances, positive, negative, margin, table):
     minus the number of keys above it.
     """
     dtype = distances.dtype
-    num_positives = ops.sum(ops.cast(positive, "int32"), axis=1)
-    slots = ops.arange(ops.shape(table)[1], dtype="int32")
-    # A query with fewer positives than the table's width has other columns after them.
-    is_positive = slots[None, :] < num_positives[:, None]
+    is_positive = table_slots(positive, table)
     keys = ops.take_along_axis(distances, table, axis=1) + margin
     counts, sums = negatives_beside_keys(distances, negative, keys, below=True)
     counts = ops.where(is_positive, counts, ops.zeros((), dtype))
     losses = ops.where(is_positive, keys * counts - sums, ops.zeros((), dtype))
-    valid_counts = ops.cast(num_positives, dtype) * ops.sum(ops.cast(negative, dtype), axis=1)
+    valid_counts = ops.sum(ops.cast(positive, dtype), axis=1) * ops.sum(ops.cast(negative, dtype), axis=1)
     return ops.sum(losses, axis=1), ops.stop_gradient(ops.sum(counts, axis=1)), valid_counts
 
 
