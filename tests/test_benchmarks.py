@@ -13,10 +13,10 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 pytestmark = [only_tensorflow, pytest.mark.slow]
 
 
-def run(script, *arguments):
+def run(script, *arguments, backend=None):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **({"KERAS_BACKEND": backend} if backend else {})}
     out = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), *arguments],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        [sys.executable, str(BENCHMARKS / script), *arguments], capture_output=True, text=True, timeout=600, env=env
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
@@ -66,3 +66,15 @@ def test_distances_benchmark():
     output = run("distances.py", "--sizes", "16", "--dim", "4", "--min-seconds", "0")
     assert len(table_rows(output, "euclidean")) == 2  # without and with XLA
     assert len(table_rows(output, "x @ xᵀ")) == 2
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_backends_benchmark(backend):
+    # tfmetric on JAX or PyTorch, on whatever device they see (the GPU tables
+    # of docs/benchmarks.md); PML is not installed here.
+    pytest.importorskip(backend)
+    tasks = ("semi-hard", "dyn-soft-margin", "arcface")
+    output = run("backends.py", "--sizes", "16", "--min-seconds", "0", "--tasks", *tasks, backend=backend)
+    rows = [table_rows(output, task) for task in tasks]
+    assert all(len(row) == 1 and len(row[0]) == 4 for row in rows), output
+

@@ -29,7 +29,7 @@ from tfmetric.losses.base import (
     row_logsumexp,
     similarity_loss,
 )
-from tfmetric.mining import for_each_positive, mine_pairs, row_pick
+from tfmetric.mining import for_each_positive, mine_pairs, row_pick, scatter_sum
 
 # Smallest sin²θ under the square root of `cos(θ − m)`: the derivative of
 # sin θ = √(1 − cos²θ) is infinite at cos θ = ±1.
@@ -224,7 +224,7 @@ def _angular_sums_from_gram(x, positive, negative, pull, push):
                 weights = _negative_weights(slot_logits(gram, slot_positive), negative, has_slot, upstream)
                 at_positive = ops.one_hot(slot_positive, size[1], dtype=gram.dtype)
                 pulled = pull * weights
-                by_row = ops.scatter(slot_positive[:, None], pulled, size)
+                by_row = scatter_sum(slot_positive[:, None], pulled, size)
                 total = ops.sum(weights, axis=1, keepdims=True)
                 return (grad + pulled + by_row - push * total * at_positive,)
 
