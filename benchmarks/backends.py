@@ -214,9 +214,13 @@ def main():
                 if vectors is None:
                     baseline = distance_step
                 else:
-                    rows = ops.convert_to_tensor(vectors.reshape(-1, args.dim))
+                    # A variable, as the losses' vectors: a constant would be folded in by XLA.
+                    rows = keras.Variable(vectors.reshape(-1, args.dim))
                     baseline = gradient_step(
-                        lambda y, x: ops.sum(ops.matmul(l2_normalize(x), ops.transpose(l2_normalize(rows)))), x, y
+                        lambda y, x: ops.sum(ops.matmul(l2_normalize(x), ops.transpose(l2_normalize(rows)))),
+                        x,
+                        y,
+                        [rows],
                     )
                 calls = [baseline, step]
                 pml = [peer for peer in peers if peer[1] == "pml"]
