@@ -477,3 +477,14 @@ def test_model_fit(kind):
         losses = history.history["loss"]
         assert all(np.isfinite(losses)), (jit_compile, losses)
         assert losses[-1] < losses[0] or losses[0] == 0, (jit_compile, losses)
+
+
+@pytest.mark.parametrize("alpha", [40.0, 75.0])
+def test_angular_in_the_batch_both_ways(alpha):
+    # Up to α ≈ 65.9° one exponential of the Gram matrix serves every slot;
+    # beyond, its products would underflow (f ≈ 30 lost at 75°), and each
+    # slot's logits go through a log-sum-exp.
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(N, DIM)).astype("float32")
+    labels = rng.integers(0, 3, size=N)
+    check("angular", x, labels, None, compiled=COMPILED, alpha=alpha)

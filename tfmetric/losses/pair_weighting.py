@@ -115,7 +115,8 @@ def angular_terms(queries, reference, positive, negative, alpha=40.0):
     `(x_a + x_p)·x_n = s(a, n) + x_p·x_n`: one `(N, D) × (D, R)` product per
     positive slot (`tfm.mining.for_each_positive`), never an N·R·R tensor;
     where the reference is the batch itself, row p of the Gram matrix
-    instead (`_angular_sums_from_gram`).
+    instead (`_angular_sums_from_gram`), whose exponential, taken once,
+    serves every slot for α up to about 65.9°.
     The slots run in a loop without gradient; the gradient (a second pass
     over the slots, scaled by the incoming gradient) is attached with
     `keras.ops.custom_gradient`, so it works where loops of data-dependent
@@ -193,6 +194,12 @@ def angular_terms(queries, reference, positive, negative, alpha=40.0):
     return loss_sums(queries, reference, ops.cast(positive, dtype), ops.cast(negative, dtype)), counts
 
 
+# exp(4 tan²α (G − 1)) of unit vectors is at least exp(−8 tan²α); the
+# products of two of them stay normal float32 numbers (> e^−87) up to here
+# (α ≈ 65.9°).
+_FACTORED_PULL_MAX = 20.0
+
+
 def _angular_sums_from_gram(x, positive, negative, pull, push):
     """`angular_terms`' sums where the reference is the batch: `x_p·x_n` is row p of the Gram matrix.
 
@@ -200,19 +207,22 @@ def _angular_sums_from_gram(x, positive, negative, pull, push):
     gradient is with respect to the Gram matrix (`G_an` and `G_pn` get
     `4 tan²α w`, `G_ap` gets `−2 (1 + tan²α) Σ_n w`, with `w` each
     negative's softmax weight), and autodiff carries it through `x xᵀ`.
+    Each slot's values and weights come from `_factored_slots` (α up to
+    about 65.9°) or `_logit_slots`.
     """
-
-    def slot_logits(gram, slot_positive):
-        logits = pull * (gram + ops.take(gram, slot_positive, axis=0))
-        return logits - push * row_pick(gram, slot_positive)[:, None]
+    slots = _factored_slots if pull <= _FACTORED_PULL_MAX else _logit_slots
 
     @ops.custom_gradient
     def loss_sums(gram, positive_ones, negative_ones):
         gram = ops.stop_gradient(gram)
         positive, negative = positive_ones > 0.5, negative_ones > 0.5
+        values, weights = slots(gram, negative, pull, push)
+
+        def forward(slot_positive, has_slot, sums):
+            return (sums + values(slot_positive, has_slot),)
 
         num_queries = ops.shape(gram)[0]
-        sums = _sums_over_slots(positive, negative, lambda slot: slot_logits(gram, slot), num_queries, gram.dtype)
+        sums = for_each_positive(positive, forward, (ops.zeros((num_queries,), gram.dtype),))[0]
 
         def gradient(*args, upstream=None):
             if upstream is None:
@@ -221,11 +231,11 @@ def _angular_sums_from_gram(x, positive, negative, pull, push):
             size = ops.shape(gram)
 
             def backward(slot_positive, has_slot, grad):
-                weights = _negative_weights(slot_logits(gram, slot_positive), negative, has_slot, upstream)
+                slot_weights = weights(slot_positive, has_slot, upstream)
                 at_positive = ops.one_hot(slot_positive, size[1], dtype=gram.dtype)
-                pulled = pull * weights
+                pulled = pull * slot_weights
                 by_row = scatter_sum(slot_positive[:, None], pulled, size)
-                total = ops.sum(weights, axis=1, keepdims=True)
+                total = ops.sum(slot_weights, axis=1, keepdims=True)
                 return (grad + pulled + by_row - push * total * at_positive,)
 
             (grad,) = for_each_positive(positive, backward, (ops.zeros_like(gram),))
@@ -236,6 +246,59 @@ def _angular_sums_from_gram(x, positive, negative, pull, push):
     dtype = x.dtype
     gram = ops.matmul(x, ops.transpose(x))
     return loss_sums(gram, ops.cast(positive, dtype), ops.cast(negative, dtype))
+
+
+def _factored_slots(gram, negative, pull, push):
+    """`(values, weights)` of a slot, `f = c (G_an + G_pn) − 2(1 + tan²α) G_ap` with `c = 4 tan²α`, from one exp.
+
+    With `E = exp(c (G − 1))`, `Σ_n exp f = e^(2c − 2(1 + tan²α) G_ap) S_a`,
+    `S_a = Σ_{n∈Q(a)} E_an E_pn`: the one `exp` of the `(N, N)` matrix
+    serves every slot, which is then a gathered row, a product and a row
+    sum (each slot's exponentials and log-sum-exp took most of the time).
+    Unit vectors keep `c (G − 1)` in `[−2c, 0]`, so no product underflows
+    while `c ≤ 20`. `values(slot, has_slot)`: `log(1 + Σ exp f)` per
+    query; `weights(slot, has_slot, upstream)`: each negative's softmax
+    weight times the query's incoming gradient.
+    """
+    exps = ops.exp(pull * (gram - 1.0))
+    negative_exps = ops.where(negative, exps, ops.zeros((), exps.dtype))
+
+    def sums_and_logs(slot_positive, has_slot):
+        sums = ops.sum(negative_exps * ops.take(exps, slot_positive, axis=0), axis=1)
+        counted = ops.logical_and(has_slot, sums > 0)
+        logs = ops.log(ops.where(sums > 0, sums, ops.ones_like(sums)))
+        return sums, counted, logs + (2.0 * pull - push * row_pick(gram, slot_positive))
+
+    def values(slot_positive, has_slot):
+        _, counted, logs = sums_and_logs(slot_positive, has_slot)
+        # log(1 + Σ exp f) = softplus(log Σ exp f); 0 for a query without negatives.
+        return ops.where(counted, ops.softplus(logs), ops.zeros_like(logs))
+
+    def weights(slot_positive, has_slot, upstream):
+        sums, counted, logs = sums_and_logs(slot_positive, has_slot)
+        # d ℓ / d S_a = sigmoid(log Σ exp f) / S_a.
+        safe_sums = ops.where(sums > 0, sums, ops.ones_like(sums))
+        scale = ops.where(counted, upstream * ops.sigmoid(logs) / safe_sums, ops.zeros_like(sums))
+        return negative_exps * ops.take(exps, slot_positive, axis=0) * scale[:, None]
+
+    return values, weights
+
+
+def _logit_slots(gram, negative, pull, push):
+    """`_factored_slots` for any α: each slot's logits through a log-sum-exp."""
+
+    def logits(slot_positive):
+        pulled = pull * (gram + ops.take(gram, slot_positive, axis=0))
+        return pulled - push * row_pick(gram, slot_positive)[:, None]
+
+    def values(slot_positive, has_slot):
+        value = row_logsumexp(logits(slot_positive), negative, add_one=True)
+        return ops.where(has_slot, value, ops.zeros_like(value))
+
+    def weights(slot_positive, has_slot, upstream):
+        return _negative_weights(logits(slot_positive), negative, has_slot, upstream)
+
+    return values, weights
 
 
 def _unit_pair(embeddings, ref_embeddings):
