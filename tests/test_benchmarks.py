@@ -77,4 +77,3 @@ def test_backends_benchmark(backend):
     output = run("backends.py", "--sizes", "16", "--min-seconds", "0", "--tasks", *tasks, backend=backend)
     rows = [table_rows(output, task) for task in tasks]
     assert all(len(row) == 1 and len(row[0]) == 4 for row in rows), output
-

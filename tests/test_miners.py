@@ -10,7 +10,14 @@ from hypothesis import given, settings, strategies as st
 
 import tfmetric as tfm
 import tfmetric.miners as miners
-from tfmetric.mining import for_each_positive, pair_masks, positive_table, scatter_rows, smallest_mask
+from tfmetric.mining import (
+    for_each_positive,
+    pair_masks,
+    positive_table,
+    scatter_rows,
+    scatter_sum,
+    smallest_mask,
+)
 
 import recorded
 from conftest import BACKEND, COMPILE_MODES, FIT_JIT_COMPILE, slow_on_jax, tensor, value_and_grad
@@ -84,6 +91,28 @@ def test_slots_visit_every_positive_once_in_column_order(compiled):
 
         visit = tf.function(_visit_order, jit_compile=True)
     np.testing.assert_array_equal(_np(visit(tensor(positive, "bool"))), want)
+
+
+def test_scatter_sum_adds_repeated_indices_with_a_gradient():
+    # PyTorch's own path (index_put with accumulate) against the loop.
+    indices = np.array([[0, 1], [2, 0], [0, 1], [1, 1], [0, 1]])
+    values = np.array([1.0, 2.0, 3.0, 4.0, 5.0], "float32")
+    want = np.zeros((3, 2), "float32")
+    for (row, column), value in zip(indices, values):
+        want[row, column] += value
+    np.testing.assert_array_equal(_np(scatter_sum(tensor(indices, "int32"), tensor(values), (3, 2))), want)
+    # Rows: index (N, 1) into the first axis.
+    rows = np.array([[1], [1], [0]])
+    blocks = np.arange(6, dtype="float32").reshape(3, 2)
+    want_rows = np.array([[4.0, 5.0], [2.0, 4.0]], "float32")
+    np.testing.assert_array_equal(_np(scatter_sum(tensor(rows, "int32"), tensor(blocks), (2, 2))), want_rows)
+    weights = np.arange(6, dtype="float32").reshape(3, 2)
+
+    def objective(v):
+        return keras.ops.sum(scatter_sum(tensor(indices, "int32"), v, (3, 2)) * tensor(weights))
+
+    _, grad = value_and_grad(objective, values)
+    np.testing.assert_allclose(_np(grad), [weights[r, c] for r, c in indices])
 
 
 def test_positive_table_lists_the_positive_columns_first():

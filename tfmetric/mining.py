@@ -158,7 +158,7 @@ def positive_table(positive, num_slots=None):
     PyTorch), one selection finds them: `top_k` of the mask, whose ties
     come in column order on TensorFlow; on PyTorch, whose ties come in no
     set order, of the mask times keys that fall from column to column (a
-    running count of the positives and a binary search in it took 3–4×
+    running count of the positives and a binary search in it took 2–4×
     as long on a CPU, PyTorch's `cumsum` being slow there). A query with
     fewer than S positives has other (valid) columns after them. `None`
     under XLA, whose shapes cannot depend on S.
@@ -259,8 +259,8 @@ def scatter_sum(indices, values, shape):
     """`keras.ops.scatter`: zeros of `shape` with `values` added at `indices` (repeated indices add up).
 
     Keras' PyTorch backend scatters one index at a time in a Python loop
-    (thousands of kernel launches for one batch, 100× the loss's own time
-    on a GPU); `index_put` with `accumulate` does it in one.
+    (thousands of kernel launches a batch: the slot loops took 50–700× the
+    distance matrix on a GPU); `index_put` with `accumulate` does it in one.
     """
     if backend.backend() != "torch":
         return ops.scatter(indices, values, shape)
