@@ -86,14 +86,26 @@ def _angular_constants(alpha):
     return 4.0 * tan_squared, 2.0 * (1.0 + tan_squared)
 
 
-def _sums_over_slots(positive, negative, logits_of_slot, num_queries, dtype):
-    """`Σ_p log(1 + Σ_{n∈Q(a)} exp f(a, p, n))` for every query a, one positive slot at a time."""
+def _sums_over_slots(positive, slot_values, num_queries, dtype):
+    """`Σ_p log(1 + Σ_{n∈Q(a)} exp f(a, p, n))` for every query a, one positive slot at a time.
+
+    `slot_values(slot_positive, has_slot)`: each query's term of the slot (0 without one).
+    """
 
     def forward(slot_positive, has_slot, sums):
-        value = row_logsumexp(logits_of_slot(slot_positive), negative, add_one=True)
-        return (sums + ops.where(has_slot, value, ops.zeros_like(value)),)
+        return (sums + slot_values(slot_positive, has_slot),)
 
     return for_each_positive(positive, forward, (ops.zeros((num_queries,), dtype),))[0]
+
+
+def _logsumexp_values(logits_of_slot, negative):
+    """`slot_values` for `_sums_over_slots`: each slot's logits through a log-sum-exp."""
+
+    def slot_values(slot_positive, has_slot):
+        value = row_logsumexp(logits_of_slot(slot_positive), negative, add_one=True)
+        return ops.where(has_slot, value, ops.zeros_like(value))
+
+    return slot_values
 
 
 def _negative_weights(logits, negative, has_slot, upstream):
@@ -162,8 +174,8 @@ def angular_terms(queries, reference, positive, negative, alpha=40.0):
         positive, negative = positive_ones > 0.5, negative_ones > 0.5
         similarity = ops.matmul(x, ops.transpose(ref))
 
-        sums = _sums_over_slots(positive, negative, lambda slot: slot_logits(x, ref, similarity, slot)[0],
-                                ops.shape(x)[0], x.dtype)
+        values = _logsumexp_values(lambda slot: slot_logits(x, ref, similarity, slot)[0], negative)
+        sums = _sums_over_slots(positive, values, ops.shape(x)[0], x.dtype)
 
         def gradient(*args, upstream=None):
             if upstream is None:
@@ -217,12 +229,7 @@ def _angular_sums_from_gram(x, positive, negative, pull, push):
         gram = ops.stop_gradient(gram)
         positive, negative = positive_ones > 0.5, negative_ones > 0.5
         values, weights = slots(gram, negative, pull, push)
-
-        def forward(slot_positive, has_slot, sums):
-            return (sums + values(slot_positive, has_slot),)
-
-        num_queries = ops.shape(gram)[0]
-        sums = for_each_positive(positive, forward, (ops.zeros((num_queries,), gram.dtype),))[0]
+        sums = _sums_over_slots(positive, values, ops.shape(gram)[0], gram.dtype)
 
         def gradient(*args, upstream=None):
             if upstream is None:
@@ -263,23 +270,25 @@ def _factored_slots(gram, negative, pull, push):
     exps = ops.exp(pull * (gram - 1.0))
     negative_exps = ops.where(negative, exps, ops.zeros((), exps.dtype))
 
-    def sums_and_logs(slot_positive, has_slot):
-        sums = ops.sum(negative_exps * ops.take(exps, slot_positive, axis=0), axis=1)
-        counted = ops.logical_and(has_slot, sums > 0)
+    def products_and_logs(slot_positive, has_slot):
+        """`E_an E_pn` at the negatives, `S_a > 0` where the slot counts, and `log Σ_n exp f`."""
+        products = negative_exps * ops.take(exps, slot_positive, axis=0)
+        sums = ops.sum(products, axis=1)
         logs = ops.log(ops.where(sums > 0, sums, ops.ones_like(sums)))
-        return sums, counted, logs + (2.0 * pull - push * row_pick(gram, slot_positive))
+        logs = logs + (2.0 * pull - push * row_pick(gram, slot_positive))
+        return products, sums, ops.logical_and(has_slot, sums > 0), logs
 
     def values(slot_positive, has_slot):
-        _, counted, logs = sums_and_logs(slot_positive, has_slot)
+        _, _, counted, logs = products_and_logs(slot_positive, has_slot)
         # log(1 + Σ exp f) = softplus(log Σ exp f); 0 for a query without negatives.
         return ops.where(counted, ops.softplus(logs), ops.zeros_like(logs))
 
     def weights(slot_positive, has_slot, upstream):
-        sums, counted, logs = sums_and_logs(slot_positive, has_slot)
+        products, sums, counted, logs = products_and_logs(slot_positive, has_slot)
         # d ℓ / d S_a = sigmoid(log Σ exp f) / S_a.
-        safe_sums = ops.where(sums > 0, sums, ops.ones_like(sums))
+        safe_sums = ops.where(counted, sums, ops.ones_like(sums))
         scale = ops.where(counted, upstream * ops.sigmoid(logs) / safe_sums, ops.zeros_like(sums))
-        return negative_exps * ops.take(exps, slot_positive, axis=0) * scale[:, None]
+        return products * scale[:, None]
 
     return values, weights
 
@@ -291,14 +300,10 @@ def _logit_slots(gram, negative, pull, push):
         pulled = pull * (gram + ops.take(gram, slot_positive, axis=0))
         return pulled - push * row_pick(gram, slot_positive)[:, None]
 
-    def values(slot_positive, has_slot):
-        value = row_logsumexp(logits(slot_positive), negative, add_one=True)
-        return ops.where(has_slot, value, ops.zeros_like(value))
-
     def weights(slot_positive, has_slot, upstream):
         return _negative_weights(logits(slot_positive), negative, has_slot, upstream)
 
-    return values, weights
+    return _logsumexp_values(logits, negative), weights
 
 
 def _unit_pair(embeddings, ref_embeddings):
