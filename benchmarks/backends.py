@@ -33,7 +33,15 @@ import time
 
 import keras
 from keras import ops
-from peers import MARGIN, TASKS, TFMETRIC_OPTIONS, TRIPLET_MARGIN, class_vectors, torch_loss
+from peers import (
+    MARGIN,
+    TASKS,
+    TFMETRIC_OPTIONS,
+    TRIPLET_MARGIN,
+    add_max_memory_argument,
+    class_vectors,
+    torch_loss,
+)
 from timing import pk_batch
 
 from tfmetric.distances import l2_normalize, pairwise_distance
@@ -162,13 +170,7 @@ def main():
     parser.add_argument("--k", type=int, default=4, help="examples per class (K of P×K)")
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--min-seconds", type=float, default=1.0)
-    total_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    parser.add_argument(
-        "--max-memory-gb",
-        type=float,
-        default=round(0.6 * total_gb, 1),
-        help="skip PML's cells whose (N, N, N) tensors need more (default: 60%% of RAM; on a GPU, give its memory)",
-    )
+    add_max_memory_argument(parser, "; on a GPU, give its memory")
     parser.add_argument("--slow-seconds", type=float, default=2.0, help="a call slower than this is timed once")
     parser.add_argument("--deadline", type=float, default=float("inf"), help="seconds after which no cell starts")
     args = parser.parse_args()

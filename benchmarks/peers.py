@@ -404,6 +404,17 @@ def environment_python(environment, env_dir, pip_args):
     return python
 
 
+def add_max_memory_argument(parser, note=""):
+    """`--max-memory-gb`, the most the peers' (N, N, N) tensors may take; 60% of RAM by default."""
+    total_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    parser.add_argument(
+        "--max-memory-gb",
+        type=float,
+        default=round(0.6 * total_gb, 1),
+        help=f"skip the cells whose (N, N, N) tensors would need more (default: 60%% of RAM{note})",
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096])
@@ -414,13 +425,7 @@ def main():
     parser.add_argument("--min-seconds", type=float, default=2.0)
     parser.add_argument("--env-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "tfmetric-peers"))
     parser.add_argument("--pip-args", default="", help="extra arguments for pip when creating the peer environments")
-    total_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    parser.add_argument(
-        "--max-memory-gb",
-        type=float,
-        default=round(0.6 * total_gb, 1),
-        help="skip the cells whose (N, N, N) tensors would need more (default: 60%% of RAM)",
-    )
+    add_max_memory_argument(parser)
     parser.add_argument("--cell-timeout", type=float, default=900, help="seconds before a cell is given up")
     parser.add_argument(
         "--setup", action="store_true", help="create the peers' environments, print their Pythons and stop"
