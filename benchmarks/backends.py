@@ -27,45 +27,29 @@ passed, so that a run on a lent machine ends on time with what it has.
 
 import argparse
 import os
-import statistics
 import sys
 import time
 
 import keras
 from keras import ops
 from peers import (
-    MARGIN,
     TASKS,
-    TFMETRIC_OPTIONS,
-    TRIPLET_MARGIN,
     add_max_memory_argument,
     class_vectors,
+    tfmetric_loss,
     torch_loss,
 )
-from timing import pk_batch
+from timing import alternate, pk_batch
 
 from tfmetric.distances import l2_normalize, pairwise_distance
-from tfmetric.losses.registry import LOSSES, PROXY_LOSSES
 
 BACKEND = keras.backend.backend()
 
 
-def tfmetric_loss(name, vectors):
-    """The task's tfmetric loss (as in peers.py) and its trainable variables."""
-    options = TFMETRIC_OPTIONS.get(name, {})
-    if name in PROXY_LOSSES:
-        loss = PROXY_LOSSES[name].build(vectors.shape[0], vectors.shape[-1], **options)
-        loss.set_proxies(vectors)
-        return loss
-    return LOSSES[name].build(margin=MARGIN if name in TRIPLET_MARGIN else None, **options)
-
-
 def loss_variables(loss):
-    """(trainable, non-trainable) Keras variables of a loss's state."""
+    """The Keras variables of a loss's state (class vectors, a running histogram)."""
     state = getattr(loss, "state", None)
-    if state is None:
-        return [], []
-    return list(state.trainable_variables), list(state.non_trainable_variables)
+    return [] if state is None else list(state.variables)
 
 
 def synchronize():
@@ -100,55 +84,21 @@ def gradient_step(objective, x, y, variables=()):
 
         return step
     if BACKEND == "torch":
-        import torch
-
-        def step():
-            value = objective(y, x)
-            torch.autograd.grad(value, [x, *(v.value for v in trainable)])
-            synchronize()
-            return value.detach()
-
-        return step
+        return torch_step(lambda: objective(y, x), [x, *(v.value for v in trainable)])
     raise SystemExit(f"KERAS_BACKEND={BACKEND}: this benchmark is for jax and torch (TensorFlow: losses.py, peers.py).")
 
 
-def pml_step(loss, x, y, variables):
+def torch_step(value, wrt):
+    """A blocking call computing `value()` and its gradients w.r.t. the tensors `wrt` (PyTorch)."""
     import torch
 
     def step():
-        value = loss(x, y)
-        torch.autograd.grad(value, [x, *variables])
+        result = value()
+        torch.autograd.grad(result, wrt)
         synchronize()
-        return value.detach()
+        return result.detach()
 
     return step
-
-
-def alternate(calls, min_seconds, slow_seconds, max_calls=50):
-    """Median milliseconds of each blocking call, the calls alternating (one warm-up each).
-
-    A call whose warm-up took over `slow_seconds` (a peer's cubic loss at
-    large N) is timed once more, alone, so that the run ends on time.
-    """
-    slow = []
-    for call in calls:
-        t0 = time.perf_counter()
-        call()
-        slow.append(time.perf_counter() - t0 > slow_seconds)
-    times = [[] for _ in calls]
-    for call, recorded, is_slow in zip(calls, times, slow):
-        if is_slow:
-            t0 = time.perf_counter()
-            call()
-            recorded.append(time.perf_counter() - t0)
-    start = time.perf_counter()
-    fast = [(call, recorded) for call, recorded, is_slow in zip(calls, times, slow) if not is_slow]
-    while fast and (len(fast[0][1]) < 3 or (time.perf_counter() - start < min_seconds and len(fast[0][1]) < max_calls)):
-        for call, recorded in fast:
-            t0 = time.perf_counter()
-            call()
-            recorded.append(time.perf_counter() - t0)
-    return [1e3 * statistics.median(recorded) for recorded in times]
 
 
 def device_name():
@@ -217,8 +167,7 @@ def main():
             label = f"{task:<18}{n:>6}"
             try:
                 loss = tfmetric_loss(name, vectors)
-                trainable, frozen = loss_variables(loss)
-                step = gradient_step(loss, x, y, trainable + frozen)
+                step = gradient_step(loss, x, y, loss_variables(loss))
                 if vectors is None:
                     baseline = distance_step
                 else:
@@ -239,7 +188,7 @@ def main():
                     peer_loss, peer_variables = torch_loss(pml[0][0], vectors)
                     if hasattr(peer_loss, "to"):
                         peer_loss.to(x.device)
-                    calls.append(pml_step(peer_loss, x, y, peer_variables))
+                    calls.append(torch_step(lambda: peer_loss(x, y), [x, *peer_variables]))
                 times = alternate(calls, args.min_seconds, args.slow_seconds)
             except Exception as error:  # one cell's failure is printed, the others run
                 message = str(error).strip().splitlines()

@@ -226,21 +226,26 @@ def class_vectors(task, n, k, dim):
     return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
 
 
+def tfmetric_loss(name, vectors=None):
+    """tfmetric's side of a task: the registry's loss `name`, with the peers' triplet margin and class vectors."""
+    # Imported here: the peers' cells run where tfmetric is not installed.
+    from tfmetric.losses.registry import LOSSES, PROXY_LOSSES
+
+    options = TFMETRIC_OPTIONS.get(name, {})
+    if name in PROXY_LOSSES:
+        loss = PROXY_LOSSES[name].build(vectors.shape[0], vectors.shape[-1], **options)
+        loss.set_proxies(vectors)
+        return loss
+    # The peers' triplet margin, so that the values agree; the contrastive
+    # and lifted losses keep their margin of 1 (PML's and TF Addons' too).
+    return LOSSES[name].build(margin=MARGIN if name in TRIPLET_MARGIN else None, **options)
+
+
 def tensorflow_loss(implementation, vectors=None):
     """The loss, and the variables (class vectors) whose gradient is timed with the embeddings'."""
     if implementation.startswith("tfmetric "):
-        # Imported here: the peers' cells run where tfmetric is not installed.
-        from tfmetric.losses.registry import LOSSES, PROXY_LOSSES
-
-        name = implementation.removeprefix("tfmetric ")
-        options = TFMETRIC_OPTIONS.get(name, {})
-        if name in PROXY_LOSSES:
-            loss = PROXY_LOSSES[name].build(vectors.shape[0], vectors.shape[-1], **options)
-            loss.set_proxies(vectors)
-            return loss, [loss.proxies.value]
-        # The peers' triplet margin, so that the values agree; the contrastive
-        # and lifted losses keep their margin of 1 (PML's and TF Addons' too).
-        return LOSSES[name].build(margin=MARGIN if name in TRIPLET_MARGIN else None, **options), []
+        loss = tfmetric_loss(implementation.removeprefix("tfmetric "), vectors)
+        return loss, [loss.proxies.value] if vectors is not None else []
     import tensorflow_addons as tfa
 
     return {

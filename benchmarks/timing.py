@@ -55,19 +55,39 @@ def time_alternating(baseline, call, min_seconds, baseline_mb, max_calls=50):
     alternate see the same drift, so the ratio of their medians holds where
     times measured one after the other would not.
     """
-    baseline()
-    call()
-    times, baseline_times = [], []
-    start = time.perf_counter()
-    while len(times) < 3 or (time.perf_counter() - start < min_seconds and len(times) < max_calls):
-        for function, recorded in ((baseline, baseline_times), (call, times)):
-            t0 = time.perf_counter()
-            function()
-            recorded.append(time.perf_counter() - t0)
+    baseline_ms, ms = alternate([baseline, call], min_seconds, max_calls=max_calls)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    ms, baseline_ms = 1e3 * statistics.median(times), 1e3 * statistics.median(baseline_times)
     return {"ms": ms, "baseline_ms": baseline_ms, "ratio": ms / baseline_ms, "peak_mb": peak,
             "extra_mb": peak - baseline_mb}
+
+
+def alternate(calls, min_seconds, slow_seconds=float("inf"), max_calls=50):
+    """Median milliseconds of each blocking call, the calls alternating after one warm-up each.
+
+    They run at least 3 times, and until `min_seconds` have passed (at most
+    `max_calls` times). A call whose warm-up took over `slow_seconds` (a
+    peer's cubic loss at large N) is timed once more, alone, so that a run
+    ends on time.
+    """
+    slow = []
+    for call in calls:
+        t0 = time.perf_counter()
+        call()
+        slow.append(time.perf_counter() - t0 > slow_seconds)
+    times = [[] for _ in calls]
+    for call, recorded, is_slow in zip(calls, times, slow):
+        if is_slow:
+            t0 = time.perf_counter()
+            call()
+            recorded.append(time.perf_counter() - t0)
+    fast = [(call, recorded) for call, recorded, is_slow in zip(calls, times, slow) if not is_slow]
+    start = time.perf_counter()
+    while fast and (len(fast[0][1]) < 3 or (time.perf_counter() - start < min_seconds and len(fast[0][1]) < max_calls)):
+        for call, recorded in fast:
+            t0 = time.perf_counter()
+            call()
+            recorded.append(time.perf_counter() - t0)
+    return [1e3 * statistics.median(recorded) for recorded in times]
 
 
 def run_cell(python, script, cell, timeout=None):
