@@ -23,7 +23,6 @@ from tfmetric.losses.base import (
     pair_distances,
     per_query,
     similarity_loss,
-    take_at,
 )
 from tfmetric.losses.state import LossState
 from tfmetric.mining import for_each_positive, mine_pairs, positive_table, row_pick, table_slots
@@ -63,32 +62,89 @@ def histogram_terms(similarity, positive, negative, delta=0.02):
     row), as in PyTorch Metric Learning, which takes the pairs of its
     triplets. Similarities are clipped to [−1, 1].
 
+    A negative pair's term `(1 − f)Φ_l + fΦ_{l+1}` is its own mass split the
+    same way, so query a's sum is its row's histogram of negatives times
+    `Φ`: one scatter of the pairs into per-query histograms (and the one of
+    the positives) instead of a lookup of `Φ` at every pair, and a written
+    gradient with one lookup (`_histogram_sums`).
+
     Returns:
         `(loss_sums, negative_counts)`, both `(N,)`.
     """
     num_nodes = _num_nodes(delta)
     dtype = similarity.dtype
-    scaled = (ops.clip(similarity, -1.0, 1.0) + 1.0) / delta
-    lower = ops.clip(ops.floor(ops.stop_gradient(scaled)), 0, num_nodes - 2)
-    upper_share = scaled - lower  # in [0, 1]: the share of the upper node
-    lower_index = ops.cast(lower, "int32")
+    # Counts of up to N·R pairs: float16 would round them from 2048 on.
+    work = "float64" if dtype == "float64" else "float32"
+    num_queries = ops.shape(similarity)[0]
     row_active = ops.logical_and(ops.any(positive, axis=1), ops.any(negative, axis=1))
     column_active = ops.logical_and(ops.any(positive, axis=0), ops.any(negative, axis=0))
     kept = ops.logical_or(row_active[:, None], column_active[None, :])
-    kept_positive = ops.cast(ops.logical_and(positive, kept), dtype)
-    kept_negative = ops.logical_and(negative, kept)
-    masses = ops.concatenate(
-        [ops.reshape(kept_positive * (1.0 - upper_share), (-1,)), ops.reshape(kept_positive * upper_share, (-1,))]
+    # Where each pair's mass goes: query a's row of negative histograms, the
+    # one histogram of the positives, or a row nothing reads.
+    first_nodes = ops.cast(ops.arange(num_queries) * num_nodes, work)[:, None]
+    first_nodes = ops.where(
+        ops.logical_and(negative, kept),
+        first_nodes,
+        ops.where(ops.logical_and(positive, kept), float(num_queries * num_nodes),
+                  float((num_queries + 1) * num_nodes)),
     )
-    nodes = ops.concatenate([ops.reshape(lower_index, (-1,)), ops.reshape(lower_index + 1, (-1,))])
-    density = ops.cast(add_at(masses, nodes, num_nodes), dtype)
-    density = divide_or_zero(density, ops.sum(kept_positive))
-    cumulative = ops.cumsum(density)
-    below = take_at(cumulative, lower_index)
-    above = take_at(cumulative, lower_index + 1)
-    shares = (1.0 - upper_share) * below + upper_share * above
-    loss_sums = ops.sum(ops.where(kept_negative, shares, ops.zeros_like(shares)), axis=1)
-    return loss_sums, ops.sum(ops.cast(kept_negative, dtype), axis=1)
+    scaled = (ops.clip(ops.cast(similarity, work), -1.0, 1.0) + 1.0) / delta
+    loss_sums, negative_counts = _histogram_sums(scaled, first_nodes, num_queries, num_nodes)
+    return ops.cast(loss_sums, dtype), ops.cast(negative_counts, dtype)
+
+
+def _histogram_sums(scaled, first_nodes, num_queries, num_nodes):
+    """`histogram_terms`' sums from the similarities in node units and each pair's first node.
+
+    `first_nodes` is a float (the gradient of every argument is returned,
+    JAX's custom gradients cannot close over tracers). The gradient of a
+    negative pair's term with respect to its share `f` is `Φ_{l+1} − Φ_l`,
+    the positives' density at node l + 1, times its query's upstream; a
+    positive pair's `f` moves mass from node l to l + 1, which changes `Φ`
+    at node l only: `−w_l / P` with `w_l = Σ_a upstream_a · (a's negative
+    mass at node l)` and P the positive pairs. One table, looked up at the
+    cells the forward pass filled.
+    """
+    size = (num_queries + 2) * num_nodes
+
+    @ops.custom_gradient
+    def sums(scaled, first_nodes):
+        scaled = ops.stop_gradient(scaled)
+        lower = ops.minimum(ops.floor(scaled), num_nodes - 2)
+        upper_share = scaled - lower
+        cells = ops.reshape(ops.cast(ops.stop_gradient(first_nodes) + lower, "int32"), (-1,))
+        shape = (num_queries + 2, num_nodes)
+        counts = ops.reshape(add_at(ops.ones_like(cells, scaled.dtype), cells, size), shape)
+        upper = ops.reshape(add_at(ops.reshape(upper_share, (-1,)), cells, size), shape)
+        # 1 − f at node l, f at node l + 1.
+        masses = counts - upper + ops.pad(upper[:, :-1], [[0, 0], [1, 0]])
+        negative_masses = masses[:num_queries]
+        num_positive = ops.sum(counts[num_queries])
+        density = divide_or_zero(masses[num_queries], num_positive)
+        cumulative = ops.cumsum(density)
+        loss_sums = ops.sum(negative_masses * cumulative[None, :], axis=1)
+        negative_counts = ops.sum(counts[:num_queries], axis=1)
+
+        def gradient(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            upstream = ops.cast(upstream[:num_queries], scaled.dtype)
+            next_density = ops.pad(density[1:], [[0, 1]])
+            weights = ops.sum(upstream[:, None] * negative_masses, axis=0)
+            table = ops.concatenate(
+                [
+                    upstream[:, None] * next_density[None, :],
+                    -divide_or_zero(weights, num_positive)[None, :],
+                    ops.zeros((1, num_nodes), scaled.dtype),
+                ]
+            )
+            grad = ops.reshape(ops.take(ops.reshape(table, (-1,)), cells), ops.shape(scaled))
+            return grad, ops.zeros_like(first_nodes)
+
+        return ops.concatenate([loss_sums, negative_counts]), gradient
+
+    both = sums(scaled, first_nodes)
+    return both[:num_queries], ops.stop_gradient(both[num_queries:])
 
 
 def histogram(
