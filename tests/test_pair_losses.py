@@ -247,6 +247,49 @@ def test_distance_weighted_sampling_follows_the_inverse_density(dim, class_size)
     assert observed[np.argmax(probability)] > 0
 
 
+def draws_by_loops(log_weights, positive, uniforms):
+    """Each positive pair's draw, one at a time: the first column whose running weight exceeds the target."""
+    counts = np.zeros(log_weights.shape)
+    golden = (np.sqrt(5.0) - 1.0) / 2.0
+    for a, row in enumerate(log_weights):
+        candidates = np.flatnonzero(np.isfinite(row))
+        if not len(candidates):
+            continue
+        cumulative = np.cumsum(np.where(np.isfinite(row), np.exp(row - row[candidates].max()), 0.0))
+        for rank in range(int(positive[a].sum())):
+            turned = uniforms[a, rank % uniforms.shape[1]] + (rank // uniforms.shape[1]) * golden
+            target = (turned - np.floor(turned)) * cumulative[-1]
+            counts[a, min(int(np.sum(cumulative <= target)), candidates[-1])] += 1
+    return counts
+
+
+# Fewer positives than uniforms per row, and more (golden-ratio turns).
+@pytest.mark.parametrize("compiled", COMPILE_MODES)
+@pytest.mark.parametrize("class_size", [5, 45])
+def test_distance_weighted_draws_match_loops(compiled, class_size):
+    # A search in rows where operations run one by one, a binary search per
+    # positive slot under XLA: the same columns as the loops.
+    rng = np.random.default_rng(class_size)
+    labels = np.repeat(np.arange(90 // class_size), class_size)
+    positive = (labels[:, None] == labels[None, :]) & ~np.eye(len(labels), dtype=bool)
+    log_weights = np.where(labels[:, None] != labels[None, :], rng.normal(scale=3.0, size=positive.shape), -np.inf)
+    log_weights[3] = -np.inf  # a row without a candidate draws nothing
+    log_weights[7, :-2] = -np.inf  # only the last two columns (a neighbour class's)
+    uniforms = rng.uniform(size=(len(labels), 32))
+
+    def draw(log_weights, positive, uniforms):
+        return sample_negative_counts(log_weights, positive, uniforms)
+
+    if compiled:
+        import tensorflow as tf
+
+        draw = tf.function(draw, jit_compile=True)
+    counts = keras.ops.convert_to_numpy(draw(tensor(log_weights), tensor(positive), tensor(uniforms)))
+    expected = draws_by_loops(log_weights, positive, uniforms)
+    np.testing.assert_array_equal(counts, expected)
+    assert counts[3].sum() == 0 and counts[7, -2:].sum() == class_size - 1
+
+
 def test_distance_weighted_sampling_falls_back_to_uniform():
     # Every negative at or beyond nonzero_loss_cutoff: uniform over them.
     negative_distances = [1.4, 1.6, 1.8, 1.95]

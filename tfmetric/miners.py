@@ -43,9 +43,11 @@ from keras import ops
 from tfmetric.distances import as_embedding_pair, check_distance, l2_normalize, pairwise_distance, pairwise_similarity
 from tfmetric.labels import standardize_any, standardize_label_pair
 from tfmetric.mining import (
-    _row_cumsum,
+    UNIFORMS_PER_ANCHOR,
     distance_weighted_log_weights,
+    draw_columns,
     for_each_positive,
+    inverse_cdf,
     pair_masks,
     row_pick,
     smallest_mask,
@@ -54,11 +56,6 @@ from tfmetric.mining import (
 MINER_DISTANCES = ("euclidean", "squared_euclidean", "cosine", "similarity")
 STRATEGIES = ("hard", "semihard", "easy", "all")
 TRIPLET_TYPES = ("all", "hard", "semihard", "easy")
-# Independent draws per anchor for the distance-weighted miner (positives
-# beyond reuse them, turned by the golden ratio; see
-# `tfm.mining.sample_negative_counts`).
-UNIFORMS_PER_ANCHOR = 32
-
 
 class Slot(NamedTuple):
     """One slot of `Triplets.positive`: every anchor's s-th positive.
@@ -803,36 +800,20 @@ class DistanceWeightedMiner(_RandomMiner):
         log_weights = distance_weighted_log_weights(
             matrix, negative, embeddings.shape[-1], self.cutoff, self.nonzero_loss_cutoff
         )
-        finite = log_weights > float("-inf")
-        has_candidate = ops.any(finite, axis=1)
-        row_max = ops.max(log_weights, axis=1)
-        row_max = ops.where(has_candidate, row_max, ops.zeros_like(row_max))
-        weights = ops.where(finite, ops.exp(log_weights - row_max[:, None]), ops.zeros_like(log_weights))
-        cumulative = _row_cumsum(weights)
-        total = cumulative[:, -1]
+        distribution = inverse_cdf(log_weights)
         num_rows, num_columns = ops.shape(matrix)[0], ops.shape(matrix)[1]
         columns = ops.arange(num_columns, dtype="int32")
-        last_candidate = ops.max(ops.where(finite, columns[None, :], ops.zeros_like(columns)[None, :]), axis=1)
-        uniforms = ops.cast(
-            keras.random.uniform((num_rows, UNIFORMS_PER_ANCHOR), dtype="float32", seed=self.seed_generator),
-            weights.dtype,
-        )
+        uniforms = keras.random.uniform((num_rows, UNIFORMS_PER_ANCHOR), dtype="float32", seed=self.seed_generator)
         positive_float = ops.cast(positive, "float32")
-        golden = 0.6180339887498949
 
         def negatives(slot):
             # The draw of pair (a, p) depends on p's rank among a's
             # positives, whichever loop visits it.
             before = ops.logical_and(positive, columns[None, :] < slot.positive_index[:, None])
             rank = ops.cast(ops.sum(ops.cast(before, "float32") * positive_float, axis=1), "int32")
-            uniform = row_pick(uniforms, rank % UNIFORMS_PER_ANCHOR)
-            uniform = uniform + ops.cast(rank // UNIFORMS_PER_ANCHOR, weights.dtype) * golden
-            target = (uniform - ops.floor(uniform)) * total
-            chosen = ops.sum(ops.cast(cumulative <= target[:, None], "int32"), axis=1)
-            chosen = ops.minimum(chosen, last_candidate)
-            return _one_hot(chosen, has_candidate, num_columns)
+            return _one_hot(draw_columns(distribution, uniforms, rank), distribution.has_candidate, num_columns)
 
-        heads = ops.logical_and(positive, has_candidate[:, None])
+        heads = ops.logical_and(positive, distribution.has_candidate[:, None])
         return Triplets(heads, negatives, matrix, negative)
 
     def get_config(self):

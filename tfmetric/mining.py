@@ -405,15 +405,103 @@ def distance_weighted_log_weights(distances, negative, dim, cutoff=0.5, nonzero_
     )
 
 
+class InverseCdf(NamedTuple):
+    """Every row's categorical distribution `∝ exp(log_weights)`, ready to be drawn from by inverting it."""
+
+    cumulative: object  # (N, R) running sums of the weights, each row's largest scaled to 1
+    last_candidate: object  # (N,) int32: the last column with a finite log weight
+    has_candidate: object  # (N,) bool
+
+
+# Independent uniform numbers drawn per anchor for distance-weighted
+# sampling: draws beyond reuse them, turned (`draw_columns`); independent
+# for P×K batches up to K = 33.
+UNIFORMS_PER_ANCHOR = 32
+# The fractional part of the golden ratio: k steps of it from a uniform
+# number stay uniform and fall far from each other.
+_GOLDEN = 0.6180339887498949
+
+
+def inverse_cdf(log_weights):
+    """`InverseCdf` of the rows of `log_weights` (`−inf`: never drawn); no gradient."""
+    log_weights = ops.stop_gradient(log_weights)
+    finite = log_weights > float("-inf")
+    has_candidate = ops.any(finite, axis=1)
+    row_max = ops.max(log_weights, axis=1)
+    row_max = ops.where(has_candidate, row_max, ops.zeros_like(row_max))
+    weights = ops.where(finite, ops.exp(log_weights - row_max[:, None]), ops.zeros_like(log_weights))
+    columns = ops.arange(ops.shape(log_weights)[1], dtype="int32")
+    last_candidate = ops.max(ops.where(finite, columns[None, :], ops.zeros_like(columns)[None, :]), axis=1)
+    return InverseCdf(_row_cumsum(weights), last_candidate, has_candidate)
+
+
+def draw_columns(distribution, uniforms, rank):
+    """The column of each row's draw number `rank` (int32, `(N,)` or `(N, S)`) from an `InverseCdf`.
+
+    Draw r of row a inverts the cumulative weights at `uniforms[a, r mod U]`
+    turned by `⌊r / U⌋` golden-ratio steps, U the columns of `uniforms`:
+    the first column whose running sum exceeds the target, which has a
+    positive weight itself (rounding can push the target to the total:
+    then the last candidate).
+    """
+    uniforms = ops.cast(uniforms, distribution.cumulative.dtype)
+    num_uniforms = ops.shape(uniforms)[1]
+    vector = len(rank.shape) == 1
+    rank = rank[:, None] if vector else rank
+    uniform = ops.take_along_axis(uniforms, rank % num_uniforms, axis=1)
+    uniform = uniform + ops.cast(rank // num_uniforms, uniform.dtype) * _GOLDEN
+    target = (uniform - ops.floor(uniform)) * distribution.cumulative[:, -1:]
+    chosen = ops.minimum(_count_not_above(distribution.cumulative, target), distribution.last_candidate[:, None])
+    return chosen[:, 0] if vector else chosen
+
+
+def _count_not_above(ascending, targets):
+    """For every target of row a, how many entries of the ascending row a are at most it (int32)."""
+    if runs_op_by_op():
+        return places_in_rows(ascending, targets, side="right")
+    # XLA has no search in rows: a binary search of ⌈log₂(R + 1)⌉ steps,
+    # each a gather of one entry per target (the shapes are static there).
+    num_columns = ops.shape(ascending)[1]
+    low = ops.zeros_like(targets, "int32")
+    high = ops.full_like(low, num_columns)
+    for _ in range(int(num_columns).bit_length()):
+        middle = (low + high) // 2
+        value = ops.take_along_axis(ascending, ops.minimum(middle, num_columns - 1), axis=1)
+        searching = low < high
+        right = ops.logical_and(searching, value <= targets)
+        low = ops.where(right, middle + 1, low)
+        high = ops.where(ops.logical_and(searching, ops.logical_not(right)), middle, high)
+    return low
+
+
+def places_in_rows(ascending, values, side):
+    """For every value of row a, how many entries of the ascending row a are before it (int32).
+
+    `side="left"`: the entries below the value; `"right"`: those not above
+    it. A search in rows has no `keras.ops` form: for the backends that run
+    operation by operation (TensorFlow without XLA, PyTorch).
+    """
+    if backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.searchsorted(ascending, values, side=side, out_type=tf.int32)
+    import torch
+
+    return torch.searchsorted(ascending.contiguous(), values.contiguous(), side=side).to(torch.int32)
+
+
 def sample_negative_counts(log_weights, positive, uniforms):
     """How often each negative is drawn, one draw per positive pair.
 
     For every positive pair (a, p), one column n is drawn from the
     categorical distribution `∝ exp(log_weights[a])` (`−inf`: never) by
-    inverting its cumulative sum at a uniform number. Returns an `(N, R)`
+    inverting its cumulative sum at a uniform number (`draw_columns`, the
+    draw's number being p's rank among a's positives). Returns an `(N, R)`
     matrix of draw counts; rows without a finite weight draw nothing.
     Inverse-CDF sampling keeps the memory at O(N·R) (Gumbel-max would need an
-    N×R×R noise tensor).
+    N×R×R noise tensor). Where every operation is a kernel of its own, all
+    the draws at once (a search in rows); under XLA one positive slot at a
+    time, each a binary search.
 
     Args:
         uniforms: `(N, S)` numbers uniform in [0, 1): the draw for the s-th
@@ -424,36 +512,39 @@ def sample_negative_counts(log_weights, positive, uniforms):
             columns suffice: XLA's random generator on CPU costs ~0.4 µs per
             number, 400 ms for N × N.
     """
-    log_weights = ops.stop_gradient(log_weights)
-    finite = log_weights > float("-inf")
-    has_candidate = ops.any(finite, axis=1)
-    row_max = ops.max(log_weights, axis=1)
-    row_max = ops.where(has_candidate, row_max, ops.zeros_like(row_max))
-    weights = ops.where(finite, ops.exp(log_weights - row_max[:, None]), ops.zeros_like(log_weights))
-    cumulative = _row_cumsum(weights)
-    total = cumulative[:, -1]
-    size = ops.shape(log_weights)[1]
-    columns = ops.arange(size, dtype="int32")
-    last_candidate = ops.max(ops.where(finite, columns[None, :], ops.zeros_like(columns)[None, :]), axis=1)
-    uniforms = ops.cast(uniforms, weights.dtype)
-    num_columns = ops.shape(uniforms)[1]
-    golden = 0.6180339887498949
+    distribution = inverse_cdf(log_weights)
+    dtype = distribution.cumulative.dtype
+    shape = ops.shape(log_weights)
+    rows = ops.arange(shape[0], dtype="int32")
+    # A draw's number is all it needs of its positive, not the positive's column.
+    num_positives = ops.sum(ops.cast(positive, "int32"), axis=1)
+    num_slots = _most(num_positives)
+    if runs_op_by_op():
+        ranks = ops.zeros_like(rows)[:, None] + ops.arange(_python_int(num_slots), dtype="int32")[None, :]
+        drawn = ops.logical_and(ranks < num_positives[:, None], distribution.has_candidate[:, None])
+        indices = ops.stack([ops.zeros_like(ranks) + rows[:, None], draw_columns(distribution, uniforms, ranks)], -1)
+        return scatter_sum(ops.reshape(indices, (-1, 2)), ops.reshape(ops.cast(drawn, dtype), (-1,)), shape)
 
-    def body(slot_positive, has_slot, counts, slot):
-        column = ops.full_like(slot_positive, slot % num_columns)
-        turns = ops.cast(slot // num_columns, weights.dtype) * golden
-        uniform = row_pick(uniforms, column) + turns
-        uniform = uniform - ops.floor(uniform)
-        target = uniform * total
-        # The first column whose cumulative weight exceeds the target has a
-        # positive weight itself; rounding can push the target to the total.
-        chosen = ops.sum(ops.cast(cumulative <= target[:, None], "int32"), axis=1)
-        chosen = ops.minimum(chosen, last_candidate)
-        drawn = ops.cast(ops.logical_and(has_slot, has_candidate), weights.dtype)
-        return counts + scatter_rows([(chosen, drawn)], ops.shape(weights)), slot + 1
+    def draw(slot, counts):
+        # One entry per row changes: added in place, not a scatter into zeros and a sum of matrices.
+        indices = ops.stack([rows, draw_columns(distribution, uniforms, ops.full_like(rows, slot))], axis=1)
+        drawn = ops.cast(ops.logical_and(slot < num_positives, distribution.has_candidate), dtype)
+        return slot + 1, ops.scatter_update(counts, indices, _gather_nd(counts, indices) + drawn)
 
-    counts, _ = for_each_positive(positive, body, (ops.zeros_like(weights), ops.convert_to_tensor(0, "int32")))
+    _, counts = ops.while_loop(
+        lambda slot, _: slot < num_slots, draw, (ops.convert_to_tensor(0, "int32"), ops.zeros(shape, dtype))
+    )
     return counts
+
+
+def _python_int(value):
+    """A scalar tensor as a Python int where shapes must be ints (PyTorch); as it is elsewhere."""
+    return int(value) if backend.backend() == "torch" else value
+
+
+def _gather_nd(matrix, indices):
+    """`matrix[indices[i, 0], indices[i, 1]]` for every i."""
+    return ops.take(ops.reshape(matrix, (-1,)), indices[:, 0] * ops.shape(matrix)[1] + indices[:, 1])
 
 
 def _ordered_keys(values):

@@ -50,7 +50,7 @@ from keras import backend, ops
 from tfmetric.distances import as_embeddings, check_distance, pairwise_distance, pairwise_similarity, runs_op_by_op
 from tfmetric.distribute import gather_across_replicas, replica_context, scale_for_replicas
 from tfmetric.labels import standardize_any
-from tfmetric.mining import Pairs, mine_pairs
+from tfmetric.mining import Pairs, mine_pairs, places_in_rows
 
 
 def check_choice(argument, value, choices):
@@ -116,9 +116,8 @@ def negatives_beside_keys(values, negative, keys, below=False):
     from the top (from the bottom with `below`), are the counts and sums
     beyond every key: time and memory O(N·(R + M)) for M keys a row, and no
     sort of the rows. The sums carry the gradient of `values`; the keys
-    take none. A binary search on rows has no `keras.ops` form: for
-    backends that run operation by operation (TensorFlow without XLA,
-    PyTorch), as `tfm.mining.positive_table`.
+    take none. A search in rows has no `keras.ops` form: for the backends
+    that run operation by operation (`tfm.mining.places_in_rows`).
 
     Args:
         values: `(N, R)`.
@@ -135,7 +134,7 @@ def negatives_beside_keys(values, negative, keys, below=False):
     # Interval i of a row holds the values with i keys before them: a value
     # equal to a key lies before it ("left") when counting beyond the keys,
     # after it ("right") when counting below them.
-    interval = _places_in_rows(ascending, ops.stop_gradient(values), side="right" if below else "left")
+    interval = places_in_rows(ascending, ops.stop_gradient(values), side="right" if below else "left")
     cells = ops.reshape(ops.arange(num_queries, dtype="int32")[:, None] * (num_keys + 1) + interval, (-1,))
     size = num_queries * (num_keys + 1)
     in_interval = add_at(ops.reshape(ops.cast(negative, dtype), (-1,)), cells, size)
@@ -157,20 +156,6 @@ def _sums_after(values):
 def _sums_up_to(values):
     """`Σ_{i ≤ j} values[:, i]` for every column j but the last."""
     return ops.cumsum(values[:, :-1], axis=1)
-
-
-def _places_in_rows(ascending, values, side):
-    """For every value of row a, how many entries of the ascending row a are before it (int32).
-
-    `side="left"`: the entries below the value; `"right"`: those not above it.
-    """
-    if backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        return tf.searchsorted(ascending, values, side=side, out_type=tf.int32)
-    import torch
-
-    return torch.searchsorted(ascending.contiguous(), values.contiguous(), side=side).to(torch.int32)
 
 
 def check_sample_weight(sample_weight, loss_sums):

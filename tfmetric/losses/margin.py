@@ -12,12 +12,9 @@ from keras import ops
 from tfmetric.labels import check_class_ids
 from tfmetric.losses.base import DistanceLoss, apply_miner, check_choice, pair_distances, per_query
 from tfmetric.losses.state import LossState
-from tfmetric.mining import distance_weighted_log_weights, mine_pairs, sample_negative_counts
+from tfmetric.mining import UNIFORMS_PER_ANCHOR, distance_weighted_log_weights, mine_pairs, sample_negative_counts
 
 SAMPLINGS = ("distance_weighted", "all")
-# Independent draws per anchor (positives beyond reuse them, turned; see
-# `sample_negative_counts`): covers P×K batches up to K = 33.
-UNIFORMS_PER_ANCHOR = 32
 
 
 def margin_terms(distances, positive, negative, anchor_beta, negative_weights=None, margin=0.2, nu=0.0):
