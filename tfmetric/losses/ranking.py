@@ -42,22 +42,43 @@ def _pulse_histograms(position, channel, weight, width, num_channels):
 
     `position` `(N, R)` in `[0, width − 2]`, `channel` int `(N, R)` in
     `[0, num_channels)`; returns `(N, width, num_channels)`. A position
-    `k + f` adds `1 − f` to bin k and `f` to bin k + 1 (`add_at`, one pass
-    each).
+    `k + f` adds `1 − f` to bin k and `f` to bin k + 1: two scatters into
+    the bins, the weights and the weighted shares `f` of each lower bin.
+    Only `position` has a gradient, written out: moving `f` moves weight
+    from bin k to bin k + 1, so it is the weight times the difference of
+    the upstream gradient at the two bins, one lookup at the cells the
+    forward pass filled (autodiff would take one per scatter).
     """
     num_rows = ops.shape(position)[0]
-    lower = ops.floor(ops.stop_gradient(position))
-    upper_share = position - lower
-    # Clipped: a NaN position must not index outside the histograms.
-    lower_bin = ops.clip(ops.cast(lower, "int32"), 0, width - 2)
-    rows = ops.arange(num_rows, dtype="int32")[:, None]
-    slot = ops.reshape((lower_bin + width * rows) * num_channels + ops.cast(channel, "int32"), (-1,))
     size = num_rows * width * num_channels
-    upper = upper_share * weight
-    counts = add_at(ops.reshape(weight - upper, (-1,)), slot, size) + add_at(
-        ops.reshape(upper, (-1,)), slot + num_channels, size
-    )
-    return ops.reshape(ops.cast(counts, position.dtype), (num_rows, width, num_channels))
+    shape = (num_rows, width, num_channels)
+    dtype = position.dtype
+
+    # Everything it uses is an argument (the channels as floats): JAX's
+    # custom gradients take no integers and cannot close over tracers.
+    @ops.custom_gradient
+    def histograms(position, channel, weight):
+        position = ops.stop_gradient(position)
+        rows = ops.arange(num_rows, dtype="int32")[:, None]
+        lower = ops.floor(position)
+        # Clipped: a NaN position must not index outside the histograms.
+        lower_bin = ops.clip(ops.cast(lower, "int32"), 0, width - 2)
+        cells = ops.reshape((lower_bin + width * rows) * num_channels + ops.cast(channel, "int32"), (-1,))
+        weights = ops.reshape(add_at(ops.reshape(weight, (-1,)), cells, size), shape)
+        shares = ops.reshape(add_at(ops.reshape((position - lower) * weight, (-1,)), cells, size), shape)
+        counts = weights - shares + ops.pad(shares[:, :-1], [[0, 0], [1, 0], [0, 0]])
+
+        def gradient(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            upstream = ops.cast(upstream, dtype)
+            step = ops.pad(upstream[:, 1:] - upstream[:, :-1], [[0, 0], [0, 1], [0, 0]])
+            grad = ops.reshape(ops.take(ops.reshape(step, (-1,)), cells), ops.shape(position)) * weight
+            return grad, ops.zeros_like(channel), ops.zeros_like(weight)
+
+        return ops.cast(counts, dtype), gradient
+
+    return histograms(position, ops.cast(channel, dtype), ops.cast(weight, dtype))
 
 
 def fast_ap_terms(distances, positive, negative, num_bins=10, max_distance=4.0):
@@ -73,7 +94,7 @@ def fast_ap_terms(distances, positive, negative, num_bins=10, max_distance=4.0):
 
     Memory and work O(N·R): each distance falls between two bin centres,
     `d/Δ = k + f`, and adds `1 − f` to bin k and `f` to bin k + 1
-    (`_pulse_histograms`), where every pair against every bin would take
+    (`_pulse_histograms`, with its gradient written out), where every pair against every bin would take
     `num_bins + 1` times the memory and time.
     """
     dtype = distances.dtype
