@@ -33,7 +33,7 @@ from tfmetric.mining import (
 AVERAGES = ("nonzero", "all")
 
 
-def batch_hard_triplet_terms(distances, positive, negative, margin=1.0, soft=False, pair_distance=None):
+def batch_hard_triplet_terms(distances, positive, negative, margin=1.0, soft=False, chosen_distances=None):
     """Per-anchor batch-hard triplet losses and validity.
 
     `ℓ_a = relu(max_{p∈P(a)} d_ap − min_{n∈Q(a)} d_an + m)`, or
@@ -41,19 +41,18 @@ def batch_hard_triplet_terms(distances, positive, negative, margin=1.0, soft=Fal
     has a positive and a negative; invalid anchors get 0.
 
     The hardest pairs are chosen on `distances`; their distances are read
-    from it too, or, with `pair_distance(index)` (the distance from every
-    anchor a to example `index[a]`), recomputed for the chosen pairs only
-    (see `BatchHardTriplet`).
+    from it too, or given as `chosen_distances`, `(d_ap, d_an)` of the pairs
+    `tfm.mining.hardest_pairs` picks, recomputed for them only (see
+    `BatchHardTriplet`).
 
     Returns:
         `(losses, valid)`, both `(N,)`, `valid` as 0/1 floats.
     """
     valid = ops.logical_and(ops.any(positive, axis=1), ops.any(negative, axis=1))
-    positive_index, negative_index = hardest_pairs(distances, positive, negative)
-    if pair_distance is None:
-        gap = row_pick(distances, positive_index) - row_pick(distances, negative_index)
-    else:
-        gap = pair_distance(positive_index) - pair_distance(negative_index)
+    if chosen_distances is None:
+        positive_index, negative_index = hardest_pairs(distances, positive, negative)
+        chosen_distances = row_pick(distances, positive_index), row_pick(distances, negative_index)
+    gap = chosen_distances[0] - chosen_distances[1]
     # Invalid rows picked arbitrary pairs: keep them out of the arithmetic.
     gap = ops.where(valid, gap, ops.zeros_like(gap))
     losses = ops.softplus(gap) if soft else ops.relu(gap + margin)
@@ -223,11 +222,19 @@ def _batch_hard_pair_terms(embeddings, ref_embeddings, positive, negative, margi
     # differentiate just the chosen pairs, recomputed from the embeddings
     # (O(N·D)), instead of back-propagating through all N·R distances.
     distances = ops.stop_gradient(pair_distances(embeddings, ref_embeddings, distance, normalize))
-
-    def pair_distance(index):
-        return paired_distance(embeddings, ops.take(ref_embeddings, index, axis=0), distance, normalize)
-
-    return batch_hard_triplet_terms(distances, positive, negative, margin, soft, pair_distance)
+    num_queries = ops.shape(embeddings)[0]
+    positive_index, negative_index = hardest_pairs(distances, positive, negative)
+    # Both kinds of pair in one call: at small batches every operation's
+    # overhead counts.
+    chosen = paired_distance(
+        ops.concatenate([embeddings, embeddings]),
+        ops.take(ref_embeddings, ops.concatenate([positive_index, negative_index]), axis=0),
+        distance,
+        normalize,
+    )
+    return batch_hard_triplet_terms(
+        distances, positive, negative, margin, soft, chosen_distances=(chosen[:num_queries], chosen[num_queries:])
+    )
 
 
 def batch_hard_triplet(
