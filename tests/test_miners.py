@@ -11,10 +11,11 @@ from hypothesis import given, settings, strategies as st
 import tfmetric as tfm
 import tfmetric.miners as miners
 from tfmetric.mining import (
+    add_to_rows,
     for_each_positive,
     pair_masks,
     positive_table,
-    scatter_rows,
+    scatter_add,
     scatter_sum,
     smallest_mask,
 )
@@ -73,7 +74,7 @@ def _visit_order(positive):
 
     def body(slot_positive, has_slot, order, slot):
         value = keras.ops.where(has_slot, keras.ops.cast(slot + 1, "float32"), 0.0)
-        return order + scatter_rows([(slot_positive, value)], keras.ops.shape(order)), slot + 1
+        return add_to_rows(order, [(slot_positive, value)]), slot + 1
 
     start = (keras.ops.zeros(keras.ops.shape(positive), "float32"), keras.ops.convert_to_tensor(0, "int32"))
     return for_each_positive(positive, body, start)[0]
@@ -93,14 +94,16 @@ def test_slots_visit_every_positive_once_in_column_order(compiled):
     np.testing.assert_array_equal(_np(visit(tensor(positive, "bool"))), want)
 
 
-def test_scatter_sum_adds_repeated_indices_with_a_gradient():
-    # PyTorch's own path (index_put with accumulate) against the loop.
+def test_scatter_add_adds_repeated_indices_with_a_gradient():
+    # Each backend's own operation against the loop.
     indices = np.array([[0, 1], [2, 0], [0, 1], [1, 1], [0, 1]])
     values = np.array([1.0, 2.0, 3.0, 4.0, 5.0], "float32")
+    base = np.arange(10, 16, dtype="float32").reshape(3, 2)
     want = np.zeros((3, 2), "float32")
     for (row, column), value in zip(indices, values):
         want[row, column] += value
     np.testing.assert_array_equal(_np(scatter_sum(tensor(indices, "int32"), tensor(values), (3, 2))), want)
+    np.testing.assert_array_equal(_np(scatter_add(tensor(base), tensor(indices, "int32"), tensor(values))), base + want)
     # Rows: index (N, 1) into the first axis.
     rows = np.array([[1], [1], [0]])
     blocks = np.arange(6, dtype="float32").reshape(3, 2)
@@ -113,6 +116,24 @@ def test_scatter_sum_adds_repeated_indices_with_a_gradient():
 
     _, grad = value_and_grad(objective, values)
     np.testing.assert_allclose(_np(grad), [weights[r, c] for r, c in indices])
+    # Through the tensor added to: the identity.
+    _, grad = value_and_grad(
+        lambda b: keras.ops.sum(scatter_add(b, tensor(indices, "int32"), tensor(values)) * tensor(weights)), base
+    )
+    np.testing.assert_allclose(_np(grad), weights)
+
+
+def test_add_to_rows_adds_one_entry_per_row_and_pair():
+    matrix = np.arange(12, dtype="float32").reshape(3, 4)
+    columns, values = np.array([1, 3, 1]), np.array([1.0, 2.0, 3.0], "float32")
+    more = np.array([1, 0, 2])
+    want = matrix.copy()
+    for row in range(3):
+        want[row, columns[row]] += values[row]
+        want[row, more[row]] -= values[row]
+    pairs = [(tensor(columns, "int32"), tensor(values)), (tensor(more, "int32"), -tensor(values))]
+    got = add_to_rows(tensor(matrix), pairs)
+    np.testing.assert_array_equal(_np(got), want)
 
 
 def test_positive_table_lists_the_positive_columns_first():

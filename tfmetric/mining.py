@@ -245,30 +245,49 @@ def row_pick(matrix, column):
     return ops.take_along_axis(matrix, column[:, None], axis=1)[:, 0]
 
 
-def scatter_rows(columns_and_values, shape):
-    """A dense `shape` matrix with `value[a]` added at `(a, column[a])`."""
-    rows = ops.arange(shape[0], dtype="int32")
+def add_to_rows(matrix, columns_and_values):
+    """`matrix` with `value[a]` added at `(a, column[a])`, for each `(column, value)` pair of vectors.
+
+    The slot loops add a few entries per row to an `(N, R)` gradient at
+    every slot: added in place (`scatter_add`), not scattered into a new
+    matrix of zeros that is then added, two passes over the matrix a slot.
+    """
+    rows = ops.arange(ops.shape(matrix)[0], dtype="int32")
     indices = ops.concatenate(
         [ops.stack([rows, column], axis=1) for column, _ in columns_and_values], axis=0
     )
     values = ops.concatenate([value for _, value in columns_and_values], axis=0)
-    return scatter_sum(indices, values, shape)
+    return scatter_add(matrix, indices, values)
 
 
 def scatter_sum(indices, values, shape):
-    """`keras.ops.scatter`: zeros of `shape` with `values` added at `indices` (repeated indices add up).
+    """`keras.ops.scatter`: zeros of `shape` with `values` added at `indices` (repeated indices add up)."""
+    values = ops.convert_to_tensor(values)
+    return scatter_add(ops.zeros(shape, values.dtype), indices, values)
 
-    Keras' PyTorch backend scatters one index at a time in a Python loop
-    (thousands of kernel launches a batch: the slot loops took 50–700× the
-    distance matrix on a GPU); `index_put` with `accumulate` does it in one.
+
+def scatter_add(tensor, indices, values):
+    """`tensor` with `values[i]` added at `indices[i]` (repeated indices add up), differentiable in both.
+
+    Keras has no such operation: `keras.ops.scatter` writes into zeros, and
+    on PyTorch it scatters one index at a time in a Python loop (thousands
+    of kernel launches a batch: the slot loops took 50–700× the distance
+    matrix on a GPU). Each backend's own: TensorFlow's
+    `tensor_scatter_nd_add`, JAX's `.at[].add`, PyTorch's `index_put` with
+    `accumulate`; under XLA an update in place.
     """
-    if backend.backend() != "torch":
-        return ops.scatter(indices, values, shape)
-    import torch
+    name = backend.backend()
+    tensor, indices = ops.convert_to_tensor(tensor), ops.convert_to_tensor(indices)
+    values = ops.cast(values, tensor.dtype)
+    if name == "tensorflow":
+        import tensorflow as tf
 
-    indices, values = ops.convert_to_tensor(indices), ops.convert_to_tensor(values)
-    zeros = torch.zeros(tuple(shape), dtype=values.dtype, device=values.device)
-    return zeros.index_put(tuple(indices.long().unbind(-1)), values, accumulate=True)
+        return tf.tensor_scatter_nd_add(tensor, indices, values)
+    if name == "jax":
+        return tensor.at[tuple(indices[..., i] for i in range(indices.shape[-1]))].add(values)
+    if name == "torch":
+        return tensor.index_put(tuple(indices.long().unbind(-1)), values, accumulate=True)
+    return tensor + ops.scatter(indices, values, ops.shape(tensor))
 
 
 def attach_gradient(value, distances, gradient):
@@ -526,10 +545,9 @@ def sample_negative_counts(log_weights, positive, uniforms):
         return scatter_sum(ops.reshape(indices, (-1, 2)), ops.reshape(ops.cast(drawn, dtype), (-1,)), shape)
 
     def draw(slot, counts):
-        # One entry per row changes: added in place, not a scatter into zeros and a sum of matrices.
         indices = ops.stack([rows, draw_columns(distribution, uniforms, ops.full_like(rows, slot))], axis=1)
         drawn = ops.cast(ops.logical_and(slot < num_positives, distribution.has_candidate), dtype)
-        return slot + 1, ops.scatter_update(counts, indices, _gather_nd(counts, indices) + drawn)
+        return slot + 1, scatter_add(counts, indices, drawn)
 
     _, counts = ops.while_loop(
         lambda slot, _: slot < num_slots, draw, (ops.convert_to_tensor(0, "int32"), ops.zeros(shape, dtype))
@@ -540,11 +558,6 @@ def sample_negative_counts(log_weights, positive, uniforms):
 def _python_int(value):
     """A scalar tensor as a Python int where shapes must be ints (PyTorch); as it is elsewhere."""
     return int(value) if backend.backend() == "torch" else value
-
-
-def _gather_nd(matrix, indices):
-    """`matrix[indices[i, 0], indices[i, 1]]` for every i."""
-    return ops.take(ops.reshape(matrix, (-1,)), indices[:, 0] * ops.shape(matrix)[1] + indices[:, 1])
 
 
 def _ordered_keys(values):

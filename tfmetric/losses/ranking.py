@@ -27,7 +27,7 @@ from tfmetric.losses.base import (
     divide_or_zero,
     similarity_loss,
 )
-from tfmetric.mining import attach_gradient, for_each_positive, row_pick, scatter_rows
+from tfmetric.mining import add_to_rows, attach_gradient, for_each_positive, row_pick
 
 # The largest distance between two unit vectors, by distance.
 UNIT_RANGE = {"squared_euclidean": 4.0, "euclidean": 2.0, "cosine": 2.0}
@@ -116,17 +116,19 @@ def fast_ap_terms(distances, positive, negative, num_bins=10, max_distance=4.0):
     return ops.where(has_positive, losses, ops.zeros_like(losses)), ops.cast(has_positive, dtype)
 
 
-def _sigmoid_and_slope(z):
-    """`σ(z)` and `σ'(z) = σ(z)·σ(−z)`, both to float32's relative precision in their tails too.
+def _sigmoid_and_slope(difference, temperature):
+    """`σ(z)` and `σ'(z) = σ(z)·σ(−z)` at `z = difference / τ`, both to float32's relative precision in their tails too.
 
     TensorFlow's float32 `sigmoid` on CPU is a fast approximation whose
     relative error in the tails (|z| > ~10, where sharp temperatures put
     most pairs) reaches 1e-3; `exp(−|z|)` is accurate there and never
-    overflows.
+    overflows. Nine elementwise passes: without XLA each is a kernel over
+    the whole matrix, once per positive slot.
     """
-    tail = ops.exp(-ops.abs(z))
+    tail = ops.exp(ops.abs(difference) * (-1.0 / temperature))
     reciprocal = 1.0 / (1.0 + tail)
-    return ops.where(z >= 0, reciprocal, tail * reciprocal), tail * ops.square(reciprocal)
+    below = tail * reciprocal
+    return ops.where(difference >= 0, reciprocal, below), below * reciprocal
 
 
 def _over_positives(similarity, positive, temperature, body):
@@ -139,11 +141,13 @@ def _over_positives(similarity, positive, temperature, body):
     every row with every row would build `(N, R, R)` tensors (4 GiB for
     N = R = 1024).
 
-    `body(before, slope)` gets `σ((s_aj − s_ap)/τ)` and its derivative with
-    respect to `s_aj`, `(N, R)`, and returns `(value, coefficients)`: the
-    `(N,)` term of positive p, to add up over the positives, and the
-    `(N, R)` derivative of the query's loss with respect to `s_aj` through
-    it (the derivative with respect to `s_ap` follows: minus their sum).
+    `body(before)` gets `σ((s_aj − s_ap)/τ)`, `(N, R)`, and returns
+    `(value, row_factor, column_weights)`: the `(N,)` term of positive p, to
+    add up over the positives, and the derivative of the query's loss with
+    respect to `s_aj` through it as `row_factor[a] · σ'_aj · column_weights[a, j]`
+    (σ' with respect to `(s_aj − s_ap)/τ`; the derivative with respect to
+    `s_ap` follows: minus their sum). Factored so that the rows without the
+    slot and `1/τ` scale a vector, not the matrix.
 
     Returns:
         The sums of the values, `(N,)`, and the `(N, R)` gradient of every
@@ -152,12 +156,12 @@ def _over_positives(similarity, positive, temperature, body):
     s = ops.stop_gradient(similarity)
 
     def step(slot_positive, has_slot, total, gradient):
-        z = (s - row_pick(s, slot_positive)[:, None]) / temperature
-        before, slope = _sigmoid_and_slope(z)
-        value, coefficients = body(before, slope / temperature)
-        coefficients = ops.where(has_slot[:, None], coefficients, ops.zeros_like(coefficients))
+        before, slope = _sigmoid_and_slope(s - row_pick(s, slot_positive)[:, None], temperature)
+        value, row_factor, column_weights = body(before)
+        row_factor = ops.where(has_slot, row_factor / temperature, ops.zeros_like(row_factor))
+        coefficients = row_factor[:, None] * slope * column_weights
         own = -ops.sum(coefficients, axis=1)
-        gradient = gradient + coefficients + scatter_rows([(slot_positive, own)], ops.shape(s))
+        gradient = add_to_rows(gradient + coefficients, [(slot_positive, own)])
         return total + ops.where(has_slot, value, ops.zeros_like(value)), gradient
 
     return for_each_positive(positive, step, (ops.zeros(ops.shape(s)[:1], s.dtype), ops.zeros_like(s)))
@@ -178,14 +182,13 @@ def smooth_ap_terms(similarity, positive, negative, temperature=0.01):
     has_positive = num_positives > 0
     share = divide_or_zero(ops.ones_like(num_positives), num_positives)
 
-    def body(before, slope):
+    def body(before):
         # j = p is in both sums with σ(0) = 1/2: 1/2 + 1/2 makes the "1 +".
         rank = 0.5 + ops.sum(before * candidates, axis=1)
         positive_rank = 0.5 + ops.sum(before * pos, axis=1)
         ratio = positive_rank / rank
         # ∂(−ratio/|P|)/∂s_aj = −σ'_j/(|P|·rank)·(pos_j − candidate_j·ratio)
-        scale = -share / rank
-        return ratio, scale[:, None] * slope * (pos - candidates * ratio[:, None])
+        return ratio, -share / rank, pos - candidates * ratio[:, None]
 
     precision_sums, gradient = _over_positives(similarity, positive, temperature, body)
     losses = attach_gradient(1.0 - precision_sums * share, similarity, gradient)
@@ -224,9 +227,9 @@ def pnp_terms(similarity, positive, negative, b=2.0, alpha=1.0, anneal=0.01, var
     share = divide_or_zero(ops.ones_like(num_positives), num_positives)
     sign = -1.0 if variant == "Dq" else 1.0
 
-    def body(before, slope):
+    def body(before):
         value, value_slope = _pnp_value_and_slope(ops.sum(before * neg, axis=1), variant, b, alpha)
-        return value, (sign * share * value_slope)[:, None] * slope * neg
+        return value, sign * share * value_slope, neg
 
     value_sums, gradient = _over_positives(similarity, positive, anneal, body)
     losses = value_sums * share

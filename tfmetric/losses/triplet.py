@@ -20,13 +20,13 @@ from tfmetric.losses.base import (
     per_query,
 )
 from tfmetric.mining import (
+    add_to_rows,
     attach_gradient,
     for_each_positive,
     hardest_pairs,
     mine_pairs,
     positive_table,
     row_pick,
-    scatter_rows,
     table_slots,
 )
 
@@ -95,9 +95,7 @@ def semi_hard_triplet_terms(distances, positive, negative, margin=1.0):
         losses = ops.where(active, losses, ops.zeros_like(losses))
         # d[a, p] enters an active pair's loss with sign +1, d[a, n] with -1.
         weight = ops.cast(active, d.dtype)
-        gradient = gradient + scatter_rows(
-            [(slot_positive, weight), (chosen, -weight)], ops.shape(d)
-        )
+        gradient = add_to_rows(gradient, [(slot_positive, weight), (chosen, -weight)])
         return loss_sums + losses, gradient
 
     num_positives = ops.sum(ops.cast(positive, d.dtype), axis=1)
@@ -150,7 +148,7 @@ def _all_triplet_terms_by_slot(distances, positive, negative, margin, table=None
         per_pair = ops.sum(active, axis=1)
         # d[a, p] enters each of its active triplets with sign +1, d[a, n]
         # with sign -1.
-        gradient = gradient + scatter_rows([(slot_positive, per_pair)], ops.shape(d)) - active
+        gradient = add_to_rows(gradient, [(slot_positive, per_pair)]) - active
         return loss_sums + ops.sum(gaps, axis=1), active_counts + per_pair, gradient
 
     zeros = ops.zeros(ops.shape(d)[:1], d.dtype)
@@ -201,7 +199,7 @@ def mined_triplet_terms(distances, triplets, margin=1.0):
         gaps = ops.where(chosen, ops.relu(threshold[:, None] - d), ops.zeros_like(d))
         active = ops.cast(gaps > 0, d.dtype)
         per_pair = ops.sum(active, axis=1)
-        gradient = gradient + scatter_rows([(slot.positive_index, per_pair)], ops.shape(d)) - active
+        gradient = add_to_rows(gradient, [(slot.positive_index, per_pair)]) - active
         return (
             loss_sums + ops.sum(gaps, axis=1),
             active_counts + per_pair,
