@@ -15,6 +15,7 @@ from tfmetric.mining import (
     for_each_positive,
     pair_masks,
     positive_table,
+    row_min,
     scatter_add,
     scatter_sum,
     smallest_mask,
@@ -121,6 +122,27 @@ def test_scatter_add_adds_repeated_indices_with_a_gradient():
         lambda b: keras.ops.sum(scatter_add(b, tensor(indices, "int32"), tensor(values)) * tensor(weights)), base
     )
     np.testing.assert_allclose(_np(grad), weights)
+
+
+@pytest.mark.parametrize("compiled", COMPILE_MODES)
+def test_row_min_takes_the_first_of_tied_minima(compiled):
+    inf = np.inf
+    values = np.array(
+        [[3.0, 1.0, 2.0, 1.0], [inf, inf, inf, inf], [5.0, -2.0, -2.0, 0.0], [np.nan, np.nan, np.nan, np.nan]],
+        "float32",
+    )
+
+    def least(values):
+        return row_min(values)
+
+    if compiled:  # XLA: a minimum, then the least column holding it
+        import tensorflow as tf
+
+        least = tf.function(least, jit_compile=True)
+    minima, columns = (_np(v) for v in least(tensor(values)))
+    np.testing.assert_array_equal(minima[:3], [1.0, inf, -2.0])
+    np.testing.assert_array_equal(columns[:3], [1, 0, 1])
+    assert 0 <= columns[3] < 4
 
 
 def test_add_to_rows_adds_one_entry_per_row_and_pair():

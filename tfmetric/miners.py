@@ -49,6 +49,7 @@ from tfmetric.mining import (
     for_each_positive,
     inverse_cdf,
     pair_masks,
+    row_min,
     row_pick,
     smallest_mask,
 )
@@ -610,8 +611,8 @@ class SemiHardMiner(Miner):
 
         def negatives(slot):
             beyond = ops.where(negative_distances > slot.positive_value[:, None], negative_distances, inf)
-            nearest = ops.cast(ops.argmin(beyond, axis=1), "int32")
-            has_beyond = row_pick(beyond, nearest) < float("inf")
+            nearest_distance, nearest = row_min(beyond)
+            has_beyond = nearest_distance < float("inf")
             return _one_hot(ops.where(has_beyond, nearest, farthest), slot.has_slot, num_columns)
 
         heads = ops.logical_and(positive, ops.any(negative, axis=1)[:, None])

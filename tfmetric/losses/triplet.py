@@ -26,6 +26,7 @@ from tfmetric.mining import (
     hardest_pairs,
     mine_pairs,
     positive_table,
+    row_min,
     row_pick,
     table_slots,
 )
@@ -85,8 +86,7 @@ def semi_hard_triplet_terms(distances, positive, negative, margin=1.0):
     def body(slot_positive, has_slot, loss_sums, gradient):
         positive_distance = row_pick(d, slot_positive)
         beyond = ops.where(negative_distances > positive_distance[:, None], negative_distances, inf)
-        nearest_beyond = ops.cast(ops.argmin(beyond, axis=1), "int32")
-        nearest_beyond_distance = row_pick(beyond, nearest_beyond)
+        nearest_beyond_distance, nearest_beyond = row_min(beyond)
         has_beyond = nearest_beyond_distance < float("inf")
         chosen = ops.where(has_beyond, nearest_beyond, farthest)
         chosen_distance = ops.where(has_beyond, nearest_beyond_distance, farthest_distance)
