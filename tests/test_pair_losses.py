@@ -524,3 +524,23 @@ def test_hard_negatives_with_an_unknown_batch_size():
     labels = np.repeat(np.arange(4), 3).astype("int32")
     embeddings = rng.normal(size=(12, 3)).astype("float32")
     np.testing.assert_allclose(float(traced(labels, embeddings)), float(loss(labels, embeddings)), rtol=1e-6)
+
+
+@only_tensorflow
+@pytest.mark.parametrize("compiled", COMPILE_MODES)
+def test_distance_weighted_margin_loss_with_an_unknown_batch_size(compiled):
+    # Under XLA the draws' binary search cannot take its length from the
+    # batch size: the same draws as a graph traced for this batch size.
+    import tensorflow as tf
+
+    signature = [tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, 16], tf.float32)]
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 3).astype("int32")
+    embeddings = rng.normal(size=(12, 16)).astype("float32")
+    values = []
+    for input_signature in (signature, None):
+        loss = tfm.MarginLoss(seed=3)
+        traced = tf.function(loss, input_signature=input_signature, jit_compile=compiled)
+        values.append(float(traced(labels, embeddings)))
+    assert np.isfinite(values[0])
+    assert values[0] == pytest.approx(values[1], rel=1e-6)

@@ -498,11 +498,12 @@ def _count_not_above(ascending, targets):
     if runs_op_by_op():
         return places_in_rows(ascending, targets, side="right")
     # XLA has no search in rows: a binary search of ⌈log₂(R + 1)⌉ steps,
-    # each a gather of one entry per target (the shapes are static there).
+    # each a gather of one entry per target (32 where the trace does not
+    # know R: a batch of unknown size).
     num_columns = ops.shape(ascending)[1]
     low = ops.zeros_like(targets, "int32")
-    high = ops.full_like(low, num_columns)
-    for _ in range(int(num_columns).bit_length()):
+    high = ops.zeros_like(low) + ops.cast(num_columns, "int32")
+    for _ in range(num_columns.bit_length() if isinstance(num_columns, int) else 32):
         middle = (low + high) // 2
         value = ops.take_along_axis(ascending, ops.minimum(middle, num_columns - 1), axis=1)
         searching = low < high

@@ -81,23 +81,22 @@ def histogram_terms(similarity, positive, negative, delta=0.02):
     kept = ops.logical_or(row_active[:, None], column_active[None, :])
     # Where each pair's mass goes: query a's row of negative histograms, the
     # one histogram of the positives, or a row nothing reads.
-    first_nodes = ops.cast(ops.arange(num_queries) * num_nodes, work)[:, None]
-    first_nodes = ops.where(
+    queries = ops.arange(num_queries, dtype="int32")[:, None]
+    blocks = ops.where(
         ops.logical_and(negative, kept),
-        first_nodes,
-        ops.where(ops.logical_and(positive, kept), float(num_queries * num_nodes),
-                  float((num_queries + 1) * num_nodes)),
+        queries,
+        ops.where(ops.logical_and(positive, kept), num_queries, num_queries + 1),
     )
     scaled = (ops.clip(ops.cast(similarity, work), -1.0, 1.0) + 1.0) / delta
-    loss_sums, negative_counts = _histogram_sums(scaled, first_nodes, num_queries, num_nodes)
+    loss_sums, negative_counts = _histogram_sums(scaled, ops.cast(blocks, work), num_queries, num_nodes)
     return ops.cast(loss_sums, dtype), ops.cast(negative_counts, dtype)
 
 
-def _histogram_sums(scaled, first_nodes, num_queries, num_nodes):
-    """`histogram_terms`' sums from the similarities in node units and each pair's first node.
+def _histogram_sums(scaled, blocks, num_queries, num_nodes):
+    """`histogram_terms`' sums from the similarities in node units and each pair's row of histograms.
 
-    `first_nodes` is a float (the gradient of every argument is returned,
-    JAX's custom gradients cannot close over tracers). The gradient of a
+    `blocks` is a float, exact below 2²⁴ queries (JAX's custom gradients take
+    no integers and cannot close over tracers). The gradient of a
     negative pair's term with respect to its share `f` is `Φ_{l+1} − Φ_l`,
     the positives' density at node l + 1, times its query's upstream; a
     positive pair's `f` moves mass from node l to l + 1, which changes `Φ`
@@ -108,11 +107,12 @@ def _histogram_sums(scaled, first_nodes, num_queries, num_nodes):
     size = (num_queries + 2) * num_nodes
 
     @ops.custom_gradient
-    def sums(scaled, first_nodes):
+    def sums(scaled, blocks):
         scaled = ops.stop_gradient(scaled)
         lower = ops.minimum(ops.floor(scaled), num_nodes - 2)
         upper_share = scaled - lower
-        cells = ops.reshape(ops.cast(ops.stop_gradient(first_nodes) + lower, "int32"), (-1,))
+        cells = ops.cast(ops.stop_gradient(blocks), "int32") * num_nodes + ops.cast(lower, "int32")
+        cells = ops.reshape(cells, (-1,))
         shape = (num_queries + 2, num_nodes)
         counts = ops.reshape(add_at(ops.ones_like(cells, scaled.dtype), cells, size), shape)
         upper = ops.reshape(add_at(ops.reshape(upper_share, (-1,)), cells, size), shape)
@@ -139,11 +139,11 @@ def _histogram_sums(scaled, first_nodes, num_queries, num_nodes):
                 ]
             )
             grad = ops.reshape(ops.take(ops.reshape(table, (-1,)), cells), ops.shape(scaled))
-            return grad, ops.zeros_like(first_nodes)
+            return grad, ops.zeros_like(blocks)
 
         return ops.concatenate([loss_sums, negative_counts]), gradient
 
-    both = sums(scaled, first_nodes)
+    both = sums(scaled, blocks)
     return both[:num_queries], ops.stop_gradient(both[num_queries:])
 
 
