@@ -446,7 +446,7 @@ def distance_weighted_log_weights(distances, negative, dim, cutoff=0.5, nonzero_
 class InverseCdf(NamedTuple):
     """Every row's categorical distribution `∝ exp(log_weights)`, ready to be drawn from by inverting it."""
 
-    cumulative: object  # (N, R) running sums of the weights, each row's largest scaled to 1
+    cumulative: object  # (N, R) running sums of the weights (each row's largest weight is 1)
     last_candidate: object  # (N,) int32: the last column with a finite log weight
     has_candidate: object  # (N,) bool
 

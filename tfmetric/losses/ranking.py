@@ -94,8 +94,8 @@ def fast_ap_terms(distances, positive, negative, num_bins=10, max_distance=4.0):
 
     Memory and work O(N·R): each distance falls between two bin centres,
     `d/Δ = k + f`, and adds `1 − f` to bin k and `f` to bin k + 1
-    (`_pulse_histograms`, with its gradient written out), where every pair against every bin would take
-    `num_bins + 1` times the memory and time.
+    (`_pulse_histograms`, its gradient written out), where every pair
+    against every bin would take `num_bins + 1` times the memory and time.
     """
     dtype = distances.dtype
     pos = ops.cast(positive, dtype)
