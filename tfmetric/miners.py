@@ -58,6 +58,7 @@ MINER_DISTANCES = ("euclidean", "squared_euclidean", "cosine", "similarity")
 STRATEGIES = ("hard", "semihard", "easy", "all")
 TRIPLET_TYPES = ("all", "hard", "semihard", "easy")
 
+
 class Slot(NamedTuple):
     """One slot of `Triplets.positive`: every anchor's s-th positive.
 
@@ -805,13 +806,12 @@ class DistanceWeightedMiner(_RandomMiner):
         num_rows, num_columns = ops.shape(matrix)[0], ops.shape(matrix)[1]
         columns = ops.arange(num_columns, dtype="int32")
         uniforms = keras.random.uniform((num_rows, UNIFORMS_PER_ANCHOR), dtype="float32", seed=self.seed_generator)
-        positive_float = ops.cast(positive, "float32")
 
         def negatives(slot):
             # The draw of pair (a, p) depends on p's rank among a's
             # positives, whichever loop visits it.
             before = ops.logical_and(positive, columns[None, :] < slot.positive_index[:, None])
-            rank = ops.cast(ops.sum(ops.cast(before, "float32") * positive_float, axis=1), "int32")
+            rank = ops.sum(ops.cast(before, "int32"), axis=1)
             return _one_hot(draw_columns(distribution, uniforms, rank), distribution.has_candidate, num_columns)
 
         heads = ops.logical_and(positive, distribution.has_candidate[:, None])

@@ -90,22 +90,6 @@ def add_at(values, indices, size):
     return ops.segment_sum(values, indices, num_segments=size)
 
 
-def take_at(table, indices):
-    """`table[indices]` from a 1-D table, differentiable in `table` (its gradient adds with `add_at`)."""
-    if _without_xla_on_tensorflow():
-        import tensorflow as tf
-
-        @tf.custom_gradient
-        def taken(table):
-            def gradient(upstream):
-                return add_at(tf.reshape(upstream, [-1]), tf.reshape(indices, [-1]), tf.shape(table)[0])
-
-            return tf.gather(table, indices), gradient
-
-        return taken(table)
-    return ops.take(table, indices)
-
-
 def negatives_beside_keys(values, negative, keys, below=False):
     """For every query a and each of its keys: how many negatives n lie beyond the key, and the sum of their values.
 
