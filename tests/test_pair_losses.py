@@ -173,6 +173,34 @@ def test_smallest_entries_selects_exactly_count(n, seed, count, levels, dtype):
     assert np.sum(weights * values) == pytest.approx(chosen.sum(), rel=1e-5, abs=1e-5)
 
 
+@pytest.mark.parametrize("compiled", COMPILE_MODES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_smallest_entries_cuts_between_neighbouring_floats(compiled, dtype):
+    # Values one ulp apart share every digit of their bit patterns but the
+    # last: the radix selection's last level and the bisection's last steps
+    # decide. The three equal values at the cut share the remaining 2.
+    if dtype == "float64" and BACKEND == "jax":
+        import jax
+
+        if not jax.config.jax_enable_x64:
+            dtype = "float32"
+    one = np.array(1.0, dtype)
+    up = np.nextafter(one, 2 * one)
+    values = np.array([[up, one, np.nextafter(up, 2 * one)], [up, 0.0, up], [one, one, 3.0]], dtype)
+    candidates = np.array([[1, 1, 1], [1, 0, 1], [1, 0, 1]], bool)
+
+    def select(values, candidates):
+        return smallest_entries(values, candidates, 4)
+
+    if compiled:
+        import tensorflow as tf
+
+        select = tf.function(select, jit_compile=True)
+    weights = np.asarray(select(tensor(values, dtype), tensor(candidates)))
+    want = [[2 / 3, 1, 0], [2 / 3, 0, 2 / 3], [1, 0, 0]]
+    np.testing.assert_allclose(weights, want, rtol=1e-6)
+
+
 # ---------------------------------------------------------------- distance-weighted sampling
 
 

@@ -46,7 +46,7 @@ def contrastive_terms(distances, positive, negative, margin=1.0, negatives="all"
     else:
         negative = ops.cast(negative, distances.dtype)
     sums = _contrastive_sums(distances, positive, negative, margin, binary=not hard)
-    return sums, ops.sum(positive + negative, axis=1)
+    return sums, ops.sum(positive, axis=1) + ops.sum(negative, axis=1)
 
 
 def _contrastive_sums(distances, positive, negative, margin, binary):
