@@ -16,6 +16,7 @@ from tfmetric.mining import (
     pair_masks,
     positive_table,
     row_min,
+    row_min_above,
     scatter_add,
     scatter_sum,
     smallest_mask,
@@ -143,6 +144,36 @@ def test_row_min_takes_the_first_of_tied_minima(compiled):
     np.testing.assert_array_equal(minima[:3], [1.0, inf, -2.0])
     np.testing.assert_array_equal(columns[:3], [1, 0, 1])
     assert 0 <= columns[3] < 4
+
+
+@pytest.mark.parametrize("compiled", COMPILE_MODES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_row_min_above_takes_the_first_least_value_strictly_above(compiled, dtype):
+    inf = np.inf
+    values = np.array(
+        [
+            [3.0, 1.0, 2.0, 2.0, inf],  # above 1: the first 2
+            [inf, inf, 5.0, 0.5, 0.5],  # above 5: only inf, none found
+            [-0.0, 0.0, 7.0, np.nan, 0.25],  # above -0.0: 0.25
+            [4.0, -3.0, 0.0, 1e-30, 4.0],  # above 0.0: 1e-30, not the negative value
+            [-2.0, -1.0, -1.5, 3.0, -0.5],  # above -1.25 (the generic way): -1
+        ]
+    )
+    thresholds = np.array([1.0, 5.0, -0.0, 0.0, -1.25])
+
+    def above(values, thresholds):
+        return row_min_above(values, thresholds)
+
+    if compiled:
+        import tensorflow as tf
+
+        above = tf.function(above, jit_compile=True)
+    for rows in (slice(0, 4), slice(0, 5)):  # all thresholds ≥ 0, then one below
+        least, column, found = (_np(v) for v in above(tensor(values[rows], dtype), tensor(thresholds[rows], dtype)))
+        want_found = [True, False, True, True, True][rows]
+        np.testing.assert_array_equal(found, want_found)
+        np.testing.assert_array_equal(column[np.array(want_found)], [2, 4, 3, 1][: sum(want_found)])
+        np.testing.assert_allclose(least[np.array(want_found)], [2.0, 0.25, 1e-30, -1.0][: sum(want_found)], rtol=1e-7)
 
 
 def test_add_to_rows_adds_one_entry_per_row_and_pair():

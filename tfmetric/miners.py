@@ -49,7 +49,7 @@ from tfmetric.mining import (
     for_each_positive,
     inverse_cdf,
     pair_masks,
-    row_min,
+    row_min_above,
     row_pick,
     smallest_mask,
 )
@@ -611,9 +611,7 @@ class SemiHardMiner(Miner):
         num_columns = ops.shape(d)[1]
 
         def negatives(slot):
-            beyond = ops.where(negative_distances > slot.positive_value[:, None], negative_distances, inf)
-            nearest_distance, nearest = row_min(beyond)
-            has_beyond = nearest_distance < float("inf")
+            _, nearest, has_beyond = row_min_above(negative_distances, slot.positive_value)
             return _one_hot(ops.where(has_beyond, nearest, farthest), slot.has_slot, num_columns)
 
         heads = ops.logical_and(positive, ops.any(negative, axis=1)[:, None])

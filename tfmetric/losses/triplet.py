@@ -26,7 +26,7 @@ from tfmetric.mining import (
     hardest_pairs,
     mine_pairs,
     positive_table,
-    row_min,
+    row_min_above,
     row_pick,
     table_slots,
 )
@@ -85,9 +85,7 @@ def semi_hard_triplet_terms(distances, positive, negative, margin=1.0):
 
     def body(slot_positive, has_slot, loss_sums, gradient):
         positive_distance = row_pick(d, slot_positive)
-        beyond = ops.where(negative_distances > positive_distance[:, None], negative_distances, inf)
-        nearest_beyond_distance, nearest_beyond = row_min(beyond)
-        has_beyond = nearest_beyond_distance < float("inf")
+        nearest_beyond_distance, nearest_beyond, has_beyond = row_min_above(negative_distances, positive_distance)
         chosen = ops.where(has_beyond, nearest_beyond, farthest)
         chosen_distance = ops.where(has_beyond, nearest_beyond_distance, farthest_distance)
         losses = ops.relu(positive_distance - chosen_distance + margin)
