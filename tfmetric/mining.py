@@ -188,6 +188,37 @@ def positive_table(positive, num_slots=None):
     return torch.topk(positive.to(torch.int32) * keys, int(num_slots), dim=1).indices.to(torch.int32)
 
 
+def entry_coordinates(mask):
+    """The rows and columns of the True entries of a boolean matrix, int32 `(P,)` each, in row-major order.
+
+    For terms that only some pairs have (those of the positive pairs): on
+    these P entries instead of the whole matrix, where every operation is a
+    kernel of its own and reads and writes all of it (TensorFlow without
+    XLA, PyTorch). `None` elsewhere: under XLA and JAX shapes cannot depend
+    on the data, and there the passes over the matrix fuse into one.
+    """
+    if not runs_op_by_op():
+        return None
+    if backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        coordinates = tf.cast(tf.where(mask), tf.int32)
+    else:
+        import torch
+
+        coordinates = torch.nonzero(mask).to(torch.int32)
+    return coordinates[:, 0], coordinates[:, 1]
+
+
+def take_entries(matrix, rows, columns):
+    """`matrix[rows[i], columns[i]]` for every i (differentiable; `rows`, `columns` from `entry_coordinates`)."""
+    if backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.gather_nd(matrix, tf.stack([rows, columns], axis=1))
+    return matrix[rows.long(), columns.long()]
+
+
 def table_slots(positive, table):
     """Which entries of `positive_table(positive)` are positives, `(N, S)` bool.
 

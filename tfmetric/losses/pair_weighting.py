@@ -29,7 +29,7 @@ from tfmetric.losses.base import (
     row_logsumexp,
     similarity_loss,
 )
-from tfmetric.mining import for_each_positive, mine_pairs, row_pick, scatter_sum
+from tfmetric.mining import entry_coordinates, for_each_positive, mine_pairs, row_pick, scatter_sum, take_entries
 
 # Smallest sin²θ under the square root of `cos(θ − m)`: the derivative of
 # sin θ = √(1 − cos²θ) is infinite at cos θ = ±1.
@@ -430,17 +430,29 @@ def tuplet_margin_terms(similarity, positive, negative, margin=5.73, scale=64.0)
     """
     margin, scale = _check_tuplet(margin, scale)
     radians = math.radians(margin)
-    cosine = ops.clip(similarity, -1.0, 1.0)
-    sine_squared = 1.0 - ops.square(cosine)
-    sine = ops.sqrt(ops.where(sine_squared > _TINY, sine_squared, ops.full_like(sine_squared, _TINY)))
-    # cos(θ − m) = cos θ cos m + sin θ sin m, with sin θ ≥ 0 on [0, π].
-    target = cosine * math.cos(radians) + sine * math.sin(radians)
     negatives = row_logsumexp(scale * similarity, negative)
     has_negative = ops.any(negative, axis=1)
-    terms = ops.softplus(negatives[:, None] - scale * target)
+    counts = ops.sum(ops.cast(positive, similarity.dtype), axis=1)
+
+    def terms(positive_similarity, negatives):
+        cosine = ops.clip(positive_similarity, -1.0, 1.0)
+        sine_squared = 1.0 - ops.square(cosine)
+        sine = ops.sqrt(ops.where(sine_squared > _TINY, sine_squared, ops.full_like(sine_squared, _TINY)))
+        # cos(θ − m) = cos θ cos m + sin θ sin m, with sin θ ≥ 0 on [0, π].
+        target = cosine * math.cos(radians) + sine * math.sin(radians)
+        return ops.softplus(negatives - scale * target)
+
+    # Where every operation is a kernel of its own: the positive pairs'
+    # terms on a vector of them, not on the whole matrix.
+    coordinates = entry_coordinates(positive)
+    if coordinates is not None:
+        rows, columns = coordinates
+        pair_terms = terms(take_entries(similarity, rows, columns), ops.take(negatives, rows))
+        pair_terms = ops.where(ops.take(has_negative, rows), pair_terms, ops.zeros_like(pair_terms))
+        return ops.segment_sum(pair_terms, rows, ops.shape(similarity)[0]), counts
+    all_terms = terms(similarity, negatives[:, None])
     keep = ops.logical_and(positive, has_negative[:, None])
-    sums = ops.sum(ops.where(keep, terms, ops.zeros_like(terms)), axis=1)
-    return sums, ops.sum(ops.cast(positive, similarity.dtype), axis=1)
+    return ops.sum(ops.where(keep, all_terms, ops.zeros_like(all_terms)), axis=1), counts
 
 
 def tuplet_margin(
