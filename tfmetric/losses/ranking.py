@@ -27,7 +27,7 @@ from tfmetric.losses.base import (
     divide_or_zero,
     similarity_loss,
 )
-from tfmetric.mining import add_to_rows, attach_gradient, for_each_positive, row_pick
+from tfmetric.mining import add_to_rows, attach_gradient, entry_coordinates, for_each_positive, row_pick, take_entries
 
 # The largest distance between two unit vectors, by distance.
 UNIT_RANGE = {"squared_euclidean": 4.0, "euclidean": 2.0, "cosine": 2.0}
@@ -257,6 +257,18 @@ def _weighted_mean(values, logits, mask, epsilon):
     return divide_or_zero(total, ops.sum(weights, axis=1) + epsilon * ops.exp(-shift))
 
 
+def _weighted_mean_of_entries(values, logits, keep, rows, num_rows, epsilon):
+    """`_weighted_mean` of the entries `keep` of vectors of entries (`rows`: their rows, in order)."""
+    zeros = ops.zeros_like(logits)
+    has_terms = ops.segment_sum(ops.cast(keep, logits.dtype), rows, num_rows) > 0
+    lowest = ops.full((), float("-inf"), logits.dtype)
+    shift = ops.stop_gradient(ops.segment_max(ops.where(keep, logits, lowest), rows, num_rows))
+    shift = ops.where(has_terms, shift, ops.zeros_like(shift))
+    weights = ops.where(keep, ops.exp(ops.where(keep, logits - ops.take(shift, rows), zeros)), zeros)
+    total = ops.segment_sum(weights * ops.where(keep, values, zeros), rows, num_rows)
+    return divide_or_zero(total, ops.segment_sum(weights, rows, num_rows) + epsilon * ops.exp(-shift))
+
+
 def ranked_list_terms(distances, positive, negative, margin=0.4, Tn=10.0, imbalance=0.5, alpha=None, Tp=0.0):
     """Per-query ranked list losses; every query counts once.
 
@@ -270,11 +282,21 @@ def ranked_list_terms(distances, positive, negative, margin=0.4, Tn=10.0, imbala
     alpha = 1.0 + margin / 2 if alpha is None else alpha
     dtype = distances.dtype
     lower = alpha - margin
-    far_positive = ops.logical_and(positive, distances > lower)
     close_negative = ops.logical_and(negative, distances < alpha)
     rows = 1.0 + ops.sum(ops.cast(ops.logical_or(positive, negative), dtype), axis=1)
     epsilon = 1e-5 * rows
-    pull = _weighted_mean(distances - lower, Tp * (distances - lower), far_positive, epsilon)
+    coordinates = entry_coordinates(positive)
+    if coordinates is None:
+        far_positive = ops.logical_and(positive, distances > lower)
+        pull = _weighted_mean(distances - lower, Tp * (distances - lower), far_positive, epsilon)
+    else:
+        # Where every operation is a kernel of its own: on the positive pairs alone.
+        pair_rows, pair_columns = coordinates
+        pair_distances = take_entries(distances, pair_rows, pair_columns)
+        beyond = pair_distances - lower
+        pull = _weighted_mean_of_entries(
+            beyond, Tp * beyond, pair_distances > lower, pair_rows, ops.shape(distances)[0], epsilon
+        )
     push = _weighted_mean(alpha - distances, Tn * (alpha - distances), close_negative, epsilon)
     losses = (1.0 - imbalance) * pull + imbalance * push
     return losses, ops.ones_like(losses)
