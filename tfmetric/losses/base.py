@@ -50,7 +50,7 @@ from keras import backend, ops
 from tfmetric.distances import as_embeddings, check_distance, pairwise_distance, pairwise_similarity, runs_op_by_op
 from tfmetric.distribute import gather_across_replicas, replica_context, scale_for_replicas
 from tfmetric.labels import standardize_any
-from tfmetric.mining import Pairs, mine_pairs, places_in_rows
+from tfmetric.mining import Pairs, entry_coordinates, mine_pairs, places_in_rows, take_entries
 
 
 def check_choice(argument, value, choices):
@@ -65,6 +65,25 @@ def divide_or_zero(numerator, denominator):
     nonzero = denominator != 0
     safe = ops.where(nonzero, denominator, ops.ones_like(denominator))
     return ops.where(nonzero, numerator / safe, ops.zeros_like(numerator))
+
+
+def sparse_row_mean(term, matrix, mask):
+    """Each row's mean of the elementwise `term(matrix)` over its `mask` entries, 0 for a row without any.
+
+    For masks with few entries a row (the positive pairs): where every
+    operation is a kernel of its own, `term` runs on the vector of those
+    entries (`tfm.mining.entry_coordinates`), not on the whole matrix.
+    """
+    counts = ops.sum(ops.cast(mask, matrix.dtype), axis=1)
+    coordinates = entry_coordinates(mask)
+    if coordinates is None:
+        values = term(matrix)
+        # where, not a product: 0 · inf is NaN.
+        total = ops.sum(ops.where(mask, values, ops.zeros_like(values)), axis=1)
+    else:
+        rows, columns = coordinates
+        total = ops.segment_sum(term(take_entries(matrix, rows, columns)), rows, ops.shape(matrix)[0])
+    return divide_or_zero(total, counts)
 
 
 def _without_xla_on_tensorflow():

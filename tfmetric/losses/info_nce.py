@@ -22,7 +22,13 @@ Everything is computed row by row on the `(N, R)` rectangle, in log space
 import keras
 from keras import ops
 
-from tfmetric.losses.base import SimilarityLoss, check_positive, divide_or_zero, masked_rows, similarity_loss
+from tfmetric.losses.base import (
+    SimilarityLoss,
+    check_positive,
+    masked_rows,
+    similarity_loss,
+    sparse_row_mean,
+)
 
 
 def _row_logsumexp(values, mask):
@@ -45,12 +51,6 @@ def _row_logsumexp(values, mask):
     total = ops.sum(ops.exp(exponents), axis=1)
     total = total + ops.stop_gradient(ops.maximum(1.0 - total, ops.zeros_like(total)))
     return shift + ops.log(total)
-
-
-def _row_mean(values, mask):
-    # where, not a product: 0 · inf is NaN.
-    total = ops.sum(ops.where(mask, values, ops.zeros_like(values)), axis=1)
-    return divide_or_zero(total, ops.sum(ops.cast(mask, values.dtype), axis=1))
 
 
 def _negatives_share(logits, own, negative):
@@ -81,7 +81,7 @@ def supcon_terms(similarity, positive, negative, temperature=0.1):
     own = _row_logsumexp(logits, positive)
     # logsumexp over P ∪ Q = own + softplus(others − own): no cancellation
     # of two large log-sums when the negatives' share is small.
-    losses = own - _row_mean(logits, positive) + _negatives_share(logits, own, negative)
+    losses = own - sparse_row_mean(lambda v: v, logits, positive) + _negatives_share(logits, own, negative)
     return ops.where(has_positive, losses, ops.zeros_like(losses)), ops.cast(has_positive, similarity.dtype)
 
 

@@ -8,7 +8,7 @@ cosine by default), `P(a)` the positives of query `a`, `Q(a)` its negatives.
 import keras
 from keras import ops
 
-from tfmetric.losses.base import SimilarityLoss, divide_or_zero, row_logsumexp, similarity_loss
+from tfmetric.losses.base import SimilarityLoss, divide_or_zero, row_logsumexp, similarity_loss, sparse_row_mean
 
 
 def _row_mean(values, mask):
@@ -74,7 +74,7 @@ def binomial_deviance_terms(similarity, positive, negative, alpha=2.0, threshold
     `λ = threshold`, `C = cost`.
     """
     valid = ops.logical_and(ops.any(positive, axis=1), ops.any(negative, axis=1))
-    pull = _row_mean(ops.softplus(-alpha * (similarity - threshold)), positive)
+    pull = sparse_row_mean(lambda s: ops.softplus(-alpha * (s - threshold)), similarity, positive)
     push = _row_mean(ops.softplus(alpha * cost * (similarity - threshold)), negative)
     losses = pull + push
     return ops.where(valid, losses, ops.zeros_like(losses)), ops.cast(valid, similarity.dtype)
