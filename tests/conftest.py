@@ -171,7 +171,9 @@ def check_against(loss, ref, x, labels, compiled=False, sample_weight=None, grad
     if want.kink > 1e-3:
         assert float(value) == pytest.approx(want.loss, rel=1e-4, abs=1e-5)
     if want.kink > 1e-3:
-        scale = max(np.abs(want.grad).max(), 1e-6)
+        # Floored at 1e-3: float32 leaves ~1e-6 of rounding in a gradient
+        # that is exactly 0 (FastAP of a one-class batch).
+        scale = max(np.abs(want.grad).max(), 1e-3)
         np.testing.assert_allclose(grad / scale, want.grad / scale, atol=grad_rtol)
     return want
 

@@ -12,6 +12,7 @@ import tfmetric as tfm
 import tfmetric.miners as miners
 from tfmetric.mining import (
     add_to_rows,
+    entry_coordinates,
     for_each_positive,
     pair_masks,
     positive_table,
@@ -20,6 +21,7 @@ from tfmetric.mining import (
     scatter_add,
     scatter_sum,
     smallest_mask,
+    take_entries,
 )
 
 import recorded
@@ -174,6 +176,24 @@ def test_row_min_above_takes_the_first_least_value_strictly_above(compiled, dtyp
         np.testing.assert_array_equal(found, want_found)
         np.testing.assert_array_equal(column[np.array(want_found)], [2, 4, 3, 1][: sum(want_found)])
         np.testing.assert_allclose(least[np.array(want_found)], [2.0, 0.25, 1e-30, -1.0][: sum(want_found)], rtol=1e-7)
+
+
+def test_entry_coordinates_in_row_major_order_and_take_entries_with_a_gradient():
+    mask = np.array([[0, 1, 1], [0, 0, 0], [1, 0, 1]], bool)
+    coordinates = entry_coordinates(tensor(mask))
+    if coordinates is None:  # JAX: shapes cannot depend on the data
+        assert BACKEND == "jax"
+        return
+    rows, columns = (_np(v) for v in coordinates)
+    np.testing.assert_array_equal(rows, [0, 0, 2, 2])
+    np.testing.assert_array_equal(columns, [1, 2, 0, 2])
+    matrix = np.arange(9, dtype="float32").reshape(3, 3)
+    weights = np.array([1.0, 2.0, 3.0, 4.0], "float32")
+    value, grad = value_and_grad(
+        lambda m: keras.ops.sum(take_entries(m, *coordinates) * tensor(weights)), matrix
+    )
+    assert float(value) == 1 * 1 + 2 * 2 + 3 * 6 + 4 * 8
+    np.testing.assert_array_equal(_np(grad), [[0, 1, 2], [0, 0, 0], [3, 0, 4]])
 
 
 def test_add_to_rows_adds_one_entry_per_row_and_pair():

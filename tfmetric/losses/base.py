@@ -67,23 +67,28 @@ def divide_or_zero(numerator, denominator):
     return ops.where(nonzero, numerator / safe, ops.zeros_like(numerator))
 
 
-def sparse_row_mean(term, matrix, mask):
-    """Each row's mean of the elementwise `term(matrix)` over its `mask` entries, 0 for a row without any.
+def masked_row_mean(values, mask):
+    """Each row's mean of `values` over its `mask` entries, 0 for a row without any."""
+    # where, not a product: 0 · inf is NaN.
+    total = ops.sum(ops.where(mask, values, ops.zeros_like(values)), axis=1)
+    return divide_or_zero(total, ops.sum(ops.cast(mask, values.dtype), axis=1))
 
-    For masks with few entries a row (the positive pairs): where every
-    operation is a kernel of its own, `term` runs on the vector of those
-    entries (`tfm.mining.entry_coordinates`), not on the whole matrix.
+
+def sparse_row_mean(term, matrix, mask):
+    """`masked_row_mean(term(matrix), mask)` for an elementwise `term` and a mask with few entries a row.
+
+    For the positive pairs: where every operation is a kernel of its own,
+    `term` runs on the vector of the mask's entries
+    (`tfm.mining.entry_coordinates`), not on the whole matrix. A term of
+    one or two operations is cheaper on the matrix (the gather and its
+    gradient's scatter cost more than they save).
     """
-    counts = ops.sum(ops.cast(mask, matrix.dtype), axis=1)
     coordinates = entry_coordinates(mask)
     if coordinates is None:
-        values = term(matrix)
-        # where, not a product: 0 · inf is NaN.
-        total = ops.sum(ops.where(mask, values, ops.zeros_like(values)), axis=1)
-    else:
-        rows, columns = coordinates
-        total = ops.segment_sum(term(take_entries(matrix, rows, columns)), rows, ops.shape(matrix)[0])
-    return divide_or_zero(total, counts)
+        return masked_row_mean(term(matrix), mask)
+    rows, columns = coordinates
+    total = ops.segment_sum(term(take_entries(matrix, rows, columns)), rows, ops.shape(matrix)[0])
+    return divide_or_zero(total, ops.sum(ops.cast(mask, matrix.dtype), axis=1))
 
 
 def _without_xla_on_tensorflow():

@@ -25,9 +25,9 @@ from keras import ops
 from tfmetric.losses.base import (
     SimilarityLoss,
     check_positive,
+    masked_row_mean,
     masked_rows,
     similarity_loss,
-    sparse_row_mean,
 )
 
 
@@ -81,7 +81,7 @@ def supcon_terms(similarity, positive, negative, temperature=0.1):
     own = _row_logsumexp(logits, positive)
     # logsumexp over P ∪ Q = own + softplus(others − own): no cancellation
     # of two large log-sums when the negatives' share is small.
-    losses = own - sparse_row_mean(lambda v: v, logits, positive) + _negatives_share(logits, own, negative)
+    losses = own - masked_row_mean(logits, positive) + _negatives_share(logits, own, negative)
     return ops.where(has_positive, losses, ops.zeros_like(losses)), ops.cast(has_positive, similarity.dtype)
 
 

@@ -8,13 +8,13 @@ cosine by default), `P(a)` the positives of query `a`, `Q(a)` its negatives.
 import keras
 from keras import ops
 
-from tfmetric.losses.base import SimilarityLoss, divide_or_zero, row_logsumexp, similarity_loss, sparse_row_mean
-
-
-def _row_mean(values, mask):
-    # where, not a product: 0 · inf is NaN.
-    total = ops.sum(ops.where(mask, values, ops.zeros_like(values)), axis=1)
-    return divide_or_zero(total, ops.sum(ops.cast(mask, values.dtype), axis=1))
+from tfmetric.losses.base import (
+    SimilarityLoss,
+    masked_row_mean,
+    row_logsumexp,
+    similarity_loss,
+    sparse_row_mean,
+)
 
 
 def multi_similarity_pairs(similarity, positive, negative, epsilon):
@@ -75,7 +75,7 @@ def binomial_deviance_terms(similarity, positive, negative, alpha=2.0, threshold
     """
     valid = ops.logical_and(ops.any(positive, axis=1), ops.any(negative, axis=1))
     pull = sparse_row_mean(lambda s: ops.softplus(-alpha * (s - threshold)), similarity, positive)
-    push = _row_mean(ops.softplus(alpha * cost * (similarity - threshold)), negative)
+    push = masked_row_mean(ops.softplus(alpha * cost * (similarity - threshold)), negative)
     losses = pull + push
     return ops.where(valid, losses, ops.zeros_like(losses)), ops.cast(valid, similarity.dtype)
 
