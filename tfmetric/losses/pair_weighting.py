@@ -29,7 +29,15 @@ from tfmetric.losses.base import (
     row_logsumexp,
     similarity_loss,
 )
-from tfmetric.mining import entry_coordinates, for_each_positive, mine_pairs, row_pick, scatter_sum, take_entries
+from tfmetric.mining import (
+    add_to_rows,
+    entry_coordinates,
+    for_each_positive,
+    mine_pairs,
+    row_pick,
+    scatter_add,
+    take_entries,
+)
 
 # Smallest sin²θ under the square root of `cos(θ − m)`: the derivative of
 # sin θ = √(1 − cos²θ) is infinite at cos θ = ±1.
@@ -235,15 +243,15 @@ def _angular_sums_from_gram(x, positive, negative, pull, push):
             if upstream is None:
                 (upstream,) = args
             upstream = ops.cast(upstream, gram.dtype)
-            size = ops.shape(gram)
 
             def backward(slot_positive, has_slot, grad):
                 slot_weights = weights(slot_positive, has_slot, upstream)
-                at_positive = ops.one_hot(slot_positive, size[1], dtype=gram.dtype)
                 pulled = pull * slot_weights
-                by_row = scatter_sum(slot_positive[:, None], pulled, size)
-                total = ops.sum(slot_weights, axis=1, keepdims=True)
-                return (grad + pulled + by_row - push * total * at_positive,)
+                # G_an's share, then G_pn's: row a of it added to row p, in
+                # place; then G_ap's, one entry a row.
+                grad = scatter_add(grad + pulled, slot_positive[:, None], pulled)
+                total = ops.sum(slot_weights, axis=1)
+                return (add_to_rows(grad, [(slot_positive, -push * total)]),)
 
             (grad,) = for_each_positive(positive, backward, (ops.zeros_like(gram),))
             return grad, ops.zeros_like(positive_ones), ops.zeros_like(negative_ones)
