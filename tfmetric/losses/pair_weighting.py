@@ -189,7 +189,6 @@ def angular_terms(queries, reference, positive, negative, alpha=40.0):
             if upstream is None:
                 (upstream,) = args
             upstream = ops.cast(upstream, x.dtype)
-            num_rows = ops.shape(ref)[0]
 
             def backward(slot_positive, has_slot, grad_x, grad_ref):
                 logits, positive_rows = slot_logits(x, ref, similarity, slot_positive)
@@ -201,9 +200,10 @@ def angular_terms(queries, reference, positive, negative, alpha=40.0):
                 # d/dx_n: 4t² Σ_a w (x_a + x_p).
                 grad_ref = grad_ref + pull * ops.matmul(ops.transpose(weights), x + positive_rows)
                 # d/dx_p: 4t² Σ_n w x_n − 2(1 + t²) (Σ_n w) x_a, summed over the queries of slot p.
-                one_hot = ops.one_hot(slot_positive, num_rows, dtype=x.dtype) * ops.cast(has_slot, x.dtype)[:, None]
                 by_positive = pull * weighted_negatives - push * total[:, None] * x
-                return grad_x, grad_ref + ops.matmul(ops.transpose(one_hot), by_positive)
+                by_positive = ops.where(has_slot[:, None], by_positive, ops.zeros((), x.dtype))
+                # Row a's added to row p (a scatter, not a one-hot matrix's product).
+                return grad_x, scatter_add(grad_ref, slot_positive[:, None], by_positive)
 
             grad_x, grad_ref = for_each_positive(positive, backward, (ops.zeros_like(x), ops.zeros_like(ref)))
             return grad_x, grad_ref, ops.zeros_like(positive_ones), ops.zeros_like(negative_ones)
