@@ -121,14 +121,17 @@ def _sigmoid_and_slope(difference, temperature):
 
     TensorFlow's float32 `sigmoid` on CPU is a fast approximation whose
     relative error in the tails (|z| > ~10, where sharp temperatures put
-    most pairs) reaches 1e-3; `exp(−|z|)` is accurate there and never
-    overflows. Nine elementwise passes: without XLA each is a kernel over
-    the whole matrix, once per positive slot.
+    most pairs) reaches 1e-3. With `e = exp(−z)`, exact to its relative
+    precision, `σ(z) = 1/(1 + e)` and `σ(−z) = e·σ(z)` are too, on both
+    sides, and so is their product (`e·σ²` would underflow where `σ²`
+    does, long before `σ'`); `−z` is capped at 88 so that `e` stays finite
+    (σ is then below 1e-38, float32's 0 or a subnormal). Seven elementwise
+    passes: without XLA each is a kernel over the whole matrix, once per
+    positive slot.
     """
-    tail = ops.exp(ops.abs(difference) * (-1.0 / temperature))
-    reciprocal = 1.0 / (1.0 + tail)
-    below = tail * reciprocal
-    return ops.where(difference >= 0, reciprocal, below), below * reciprocal
+    e = ops.exp(ops.minimum(difference * (-1.0 / temperature), 88.0))
+    sigmoid = 1.0 / (1.0 + e)
+    return sigmoid, sigmoid * (e * sigmoid)
 
 
 def _over_positives(similarity, positive, temperature, body):
