@@ -117,19 +117,22 @@ def fast_ap_terms(distances, positive, negative, num_bins=10, max_distance=4.0):
 
 
 def _sigmoid_and_slope(difference, temperature):
-    """`σ(z)` and `σ'(z) = σ(z)·σ(−z)` at `z = difference / τ`, both to float32's relative precision in their tails too.
+    """`σ(z)` and `σ'(z) = σ(z)·σ(−z)` at `z = difference / τ`, to float32's relative precision in their tails too.
 
     TensorFlow's float32 `sigmoid` on CPU is a fast approximation whose
     relative error in the tails (|z| > ~10, where sharp temperatures put
     most pairs) reaches 1e-3. With `e = exp(−z)`, exact to its relative
     precision, `σ(z) = 1/(1 + e)` and `σ(−z) = e·σ(z)` are too, on both
     sides, and so is their product (`e·σ²` would underflow where `σ²`
-    does, long before `σ'`); `−z` is capped at 88 so that `e` stays finite
-    (σ is then below 1e-38, float32's 0 or a subnormal). Seven elementwise
-    passes: without XLA each is a kernel over the whole matrix, once per
-    positive slot.
+    does, long before `σ'`). `−z` is capped at 50: below `σ ≈ 2e-22` the
+    two stay there, far under anything a rank sum or a gradient can see,
+    and `e` (≤ 5e21) times the slot's factors stays far from overflow in
+    whatever order TensorFlow's graph optimizer multiplies them (capped at
+    88, `e/τ` overflowed and met a `σ` flushed to 0: NaN). Seven
+    elementwise passes: without XLA each is a kernel over the whole
+    matrix, once per positive slot.
     """
-    e = ops.exp(ops.minimum(difference * (-1.0 / temperature), 88.0))
+    e = ops.exp(ops.minimum(difference * (-1.0 / temperature), 50.0))
     sigmoid = 1.0 / (1.0 + e)
     return sigmoid, sigmoid * (e * sigmoid)
 
