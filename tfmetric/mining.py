@@ -172,14 +172,13 @@ def positive_table(positive, num_slots=None):
         import tensorflow as tf
 
         num_rows = tf.shape(positive)[0]
-        coordinates = tf.cast(tf.where(positive), tf.int32)
-        rows = coordinates[:, 0]
+        rows, columns = entry_coordinates(positive)
         counts = tf.math.bincount(rows, minlength=num_rows, maxlength=num_rows)
         if num_slots is None:
             num_slots = _most(counts)
         # Rows come in order: a positive's slot is its place after its row's first.
         slots = tf.range(tf.shape(rows)[0]) - tf.gather(tf.cumsum(counts, exclusive=True), rows)
-        return tf.scatter_nd(tf.stack([rows, slots], axis=1), coordinates[:, 1], tf.stack([num_rows, num_slots]))
+        return tf.scatter_nd(tf.stack([rows, slots], axis=1), columns, tf.stack([num_rows, num_slots]))
     if num_slots is None:
         num_slots = _most(ops.sum(ops.cast(positive, "int32"), axis=1))
     import torch
@@ -318,25 +317,25 @@ def row_min_above(values, thresholds):
     """
     inf = ops.full((), float("inf"), values.dtype)
     dtype = backend.standardize_dtype(values.dtype)
-    if runs_op_by_op() and backend.backend() == "tensorflow" and dtype in ("float32", "float64"):
-        import tensorflow as tf
 
-        unsigned = tf.uint32 if dtype == "float32" else tf.uint64
+    def by_selection():
+        least, column = row_min(ops.where(values > thresholds[:, None], values, inf))
+        return least, column, least < inf
 
-        def by_patterns():
-            # abs: −0.0's pattern has the sign bit set.
-            start = tf.bitcast(tf.abs(thresholds), unsigned) + 1
-            column = tf.cast(tf.argmin(tf.bitcast(values, unsigned) - start[:, None], axis=1), tf.int32)
-            least = row_pick(values, column)
-            return least, column, (least > thresholds) & (least < inf)
+    if not (runs_op_by_op() and backend.backend() == "tensorflow" and dtype in ("float32", "float64")):
+        return by_selection()
+    import tensorflow as tf
 
-        def by_selection():
-            least, column = row_min(tf.where(values > thresholds[:, None], values, inf))
-            return least, column, least < inf
+    unsigned = tf.uint32 if dtype == "float32" else tf.uint64
 
-        return tf.cond(tf.reduce_min(thresholds) >= 0, by_patterns, by_selection)
-    least, column = row_min(ops.where(values > thresholds[:, None], values, inf))
-    return least, column, least < inf
+    def by_patterns():
+        # abs: −0.0's pattern has the sign bit set.
+        start = tf.bitcast(tf.abs(thresholds), unsigned) + 1
+        column = tf.cast(tf.argmin(tf.bitcast(values, unsigned) - start[:, None], axis=1), tf.int32)
+        least = row_pick(values, column)
+        return least, column, (least > thresholds) & (least < inf)
+
+    return tf.cond(tf.reduce_min(thresholds) >= 0, by_patterns, by_selection)
 
 
 def row_pick(matrix, column):
