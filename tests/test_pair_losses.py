@@ -8,11 +8,12 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import tfmetric as tfm
-from tfmetric.losses.margin import margin_terms
+from tfmetric.losses.margin import drawn_margin_terms, margin_terms
 from tfmetric.mining import (
     distance_weighted_log_weights,
     label_masks,
     sample_negative_counts,
+    sample_negative_draws,
     smallest_entries,
 )
 
@@ -316,6 +317,68 @@ def test_distance_weighted_draws_match_loops(compiled, class_size):
     expected = draws_by_loops(log_weights, positive, uniforms)
     np.testing.assert_array_equal(counts, expected)
     assert counts[3].sum() == 0 and counts[7, -2:].sum() == class_size - 1
+
+
+@pytest.mark.parametrize("nu", [0.0, 0.2])
+def test_drawn_margin_terms_are_the_terms_of_the_draws(nu):
+    # Where operations run one by one, the margin loss takes its terms on the
+    # positive pairs' and the drawn negatives' entries: each row's sum of
+    # relu(m + d_ap − β_a) and of relu(m − d_an + β_a) per draw, and its
+    # gradient w.r.t. every distance, against loops over the loops' draws.
+    rng = np.random.default_rng(4)
+    labels = np.repeat(np.arange(6), 4)
+    positive = (labels[:, None] == labels[None, :]) & ~np.eye(len(labels), dtype=bool)
+    negative = labels[:, None] != labels[None, :]
+    distances = rng.uniform(0.3, 1.8, size=positive.shape)
+    log_weights = np.where(negative, rng.normal(scale=2.0, size=positive.shape), -np.inf)
+    log_weights[5] = -np.inf  # a row that draws nothing
+    uniforms = rng.uniform(size=(len(labels), 32))
+    beta, margin = rng.uniform(0.8, 1.4, size=len(labels)), 0.3
+    draws = sample_negative_draws(tensor(log_weights), tensor(positive), tensor(uniforms))
+    if draws is None:
+        pytest.skip("the drawn terms are for the backends that run operation by operation")
+    counts = draws_by_loops(log_weights, positive, uniforms)
+    row_weights = rng.uniform(0.5, 2.0, size=len(labels))
+    want_sums, want_active, want_grad = np.zeros(len(labels)), np.zeros(len(labels)), np.zeros(positive.shape)
+    for a in range(len(labels)):
+        for n in range(len(labels)):
+            for weight, sign in ((float(positive[a, n]), 1.0), (counts[a, n], -1.0)):
+                value = margin + sign * (distances[a, n] - beta[a])
+                want_sums[a] += weight * (max(value, 0.0) + nu * beta[a])
+                want_active[a] += weight * (value > 0)
+                want_grad[a, n] += row_weights[a] * weight * sign * (value > 0)
+
+    def weighted(d):
+        sums, active = drawn_margin_terms(d, tensor(positive), draws, tensor(beta), margin, nu)
+        weighted.active = active
+        return keras.ops.sum(sums * tensor(row_weights)) + 0 * keras.ops.sum(active)
+
+    value, grad = value_and_grad(weighted, distances)
+    np.testing.assert_allclose(value, np.sum(want_sums * row_weights), rtol=1e-10)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(weighted.active), want_active)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-10, atol=1e-12)
+    # The same as the dense terms with the draws counted.
+    dense = margin_terms(
+        tensor(distances), tensor(positive), tensor(negative), tensor(beta),
+        sample_negative_counts(tensor(log_weights), tensor(positive), tensor(uniforms)), margin, nu,
+    )
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(dense[0]), want_sums, rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_distance_weighted_log_weights_at_antipodal_points(dtype):
+    # With nonzero_loss_cutoff beyond 2, opposite points (d = 2, and d a
+    # rounding above it) may be drawn: their weight is the largest, and
+    # finite, so that the row's draws are not all lost to an infinite one.
+    distances = np.array([[0.0, 1.0, 1.5, 2.0, np.nextafter(np.array(2.0, dtype), 3)]], dtype)
+    negative = np.array([[False, True, True, True, True]])
+    log_weights = keras.ops.convert_to_numpy(
+        distance_weighted_log_weights(tensor(distances), tensor(negative), 128, 0.5, 2.5)
+    )
+    assert log_weights[0, 0] == -np.inf and np.all(np.isfinite(log_weights[0, 1:]))
+    assert log_weights[0, 2] < log_weights[0, 1] < log_weights[0, 3] == log_weights[0, 4]
+    want = -(126 * np.log(distances[0, 1:3]) + 62.5 * np.log(1 - distances[0, 1:3] ** 2 / 4))
+    np.testing.assert_allclose(log_weights[0, 1:3], want, rtol=1e-5)
 
 
 def test_distance_weighted_sampling_falls_back_to_uniform():

@@ -49,9 +49,11 @@ from tfmetric.mining import (
     for_each_positive,
     inverse_cdf,
     pair_masks,
+    random_numbers,
     row_min_above,
     row_pick,
     smallest_mask,
+    take_in_range,
 )
 
 MINER_DISTANCES = ("euclidean", "squared_euclidean", "cosine", "similarity")
@@ -803,7 +805,7 @@ class DistanceWeightedMiner(_RandomMiner):
         distribution = inverse_cdf(log_weights)
         num_rows, num_columns = ops.shape(matrix)[0], ops.shape(matrix)[1]
         columns = ops.arange(num_columns, dtype="int32")
-        uniforms = keras.random.uniform((num_rows, UNIFORMS_PER_ANCHOR), dtype="float32", seed=self.seed_generator)
+        uniforms = random_numbers((num_rows, UNIFORMS_PER_ANCHOR), self.seed_generator)
 
         def negatives(slot):
             # The draw of pair (a, p) depends on p's rank among a's
@@ -849,7 +851,7 @@ def _per_bin_bisection(kept_count, bins, in_range, high, steps, num_segments):
     def halve(_, bounds):
         low, top = bounds
         middle = low // 2 + top // 2 + (low % 2 + top % 2) // 2
-        counts = ops.segment_sum(ops.cast(in_range(ops.take(middle, bins)), "int32"), bins, num_segments)
+        counts = ops.segment_sum(ops.cast(in_range(take_in_range(middle, bins)), "int32"), bins, num_segments)
         enough = counts >= kept_count
         return ops.where(enough, low, middle + 1), ops.where(enough, middle, top)
 
@@ -876,7 +878,7 @@ def uniform_per_bin(bins, keys, per_bin, num_bins):
     key_threshold = _per_bin_bisection(
         kept_count, bins, lambda t: ops.logical_and(in_bin, keys <= t), 2**31 - 1, 32, num_segments
     )
-    threshold = ops.take(key_threshold, bins)
+    threshold = take_in_range(key_threshold, bins)
     below = ops.logical_and(in_bin, keys < threshold)
     at = ops.logical_and(in_bin, keys == threshold)
     remaining = kept_count - ops.segment_sum(ops.cast(below, "int32"), bins, num_segments)
@@ -886,7 +888,7 @@ def uniform_per_bin(bins, keys, per_bin, num_bins):
     position_threshold = _per_bin_bisection(
         remaining, bins, lambda t: ops.logical_and(at, position < t), size, steps, num_segments
     )
-    return ops.logical_or(below, ops.logical_and(at, position < ops.take(position_threshold, bins)))
+    return ops.logical_or(below, ops.logical_and(at, position < take_in_range(position_threshold, bins)))
 
 
 @_register
@@ -954,7 +956,7 @@ class UniformHistogramMiner(_RandomMiner):
             values = ops.cast(values, "float32")
         shape = ops.shape(values)
         flat = ops.reshape(values, (-1,))
-        keys = keras.random.randint(ops.shape(flat), 0, 2**31 - 1, dtype="int32", seed=self.seed_generator)
+        keys = random_numbers(ops.shape(flat), self.seed_generator, maxval=2**31 - 1)
         mined = []
         for mask, per_bin in ((positive, self.pos_per_bin), (negative, self.neg_per_bin)):
             mask = ops.reshape(ops.cast(mask, "bool"), (-1,))

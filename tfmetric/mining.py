@@ -21,10 +21,11 @@ loop of data-dependent length).
 
 from typing import NamedTuple
 
+import keras
 import numpy as np
 from keras import backend, ops
 
-from tfmetric.distances import as_embedding_pair, off_diagonal, runs_op_by_op
+from tfmetric.distances import as_embedding_pair, compiled_by_xla, off_diagonal, runs_op_by_op
 from tfmetric.labels import standardize_any, standardize_label_pair
 
 
@@ -209,12 +210,41 @@ def entry_coordinates(mask):
     return coordinates[:, 0], coordinates[:, 1]
 
 
+def take_in_range(values, indices, axis=0):
+    """`keras.ops.take` with indices known to be in range.
+
+    TensorFlow's form of `take` wraps negative indices first: three more
+    passes over the indices (a comparison, an addition, a selection), as
+    long as the gather itself for a million of them. From a vector,
+    `gather_nd` (1.4 ms for a million numbers on a CPU, `gather` 1.9 ms).
+    """
+    if backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if len(values.shape) == 1 and axis == 0:
+            return tf.gather_nd(values, indices[..., None])
+        return tf.gather(values, indices, axis=axis)
+    return ops.take(values, indices, axis=axis)
+
+
 def take_entries(matrix, rows, columns):
     """`matrix[rows[i], columns[i]]` for every i (differentiable; `rows`, `columns` from `entry_coordinates`)."""
     if backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        return tf.gather_nd(matrix, tf.stack([rows, columns], axis=1))
+        # A gather from the flat matrix, its gradient a segment sum into it:
+        # `gather_nd`'s gradient (a `scatter_nd`) takes 2.5× as long on a CPU.
+        shape = tf.shape(matrix, out_type=tf.int64)
+        flat_index = tf.cast(rows, tf.int64) * shape[1] + tf.cast(columns, tf.int64)
+
+        @tf.custom_gradient
+        def take(matrix):
+            def gradient(upstream):
+                return tf.reshape(tf.math.unsorted_segment_sum(upstream, flat_index, shape[0] * shape[1]), shape)
+
+            return tf.gather(tf.reshape(matrix, [-1]), flat_index), gradient
+
+        return take(matrix)
     return matrix[rows.long(), columns.long()]
 
 
@@ -580,28 +610,39 @@ def distance_weighted_log_weights(distances, negative, dim, cutoff=0.5, nonzero_
     10^300 and beyond, which underflow as plain floats).
     """
     d = ops.maximum(distances, cutoff)
-    tiny = float(np.finfo(backend.standardize_dtype(d.dtype)).tiny)
-    log_q = (dim - 2.0) * ops.log(d) + ((dim - 3.0) / 2.0) * ops.log(
-        ops.maximum(1.0 - 0.25 * ops.square(d), tiny)
-    )
+    minus_quarter_square = -0.25 * ops.square(d)
+    if nonzero_loss_cutoff > 1.99:
+        # Antipodal points may be drawn: 1 − d²/4 kept above 0, the weight
+        # finite (only distances below 1.99 are drawn otherwise, and there
+        # it cannot round to 0).
+        above_minus_one = float(np.finfo(backend.standardize_dtype(d.dtype)).epsneg) - 1.0
+        minus_quarter_square = ops.maximum(minus_quarter_square, above_minus_one)
+    # −log q, its signs in the constants (no negation over the matrix).
+    minus_log_q = (2.0 - dim) * ops.log(d) + ((3.0 - dim) / 2.0) * ops.log1p(minus_quarter_square)
     allowed = ops.logical_and(negative, distances < nonzero_loss_cutoff)
-    uniform = ops.logical_not(ops.any(allowed, axis=1, keepdims=True))
     minus_inf = ops.full((), float("-inf"), d.dtype)
-    return ops.where(
-        allowed,
-        -log_q,
-        ops.where(ops.logical_and(uniform, negative), ops.zeros((), d.dtype), minus_inf),
-    )
+    # Per row, what a negative that is not allowed gets: 0 (uniform) where none is.
+    fallback = ops.where(ops.any(allowed, axis=1), minus_inf, ops.zeros((), d.dtype))
+    return ops.where(allowed, minus_log_q, ops.where(negative, fallback[:, None], minus_inf))
 
 
 class InverseCdf(NamedTuple):
-    """Every row's categorical distribution `∝ exp(log_weights)`, ready to be drawn from by inverting it."""
+    """Every row's categorical distribution `∝ exp(log_weights)`, ready to be drawn from by inverting it.
 
-    cumulative: object  # (N, R) running sums of the weights (each row's largest weight is 1)
-    last_candidate: object  # (N,) int32: the last column with a finite log weight
+    In two levels, as a draw inverts it: the running totals of the row's
+    blocks of `_BLOCK_WIDTH` columns say which block holds the target, the
+    running sums of that block's weights which column. Running sums over
+    the whole row cost two passes over the matrix and a product by a
+    triangular matrix per block; the block totals are one reduction.
+    """
+
+    blocks: object  # (N·B, W): each row's weights (its largest 1) in B blocks of W columns, the last padded with 0
+    block_ends: object  # (N, B): running sums of each row's block totals
+    last_block: object  # (N,) int32: each row's last block with a positive total
     has_candidate: object  # (N,) bool
 
 
+_BLOCK_WIDTH = 32
 # Independent uniform numbers drawn per anchor for distance-weighted
 # sampling: draws beyond reuse them, turned (`draw_columns`); independent
 # for P×K batches up to K = 33.
@@ -611,17 +652,52 @@ UNIFORMS_PER_ANCHOR = 32
 _GOLDEN = 0.6180339887498949
 
 
+def random_numbers(shape, seed, maxval=None):
+    """`keras.random.uniform` floats in [0, 1), or with `maxval` `keras.random.randint` int32 in [0, maxval).
+
+    The same numbers, except under XLA with TensorFlow: there the Philox
+    generator is named, where the default ("auto_select") is another
+    generator, 25× slower on a CPU (5 ms for the 32,768 numbers of a
+    batch of 1,024: more than the distance matrix).
+    """
+    if backend.backend() == "tensorflow" and compiled_by_xla():
+        import tensorflow as tf
+        from keras.src.random.seed_generator import draw_seed
+
+        seed = draw_seed(seed)
+        # int32, as Keras passes it (XLA takes no other).
+        if seed.dtype != tf.int32:
+            seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), tf.int32)
+        if maxval is None:
+            return tf.random.stateless_uniform(shape, seed, dtype=tf.float32, alg="philox")
+        return tf.random.stateless_uniform(shape, seed, minval=0, maxval=maxval, dtype=tf.int32, alg="philox")
+    if maxval is None:
+        return keras.random.uniform(shape, dtype="float32", seed=seed)
+    return keras.random.randint(shape, 0, maxval, dtype="int32", seed=seed)
+
+
 def inverse_cdf(log_weights):
     """`InverseCdf` of the rows of `log_weights` (`−inf`: never drawn); no gradient."""
     log_weights = ops.stop_gradient(log_weights)
-    finite = log_weights > float("-inf")
-    has_candidate = ops.any(finite, axis=1)
     row_max = ops.max(log_weights, axis=1)
+    has_candidate = row_max > float("-inf")
     row_max = ops.where(has_candidate, row_max, ops.zeros_like(row_max))
-    weights = ops.where(finite, ops.exp(log_weights - row_max[:, None]), ops.zeros_like(log_weights))
-    columns = ops.arange(ops.shape(log_weights)[1], dtype="int32")
-    last_candidate = ops.max(ops.where(finite, columns[None, :], ops.zeros_like(columns)[None, :]), axis=1)
-    return InverseCdf(_row_cumsum(weights), last_candidate, has_candidate)
+    # exp(−inf) is 0: the columns never drawn need no mask.
+    weights = ops.exp(log_weights - row_max[:, None])
+    num_rows, num_columns = ops.shape(weights)[0], ops.shape(weights)[1]
+    if not isinstance(num_columns, int) or num_columns % _BLOCK_WIDTH:
+        padding = (_BLOCK_WIDTH - num_columns % _BLOCK_WIDTH) % _BLOCK_WIDTH
+        weights = ops.concatenate([weights, ops.zeros((num_rows, padding), weights.dtype)], axis=1)
+    blocks = ops.reshape(weights, (-1, _BLOCK_WIDTH))
+    totals = ops.reshape(ops.sum(blocks, axis=1), (num_rows, -1))
+    return InverseCdf(blocks, _row_cumsum(totals), _last_positive(totals), has_candidate)
+
+
+def _last_positive(weights):
+    """The last column of each row with a positive entry (0 where none is), int32."""
+    columns = ops.arange(ops.shape(weights)[1], dtype="int32")
+    # `initial`: a batch without positives draws from no rows at all.
+    return ops.max(ops.where(weights > 0, columns[None, :], ops.zeros_like(columns)[None, :]), axis=1, initial=0)
 
 
 def draw_columns(distribution, uniforms, rank):
@@ -630,17 +706,27 @@ def draw_columns(distribution, uniforms, rank):
     Draw r of row a inverts the cumulative weights at `uniforms[a, r mod U]`
     turned by `⌊r / U⌋` golden-ratio steps, U the columns of `uniforms`:
     the first column whose running sum exceeds the target, which has a
-    positive weight itself (rounding can push the target to the total:
-    then the last candidate).
+    positive weight itself (rounding can push the target to a block's or
+    the row's total: then its last column with a positive weight).
     """
-    uniforms = ops.cast(uniforms, distribution.cumulative.dtype)
+    ends = distribution.block_ends
+    dtype = ends.dtype
+    uniforms = ops.cast(uniforms, dtype)
     num_uniforms = ops.shape(uniforms)[1]
     vector = len(rank.shape) == 1
     rank = rank[:, None] if vector else rank
     uniform = ops.take_along_axis(uniforms, rank % num_uniforms, axis=1)
     uniform = uniform + ops.cast(rank // num_uniforms, uniform.dtype) * _GOLDEN
-    target = (uniform - ops.floor(uniform)) * distribution.cumulative[:, -1:]
-    chosen = ops.minimum(_count_not_above(distribution.cumulative, target), distribution.last_candidate[:, None])
+    target = (uniform - ops.floor(uniform)) * ends[:, -1:]
+    block = ops.minimum(_count_not_above(ends, target), distribution.last_block[:, None])
+    before = ops.take_along_axis(ends, ops.maximum(block - 1, 0), axis=1)
+    inside = ops.reshape(target - ops.where(block > 0, before, ops.zeros_like(before)), (-1, 1))
+    num_rows, num_blocks = ops.shape(ends)[0], ops.shape(ends)[1]
+    rows = ops.arange(num_rows, dtype="int32")[:, None]
+    weights = ops.take(distribution.blocks, ops.reshape(rows * num_blocks + block, (-1,)), axis=0)
+    running = ops.matmul(weights, _upper_ones(_BLOCK_WIDTH, dtype))
+    offset = ops.minimum(ops.sum(ops.cast(running <= inside, "int32"), axis=1), _last_positive(weights))
+    chosen = block * _BLOCK_WIDTH + ops.reshape(offset, ops.shape(block))
     return chosen[:, 0] if vector else chosen
 
 
@@ -680,6 +766,26 @@ def places_in_rows(ascending, values, side):
     return torch.searchsorted(ascending.contiguous(), values.contiguous(), side=side).to(torch.int32)
 
 
+def sample_negative_draws(log_weights, positive, uniforms):
+    """Every positive pair's drawn negative, where every operation is a kernel of its own; `None` elsewhere.
+
+    As `sample_negative_counts`, all the draws at once: `(columns, drawn)`,
+    `(N, S)` int32 and bool, S the most positives of a row; draw s of row a
+    (its s-th positive pair's) is `columns[a, s]`, where `drawn[a, s]` (s
+    below a's number of positives, and a has a candidate). A loss can take
+    its terms on these N·S entries instead of a matrix of counts. Under XLA
+    and JAX, S is not known when tracing.
+    """
+    if not runs_op_by_op():
+        return None
+    distribution = inverse_cdf(log_weights)
+    num_positives = ops.sum(ops.cast(positive, "int32"), axis=1)
+    slots = ops.arange(_python_int(_most(num_positives)), dtype="int32")
+    ranks = ops.zeros_like(num_positives)[:, None] + slots[None, :]
+    drawn = ops.logical_and(ranks < num_positives[:, None], distribution.has_candidate[:, None])
+    return draw_columns(distribution, uniforms, ranks), drawn
+
+
 def sample_negative_counts(log_weights, positive, uniforms):
     """How often each negative is drawn, one draw per positive pair.
 
@@ -690,8 +796,8 @@ def sample_negative_counts(log_weights, positive, uniforms):
     matrix of draw counts; rows without a finite weight draw nothing.
     Inverse-CDF sampling keeps the memory at O(N·R) (Gumbel-max would need an
     N×R×R noise tensor). Where every operation is a kernel of its own, all
-    the draws at once (a search in rows); under XLA one positive slot at a
-    time, each a binary search.
+    the draws at once (`sample_negative_draws`); under XLA one positive slot
+    at a time.
 
     Args:
         uniforms: `(N, S)` numbers uniform in [0, 1): the draw for the s-th
@@ -702,18 +808,18 @@ def sample_negative_counts(log_weights, positive, uniforms):
             columns suffice: XLA's random generator on CPU costs ~0.4 µs per
             number, 400 ms for N × N.
     """
-    distribution = inverse_cdf(log_weights)
-    dtype = distribution.cumulative.dtype
     shape = ops.shape(log_weights)
+    dtype = log_weights.dtype
     rows = ops.arange(shape[0], dtype="int32")
+    draws = sample_negative_draws(log_weights, positive, uniforms)
+    if draws is not None:
+        columns, drawn = draws
+        indices = ops.stack([ops.zeros_like(columns) + rows[:, None], columns], -1)
+        return scatter_sum(ops.reshape(indices, (-1, 2)), ops.reshape(ops.cast(drawn, dtype), (-1,)), shape)
+    distribution = inverse_cdf(log_weights)
     # A draw's number is all it needs of its positive, not the positive's column.
     num_positives = ops.sum(ops.cast(positive, "int32"), axis=1)
     num_slots = _most(num_positives)
-    if runs_op_by_op():
-        ranks = ops.zeros_like(rows)[:, None] + ops.arange(_python_int(num_slots), dtype="int32")[None, :]
-        drawn = ops.logical_and(ranks < num_positives[:, None], distribution.has_candidate[:, None])
-        indices = ops.stack([ops.zeros_like(ranks) + rows[:, None], draw_columns(distribution, uniforms, ranks)], -1)
-        return scatter_sum(ops.reshape(indices, (-1, 2)), ops.reshape(ops.cast(drawn, dtype), (-1,)), shape)
 
     def draw(slot, counts):
         indices = ops.stack([rows, draw_columns(distribution, uniforms, ops.full_like(rows, slot))], axis=1)

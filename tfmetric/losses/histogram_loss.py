@@ -25,7 +25,7 @@ from tfmetric.losses.base import (
     similarity_loss,
 )
 from tfmetric.losses.state import LossState
-from tfmetric.mining import for_each_positive, mine_pairs, positive_table, row_pick, table_slots
+from tfmetric.mining import for_each_positive, mine_pairs, positive_table, row_pick, table_slots, take_in_range
 
 # ---------------------------------------------------------------- histogram loss
 
@@ -138,7 +138,7 @@ def _histogram_sums(scaled, blocks, num_queries, num_nodes):
                     ops.zeros((1, num_nodes), scaled.dtype),
                 ]
             )
-            grad = ops.reshape(ops.take(ops.reshape(table, (-1,)), cells), ops.shape(scaled))
+            grad = ops.reshape(take_in_range(ops.reshape(table, (-1,)), cells), ops.shape(scaled))
             return grad, ops.zeros_like(blocks)
 
         return ops.concatenate([loss_sums, negative_counts]), gradient

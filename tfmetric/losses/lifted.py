@@ -10,7 +10,7 @@ import math
 import keras
 from keras import ops
 
-from tfmetric.losses.base import DistanceLoss, distance_loss, pair_distances, row_logsumexp
+from tfmetric.losses.base import DistanceLoss, add_at, distance_loss, pair_distances, row_logsumexp
 from tfmetric.mining import entry_coordinates, take_entries
 
 
@@ -59,7 +59,7 @@ def lifted_structure_terms(distances, positive, negative, margin=1.0, symmetric=
             take_entries(distances, pair_rows, pair_columns),
             active,
         )
-        loss_sums = 0.5 * ops.segment_sum(ops.square(terms), pair_rows, ops.shape(distances)[0])
+        loss_sums = 0.5 * add_at(ops.square(terms), pair_rows, ops.shape(distances)[0])
         return loss_sums, pair_counts
     if symmetric:
         active = ops.logical_and(positive, ops.logical_or(row_has[:, None], row_has[None, :]))

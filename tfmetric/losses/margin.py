@@ -10,9 +10,19 @@ import keras
 from keras import ops
 
 from tfmetric.labels import check_class_ids
-from tfmetric.losses.base import DistanceLoss, apply_miner, check_choice, pair_distances, per_query
+from tfmetric.losses.base import DistanceLoss, add_at, apply_miner, check_choice, pair_distances, per_query
 from tfmetric.losses.state import LossState
-from tfmetric.mining import UNIFORMS_PER_ANCHOR, distance_weighted_log_weights, mine_pairs, sample_negative_counts
+from tfmetric.mining import (
+    UNIFORMS_PER_ANCHOR,
+    distance_weighted_log_weights,
+    entry_coordinates,
+    mine_pairs,
+    random_numbers,
+    sample_negative_counts,
+    sample_negative_draws,
+    take_entries,
+    take_in_range,
+)
 
 SAMPLINGS = ("distance_weighted", "all")
 
@@ -41,6 +51,35 @@ def margin_terms(distances, positive, negative, anchor_beta, negative_weights=No
         weights = ops.where(negative, ops.cast(negative_weights, dtype), ops.cast(positive, dtype))
     loss_sums = ops.sum(weights * values, axis=1) + nu * anchor_beta * ops.sum(weights, axis=1)
     active = ops.sum(weights * ops.cast(values > 0, dtype), axis=1)
+    return loss_sums, ops.stop_gradient(active)
+
+
+def drawn_margin_terms(distances, positive, draws, anchor_beta, margin=0.2, nu=0.0):
+    """`margin_terms` with the draws of `tfm.mining.sample_negative_draws`, on their entries only.
+
+    Where every operation is a kernel of its own: the terms of the
+    positive pairs (`tfm.mining.entry_coordinates`) and of the drawn
+    negatives, K − 1 of each a row in a P×K batch, are a vector of entries
+    gathered from the matrix, not passes over all of it. Each draw is a
+    term of its own, as a negative drawn k times weighs k in `margin_terms`.
+    """
+    dtype = distances.dtype
+    num_rows = ops.shape(distances)[0]
+    positive_rows, positive_columns = entry_coordinates(positive)
+    negative_columns, drawn = draws
+    negative_rows = ops.zeros_like(negative_columns) + ops.arange(num_rows, dtype="int32")[:, None]
+    negative_rows, negative_columns, drawn = (ops.reshape(v, (-1,)) for v in (negative_rows, negative_columns, drawn))
+    rows = ops.concatenate([positive_rows, negative_rows], axis=0)
+    columns = ops.concatenate([positive_columns, negative_columns], axis=0)
+    ones = ops.ones_like(positive_rows, dtype)
+    sign = ops.concatenate([ones, -ops.ones_like(negative_rows, dtype)], axis=0)
+    weights = ops.concatenate([ones, ops.cast(drawn, dtype)], axis=0)
+    anchor_beta = ops.cast(anchor_beta, dtype)
+    values = ops.relu(margin + sign * (take_entries(distances, rows, columns) - take_in_range(anchor_beta, rows)))
+    loss_sums = add_at(weights * values, rows, num_rows)
+    if nu:
+        loss_sums = loss_sums + nu * anchor_beta * add_at(weights, rows, num_rows)
+    active = add_at(weights * ops.cast(values > 0, dtype), rows, num_rows)
     return loss_sums, ops.stop_gradient(active)
 
 
@@ -76,7 +115,10 @@ def sampled_margin_terms(
         log_weights = distance_weighted_log_weights(
             ops.stop_gradient(distances), negative, dim, cutoff, nonzero_loss_cutoff
         )
-        uniforms = keras.random.uniform((num_queries, UNIFORMS_PER_ANCHOR), dtype="float32", seed=seed)
+        uniforms = random_numbers((num_queries, UNIFORMS_PER_ANCHOR), seed)
+        draws = sample_negative_draws(log_weights, positive, uniforms)
+        if draws is not None:
+            return drawn_margin_terms(distances, positive, draws, anchor_beta, margin, nu)
         negative_weights = sample_negative_counts(log_weights, positive, uniforms)
     return margin_terms(distances, positive, negative, anchor_beta, negative_weights, margin, nu)
 

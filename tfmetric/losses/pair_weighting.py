@@ -23,6 +23,7 @@ from tfmetric.distances import l2_normalize
 from tfmetric.losses.base import (
     InBatchLoss,
     SimilarityLoss,
+    add_at,
     apply_miner,
     divide_or_zero,
     per_query,
@@ -457,7 +458,7 @@ def tuplet_margin_terms(similarity, positive, negative, margin=5.73, scale=64.0)
         rows, columns = coordinates
         pair_terms = terms(take_entries(similarity, rows, columns), ops.take(negatives, rows))
         pair_terms = ops.where(ops.take(has_negative, rows), pair_terms, ops.zeros_like(pair_terms))
-        return ops.segment_sum(pair_terms, rows, ops.shape(similarity)[0]), counts
+        return add_at(pair_terms, rows, ops.shape(similarity)[0]), counts
     all_terms = terms(similarity, negatives[:, None])
     keep = ops.logical_and(positive, has_negative[:, None])
     return ops.sum(ops.where(keep, all_terms, ops.zeros_like(all_terms)), axis=1), counts

@@ -27,7 +27,15 @@ from tfmetric.losses.base import (
     divide_or_zero,
     similarity_loss,
 )
-from tfmetric.mining import add_to_rows, attach_gradient, entry_coordinates, for_each_positive, row_pick, take_entries
+from tfmetric.mining import (
+    add_to_rows,
+    attach_gradient,
+    entry_coordinates,
+    for_each_positive,
+    row_pick,
+    take_entries,
+    take_in_range,
+)
 
 # The largest distance between two unit vectors, by distance.
 UNIT_RANGE = {"squared_euclidean": 4.0, "euclidean": 2.0, "cosine": 2.0}
@@ -40,8 +48,10 @@ PNP_VARIANTS = ("O", "Ds", "Dq", "Iu", "Ib")
 def _pulse_histograms(position, channel, weight, width, num_channels):
     """Soft histograms of every row: `Σ_{j: channel[a, j] = c} weight[a, j]·max(0, 1 − |position[a, j] − k|)`.
 
-    `position` `(N, R)` in `[0, width − 2]`, `channel` int `(N, R)` in
-    `[0, num_channels)`; returns `(N, width, num_channels)`. A position
+    `position` `(N, R)` ≥ 0, `channel` int `(N, R)` in `[0, num_channels)`;
+    returns `(N, width, num_channels)`. A position beyond `width − 2` puts
+    its weight in the last two bins (its gradient is the difference of
+    theirs): callers leave them out. A position
     `k + f` adds `1 − f` to bin k and `f` to bin k + 1: two scatters into
     the bins, the weights and the weighted shares `f` of each lower bin.
     Only `position` has a gradient, written out: moving `f` moves weight
@@ -73,7 +83,7 @@ def _pulse_histograms(position, channel, weight, width, num_channels):
                 (upstream,) = args
             upstream = ops.cast(upstream, dtype)
             step = ops.pad(upstream[:, 1:] - upstream[:, :-1], [[0, 0], [0, 1], [0, 0]])
-            grad = ops.reshape(ops.take(ops.reshape(step, (-1,)), cells), ops.shape(position)) * weight
+            grad = ops.reshape(take_in_range(ops.reshape(step, (-1,)), cells), ops.shape(position)) * weight
             return grad, ops.zeros_like(channel), ops.zeros_like(weight)
 
         return ops.cast(counts, dtype), gradient
@@ -100,9 +110,10 @@ def fast_ap_terms(distances, positive, negative, num_bins=10, max_distance=4.0):
     dtype = distances.dtype
     pos = ops.cast(positive, dtype)
     candidates = ops.cast(ops.logical_or(positive, negative), dtype)
-    # Bins 0 … num_bins, then two that take the pulses beyond the last centre;
-    # clipped below too: a cosine distance can round to just under 0.
-    position = ops.clip(distances / (max_distance / num_bins), 0.0, num_bins + 1.0)
+    # Bins 0 … num_bins, then two, left out, that take the pulses beyond
+    # the last centre; clipped below: a cosine distance can round to just
+    # under 0.
+    position = ops.maximum(distances / (max_distance / num_bins), 0.0)
     # Channel 1 the positives, 0 the negatives.
     histograms = _pulse_histograms(position, positive, candidates, num_bins + 3, 2)[:, : num_bins + 1]
     h_positive = histograms[..., 1]
@@ -293,13 +304,13 @@ def _weighted_mean(values, temperature, mask, epsilon):
 def _weighted_mean_of_entries(values, logits, keep, rows, num_rows, epsilon):
     """`_weighted_mean` of the entries `keep` of vectors of entries (`rows`: their rows, in order)."""
     zeros = ops.zeros_like(logits)
-    has_terms = ops.segment_sum(ops.cast(keep, logits.dtype), rows, num_rows) > 0
+    has_terms = add_at(ops.cast(keep, logits.dtype), rows, num_rows) > 0
     lowest = ops.full((), float("-inf"), logits.dtype)
     shift = ops.stop_gradient(ops.segment_max(ops.where(keep, logits, lowest), rows, num_rows))
     shift = ops.where(has_terms, shift, ops.zeros_like(shift))
     weights = ops.where(keep, ops.exp(ops.where(keep, logits - ops.take(shift, rows), zeros)), zeros)
-    total = ops.segment_sum(weights * ops.where(keep, values, zeros), rows, num_rows)
-    return divide_or_zero(total, ops.segment_sum(weights, rows, num_rows) + epsilon * ops.exp(-shift))
+    total = add_at(weights * ops.where(keep, values, zeros), rows, num_rows)
+    return divide_or_zero(total, add_at(weights, rows, num_rows) + epsilon * ops.exp(-shift))
 
 
 def ranked_list_terms(distances, positive, negative, margin=0.4, Tn=10.0, imbalance=0.5, alpha=None, Tp=0.0):
