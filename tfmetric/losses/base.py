@@ -100,7 +100,8 @@ def add_at(values, indices, size):
 
     `keras.ops.segment_sum`, except under TensorFlow without XLA, whose
     `unsorted_segment_sum` takes 35 ms on CPU for 10⁶ values: its `bincount`
-    (4 ms), which has no gradient, with the gradient written out (a gather);
+    (4 ms), which has no gradient, with the gradient written out (a
+    `gather_nd`, 1.4 ms for a million values where `gather` takes 1.9 ms);
     and under PyTorch, where Keras' segment sum adds in float32 whatever the
     values' type: `index_add`.
     """
@@ -114,7 +115,7 @@ def add_at(values, indices, size):
         @tf.custom_gradient
         def added(values):
             sums = tf.math.bincount(indices, weights=values, minlength=size, maxlength=size)
-            return sums, lambda upstream: tf.gather(upstream, indices)
+            return sums, lambda upstream: tf.gather_nd(upstream, indices[:, None])
 
         return added(values)
     return ops.segment_sum(values, indices, num_segments=size)
