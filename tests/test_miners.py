@@ -178,8 +178,7 @@ def test_row_min_above_takes_the_first_least_value_strictly_above(compiled, dtyp
         np.testing.assert_allclose(least[np.array(want_found)], [2.0, 0.25, 1e-30, -1.0][: sum(want_found)], rtol=1e-7)
 
 
-@pytest.mark.parametrize("many", [False, True])
-def test_entry_coordinates_in_row_major_order_and_take_entries_with_a_gradient(many):
+def test_entry_coordinates_in_row_major_order_and_take_entries_with_a_gradient():
     mask = np.array([[0, 1, 1], [0, 0, 0], [1, 0, 1]], bool)
     coordinates = entry_coordinates(tensor(mask))
     if coordinates is None:  # JAX: shapes cannot depend on the data
@@ -193,7 +192,7 @@ def test_entry_coordinates_in_row_major_order_and_take_entries_with_a_gradient(m
     # An entry twice: its gradient adds up.
     rows, columns = (keras.ops.concatenate([v, v[-1:]]) for v in coordinates)
     value, grad = value_and_grad(
-        lambda m: keras.ops.sum(take_entries(m, rows, columns, many=many) * tensor([*weights, 5.0])), matrix
+        lambda m: keras.ops.sum(take_entries(m, rows, columns) * tensor([*weights, 5.0])), matrix
     )
     assert float(value) == 1 * 1 + 2 * 2 + 3 * 6 + 4 * 8 + 5 * 8
     np.testing.assert_array_equal(_np(grad), [[0, 1, 2], [0, 0, 0], [3, 0, 9]])

@@ -227,31 +227,12 @@ def take_in_range(values, indices, axis=0):
     return ops.take(values, indices, axis=axis)
 
 
-def take_entries(matrix, rows, columns, many=False):
-    """`matrix[rows[i], columns[i]]` for every i (differentiable; `rows`, `columns` from `entry_coordinates`).
-
-    `many`: tens of thousands of entries or more (a P×K batch's draws at
-    K = 16); TensorFlow then gathers them from the flat matrix, with a
-    segment sum into it for the gradient, where `gather_nd`'s gradient (a
-    `scatter_nd`) takes 2.5× as long on a CPU; for a few thousand its
-    overhead costs more than it saves.
-    """
+def take_entries(matrix, rows, columns):
+    """`matrix[rows[i], columns[i]]` for every i (differentiable; `rows`, `columns` from `entry_coordinates`)."""
     if backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        if not many:
-            return tf.gather_nd(matrix, tf.stack([rows, columns], axis=1))
-        shape = tf.shape(matrix, out_type=tf.int64)
-        flat_index = tf.cast(rows, tf.int64) * shape[1] + tf.cast(columns, tf.int64)
-
-        @tf.custom_gradient
-        def take(matrix):
-            def gradient(upstream):
-                return tf.reshape(tf.math.unsorted_segment_sum(upstream, flat_index, shape[0] * shape[1]), shape)
-
-            return tf.gather(tf.reshape(matrix, [-1]), flat_index), gradient
-
-        return take(matrix)
+        return tf.gather_nd(matrix, tf.stack([rows, columns], axis=1))
     return matrix[rows.long(), columns.long()]
 
 

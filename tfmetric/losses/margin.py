@@ -75,7 +75,7 @@ def drawn_margin_terms(distances, positive, draws, anchor_beta, margin=0.2, nu=0
     sign = ops.concatenate([ones, -ops.ones_like(negative_rows, dtype)], axis=0)
     weights = ops.concatenate([ones, ops.cast(drawn, dtype)], axis=0)
     anchor_beta = ops.cast(anchor_beta, dtype)
-    entries = take_entries(distances, rows, columns, many=True)
+    entries = take_entries(distances, rows, columns)
     values = ops.relu(margin + sign * (entries - take_in_range(anchor_beta, rows)))
     loss_sums = add_at(weights * values, rows, num_rows)
     if nu:
