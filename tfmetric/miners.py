@@ -44,7 +44,7 @@ from tfmetric.distances import as_embedding_pair, check_distance, l2_normalize, 
 from tfmetric.labels import standardize_any, standardize_label_pair
 from tfmetric.mining import (
     UNIFORMS_PER_ANCHOR,
-    count_in_segments,
+    add_at,
     distance_weighted_log_weights,
     draw_columns,
     for_each_positive,
@@ -852,7 +852,7 @@ def _per_bin_bisection(kept_count, bins, in_range, high, steps, num_segments):
     def halve(_, bounds):
         low, top = bounds
         middle = low // 2 + top // 2 + (low % 2 + top % 2) // 2
-        counts = count_in_segments(in_range(take_in_range(middle, bins)), bins, num_segments)
+        counts = add_at(ops.cast(in_range(take_in_range(middle, bins)), "int32"), bins, num_segments)
         enough = counts >= kept_count
         return ops.where(enough, low, middle + 1), ops.where(enough, middle, top)
 
@@ -873,7 +873,7 @@ def uniform_per_bin(bins, keys, per_bin, num_bins):
     num_segments = num_bins + 1
     size = ops.shape(bins)[0]
     in_bin = bins < num_bins
-    members = count_in_segments(in_bin, bins, num_segments)
+    members = add_at(ops.cast(in_bin, "int32"), bins, num_segments)
     kept_count = ops.minimum(members, per_bin)
     kept_count = ops.where(ops.arange(num_segments) < num_bins, kept_count, ops.zeros_like(kept_count))
     key_threshold = _per_bin_bisection(
@@ -882,7 +882,7 @@ def uniform_per_bin(bins, keys, per_bin, num_bins):
     threshold = take_in_range(key_threshold, bins)
     below = ops.logical_and(in_bin, keys < threshold)
     at = ops.logical_and(in_bin, keys == threshold)
-    remaining = kept_count - count_in_segments(below, bins, num_segments)
+    remaining = kept_count - add_at(ops.cast(below, "int32"), bins, num_segments)
     position = ops.arange(size, dtype="int32")
     static_size = bins.shape[0]
     steps = 32 if static_size is None else max(1, int(static_size).bit_length() + 1)

@@ -45,12 +45,12 @@ terms), `per_query` the vector `loss_sums / term_counts` (0 where none).
 """
 
 import keras
-from keras import backend, ops
+from keras import ops
 
-from tfmetric.distances import as_embeddings, check_distance, pairwise_distance, pairwise_similarity, runs_op_by_op
+from tfmetric.distances import as_embeddings, check_distance, pairwise_distance, pairwise_similarity
 from tfmetric.distribute import gather_across_replicas, replica_context, scale_for_replicas
 from tfmetric.labels import standardize_any
-from tfmetric.mining import Pairs, entry_coordinates, mine_pairs, places_in_rows, take_entries
+from tfmetric.mining import Pairs, add_at, entry_coordinates, mine_pairs, places_in_rows, take_entries
 
 
 def check_choice(argument, value, choices):
@@ -89,36 +89,6 @@ def sparse_row_mean(term, matrix, mask):
     rows, columns = coordinates
     total = add_at(term(take_entries(matrix, rows, columns)), rows, ops.shape(matrix)[0])
     return divide_or_zero(total, ops.sum(ops.cast(mask, matrix.dtype), axis=1))
-
-
-def _without_xla_on_tensorflow():
-    return backend.backend() == "tensorflow" and runs_op_by_op()
-
-
-def add_at(values, indices, size):
-    """`size` zeros with every `values[i]` added at `indices[i]`: 1-D, differentiable in `values`.
-
-    `keras.ops.segment_sum`, except under TensorFlow without XLA, whose
-    `unsorted_segment_sum` takes 35 ms on CPU for 10⁶ values: its `bincount`
-    (4 ms), which has no gradient, with the gradient written out (a
-    `gather_nd`, 1.4 ms for a million values where `gather` takes 1.9 ms);
-    and under PyTorch, where Keras' segment sum adds in float32 whatever the
-    values' type: `index_add`.
-    """
-    if backend.backend() == "torch":
-        import torch
-
-        return torch.zeros((size,), dtype=values.dtype, device=values.device).index_add(0, indices.long(), values)
-    if _without_xla_on_tensorflow():
-        import tensorflow as tf
-
-        @tf.custom_gradient
-        def added(values):
-            sums = tf.math.bincount(indices, weights=values, minlength=size, maxlength=size)
-            return sums, lambda upstream: tf.gather_nd(upstream, indices[:, None])
-
-        return added(values)
-    return ops.segment_sum(values, indices, num_segments=size)
 
 
 def negatives_beside_keys(values, negative, keys, below=False):
