@@ -94,6 +94,32 @@ def test_unknown_distance_names_the_choices():
         pairwise_distance(np.zeros((2, 2)), "angular")
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_l2_normalize_value_and_written_gradient(compiled):
+    """Unit rows and `(g − y (y·g)) / ‖x‖`, against float64, for ordinary, huge, tiny and zero rows, any rank."""
+    rng = np.random.default_rng(3)
+    rows = rng.normal(size=(6, 5))
+    rows[1] *= 1e30
+    rows[2] *= 1e-30
+    rows[3] = 0.0
+    rows[4] = [0.0, 0.0, -2.0, 0.0, 0.0]
+    x = rows.reshape(2, 3, 5).astype("float32")
+    weights = rng.normal(size=x.shape)
+    def weighted_sum(e, w):
+        return keras.ops.sum(tfm.distances.l2_normalize(e) * keras.ops.convert_to_tensor(w))
+
+    value, grad = value_and_grad(weighted_sum, x, weights.astype("float32"), compiled=compiled)
+    exact = x.astype("float64")
+    norms = np.linalg.norm(exact, axis=-1, keepdims=True)
+    unit = np.divide(exact, norms, out=np.zeros_like(exact), where=norms > 0)
+    want = (weights - unit * np.sum(unit * weights, axis=-1, keepdims=True)) / np.where(norms > 0, norms, 1.0)
+    np.testing.assert_allclose(value, np.sum(unit * weights), rtol=1e-5)
+    scale = np.where(norms > 0, 1.0 / np.where(norms > 0, norms, 1.0), 1.0)
+    # Relative to each row's 1/‖x‖; a zero row passes the gradient through.
+    np.testing.assert_allclose(grad / scale, want / scale, atol=1e-5)
+    np.testing.assert_array_equal(grad.reshape(6, 5)[3], weights.reshape(6, 5)[3].astype("float32"))
+
+
 @pytest.mark.parametrize("distance", DISTANCES)
 def test_gradient_through_normalization_of_one_hot_like_rows(distance):
     # Rows with a single non-zero entry hit ties in naive clamps, where JAX

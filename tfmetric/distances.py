@@ -43,21 +43,72 @@ def as_embeddings(y_pred):
 
 
 def l2_normalize(x):
-    """Scales every row of `x` to unit L2 norm; zero rows stay zero.
+    """Scales every row of `x` (its last axis) to unit L2 norm; zero rows stay zero.
 
     `keras.ops.normalize` (what `keras.layers.UnitNormalization` calls)
     overflows to 0 for rows above ~1e19 in float32 and has a NaN gradient on
-    zero rows. Dividing each row by its largest absolute entry first (a
-    constant for the gradient; the result is scale-invariant) makes the sum of
-    squares lie in [1, D] for every non-zero row, so neither happens.
+    zero rows. Dividing each row by its largest absolute entry first (the
+    result is scale-invariant) makes the sum of squares lie in [1, D] for
+    every non-zero row, so neither happens.
+
+    The gradient is written out, `(g − y (y·g)) / ‖x‖` for the output `y`
+    and the incoming gradient `g` (four passes over the rows, where autodiff
+    took a dozen through the scalings: 1 ms of ArcFace's 3.5 at N = 1024 on
+    a CPU). A zero row passes `g` through unchanged, as if its norm were 1,
+    so that it can leave zero.
     """
     x = ops.convert_to_tensor(x)
-    row_max = ops.stop_gradient(ops.max(ops.abs(x), axis=-1, keepdims=True))
-    x = x / ops.where(row_max > 0, row_max, ops.ones_like(row_max))
-    square_sum = ops.sum(ops.square(x), axis=-1, keepdims=True)
-    # Non-zero rows have square_sum >= 1 (their largest entry is now ±1);
-    # all-zero rows divide by 1 and stay zero, with a zero gradient.
-    return x / ops.sqrt(ops.where(square_sum > 0, square_sum, ops.ones_like(square_sum)))
+
+    # Every tensor the gradient uses is made inside the function (JAX).
+    @ops.custom_gradient
+    def normalized(x):
+        row_max = ops.max(ops.abs(x), axis=-1, keepdims=True)
+        row_max = ops.where(row_max > 0, row_max, ops.ones_like(row_max))
+        scaled = x / row_max
+        square_sum = ops.sum(ops.square(scaled), axis=-1, keepdims=True)
+        # Non-zero rows have square_sum >= 1 (their largest entry is now ±1);
+        # all-zero rows divide by 1 and stay zero.
+        norm = ops.sqrt(ops.where(square_sum > 0, square_sum, ops.ones_like(square_sum)))
+        unit = scaled / norm
+
+        def gradient(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            upstream = ops.cast(upstream, unit.dtype)
+            along = ops.sum(unit * upstream, axis=-1, keepdims=True)
+            # ‖x‖ = row_max · norm, divided by in turn: their product may overflow.
+            return (upstream - unit * along) / norm / row_max
+
+        return unit, gradient
+
+    return normalized(x)
+
+
+def inner_products(a, b):
+    """`a @ bᵀ`, `(N, R)`: the dot product of every row of `a` `(N, D)` with every row of `b` `(R, D)`.
+
+    Under TensorFlow one product with `transpose_b`: the gradient of
+    `a @ transpose(b)` transposes its `(D, R)` part back, one more kernel
+    (0.1–0.2 ms on a CPU at N = 1024, D = 128). Under PyTorch `torch.matmul`:
+    Keras' `matmul` there computes float64 in float32.
+
+    Example:
+
+    >>> import numpy as np, tfmetric as tfm
+    >>> a = np.array([[1.0, 2.0], [0.0, 1.0]], "float32")
+    >>> b = np.array([[3.0, 4.0]], "float32")
+    >>> [[float(v) for v in row] for row in tfm.distances.inner_products(a, b)]
+    [[11.0], [4.0]]
+    """
+    if backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.matmul(a, b, transpose_b=True)
+    if backend.backend() == "torch" and str(a.dtype) in ("torch.float32", "torch.float64") and a.dtype == b.dtype:
+        import torch
+
+        return torch.matmul(a, b.transpose(-1, -2))
+    return ops.matmul(a, ops.transpose(b))
 
 
 def _clip_at_zero(x):
@@ -268,7 +319,7 @@ def pairwise_distance(x, distance="euclidean", normalize=False, *, ref_embedding
         x = l2_normalize(x)
         ref = None if ref is None else l2_normalize(ref)
     if distance == "cosine":
-        cosine = _clip_at_zero(1.0 - ops.matmul(x, ops.transpose(x if ref is None else ref)))
+        cosine = _clip_at_zero(1.0 - inner_products(x, x if ref is None else ref))
         return _zero_diagonal(cosine) if ref is None else cosine
     return _euclidean_matrix(x, ref, squared=distance == "squared_euclidean")
 
@@ -307,7 +358,7 @@ def pairwise_similarity(x, normalize=True, *, ref_embeddings=None):
     if normalize:
         x = l2_normalize(x)
         ref = None if ref is None else l2_normalize(ref)
-    return ops.matmul(x, ops.transpose(x if ref is None else ref))
+    return inner_products(x, x if ref is None else ref)
 
 
 def paired_distance(a, b, distance="euclidean", normalize=False):

@@ -47,7 +47,13 @@ terms), `per_query` the vector `loss_sums / term_counts` (0 where none).
 import keras
 from keras import ops
 
-from tfmetric.distances import as_embeddings, check_distance, pairwise_distance, pairwise_similarity
+from tfmetric.distances import (
+    as_embeddings,
+    check_distance,
+    pairwise_distance,
+    pairwise_similarity,
+    runs_op_by_op,
+)
 from tfmetric.distribute import gather_across_replicas, replica_context, scale_for_replicas
 from tfmetric.labels import standardize_any
 from tfmetric.mining import Pairs, add_at, entry_coordinates, mine_pairs, places_in_rows, take_entries
@@ -215,7 +221,34 @@ def row_logsumexp(values, mask, add_one=False):
     Without `add_one`, rows with an empty mask give 0 (the caller leaves
     them out); with it they give log 1 = 0, which is their value. Stable for
     large values, and NaN-free in value and gradient for empty rows.
+
+    Where every operation is a kernel of its own the gradient is written
+    out: the softmax weights `exp(v − shift) / Σ`, whose exponentials the
+    forward pass holds, times the incoming gradient — one pass over the
+    matrix where autodiff took four (a broadcast, the `exp`'s product and
+    both sides of the mask's selection).
     """
+    if runs_op_by_op():
+        # PyTorch's and TensorFlow's custom gradients may close over the mask;
+        # under XLA (JAX always) autodiff's passes fuse.
+        @ops.custom_gradient
+        def written(values):
+            exps, denominators, logs = _row_exponentials(values, mask, add_one)
+
+            def gradient(*args, upstream=None):
+                if upstream is None:
+                    (upstream,) = args
+                return exps * (ops.cast(upstream, exps.dtype) / denominators)[:, None]
+
+            return logs, gradient
+
+        return written(values)
+    return _row_exponentials(values, mask, add_one)[2]
+
+
+def _row_exponentials(values, mask, add_one):
+    """`(exps, denominators, logs)`: `exp(v − shift)` in the mask (0 outside), each row's `Σ` (plus
+    `exp(−shift)` with `add_one`; 1 for an empty row) and `row_logsumexp`'s value `shift + log Σ`."""
     masked, shift, has_terms = masked_rows(values, mask)
     if add_one:
         # The 1 is exp(0): a term of every row, so the shift must cover it.
@@ -223,10 +256,13 @@ def row_logsumexp(values, mask, add_one=False):
     # The shifted exponents are <= 0 in the mask and -inf outside, so that
     # no inf reaches exp (or its gradient); the largest term is exp(0), so
     # the sum is >= 1 wherever the row has terms.
-    total = ops.sum(ops.exp(masked - shift[:, None]), axis=1)
+    exps = ops.exp(masked - shift[:, None])
+    total = ops.sum(exps, axis=1)
     if add_one:
-        return shift + ops.log(total + ops.exp(-shift))
-    return shift + ops.log(ops.where(has_terms, total, ops.ones_like(total)))
+        denominators = total + ops.exp(-shift)
+    else:
+        denominators = ops.where(has_terms, total, ops.ones_like(total))
+    return exps, denominators, shift + ops.log(denominators)
 
 
 def replica_share(context, embeddings, labels, sample_weight, reduction, terms):

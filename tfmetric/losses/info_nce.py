@@ -22,11 +22,13 @@ Everything is computed row by row on the `(N, R)` rectangle, in log space
 import keras
 from keras import ops
 
+from tfmetric.distances import runs_op_by_op
 from tfmetric.losses.base import (
     SimilarityLoss,
     check_positive,
     masked_row_mean,
     masked_rows,
+    row_logsumexp,
     similarity_loss,
 )
 
@@ -43,6 +45,9 @@ def _row_logsumexp(values, mask):
     (values only; the gradients pass unchanged), which changes nothing
     where the two agree (the largest term is exactly exp(0) = 1).
     """
+    if runs_op_by_op():
+        # Nothing computes `values` twice: the base's, its gradient written out.
+        return row_logsumexp(values, mask)
     masked, shift, _ = masked_rows(values, mask)
     exponents = masked - shift[:, None]
     # The caps move values only, never gradients (a recomputed maximum a

@@ -131,21 +131,43 @@ def margin_softmax_terms(class_ids, cosine, target_logit, logit_scale):
     zeros = ops.zeros_like(cosine)
     target_cosine = ops.sum(ops.where(target, cosine, zeros), axis=1)
     logits = ops.where(target, target_logit(target_cosine)[:, None], cosine) * logit_scale
-    own = ops.sum(ops.where(target, logits, zeros), axis=1)
-    losses = _log1p_sum_exp(logits - own[:, None], ops.logical_not(target))
+    losses = _cross_entropy(logits, ops.cast(target, logits.dtype))
     return losses, ops.ones_like(losses)
 
 
-def _log1p_sum_exp(values, mask):
-    """Row-wise `log(1 + Σ_{mask} exp(values))`: stable for large values, exact for tiny sums (`log1p`).
+def _cross_entropy(logits, target_ones):
+    """Row-wise `log(1 + Σ_{j≠y} exp(z_j − z_y))` for the logits `z` and the true classes `y` (0/1 rows).
 
-    NaN-free in value and gradient, 0 for rows with an empty mask.
+    Exact where the loss is tiny (`log1p`), stable for large logits, 0 for
+    a row without other classes. The gradient is written out, `∂ℓ/∂z_j =
+    exp(z_j − z_y − ℓ)` and `∂ℓ/∂z_y = −(1 − e^(−ℓ))`: four passes over the
+    `(N, C)` logits where autodiff took a dozen through the shifts and masks.
     """
-    masked, shift, _ = masked_rows(values, mask)
-    shifted = shift > 0  # else every term is <= 1 = exp(0) (or the row is empty)
-    shift = ops.where(shifted, shift, ops.zeros_like(shift))
-    total = ops.sum(ops.exp(masked - shift[:, None]), axis=1)
-    return ops.where(shifted, shift + ops.log(total + ops.exp(-shift)), ops.log1p(total))
+
+    # The mask is an argument: JAX's custom gradients cannot close over the
+    # tracers of an enclosing trace.
+    @ops.custom_gradient
+    def cross_entropy(logits, target_ones):
+        target = target_ones > 0.5
+        own = ops.sum(ops.where(target, logits, ops.zeros_like(logits)), axis=1)
+        masked, shift, _ = masked_rows(logits - own[:, None], ops.logical_not(target))
+        shifted = shift > 0  # else every term is <= 1 = exp(0) (or the row is empty)
+        shift = ops.where(shifted, shift, ops.zeros_like(shift))
+        total = ops.sum(ops.exp(masked - shift[:, None]), axis=1)
+        losses = ops.where(shifted, shift + ops.log(total + ops.exp(-shift)), ops.log1p(total))
+
+        def gradient(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            upstream = ops.cast(upstream, logits.dtype)
+            # exp(−∞) = 0 at the true class, whose share replaces it.
+            others = ops.exp(masked - losses[:, None])
+            own_share = ops.expm1(-losses)[:, None]
+            return upstream[:, None] * ops.where(target, own_share, others), ops.zeros_like(target_ones)
+
+        return losses, gradient
+
+    return cross_entropy(logits, target_ones)
 
 
 def _additive_angular_margin(margin):

@@ -19,7 +19,7 @@ import math
 import keras
 from keras import ops
 
-from tfmetric.distances import l2_normalize
+from tfmetric.distances import inner_products, l2_normalize
 from tfmetric.losses.base import (
     InBatchLoss,
     SimilarityLoss,
@@ -260,7 +260,7 @@ def _angular_sums_from_gram(x, positive, negative, pull, push):
         return sums, gradient
 
     dtype = x.dtype
-    gram = ops.matmul(x, ops.transpose(x))
+    gram = inner_products(x, x)
     return loss_sums(gram, ops.cast(positive, dtype), ops.cast(negative, dtype))
 
 

@@ -30,7 +30,7 @@ would be undone by Adam's normalisation. Only decoupled weight decay
 import keras
 from keras import ops
 
-from tfmetric.distances import as_embeddings, l2_normalize
+from tfmetric.distances import as_embeddings, inner_products, l2_normalize
 from tfmetric.distribute import scale_for_replicas
 from tfmetric.labels import class_ids, in_class_range
 from tfmetric.losses.base import reduce_anchor_terms
@@ -81,7 +81,7 @@ def cosine_to_proxies(embeddings, proxies):
     """
     flat = ops.reshape(ops.cast(proxies, embeddings.dtype), (-1, proxies.shape[-1]))
     # einsum, not matmul: Keras' PyTorch matmul computes float64 in float32.
-    return ops.einsum("nd,cd->nc", l2_normalize(embeddings), l2_normalize(flat))
+    return inner_products(l2_normalize(embeddings), l2_normalize(flat))
 
 
 def proxy_class_scores(scores, num_classes):

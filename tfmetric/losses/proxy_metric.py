@@ -18,7 +18,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfmetric.distances import l2_normalize
+from tfmetric.distances import inner_products, l2_normalize
 from tfmetric.labels import in_class_range
 from tfmetric.losses.base import check_positive, check_sample_weight, divide_or_zero, row_logsumexp
 from tfmetric.losses.proxy import (
@@ -82,7 +82,7 @@ def proxy_nca_logits(embeddings, proxies, temperature=1.0):
     squared = (
         ops.sum(ops.square(x), axis=1)[:, None]
         + ops.sum(ops.square(p), axis=1)[None, :]
-        - 2.0 * ops.einsum("nd,cd->nc", x, p)
+        - 2.0 * inner_products(x, p)
     )
     # Rounding can leave coincident unit vectors a hair below 0.
     squared = ops.where(squared > 0, squared, ops.zeros_like(squared))
@@ -610,7 +610,7 @@ def _unit_rows_fixed_norm(vectors):
 def p2sgrad_cosines(embeddings, proxies):
     """`(N, C)` cosines `x̂_iᵀŵ_c`, clipped to [−1, 1]; the class vectors' norms are constants for the gradient."""
     unit = _unit_rows_fixed_norm(ops.cast(proxies, embeddings.dtype))
-    cosine = ops.einsum("nd,cd->nc", l2_normalize(embeddings), unit)
+    cosine = inner_products(l2_normalize(embeddings), unit)
     # where, not clip: the gradient passes at ±1 on every backend, as PyTorch's clamp.
     cosine = ops.where(cosine > 1, ops.ones_like(cosine), cosine)
     return ops.where(cosine < -1, -ops.ones_like(cosine), cosine)
