@@ -280,3 +280,40 @@ def test_bad_arguments():
         tfm.SoftNearestNeighbor(distance="L2")
     with pytest.raises(ValueError, match="one-hot"):
         tfm.Circle()(np.eye(3), np.ones((3, 4)))
+
+
+@pytest.mark.parametrize("add_one", [False, True])
+@pytest.mark.parametrize("compiled", COMPILE_MODES)
+def test_row_logsumexp_value_and_gradient(add_one, compiled):
+    """`log Σ_mask e^v` (`log(1 + Σ)`), its gradient the softmax weights (0 outside the mask), against
+    float64 loops; rows with an empty mask, one entry, and values of ±1e4 (written gradient op by op,
+    autodiff under XLA)."""
+    rng = np.random.default_rng(5)
+    values = rng.normal(size=(5, 6)) * 3
+    values[3] = [1e4, -1e4, 2.0, 1e4 - 1.0, 0.0, 5.0]
+    mask = rng.random((5, 6)) < 0.6
+    mask[1] = False
+    mask[2] = [False, False, True, False, False, False]
+    mask[3] = [True, True, False, True, False, False]
+    weights = rng.normal(size=5)
+
+    def weighted(v, m, w):
+        logs = tfm.losses.base.row_logsumexp(v, keras.ops.convert_to_tensor(m) > 0.5, add_one)
+        return keras.ops.sum(logs * keras.ops.convert_to_tensor(w))
+
+    value, grad = value_and_grad(
+        weighted, values.astype("float32"), mask.astype("float32"), weights.astype("float32"), compiled=compiled
+    )
+    want_value, want_grad = 0.0, np.zeros_like(values)
+    for row in range(5):
+        terms = [values[row, j] for j in range(6) if mask[row, j]] + ([0.0] if add_one else [])
+        if not terms:
+            continue
+        top = max(terms)
+        log_sum = top + np.log(sum(np.exp(t - top) for t in terms))
+        want_value += weights[row] * log_sum
+        for j in range(6):
+            if mask[row, j]:
+                want_grad[row, j] = weights[row] * np.exp(values[row, j] - log_sum)
+    np.testing.assert_allclose(value, want_value, rtol=1e-5)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-6)
