@@ -89,6 +89,23 @@ def test_half_precision_is_computed_in_float32(dtype):
     np.testing.assert_allclose(np.asarray(d), reference.distance_matrix(upcast, "euclidean"), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.skipif(BACKEND == "jax", reason="JAX without x64 has no float64")
+@pytest.mark.parametrize("distance", DISTANCES)
+def test_float64_is_computed_in_float64(distance):
+    """Keras' PyTorch `matmul` returns float32 for float64 inputs: the products go around it."""
+    x = np.random.default_rng(2).normal(size=(12, 5))
+    d = pairwise_distance(tensor(x, "float64"), distance)
+    assert keras.backend.standardize_dtype(d.dtype) == "float64"
+    np.testing.assert_allclose(np.asarray(d), reference.distance_matrix(x, distance), rtol=1e-12, atol=1e-12)
+    ref = tensor(x[:5] + 1.0, "float64")
+    rectangle = pairwise_distance(tensor(x, "float64"), distance, ref_embeddings=ref)
+    want = reference.distance_matrix(np.concatenate([x, x[:5] + 1.0]), distance)[:12, 12:]
+    np.testing.assert_allclose(np.asarray(rectangle), want, rtol=1e-12, atol=1e-12)
+    similarity = tfm.distances.pairwise_similarity(tensor(x, "float64"))
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(similarity), unit @ unit.T, rtol=1e-12, atol=1e-12)
+
+
 def test_unknown_distance_names_the_choices():
     with pytest.raises(ValueError, match="angular.*cosine"):
         pairwise_distance(np.zeros((2, 2)), "angular")

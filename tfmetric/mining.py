@@ -25,7 +25,7 @@ import keras
 import numpy as np
 from keras import backend, ops
 
-from tfmetric.distances import as_embedding_pair, compiled_by_xla, off_diagonal, runs_op_by_op
+from tfmetric.distances import as_embedding_pair, compiled_by_xla, matmul, off_diagonal, runs_op_by_op
 from tfmetric.labels import standardize_any, standardize_label_pair
 
 
@@ -323,10 +323,10 @@ def _row_cumsum(matrix, block=32):
     padding = (block - columns % block) % block
     padded = ops.concatenate([matrix, ops.zeros((rows, padding), matrix.dtype)], axis=1)
     blocks = ops.reshape(padded, (rows, -1, block))
-    within = ops.matmul(blocks, _upper_ones(block, matrix.dtype))
+    within = matmul(blocks, _upper_ones(block, matrix.dtype))
     totals = within[:, :, -1]
     num_blocks = ops.shape(totals)[1]
-    before = ops.matmul(totals, _upper_ones(num_blocks, matrix.dtype, diagonal=False))
+    before = matmul(totals, _upper_ones(num_blocks, matrix.dtype, diagonal=False))
     return ops.reshape(within + before[:, :, None], (rows, -1))[:, :columns]
 
 
@@ -744,7 +744,7 @@ def draw_columns(distribution, uniforms, rank):
     num_rows, num_blocks = ops.shape(ends)[0], ops.shape(ends)[1]
     rows = ops.arange(num_rows, dtype="int32")[:, None]
     weights = take_in_range(distribution.blocks, ops.reshape(rows * num_blocks + block, (-1,)))
-    running = ops.matmul(weights, _upper_ones(_BLOCK_WIDTH, dtype))
+    running = matmul(weights, _upper_ones(_BLOCK_WIDTH, dtype))
     offset = ops.minimum(ops.sum(ops.cast(running <= inside, "int32"), axis=1), _last_positive(weights))
     chosen = block * _BLOCK_WIDTH + ops.reshape(offset, ops.shape(block))
     return chosen[:, 0] if vector else chosen

@@ -19,7 +19,7 @@ import math
 import keras
 from keras import ops
 
-from tfmetric.distances import inner_products, l2_normalize
+from tfmetric.distances import inner_products, l2_normalize, matmul
 from tfmetric.losses.base import (
     InBatchLoss,
     SimilarityLoss,
@@ -170,7 +170,7 @@ def angular_terms(queries, reference, positive, negative, alpha=40.0):
 
     def slot_logits(x, ref, similarity, slot_positive):
         positive_rows = ops.take(ref, slot_positive, axis=0)
-        logits = pull * (similarity + ops.matmul(positive_rows, ops.transpose(ref)))
+        logits = pull * (similarity + inner_products(positive_rows, ref))
         return logits - push * row_pick(similarity, slot_positive)[:, None], positive_rows
 
     # Every tensor the function uses is one of its arguments (the masks as
@@ -181,7 +181,7 @@ def angular_terms(queries, reference, positive, negative, alpha=40.0):
     def loss_sums(x, ref, positive_ones, negative_ones):
         x, ref = ops.stop_gradient(x), ops.stop_gradient(ref)
         positive, negative = positive_ones > 0.5, negative_ones > 0.5
-        similarity = ops.matmul(x, ops.transpose(ref))
+        similarity = inner_products(x, ref)
 
         values = _logsumexp_values(lambda slot: slot_logits(x, ref, similarity, slot)[0], negative)
         sums = _sums_over_slots(positive, values, ops.shape(x)[0], x.dtype)
@@ -195,11 +195,11 @@ def angular_terms(queries, reference, positive, negative, alpha=40.0):
                 logits, positive_rows = slot_logits(x, ref, similarity, slot_positive)
                 weights = _negative_weights(logits, negative, has_slot, upstream)
                 total = ops.sum(weights, axis=1)
-                weighted_negatives = ops.matmul(weights, ref)
+                weighted_negatives = matmul(weights, ref)
                 # d/dx_a: 4t² Σ_n w x_n − 2(1 + t²) (Σ_n w) x_p.
                 grad_x = grad_x + pull * weighted_negatives - push * total[:, None] * positive_rows
                 # d/dx_n: 4t² Σ_a w (x_a + x_p).
-                grad_ref = grad_ref + pull * ops.matmul(ops.transpose(weights), x + positive_rows)
+                grad_ref = grad_ref + pull * matmul(ops.transpose(weights), x + positive_rows)
                 # d/dx_p: 4t² Σ_n w x_n − 2(1 + t²) (Σ_n w) x_a, summed over the queries of slot p.
                 by_positive = pull * weighted_negatives - push * total[:, None] * x
                 by_positive = ops.where(has_slot[:, None], by_positive, ops.zeros((), x.dtype))
