@@ -21,7 +21,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfmetric.distances import l2_normalize
+from tfmetric.distances import inner_products, l2_normalize
 from tfmetric.losses.base import row_logsumexp
 from tfmetric.losses.proxy import ProxyLoss, class_mask, cosine_to_proxies, nan_outside_classes, proxy_inputs
 
@@ -59,8 +59,7 @@ def manifold_similarities(embeddings, proxies, alpha=0.8):
     proxies = ops.cast(proxies, embeddings.dtype)
     num_proxies = proxies.shape[0]
     nodes = l2_normalize(ops.concatenate([embeddings, proxies], axis=0))
-    # einsum, not matmul: Keras' PyTorch matmul computes float64 in float32.
-    cosine = ops.einsum("md,nd->mn", nodes, nodes)
+    cosine = inner_products(nodes, nodes)
     size = ops.shape(cosine)[0]
     eye = ops.eye(size, dtype=cosine.dtype)
     weights = ops.exp(2.0 * ops.maximum(cosine, ops.zeros_like(cosine)))
@@ -94,7 +93,7 @@ def manifold_terms(proxy_ids, embeddings, proxies, lambda_c=1.0, alpha=0.8, marg
     walk_e, walk_p = manifold_similarities(embeddings, proxies, alpha)
     own = class_mask(proxy_ids, num_proxies)
     # The manifold similarities of every example to every proxy.
-    context = _hinge_terms(ops.einsum("nm,km->nk", l2_normalize(walk_e), l2_normalize(walk_p)), own, margin)
+    context = _hinge_terms(inner_products(l2_normalize(walk_e), l2_normalize(walk_p)), own, margin)
     if lambda_c == float("inf"):
         losses = context
     else:

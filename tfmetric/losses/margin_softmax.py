@@ -153,15 +153,17 @@ def _cross_entropy(logits, target_ones):
         masked, shift, _ = masked_rows(logits - own[:, None], ops.logical_not(target))
         shifted = shift > 0  # else every term is <= 1 = exp(0) (or the row is empty)
         shift = ops.where(shifted, shift, ops.zeros_like(shift))
-        total = ops.sum(ops.exp(masked - shift[:, None]), axis=1)
+        exps = ops.exp(masked - shift[:, None])
+        total = ops.sum(exps, axis=1)
         losses = ops.where(shifted, shift + ops.log(total + ops.exp(-shift)), ops.log1p(total))
 
         def gradient(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
             upstream = ops.cast(upstream, logits.dtype)
+            # exp(v − ℓ) from the forward pass's exp(v − shift) (ℓ ≥ shift: no overflow);
             # exp(−∞) = 0 at the true class, whose share replaces it.
-            others = ops.exp(masked - losses[:, None])
+            others = exps * ops.exp(shift - losses)[:, None]
             own_share = ops.expm1(-losses)[:, None]
             return upstream[:, None] * ops.where(target, own_share, others), ops.zeros_like(target_ones)
 

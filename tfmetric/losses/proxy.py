@@ -80,7 +80,6 @@ def cosine_to_proxies(embeddings, proxies):
     `proxies` is `(C, D)` or `(C, k, D)`; zero vectors give cosine 0.
     """
     flat = ops.reshape(ops.cast(proxies, embeddings.dtype), (-1, proxies.shape[-1]))
-    # Not ops.matmul: Keras' PyTorch matmul computes float64 in float32.
     return inner_products(l2_normalize(embeddings), l2_normalize(flat))
 
 

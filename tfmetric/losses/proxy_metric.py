@@ -9,8 +9,8 @@ L2-normalised vector (t-th centre) of class `c`, `s(x, p)` their cosine, `y_i`
 the class of example `i`, `C` the number of classes. Every loss comes as a
 pure function of `(labels, embeddings, proxies)` and a class that owns the
 vectors; the scores are one `(N, D) × (D, C·k)` product (nothing of size
-`N·C·D`; an einsum, since Keras' PyTorch matmul computes float64 in
-float32), computed in float32 (float64 stays float64) and finite for zero,
+`N·C·D`; `tfm.distances.inner_products`, which keeps float64 on PyTorch),
+computed in float32 (float64 stays float64) and finite for zero,
 huge and half-precision inputs.
 """
 

@@ -15,7 +15,7 @@ import keras
 from keras import ops
 from keras.backend import standardize_dtype
 
-from tfmetric.distances import as_embeddings
+from tfmetric.distances import as_embeddings, matmul
 from tfmetric.distribute import scale_for_replicas
 from tfmetric.losses.base import reduce_anchor_terms
 
@@ -69,8 +69,7 @@ def _spread(view, eps):
     centered = view - ops.sum(view, axis=0, keepdims=True) / safe_count
     # The unbiased estimates (N − 1); one row has no spread: 0, not 0/0.
     dof = ops.maximum(count - 1.0, ops.ones_like(count))
-    # einsum, not matmul: Keras' PyTorch matmul computes float64 in float32.
-    covariance = ops.einsum("nd,ne->de", centered, centered) / dof
+    covariance = matmul(ops.transpose(centered), centered) / dof
     variance = ops.sum(ops.square(centered), axis=0) / dof
     std = ops.sqrt(variance + eps)
     hinge = ops.sum(ops.relu(1.0 - std)) / dim
