@@ -68,6 +68,14 @@ def test_distances_benchmark():
     assert len(table_rows(output, "x @ xᵀ")) == 2
 
 
+def test_kernels_benchmark():
+    output = run("kernels.py", "semi_hard", "--size", "16", "--runs", "1", "--top", "3")
+    assert "semi_hard: kernels' total" in output
+    # The three largest kernels: name [type], ms, × the distance matrix.
+    kernels = [line for line in output.split("semi_hard:")[1].splitlines() if line.endswith(tuple("0123456789"))]
+    assert len(kernels) == 3 and all("[" in line for line in kernels), output
+
+
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_backends_benchmark(backend):
     # tfmetric on JAX or PyTorch, on whatever device they see (the GPU tables

@@ -409,8 +409,24 @@ def add_to_rows(matrix, columns_and_values):
 
 
 def scatter_sum(indices, values, shape):
-    """`keras.ops.scatter`: zeros of `shape` with `values` added at `indices` (repeated indices add up)."""
+    """`keras.ops.scatter`: zeros of `shape` with `values` added at `indices` (repeated indices add up).
+
+    Under TensorFlow without XLA, the sums of segments of the flat
+    positions: a scatter into zeros costs some 35 ns more an index (1.0
+    against 0.4 ms for 30,000 entries of a 1024 × 1024 matrix).
+    """
     values = ops.convert_to_tensor(values)
+    indices = ops.convert_to_tensor(indices)
+    # Element indices (not slices: rows of a matrix).
+    if backend.backend() == "tensorflow" and runs_op_by_op() and indices.shape[-1] == len(shape):
+        import tensorflow as tf
+
+        indices = tf.cast(indices, tf.int64)
+        flat = indices[:, 0]
+        for axis in range(1, len(shape)):
+            flat = flat * tf.cast(shape[axis], tf.int64) + indices[:, axis]
+        size = tf.reduce_prod(tf.cast(tf.stack(shape), tf.int64))
+        return tf.reshape(tf.math.unsorted_segment_sum(values, flat, size), shape)
     return scatter_add(ops.zeros(shape, values.dtype), indices, values)
 
 
@@ -420,9 +436,12 @@ def scatter_add(tensor, indices, values):
     Keras has no such operation: `keras.ops.scatter` writes into zeros, and
     on PyTorch it scatters one index at a time in a Python loop (thousands
     of kernel launches a batch: the slot loops took 50–700× the distance
-    matrix on a GPU). Each backend's own: TensorFlow's
-    `tensor_scatter_nd_add`, JAX's `.at[].add`, PyTorch's `index_put` with
-    `accumulate`; under XLA an update in place.
+    matrix on a GPU). Each backend's own: JAX's `.at[].add`, PyTorch's
+    `index_put` with `accumulate`, TensorFlow's `tensor_scatter_nd_add` under
+    XLA (an update in place there) and `ScatterNdNonAliasingAdd` without:
+    `tensor_scatter_nd_add` copies the whole tensor on every call (0.1 ms
+    for an `(N, N)` gradient at N = 1024, once per slot of the loops), the
+    non-aliasing form updates it in place where nothing else reads it.
     """
     name = backend.backend()
     tensor, indices = ops.convert_to_tensor(tensor), ops.convert_to_tensor(indices)
@@ -430,6 +449,8 @@ def scatter_add(tensor, indices, values):
     if name == "tensorflow":
         import tensorflow as tf
 
+        if runs_op_by_op():
+            return tf.raw_ops.ScatterNdNonAliasingAdd(input=tensor, indices=indices, updates=values)
         return tf.tensor_scatter_nd_add(tensor, indices, values)
     if name == "jax":
         return tensor.at[tuple(indices[..., i] for i in range(indices.shape[-1]))].add(values)
@@ -533,7 +554,7 @@ def _radix_cut(keys, count, bits):
         rank = rank - (ends[digit] - counts[digit])
         cut = cut * (1 << _DIGIT_BITS) + ops.cast(digit, keys.dtype)
         if shift:
-            flat = compress(flat, digits == ops.cast(digit, digits.dtype))
+            flat = compress(flat, ops.equal(digits, ops.cast(digit, digits.dtype)))
     return cut, rank, counts[digit]
 
 

@@ -66,7 +66,8 @@ def proxy_inputs(labels, embeddings, proxies, rank):
 
 def class_mask(class_ids, num_classes):
     """`(N, C)` booleans: column `c` marks the examples of class `c` (an id out of range marks none)."""
-    return ops.cast(class_ids, "int32")[:, None] == ops.arange(num_classes, dtype="int32")[None, :]
+    # ops.equal, not ==: in a TensorFlow 1-style graph a tensor's == is Python's `is`.
+    return ops.equal(ops.cast(class_ids, "int32")[:, None], ops.arange(num_classes, dtype="int32")[None, :])
 
 
 def nan_outside_classes(losses, class_ids, num_classes):
