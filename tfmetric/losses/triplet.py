@@ -115,7 +115,7 @@ def semi_hard_triplet_terms(distances, positive, negative, margin=1.0):
 
     def body(slot_positive, has_slot, loss_sums, slot, chosen_columns, weights):
         losses, chosen, weight = slot_terms(slot_positive, has_slot)
-        here = slots == slot
+        here = ops.equal(slots, slot)
         chosen_columns = ops.where(here, chosen[:, None], chosen_columns)
         return loss_sums + losses, slot + 1, chosen_columns, ops.where(here, weight[:, None], weights)
 
