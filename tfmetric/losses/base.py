@@ -246,22 +246,32 @@ def row_logsumexp(values, mask, add_one=False):
     return _row_exponentials(values, mask, add_one)[2]
 
 
-def _row_exponentials(values, mask, add_one):
-    """`(exps, denominators, logs)`: `exp(v − shift)` in the mask (0 outside), each row's `Σ` (plus
-    `exp(−shift)` with `add_one`; 1 for an empty row) and `row_logsumexp`'s value `shift + log Σ`."""
-    masked, shift, has_terms = masked_rows(values, mask)
+def shifted_exponentials(values, mask, add_one=False):
+    """`(exps, total, shift)`: `exp(v − shift)` in the mask (0 outside), each row's sum of them, and
+    the shift: the row's largest masked value (0 for an empty row; at least 0 with `add_one`).
+
+    The shifted exponents are <= 0 in the mask and −∞ outside, so that no
+    inf reaches `exp` (or its gradient); the largest term is exp(0), so the
+    total is >= 1 wherever the row has terms and 0 where it has none.
+    """
+    masked, shift, _ = masked_rows(values, mask)
     if add_one:
-        # The 1 is exp(0): a term of every row, so the shift must cover it.
-        shift = ops.maximum(shift, ops.zeros_like(shift))
-    # The shifted exponents are <= 0 in the mask and -inf outside, so that
-    # no inf reaches exp (or its gradient); the largest term is exp(0), so
-    # the sum is >= 1 wherever the row has terms.
+        # The 1 of log(1 + Σ) is exp(0): a term of every row, so the shift must
+        # cover it (where, not maximum: Keras' PyTorch maximum returns float32
+        # for float64 inputs).
+        shift = ops.where(shift > 0, shift, ops.zeros_like(shift))
     exps = ops.exp(masked - shift[:, None])
-    total = ops.sum(exps, axis=1)
+    return exps, ops.sum(exps, axis=1), shift
+
+
+def _row_exponentials(values, mask, add_one):
+    """`(exps, denominators, logs)`: `shifted_exponentials`' exps, each row's `Σ` (plus `exp(−shift)`
+    with `add_one`; 1 for an empty row) and `row_logsumexp`'s value `shift + log Σ`."""
+    exps, total, shift = shifted_exponentials(values, mask, add_one)
     if add_one:
         denominators = total + ops.exp(-shift)
     else:
-        denominators = ops.where(has_terms, total, ops.ones_like(total))
+        denominators = ops.where(total > 0, total, ops.ones_like(total))
     return exps, denominators, shift + ops.log(denominators)
 
 

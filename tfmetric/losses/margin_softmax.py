@@ -23,7 +23,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfmetric.losses.base import masked_rows
+from tfmetric.losses.base import shifted_exponentials
 from tfmetric.losses.proxy import (
     ProxyLoss,
     check_proxies,
@@ -150,12 +150,9 @@ def _cross_entropy(logits, target_ones):
     def cross_entropy(logits, target_ones):
         target = target_ones > 0.5
         own = ops.sum(ops.where(target, logits, ops.zeros_like(logits)), axis=1)
-        masked, shift, _ = masked_rows(logits - own[:, None], ops.logical_not(target))
-        shifted = shift > 0  # else every term is <= 1 = exp(0) (or the row is empty)
-        shift = ops.where(shifted, shift, ops.zeros_like(shift))
-        exps = ops.exp(masked - shift[:, None])
-        total = ops.sum(exps, axis=1)
-        losses = ops.where(shifted, shift + ops.log(total + ops.exp(-shift)), ops.log1p(total))
+        exps, total, shift = shifted_exponentials(logits - own[:, None], ops.logical_not(target), add_one=True)
+        # Unshifted, every term is <= 1 = exp(0) (or the row is empty): log1p keeps tiny losses exact.
+        losses = ops.where(shift > 0, shift + ops.log(total + ops.exp(-shift)), ops.log1p(total))
 
         def gradient(*args, upstream=None):
             if upstream is None:
