@@ -488,3 +488,21 @@ def test_angular_in_the_batch_both_ways(alpha):
     x = rng.normal(size=(N, DIM)).astype("float32")
     labels = rng.integers(0, 3, size=N)
     check("angular", x, labels, None, compiled=COMPILED, alpha=alpha)
+
+
+@pytest.mark.parametrize("alpha", [40.0, 75.0])
+def test_angular_in_the_batch_without_shared_negatives(alpha):
+    # Multi-hot labels: a positive pair's rows may have different negatives,
+    # so the Gram matrix's gradient scatters each pair's weights into the
+    # positive's row instead of taking them from the positive's own slot.
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(N, DIM)).astype("float32")
+    labels = (rng.random((N, 3)) < 0.4).astype("int32")
+    want = ref.angular(x.astype("float64"), labels, alpha, multi_label=True)
+    value, grad = value_and_grad(
+        _cached(("multi", alpha), lambda: lambda e, y: pw.Angular(alpha, multi_label=True)(y, e)), x, labels,
+        compiled=COMPILED,
+    )
+    assert float(value) == pytest.approx(want.loss, rel=1e-4, abs=1e-5)
+    scale = max(np.abs(want.grad).max(), 1e-6)
+    np.testing.assert_allclose(grad / scale, want.grad / scale, atol=1e-3)

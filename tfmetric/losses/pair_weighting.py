@@ -117,15 +117,21 @@ def _logsumexp_values(logits_of_slot, negative):
     return slot_values
 
 
-def _negative_weights(logits, negative, has_slot, upstream):
-    """d ℓ / d logit(a, n): the softmax weight of n (the 1 counted in the normaliser), times a's incoming gradient."""
+def _negative_weights(logits, negative, has_slot, row_factor):
+    """d ℓ / d logit(a, n), the softmax weight of n (the 1 counted in the normaliser), times `row_factor[a]`.
+
+    Returns `(weights, unit_totals)`: the `(N, R)` weights and each row's sum
+    of them per unit of its factor, `Σ_n exp(f − ℓ) = 1 − e^(−ℓ)` (0 for a
+    row without its slot), without a pass over the matrix.
+    """
     value = row_logsumexp(logits, negative, add_one=True)
-    scale = ops.where(has_slot, upstream, ops.zeros_like(upstream))
+    scale = ops.where(has_slot, row_factor, ops.zeros_like(row_factor))
     exponents = ops.where(negative, logits - value[:, None], ops.full((), float("-inf"), logits.dtype))
-    return ops.exp(exponents) * scale[:, None]
+    unit_totals = ops.where(has_slot, -ops.expm1(-value), ops.zeros_like(value))
+    return ops.exp(exponents) * scale[:, None], unit_totals
 
 
-def angular_terms(queries, reference, positive, negative, alpha=40.0):
+def angular_terms(queries, reference, positive, negative, alpha=40.0, shared_negatives=False):
     """Per-query sums of the angular losses of its positive pairs, and its number of positives.
 
     For the positive pair `(a, p)` of the unit vectors `x_a` (a row of
@@ -159,6 +165,10 @@ def angular_terms(queries, reference, positive, negative, alpha=40.0):
         reference: Unit vectors `(R, D)` (may be `queries` itself).
         positive, negative: Boolean `(N, R)` masks.
         alpha: The angle α, in degrees, in (0, 90).
+        shared_negatives: The two rows of every positive pair have the same
+            negatives, and the masks are symmetric (class ids of the batch
+            against itself, no miner): the gradient takes each pair from
+            both sides in one pass instead of a scatter per slot.
 
     Returns:
         `(loss_sums, term_counts)`, both `(N,)`.
@@ -166,7 +176,7 @@ def angular_terms(queries, reference, positive, negative, alpha=40.0):
     pull, push = _angular_constants(alpha)
     counts = ops.sum(ops.cast(positive, queries.dtype), axis=1)
     if reference is queries:
-        return _angular_sums_from_gram(queries, positive, negative, pull, push), counts
+        return _angular_sums_from_gram(queries, positive, negative, pull, push, shared_negatives), counts
 
     def slot_logits(x, ref, similarity, slot_positive):
         positive_rows = ops.take(ref, slot_positive, axis=0)
@@ -193,8 +203,8 @@ def angular_terms(queries, reference, positive, negative, alpha=40.0):
 
             def backward(slot_positive, has_slot, grad_x, grad_ref):
                 logits, positive_rows = slot_logits(x, ref, similarity, slot_positive)
-                weights = _negative_weights(logits, negative, has_slot, upstream)
-                total = ops.sum(weights, axis=1)
+                weights, unit_totals = _negative_weights(logits, negative, has_slot, upstream)
+                total = unit_totals * upstream
                 weighted_negatives = matmul(weights, ref)
                 # d/dx_a: 4t² Σ_n w x_n − 2(1 + t²) (Σ_n w) x_p.
                 grad_x = grad_x + pull * weighted_negatives - push * total[:, None] * positive_rows
@@ -221,7 +231,7 @@ def angular_terms(queries, reference, positive, negative, alpha=40.0):
 _FACTORED_PULL_MAX = 20.0
 
 
-def _angular_sums_from_gram(x, positive, negative, pull, push):
+def _angular_sums_from_gram(x, positive, negative, pull, push, shared_negatives=False):
     """`angular_terms`' sums where the reference is the batch: `x_p·x_n` is row p of the Gram matrix.
 
     A gathered row per slot instead of a matrix product; the loop's
@@ -230,6 +240,12 @@ def _angular_sums_from_gram(x, positive, negative, pull, push):
     negative's softmax weight), and autodiff carries it through `x xᵀ`.
     Each slot's values and weights come from `_factored_slots` (α up to
     about 65.9°) or `_logit_slots`.
+
+    `G_pn`'s share goes to row p, the positive's. With `shared_negatives`
+    (`angular_terms`) the pair (a, p)'s weights are those of (p, a) with
+    a's incoming gradient: row p takes them in its own slot of a, so every
+    slot is one pass that scales its weights by `upstream_a + upstream_p`
+    instead of a scatter of N rows into the positives' rows.
     """
     slots = _factored_slots if pull <= _FACTORED_PULL_MAX else _logit_slots
 
@@ -246,13 +262,18 @@ def _angular_sums_from_gram(x, positive, negative, pull, push):
             upstream = ops.cast(upstream, gram.dtype)
 
             def backward(slot_positive, has_slot, grad):
-                slot_weights = weights(slot_positive, has_slot, upstream)
-                pulled = pull * slot_weights
-                # G_an's share, then G_pn's: row a of it added to row p, in
-                # place; then G_ap's, one entry a row.
-                grad = scatter_add(grad + pulled, slot_positive[:, None], pulled)
-                total = ops.sum(slot_weights, axis=1)
-                return (add_to_rows(grad, [(slot_positive, -push * total)]),)
+                if shared_negatives:
+                    # G_an's share and, from the pair seen the other way, G_pn's.
+                    both = upstream + ops.take(upstream, slot_positive, axis=0)
+                    slot_weights, unit_totals = weights(slot_positive, has_slot, both)
+                    grad = grad + pull * slot_weights
+                else:
+                    slot_weights, unit_totals = weights(slot_positive, has_slot, upstream)
+                    pulled = pull * slot_weights
+                    # G_an's share, then G_pn's: row a of it added to row p, in place.
+                    grad = scatter_add(grad + pulled, slot_positive[:, None], pulled)
+                # G_ap's, one entry a row.
+                return (add_to_rows(grad, [(slot_positive, -push * unit_totals * upstream)]),)
 
             (grad,) = for_each_positive(positive, backward, (ops.zeros_like(gram),))
             return grad, ops.zeros_like(positive_ones), ops.zeros_like(negative_ones)
@@ -273,8 +294,9 @@ def _factored_slots(gram, negative, pull, push):
     sum (each slot's exponentials and log-sum-exp took most of the time).
     Unit vectors keep `c (G − 1)` in `[−2c, 0]`, so no product underflows
     while `c ≤ 20`. `values(slot, has_slot)`: `log(1 + Σ exp f)` per
-    query; `weights(slot, has_slot, upstream)`: each negative's softmax
-    weight times the query's incoming gradient.
+    query; `weights(slot, has_slot, row_factor)`: each negative's softmax
+    weight times the query's factor (its incoming gradient), and each
+    row's sum of those weights per unit of the factor.
     """
     exps = ops.exp(pull * (gram - 1.0))
     negative_exps = ops.where(negative, exps, ops.zeros((), exps.dtype))
@@ -292,12 +314,12 @@ def _factored_slots(gram, negative, pull, push):
         # log(1 + Σ exp f) = softplus(log Σ exp f); 0 for a query without negatives.
         return ops.where(counted, ops.softplus(logs), ops.zeros_like(logs))
 
-    def weights(slot_positive, has_slot, upstream):
+    def weights(slot_positive, has_slot, row_factor):
         products, sums, counted, logs = products_and_logs(slot_positive, has_slot)
-        # d ℓ / d S_a = sigmoid(log Σ exp f) / S_a.
+        # d ℓ / d S_a = sigmoid(log Σ exp f) / S_a; the weights' row sum is sigmoid(log Σ exp f).
         safe_sums = ops.where(counted, sums, ops.ones_like(sums))
-        scale = ops.where(counted, upstream * ops.sigmoid(logs) / safe_sums, ops.zeros_like(sums))
-        return products * scale[:, None]
+        unit_totals = ops.where(counted, ops.sigmoid(logs), ops.zeros_like(sums))
+        return products * (row_factor * unit_totals / safe_sums)[:, None], unit_totals
 
     return values, weights
 
@@ -309,8 +331,8 @@ def _logit_slots(gram, negative, pull, push):
         pulled = pull * (gram + ops.take(gram, slot_positive, axis=0))
         return pulled - push * row_pick(gram, slot_positive)[:, None]
 
-    def weights(slot_positive, has_slot, upstream):
-        return _negative_weights(logits(slot_positive), negative, has_slot, upstream)
+    def weights(slot_positive, has_slot, row_factor):
+        return _negative_weights(logits(slot_positive), negative, has_slot, row_factor)
 
     return _logsumexp_values(logits, negative), weights
 
@@ -360,7 +382,8 @@ def angular(
                        remove_diagonal=remove_diagonal)
     pairs = apply_miner(miner, pairs)
     queries, reference = _unit_pair(pairs.embeddings, pairs.ref_embeddings)
-    return per_query(angular_terms(queries, reference, pairs.positive, pairs.negative, alpha))
+    shared = ref_labels is None and miner is None and not multi_label
+    return per_query(angular_terms(queries, reference, pairs.positive, pairs.negative, alpha, shared))
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -417,9 +440,19 @@ class Angular(InBatchLoss):
         super().__init__(reduction, name, cross_replica, multi_label, miner)
         self.alpha = _check_alpha(alpha)
 
+    def query_terms(self, labels, embeddings, ref_labels=None, ref_embeddings=None, remove_diagonal=None,
+                    ref_valid=None):
+        pairs = self.mine(labels, embeddings, ref_labels, ref_embeddings, remove_diagonal, ref_valid)
+        # Class ids of the batch against itself: a positive pair's rows share their negatives.
+        shared = ref_labels is None and self.miner is None and not self.multi_label
+        return self._terms(*pairs, shared_negatives=shared)
+
     def pair_terms(self, embeddings, ref_embeddings, positive, negative):
+        return self._terms(embeddings, ref_embeddings, positive, negative)
+
+    def _terms(self, embeddings, ref_embeddings, positive, negative, shared_negatives=False):
         queries, reference = _unit_pair(embeddings, ref_embeddings)
-        return angular_terms(queries, reference, positive, negative, self.alpha)
+        return angular_terms(queries, reference, positive, negative, self.alpha, shared_negatives)
 
     def get_config(self):
         config = super().get_config()
