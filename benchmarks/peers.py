@@ -162,6 +162,12 @@ def pml(name, cube_gb=no_cube):
     return (f"PML {name}", "pml", cube_gb)
 
 
+def plain(name):
+    # The same loss in a few TensorFlow operations, without tfmetric's checks
+    # and exactness: the least a TensorFlow call of the task can cost.
+    return (f"plain TF {name}", "tfmetric", no_cube)
+
+
 # task -> [(implementation, environment, GB its (N, N, N) tensors need)]
 TASKS = {
     "semi-hard": [ours("semi_hard"), tfa("TripletSemiHardLoss", tfa_tiled_gb)],
@@ -203,7 +209,7 @@ TASKS = {
     "sphereface": [ours("sphereface"), pml("SphereFaceLoss")],
     "l-softmax": [ours("large_margin_softmax"), pml("LargeMarginSoftmaxLoss")],
     "subcenter-arcface": [ours("subcenter_arcface"), pml("SubCenterArcFaceLoss")],
-    "norm-softmax": [ours("normalized_softmax"), pml("NormalizedSoftmaxLoss")],
+    "norm-softmax": [ours("normalized_softmax"), plain("softmax cross-entropy"), pml("NormalizedSoftmaxLoss")],
     "proxy-nca": [ours("proxy_nca"), pml("ProxyNCALoss")],
     "proxy-anchor": [ours("proxy_anchor"), pml("ProxyAnchorLoss")],
     "soft-triple": [ours("soft_triple"), pml("SoftTripleLoss")],
@@ -246,6 +252,18 @@ def tensorflow_loss(implementation, vectors=None):
     if implementation.startswith("tfmetric "):
         loss = tfmetric_loss(implementation.removeprefix("tfmetric "), vectors)
         return loss, [loss.proxies.value] if vectors is not None else []
+    if implementation == "plain TF softmax cross-entropy":
+        import tensorflow as tf
+
+        proxies = tf.Variable(vectors)
+        # tfmetric's temperature, whatever its default.
+        temperature = tfmetric_loss("normalized_softmax", vectors).temperature
+
+        def normalized_softmax(labels, embeddings):
+            cosines = tf.matmul(tf.math.l2_normalize(embeddings, 1), tf.math.l2_normalize(proxies, 1), transpose_b=True)
+            return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, cosines / temperature))
+
+        return normalized_softmax, [proxies]
     import tensorflow_addons as tfa
 
     return {
@@ -503,7 +521,7 @@ def main():
                 if errors:
                     print(f"{label}error: {errors[0]}", flush=True)
                     continue
-                if environment == "tfmetric":
+                if implementation.startswith("tfmetric "):
                     ours = cells
                 ratios = [cells[jit]["ms"] / ours[jit]["ms"] if ours else float("nan") for jit in (False, True)]
                 print(

@@ -159,6 +159,16 @@ def test_queries_without_positives_count_as_documented():
     assert ranked > 0
 
 
+@pytest.mark.parametrize("variant", ["O", "Ds", "Iu", "Ib"])
+def test_pnp_without_negatives_is_exactly_zero(variant):
+    # The sigmoids beyond the negatives sit at their floor (2e-22 a column),
+    # which must not add up to a loss where there is no negative at all.
+    # ("Dq" is 1 − a mean of ones: zero up to the mean's rounding.)
+    x = np.random.default_rng(7).normal(size=(6, 3)).astype("float32")
+    value, grad = value_and_grad(objective("pnp", variant=variant), x, np.zeros(6, int))
+    assert float(value) == 0.0 and not np.any(grad)
+
+
 # ---------------------------------------------------------------- the peer's values
 
 
@@ -356,6 +366,9 @@ def test_degenerate_batches_are_finite(kind, case):
         assert np.isfinite(value) and np.all(np.isfinite(grad)), (compiled, value)
         if expected is not None:
             assert float(value) == pytest.approx(expected, abs=1e-6)
+        if expected == 0.0 and kind == "pnp":
+            # Exactly: no sigmoid's floor (2e-22 a column) adds up where there is nothing to rank.
+            assert float(value) == 0.0 and not np.any(grad), (compiled, value)
 
 
 def test_unnormalised_huge_values_are_finite():

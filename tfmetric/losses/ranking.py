@@ -127,8 +127,8 @@ def fast_ap_terms(distances, positive, negative, num_bins=10, max_distance=4.0):
     return ops.where(has_positive, losses, ops.zeros_like(losses)), ops.cast(has_positive, dtype)
 
 
-def _sigmoid_and_slope(difference, temperature):
-    """`σ(z)` and `σ'(z) = σ(z)·σ(−z)` at `z = difference / τ`, to float32's relative precision in their tails too.
+def _sigmoid_and_slope(exponent):
+    """`σ(z)` and `σ'(z) = σ(z)·σ(−z)` from `exponent = −z`, to float32's relative precision in their tails too.
 
     TensorFlow's float32 `sigmoid` on CPU is a fast approximation whose
     relative error in the tails (|z| > ~10, where sharp temperatures put
@@ -139,16 +139,16 @@ def _sigmoid_and_slope(difference, temperature):
     two stay there, far under anything a rank sum or a gradient can see,
     and `e` (≤ 5e21) times the slot's factors stays far from overflow in
     whatever order TensorFlow's graph optimizer multiplies them (capped at
-    88, `e/τ` overflowed and met a `σ` flushed to 0: NaN). Seven
-    elementwise passes: without XLA each is a kernel over the whole
-    matrix, once per positive slot.
+    88, `e/τ` overflowed and met a `σ` flushed to 0: NaN); `−z = +∞` gives
+    that floor too. Six elementwise passes after the exponents: without
+    XLA each is a kernel over the whole matrix, once per positive slot.
     """
-    e = ops.exp(ops.minimum(difference * (-1.0 / temperature), 50.0))
+    e = ops.exp(ops.minimum(exponent, 50.0))
     sigmoid = 1.0 / (1.0 + e)
     return sigmoid, sigmoid * (e * sigmoid)
 
 
-def _over_positives(similarity, positive, temperature, body):
+def _over_positives(similarity, positive, temperature, summed, body):
     """Runs `body` for every positive p of every query, with the sigmoids of p's comparisons.
 
     Smooth-AP and PNP rank each positive p of query a against the reference
@@ -158,22 +158,30 @@ def _over_positives(similarity, positive, temperature, body):
     every row with every row would build `(N, R, R)` tensors (4 GiB for
     N = R = 1024).
 
-    `body(before)` gets `σ((s_aj − s_ap)/τ)`, `(N, R)`, and returns
-    `(value, row_factor, column_weights)`: the `(N,)` term of positive p, to
-    add up over the positives, and the derivative of the query's loss with
-    respect to `s_aj` through it as `row_factor[a] · σ'_aj · column_weights[a, j]`
-    (σ' with respect to `(s_aj − s_ap)/τ`; the derivative with respect to
-    `s_ap` follows: minus their sum). Factored so that the rows without the
-    slot and `1/τ` scale a vector, not the matrix.
+    `body(before)` gets `σ((s_aj − s_ap)/τ)`, `(N, R)`, exact at the
+    columns of `summed` (a boolean `(N, R)` mask) and at most 2e-22
+    elsewhere, so that a sum over `summed` is a plain row sum; it returns
+    `(value, row_factor, column_weights)`: the `(N,)` term of positive p,
+    to add up over the positives, and the derivative of the query's loss
+    with respect to `s_aj` through it as `row_factor[a] · σ'_aj ·
+    column_weights[a, j]` (σ' with respect to `(s_aj − s_ap)/τ`; the
+    derivative with respect to `s_ap` follows: minus their sum), where
+    `column_weights` is 0 outside `summed`. Factored so that the rows
+    without the slot and `1/τ` scale a vector, not the matrix.
+
+    Outside `summed` `s_aj` is taken as `−∞`, whose sigmoid is the floor.
 
     Returns:
         The sums of the values, `(N,)`, and the `(N, R)` gradient of every
         query's loss with respect to the similarities.
     """
     s = ops.stop_gradient(similarity)
+    s_summed = ops.where(summed, s, ops.full((), float("-inf"), s.dtype))
 
     def step(slot_positive, has_slot, total, gradient):
-        before, slope = _sigmoid_and_slope(s - row_pick(s, slot_positive)[:, None], temperature)
+        # The difference first: exact where the two are close, finite wherever s is.
+        exponents = (s_summed - row_pick(s, slot_positive)[:, None]) * (-1.0 / temperature)
+        before, slope = _sigmoid_and_slope(exponents)
         value, row_factor, column_weights = body(before)
         row_factor = ops.where(has_slot, row_factor / temperature, ops.zeros_like(row_factor))
         coefficients = row_factor[:, None] * slope * column_weights
@@ -201,13 +209,14 @@ def smooth_ap_terms(similarity, positive, negative, temperature=0.01):
 
     def body(before):
         # j = p is in both sums with σ(0) = 1/2: 1/2 + 1/2 makes the "1 +".
-        rank = 0.5 + ops.sum(before * candidates, axis=1)
+        rank = 0.5 + ops.sum(before, axis=1)
         positive_rank = 0.5 + ops.sum(before * pos, axis=1)
         ratio = positive_rank / rank
         # ∂(−ratio/|P|)/∂s_aj = −σ'_j/(|P|·rank)·(pos_j − candidate_j·ratio)
         return ratio, -share / rank, pos - candidates * ratio[:, None]
 
-    precision_sums, gradient = _over_positives(similarity, positive, temperature, body)
+    summed = ops.logical_or(positive, negative)
+    precision_sums, gradient = _over_positives(similarity, positive, temperature, summed, body)
     losses = attach_gradient(1.0 - precision_sums * share, similarity, gradient)
     return ops.where(has_positive, losses, ops.zeros_like(losses)), ops.cast(has_positive, dtype)
 
@@ -243,12 +252,15 @@ def pnp_terms(similarity, positive, negative, b=2.0, alpha=1.0, anneal=0.01, var
     has_positive = num_positives > 0
     share = divide_or_zero(ops.ones_like(num_positives), num_positives)
     sign = -1.0 if variant == "Dq" else 1.0
+    has_negative = ops.any(negative, axis=1)
 
     def body(before):
-        value, value_slope = _pnp_value_and_slope(ops.sum(before * neg, axis=1), variant, b, alpha)
+        # The floor of `before` beyond the negatives adds up to 1e-19 or so; none without one.
+        ranked_before = ops.where(has_negative, ops.sum(before, axis=1), ops.zeros_like(num_positives))
+        value, value_slope = _pnp_value_and_slope(ranked_before, variant, b, alpha)
         return value, sign * share * value_slope, neg
 
-    value_sums, gradient = _over_positives(similarity, positive, anneal, body)
+    value_sums, gradient = _over_positives(similarity, positive, anneal, negative, body)
     losses = value_sums * share
     if variant == "Dq":
         losses = 1.0 - losses
