@@ -70,7 +70,12 @@ vectors on both sides; the gradient with respect to the embeddings and the
 class vectors): arcface, cosface, sphereface, l-softmax, subcenter-arcface,
 norm-softmax, proxy-nca, proxy-anchor, p2sgrad, manifold (PML's proxy ids
 given as `indices_tuple` = the labels), soft-triple (tfmetric with `tau=0`:
-PML has no τ regulariser). Same values throughout.
+PML has no τ regulariser). Same values throughout. norm-softmax also has a
+row "plain TF": the loss in three TensorFlow operations (`l2_normalize`, one
+product, `sparse_softmax_cross_entropy_with_logits`), without tfmetric's
+checks of the class ids, overflow-safe normalisation and exact small losses:
+not a peer, the least a TensorFlow call of the task costs (its × is plain
+÷ tfmetric).
 
 `--peers` picks the peers (`--peers` alone: tfmetric only, no environment
 to create). TF Addons' semi-hard and lifted losses, PML's all-triplets
