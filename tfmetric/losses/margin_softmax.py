@@ -23,11 +23,10 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfmetric.losses.base import shifted_exponentials
 from tfmetric.losses.proxy import (
     ProxyLoss,
     check_proxies,
-    class_mask,
+    class_cross_entropy,
     cosine_to_proxies,
     nan_outside_classes,
     proxy_class_scores,
@@ -124,14 +123,13 @@ def margin_softmax_terms(class_ids, cosine, target_logit, logit_scale):
 
     Returns:
         `(losses, ones)`, both `(N,)`: `log(1 + Σ_{j≠y} exp(z_j − z_y))`
-        for the logits `z`, which is exact where the loss is tiny.
+        for the logits `z` (`class_cross_entropy`), exact where the loss is tiny.
 
     The true class's cosine and logit are vectors picked from the rows
     (an id out of range picks class 0; `nan_outside_classes` marks its
     loss), not passes over the matrix that select its column.
     """
     num_classes = cosine.shape[1]
-    target = class_mask(class_ids, num_classes)
     picked = ops.clip(ops.cast(class_ids, "int32"), 0, num_classes - 1)[:, None]
     scale = ops.convert_to_tensor(logit_scale, cosine.dtype)
     if len(scale.shape) == 2 and scale.shape[1] != 1:
@@ -139,41 +137,8 @@ def margin_softmax_terms(class_ids, cosine, target_logit, logit_scale):
     else:
         scale_of_target = ops.reshape(scale, (-1,)) if len(scale.shape) == 2 else scale
     own = target_logit(ops.take_along_axis(cosine, picked, axis=1)[:, 0]) * scale_of_target
-    losses = _cross_entropy(cosine * scale, own, ops.cast(target, cosine.dtype))
+    losses = class_cross_entropy(cosine * scale, class_ids, own)
     return losses, ops.ones_like(losses)
-
-
-def _cross_entropy(logits, own, target_ones):
-    """Row-wise `log(1 + Σ_{j≠y} exp(z_j − z_y))` for the logits `z` of the other classes and the true class's `own`.
-
-    `target_ones` marks the true classes (0/1 rows), whose columns of
-    `logits` are not read. Exact where the loss is tiny (`log1p`), stable
-    for large logits, 0 for a row without other classes. The gradient is
-    written out, `∂ℓ/∂z_j = exp(z_j − z_y − ℓ)` (0 at the true class's
-    column) and `∂ℓ/∂z_y = −(1 − e^(−ℓ))`: one pass over the `(N, C)`
-    logits where autodiff took a dozen through the shifts and masks.
-    """
-
-    # The mask is an argument: JAX's custom gradients cannot close over the
-    # tracers of an enclosing trace.
-    @ops.custom_gradient
-    def cross_entropy(logits, own, target_ones):
-        exps, total, shift = shifted_exponentials(logits - own[:, None], target_ones < 0.5, add_one=True)
-        # Unshifted, every term is <= 1 = exp(0) (or the row is empty): log1p keeps tiny losses exact.
-        losses = ops.where(shift > 0, shift + ops.log(total + ops.exp(-shift)), ops.log1p(total))
-
-        def gradient(*args, upstream=None):
-            if upstream is None:
-                (upstream,) = args
-            upstream = ops.cast(upstream, logits.dtype)
-            # exp(v − ℓ) from the forward pass's exp(v − shift) (ℓ ≥ shift: no overflow);
-            # exp(−∞) = 0 at the true class.
-            others = exps * (upstream * ops.exp(shift - losses))[:, None]
-            return others, upstream * ops.expm1(-losses), ops.zeros_like(target_ones)
-
-        return losses, gradient
-
-    return cross_entropy(logits, own, target_ones)
 
 
 def _additive_angular_margin(margin):

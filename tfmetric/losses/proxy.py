@@ -33,12 +33,13 @@ from keras import ops
 from tfmetric.distances import as_embeddings, inner_products, l2_normalize
 from tfmetric.distribute import scale_for_replicas
 from tfmetric.labels import class_ids, in_class_range
-from tfmetric.losses.base import reduce_anchor_terms
+from tfmetric.losses.base import reduce_anchor_terms, shifted_exponentials
 from tfmetric.losses.state import LossState
 
 __all__ = [
     "ProxyLoss",
     "check_proxies",
+    "class_cross_entropy",
     "class_mask",
     "cosine_to_proxies",
     "nan_outside_classes",
@@ -68,6 +69,49 @@ def class_mask(class_ids, num_classes):
     """`(N, C)` booleans: column `c` marks the examples of class `c` (an id out of range marks none)."""
     # ops.equal, not ==: in a TensorFlow 1-style graph a tensor's == is Python's `is`.
     return ops.equal(ops.cast(class_ids, "int32")[:, None], ops.arange(num_classes, dtype="int32")[None, :])
+
+
+def class_cross_entropy(logits, class_ids, own=None):
+    """Each row's `−log softmax(z)_y` for its class y: `log(1 + Σ_{j≠y} exp(z_j − z_y))`.
+
+    `logits` are the `(N, C)` class scores; `own`, the `(N,)` true-class
+    logits where a margin makes them differ from `logits[i, y_i]` (whose
+    column is then not read), else picked from the rows (an id out of
+    range picks class 0: `nan_outside_classes` marks its loss). Exact where
+    the loss is tiny (`log1p`), stable for large logits, 0 for a row
+    without other classes. The gradient is written out, `∂ℓ/∂z_j =
+    exp(z_j − z_y − ℓ)` (0 at the true class's column) and `∂ℓ/∂z_y =
+    −(1 − e^(−ℓ))`: one pass over the logits where autodiff took a dozen
+    through the shifts and masks, and no pass selects the true column.
+    """
+    num_classes = logits.shape[1]
+    if own is None:
+        picked = ops.clip(ops.cast(class_ids, "int32"), 0, num_classes - 1)[:, None]
+        own = ops.take_along_axis(logits, picked, axis=1)[:, 0]
+    return _cross_entropy(logits, own, ops.cast(class_mask(class_ids, num_classes), logits.dtype))
+
+
+def _cross_entropy(logits, own, target_ones):
+    # The mask is an argument: JAX's custom gradients cannot close over the
+    # tracers of an enclosing trace.
+    @ops.custom_gradient
+    def cross_entropy(logits, own, target_ones):
+        exps, total, shift = shifted_exponentials(logits - own[:, None], target_ones < 0.5, add_one=True)
+        # Unshifted, every term is <= 1 = exp(0) (or the row is empty): log1p keeps tiny losses exact.
+        losses = ops.where(shift > 0, shift + ops.log(total + ops.exp(-shift)), ops.log1p(total))
+
+        def gradient(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            upstream = ops.cast(upstream, logits.dtype)
+            # exp(v − ℓ) from the forward pass's exp(v − shift) (ℓ ≥ shift: no overflow);
+            # exp(−∞) = 0 at the true class.
+            others = exps * (upstream * ops.exp(shift - losses))[:, None]
+            return others, upstream * ops.expm1(-losses), ops.zeros_like(target_ones)
+
+        return losses, gradient
+
+    return cross_entropy(logits, own, target_ones)
 
 
 def nan_outside_classes(losses, class_ids, num_classes):

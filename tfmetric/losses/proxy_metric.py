@@ -23,6 +23,7 @@ from tfmetric.labels import in_class_range
 from tfmetric.losses.base import check_positive, check_sample_weight, divide_or_zero, row_logsumexp
 from tfmetric.losses.proxy import (
     ProxyLoss,
+    class_cross_entropy,
     class_mask,
     cosine_to_proxies,
     nan_outside_classes,
@@ -62,16 +63,6 @@ def _check_non_negative(name, value):
         raise ValueError(f"{name} must be a non-negative number; received {value!r}.")
 
 
-def _pick(values, mask):
-    """`Σ_c values[i, c]` over the mask: each row's entry at its own class."""
-    return ops.sum(ops.where(mask, values, ops.zeros_like(values)), axis=1)
-
-
-def _cross_entropy(logits, mask):
-    """`−log softmax(logits)` at each row's class (log-space: no underflow)."""
-    return -_pick(ops.log_softmax(logits, axis=-1), mask)
-
-
 # ---------------------------------------------------------------- ProxyNCA
 
 
@@ -92,8 +83,7 @@ def proxy_nca_logits(embeddings, proxies, temperature=1.0):
 def proxy_nca_terms(class_ids, embeddings, proxies, temperature=1.0):
     """Per-example ProxyNCA losses `−log softmax_c(−‖x̂_i − p̂_c‖² / T)_{y_i}`, and a count of 1 each."""
     check_positive("temperature", temperature)
-    mask = class_mask(class_ids, ops.shape(proxies)[0])
-    losses = _cross_entropy(proxy_nca_logits(embeddings, proxies, temperature), mask)
+    losses = class_cross_entropy(proxy_nca_logits(embeddings, proxies, temperature), class_ids)
     return losses, ops.ones_like(losses)
 
 
@@ -421,9 +411,10 @@ def soft_triple_terms(class_ids, embeddings, proxies, scale=20.0, gamma=0.1, mar
     check_positive("scale", scale)
     _check_non_negative("margin", margin)
     similarity = soft_triple_similarities(embeddings, proxies, gamma)
-    mask = class_mask(class_ids, ops.shape(proxies)[0])
-    logits = scale * (similarity - margin * ops.cast(mask, similarity.dtype))
-    losses = _cross_entropy(logits, mask)
+    picked = ops.clip(ops.cast(class_ids, "int32"), 0, ops.shape(proxies)[0] - 1)[:, None]
+    # The margin on the true class's logit only, a vector.
+    own = scale * (ops.take_along_axis(similarity, picked, axis=1)[:, 0] - margin)
+    losses = class_cross_entropy(scale * similarity, class_ids, own)
     return losses, ops.ones_like(losses)
 
 
