@@ -269,6 +269,18 @@ def test_hand_made_proxy_nca():
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
 
 
+def test_tiny_proxy_nca_and_soft_triple_losses_are_exact_in_float32():
+    # e^−18 is below float32's resolution of 1: a log-softmax gives 0 for
+    # log(1 + e^−18); the cross-entropy of `class_cross_entropy` keeps it.
+    w = np.array([[1.0, 0.0], [0.0, 1.0]], "float32")
+    x = np.array([[1.0, 0.0]], "float32")
+    got = float(run(lambda: pm.proxy_nca([0], x, w, temperature=1 / 9))[0])
+    assert got == pytest.approx(np.log1p(np.exp(-18.0)), rel=1e-5)
+    # SoftTriple with one centre a class: logits 20·(1 − 0.01) and 20·0.
+    got = float(run(lambda: pm.soft_triple([0], x, w[:, None, :], scale=20.0, gamma=0.1, margin=0.01))[0])
+    assert got == pytest.approx(np.log1p(np.exp(-20.0 * 0.99)), rel=1e-5)
+
+
 def test_hand_made_proxy_anchor():
     # One example, at e0, of class 0; class vectors e0 and e1. Class 0 pulls
     # it at cosine 1 and has no negative; class 1 pushes it at cosine 0.
