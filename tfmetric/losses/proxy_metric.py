@@ -215,23 +215,30 @@ def proxy_anchor_terms(class_ids, embeddings, proxies, margin=0.1, alpha=32.0, s
     """
     check_positive("alpha", alpha)
     _check_non_negative("margin", margin)
-    cosine = cosine_to_proxies(embeddings, proxies)
     num_classes = ops.shape(proxies)[0]
-    positive = class_mask(class_ids, num_classes)
-    weights = check_sample_weight(sample_weight, ops.zeros_like(cosine[:, 0]))
-    kept = (weights != 0)[:, None]
-    # log w of the kept examples; the others are masked out (no log 0).
-    log_weights = ops.log(ops.where(weights != 0, weights, ops.ones_like(weights)))[:, None]
-    positive_kept = ops.logical_and(positive, kept)
-    negative_kept = ops.logical_and(ops.logical_not(positive), kept)
-    pull = ops.transpose(-alpha * (cosine - margin) + log_weights)
-    push = ops.transpose(alpha * (cosine + margin) + log_weights)
-    positive_terms = row_logsumexp(pull, ops.transpose(positive_kept), add_one=True)
-    negative_terms = row_logsumexp(push, ops.transpose(negative_kept), add_one=True)
-    has_positive = ops.any(positive_kept, axis=0)
-    # A negative weight has no log: the loss is NaN, not silently something else.
-    invalid = ops.any(weights < 0)
-    positive_terms = ops.where(invalid, ops.full_like(positive_terms, float("nan")), positive_terms)
+    # Class-major `(C, N)` cosines and masks from the product's operands in
+    # that order: each class vector's log-sum-exps are row ones, no transposes.
+    cosine = inner_products(l2_normalize(ops.cast(proxies, embeddings.dtype)), l2_normalize(embeddings))
+    positive = ops.equal(ops.arange(num_classes, dtype="int32")[:, None], ops.cast(class_ids, "int32")[None, :])
+    pull = -alpha * (cosine - margin)
+    push = alpha * (cosine + margin)
+    if sample_weight is None:
+        positive_kept, negative_kept, invalid = positive, ops.logical_not(positive), None
+    else:
+        weights = check_sample_weight(sample_weight, ops.zeros_like(cosine[0]))
+        kept = (weights != 0)[None, :]
+        # log w of the kept examples; the others are masked out (no log 0).
+        log_weights = ops.log(ops.where(weights != 0, weights, ops.ones_like(weights)))[None, :]
+        positive_kept = ops.logical_and(positive, kept)
+        negative_kept = ops.logical_and(ops.logical_not(positive), kept)
+        pull, push = pull + log_weights, push + log_weights
+        # A negative weight has no log: the loss is NaN, not silently something else.
+        invalid = ops.any(weights < 0)
+    positive_terms = row_logsumexp(pull, positive_kept, add_one=True)
+    negative_terms = row_logsumexp(push, negative_kept, add_one=True)
+    has_positive = ops.any(positive_kept, axis=1)
+    if invalid is not None:
+        positive_terms = ops.where(invalid, ops.full_like(positive_terms, float("nan")), positive_terms)
     return positive_terms, negative_terms, has_positive
 
 
