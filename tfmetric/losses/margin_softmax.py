@@ -29,6 +29,7 @@ from tfmetric.losses.proxy import (
     class_cross_entropy,
     cosine_to_proxies,
     nan_outside_classes,
+    pick_class,
     proxy_class_scores,
     proxy_inputs,
 )
@@ -126,17 +127,12 @@ def margin_softmax_terms(class_ids, cosine, target_logit, logit_scale):
         for the logits `z` (`class_cross_entropy`), exact where the loss is tiny.
 
     The true class's cosine and logit are vectors picked from the rows
-    (an id out of range picks class 0; `nan_outside_classes` marks its
-    loss), not passes over the matrix that select its column.
+    (`pick_class`), not passes over the matrix that select its column.
     """
-    num_classes = cosine.shape[1]
-    picked = ops.clip(ops.cast(class_ids, "int32"), 0, num_classes - 1)[:, None]
     scale = ops.convert_to_tensor(logit_scale, cosine.dtype)
-    if len(scale.shape) == 2 and scale.shape[1] != 1:
-        scale_of_target = ops.take_along_axis(scale, picked, axis=1)[:, 0]
-    else:
-        scale_of_target = ops.reshape(scale, (-1,)) if len(scale.shape) == 2 else scale
-    own = target_logit(ops.take_along_axis(cosine, picked, axis=1)[:, 0]) * scale_of_target
+    # A per-row `(N, 1)` or per-entry `(N, C)` scale has the true class's entry picked too.
+    scale_of_target = pick_class(scale, class_ids) if len(scale.shape) == 2 else scale
+    own = target_logit(pick_class(cosine, class_ids)) * scale_of_target
     losses = class_cross_entropy(cosine * scale, class_ids, own)
     return losses, ops.ones_like(losses)
 

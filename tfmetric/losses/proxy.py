@@ -35,6 +35,7 @@ from tfmetric.distribute import scale_for_replicas
 from tfmetric.labels import class_ids, in_class_range
 from tfmetric.losses.base import reduce_anchor_terms, shifted_exponentials
 from tfmetric.losses.state import LossState
+from tfmetric.mining import row_pick
 
 __all__ = [
     "ProxyLoss",
@@ -43,6 +44,7 @@ __all__ = [
     "class_mask",
     "cosine_to_proxies",
     "nan_outside_classes",
+    "pick_class",
     "proxy_class_scores",
     "proxy_inputs",
 ]
@@ -76,19 +78,25 @@ def class_cross_entropy(logits, class_ids, own=None):
 
     `logits` are the `(N, C)` class scores; `own`, the `(N,)` true-class
     logits where a margin makes them differ from `logits[i, y_i]` (whose
-    column is then not read), else picked from the rows (an id out of
-    range picks class 0: `nan_outside_classes` marks its loss). Exact where
+    column is then not read), else `pick_class(logits, class_ids)`. Exact where
     the loss is tiny (`log1p`), stable for large logits, 0 for a row
     without other classes. The gradient is written out, `∂ℓ/∂z_j =
     exp(z_j − z_y − ℓ)` (0 at the true class's column) and `∂ℓ/∂z_y =
     −(1 − e^(−ℓ))`: one pass over the logits where autodiff took a dozen
     through the shifts and masks, and no pass selects the true column.
     """
-    num_classes = logits.shape[1]
     if own is None:
-        picked = ops.clip(ops.cast(class_ids, "int32"), 0, num_classes - 1)[:, None]
-        own = ops.take_along_axis(logits, picked, axis=1)[:, 0]
-    return _cross_entropy(logits, own, ops.cast(class_mask(class_ids, num_classes), logits.dtype))
+        own = pick_class(logits, class_ids)
+    return _cross_entropy(logits, own, ops.cast(class_mask(class_ids, logits.shape[1]), logits.dtype))
+
+
+def pick_class(values, class_ids):
+    """`values[i, y_i]` of every row, `(N,)`: a vector picked from the rows, not a pass over the matrix.
+
+    An id out of range is clipped to a column (`nan_outside_classes` marks
+    its loss); an `(N, 1)` column of per-row values gives its one entry.
+    """
+    return row_pick(values, ops.clip(ops.cast(class_ids, "int32"), 0, values.shape[1] - 1))
 
 
 def _cross_entropy(logits, own, target_ones):

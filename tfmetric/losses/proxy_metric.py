@@ -27,6 +27,7 @@ from tfmetric.losses.proxy import (
     class_mask,
     cosine_to_proxies,
     nan_outside_classes,
+    pick_class,
     proxy_class_scores,
     proxy_inputs,
 )
@@ -418,9 +419,8 @@ def soft_triple_terms(class_ids, embeddings, proxies, scale=20.0, gamma=0.1, mar
     check_positive("scale", scale)
     _check_non_negative("margin", margin)
     similarity = soft_triple_similarities(embeddings, proxies, gamma)
-    picked = ops.clip(ops.cast(class_ids, "int32"), 0, ops.shape(proxies)[0] - 1)[:, None]
     # The margin on the true class's logit only, a vector.
-    own = scale * (ops.take_along_axis(similarity, picked, axis=1)[:, 0] - margin)
+    own = scale * (pick_class(similarity, class_ids) - margin)
     losses = class_cross_entropy(scale * similarity, class_ids, own)
     return losses, ops.ones_like(losses)
 
