@@ -238,20 +238,26 @@ def test_dynamic_soft_margin_from_a_running_histogram_matches_brute_force():
         start = new
 
 
-def _triplet_margin_sums_by_loops(d, positive, negative, thresholds, weights):
+def _triplet_margin_sums_by_loops(d, positive, negative, min_val, delta, num_thresholds, weights):
     """Counts and sums of the margins `d_ap − d_an` below each threshold, and d Σ weights·sums / d d, by loops.
 
-    In float32, as the loss compares: `d_an > d_ap − b` (a margin equal to b is not below it).
+    As the loss decides it: `v_n > u_p − b` for `u_p = (d_ap − min_val)·(1/Δ)`
+    and `v_n = d_an·(1/Δ)` computed in float32, compared exactly; the last
+    column has every triplet (b = +∞).
     """
     n, r = d.shape
-    counts, sums, grad = np.zeros((n, len(thresholds))), np.zeros((n, len(thresholds))), np.zeros((n, r))
+    inverse = np.float32(1.0 / delta)
+    counts, sums = np.zeros((n, num_thresholds + 1)), np.zeros((n, num_thresholds + 1))
+    grad = np.zeros((n, r))
     for a in range(n):
         for p in range(r):
             for q in range(r):
                 if not (positive[a, p] and negative[a, q]):
                     continue
-                for k, b in enumerate(thresholds):
-                    if d[a, q] > np.float32(d[a, p]) - np.float32(b):
+                u = (np.float32(d[a, p]) - np.float32(min_val)) * inverse
+                v = np.float32(d[a, q]) * inverse
+                for k in range(num_thresholds + 1):
+                    if k == num_thresholds or float(v) > float(u) - k:
                         counts[a, k] += 1
                         sums[a, k] += float(d[a, p]) - float(d[a, q])
                         grad[a, p] += weights[a, k]
@@ -260,10 +266,12 @@ def _triplet_margin_sums_by_loops(d, positive, negative, thresholds, weights):
 
 
 @pytest.mark.parametrize("by_slot", [False, True])
-def test_triplet_margin_sums_count_ties_as_the_loss_does(by_slot):
-    # Both ways of counting (a binary search among each query's keys where
-    # operations run one by one, a loop of comparisons under XLA) on distances
-    # whose margins fall on the thresholds exactly.
+@pytest.mark.parametrize("min_val, num_thresholds", [(-2.0, 10), (-1.0, 7)])
+def test_triplet_margin_sums_count_ties_as_the_loss_does(by_slot, min_val, num_thresholds):
+    # Both ways of counting (cells of whole parts and places where operations
+    # run one by one, a loop of comparisons under XLA) on distances whose
+    # margins fall on the thresholds exactly, and a Δ (2/7) that is not a
+    # float: each decides as the loops do.
     from tfmetric.losses import histogram_loss
 
     rng = np.random.default_rng(4)
@@ -271,17 +279,17 @@ def test_triplet_margin_sums_count_ties_as_the_loss_does(by_slot):
     d = (rng.integers(0, 11, (9, 9)) * 0.2).astype("float32")
     positive = (labels[:, None] == labels[None, :]) & ~np.eye(9, dtype=bool)
     negative = labels[:, None] != labels[None, :]
-    thresholds = np.array([-2.0 + 0.4 * k for k in range(10)], "float32")
-    weights = rng.normal(size=(9, 10)).astype("float32")
-    expected = _triplet_margin_sums_by_loops(d, positive, negative, thresholds, weights)
+    delta = 2 * abs(min_val) / num_thresholds
+    weights = rng.normal(size=(9, num_thresholds + 1)).astype("float32")
+    expected = _triplet_margin_sums_by_loops(d, positive, negative, min_val, delta, num_thresholds, weights)
     count = histogram_loss._triplet_margin_sums_by_slot if by_slot else histogram_loss.triplet_margin_sums
 
-    def weighted(matrix):
-        return keras.ops.sum(count(matrix, tensor(positive), tensor(negative), tensor(thresholds))[1] * tensor(weights))
+    def counted(matrix):
+        return count(matrix, tensor(positive), tensor(negative), min_val, delta, num_thresholds)
 
-    counts, _ = count(tensor(d), tensor(positive), tensor(negative), tensor(thresholds))
+    counts, _ = counted(tensor(d))
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(counts), expected[0])
-    value, grad = value_and_grad(weighted, d)
+    value, grad = value_and_grad(lambda matrix: keras.ops.sum(counted(matrix)[1] * tensor(weights)), d)
     np.testing.assert_allclose(value, np.sum(weights * expected[1]), rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(grad, expected[2], rtol=1e-5, atol=1e-5)
 
