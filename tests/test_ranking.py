@@ -169,6 +169,27 @@ def test_pnp_without_negatives_is_exactly_zero(variant):
     assert float(value) == 0.0 and not np.any(grad)
 
 
+@pytest.mark.parametrize("kind", ["smooth_ap", "pnp"])
+def test_no_gradient_beyond_the_pairs(kind):
+    # Entries that are neither a positive nor a negative (the diagonal, and
+    # pairs a miner left out) take no gradient at all, though the slots'
+    # sigmoids there sit at their floor rather than at 0.
+    rng = np.random.default_rng(3)
+    similarity = rng.uniform(-1, 1, (8, 8)).astype("float32")
+    labels = rng.integers(0, 3, 8)
+    kept = rng.random((8, 8)) < 0.7
+    positive = (labels[:, None] == labels[None, :]) & ~np.eye(8, dtype=bool) & kept
+    negative = (labels[:, None] != labels[None, :]) & kept
+    terms = ranking.smooth_ap_terms if kind == "smooth_ap" else ranking.pnp_terms
+
+    def total(s):
+        return ops.sum(terms(s, tensor(positive), tensor(negative))[0])
+
+    _, grad = value_and_grad(total, similarity)
+    assert np.any(grad[positive | negative])
+    assert not np.any(grad[~(positive | negative)])
+
+
 # ---------------------------------------------------------------- the peer's values
 
 

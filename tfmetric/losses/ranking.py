@@ -173,11 +173,15 @@ def _over_positives(similarity, positive, temperature, summed, body):
     to add up over the positives, and the derivative of the query's loss
     with respect to `s_aj` through it as `row_factor[a] · σ'_aj ·
     column_weights[a, j]` (σ' with respect to `(s_aj − s_ap)/τ`; the
-    derivative with respect to `s_ap` follows: minus their sum), where
-    `column_weights` is 0 outside `summed`. Factored so that the rows
-    without the slot and `1/τ` scale a vector, not the matrix.
+    derivative with respect to `s_ap` follows: minus their sum), or
+    `row_factor[a] · σ'_aj` where `column_weights` is None. Factored so that
+    the rows without the slot and `1/τ` scale a vector, not the matrix.
 
-    Outside `summed` `s_aj` is taken as `−∞`, whose sigmoid is the floor.
+    Outside `summed` `s_aj` is taken as `−∞`, whose sigmoid is the floor,
+    and the gradient is set to 0 once after the loop (outside `summed` and
+    the positives), so `column_weights` need not vanish there: a pass a
+    slot fewer. The floor's σ' (2e-22 or less) enters each positive's own
+    derivative from those columns, 1e-19 at most beside the others'.
 
     Returns:
         The sums of the values, `(N,)`, and the `(N, R)` gradient of every
@@ -192,12 +196,17 @@ def _over_positives(similarity, positive, temperature, summed, body):
         before, slope = _sigmoid_and_slope(exponents)
         value, row_factor, column_weights = body(before)
         row_factor = ops.where(has_slot, row_factor / temperature, ops.zeros_like(row_factor))
-        coefficients = row_factor[:, None] * slope * column_weights
+        coefficients = row_factor[:, None] * slope
+        if column_weights is not None:
+            coefficients = coefficients * column_weights
         own = -ops.sum(coefficients, axis=1)
         gradient = add_to_rows(gradient + coefficients, [(slot_positive, own)])
         return total + ops.where(has_slot, value, ops.zeros_like(value)), gradient
 
-    return for_each_positive(positive, step, (ops.zeros(ops.shape(s)[:1], s.dtype), ops.zeros_like(s)))
+    total, gradient = for_each_positive(
+        positive, step, (ops.zeros(ops.shape(s)[:1], s.dtype), ops.zeros_like(s))
+    )
+    return total, ops.where(ops.logical_or(summed, positive), gradient, ops.zeros((), s.dtype))
 
 
 def smooth_ap_terms(similarity, positive, negative, temperature=0.01):
@@ -210,7 +219,6 @@ def smooth_ap_terms(similarity, positive, negative, temperature=0.01):
     """
     dtype = similarity.dtype
     pos = ops.cast(positive, dtype)
-    candidates = ops.cast(ops.logical_or(positive, negative), dtype)
     num_positives = ops.sum(pos, axis=1)
     has_positive = num_positives > 0
     share = divide_or_zero(ops.ones_like(num_positives), num_positives)
@@ -220,8 +228,8 @@ def smooth_ap_terms(similarity, positive, negative, temperature=0.01):
         rank = 0.5 + ops.sum(before, axis=1)
         positive_rank = 0.5 + ops.sum(before * pos, axis=1)
         ratio = positive_rank / rank
-        # ∂(−ratio/|P|)/∂s_aj = −σ'_j/(|P|·rank)·(pos_j − candidate_j·ratio)
-        return ratio, -share / rank, pos - candidates * ratio[:, None]
+        # ∂(−ratio/|P|)/∂s_aj = −σ'_j/(|P|·rank)·(pos_j − ratio) at the candidates j
+        return ratio, -share / rank, pos - ratio[:, None]
 
     summed = ops.logical_or(positive, negative)
     precision_sums, gradient = _over_positives(similarity, positive, temperature, summed, body)
@@ -255,7 +263,6 @@ def pnp_terms(similarity, positive, negative, b=2.0, alpha=1.0, anneal=0.01, var
     """
     dtype = similarity.dtype
     pos = ops.cast(positive, dtype)
-    neg = ops.cast(negative, dtype)
     num_positives = ops.sum(pos, axis=1)
     has_positive = num_positives > 0
     share = divide_or_zero(ops.ones_like(num_positives), num_positives)
@@ -266,7 +273,7 @@ def pnp_terms(similarity, positive, negative, b=2.0, alpha=1.0, anneal=0.01, var
         # The floor of `before` beyond the negatives adds up to 1e-19 or so; none without one.
         ranked_before = ops.where(has_negative, ops.sum(before, axis=1), ops.zeros_like(num_positives))
         value, value_slope = _pnp_value_and_slope(ranked_before, variant, b, alpha)
-        return value, sign * share * value_slope, neg
+        return value, ops.where(has_negative, sign * share * value_slope, ops.zeros_like(value)), None
 
     value_sums, gradient = _over_positives(similarity, positive, anneal, negative, body)
     losses = value_sums * share
