@@ -384,7 +384,7 @@ def triplet_margin_sums(distances, positive, negative, min_val, delta, num_thres
 
 
 def _whole_and_fraction(distances, offset, delta):
-    """`(d − offset)/Δ` (rounded once each way) as its whole part, int32, and its fraction in [0, 1), both exact."""
+    """`(d − offset)·(1/Δ)` in the distances' float type as its whole part, int32, and its exact fraction in [0, 1)."""
     scaled = (distances - offset) * (1.0 / delta)
     whole = ops.floor(scaled)
     return ops.cast(whole, "int32"), scaled - whole
@@ -489,8 +489,9 @@ def dynamic_soft_margin_terms(distances, positive, negative, histogram=None, min
     `h` is all zero, i.e. at the first call); then each triplet weighs its
     margin by the cumulative `CDF(k(x))` of its bin `k(x) =
     ⌊(x − min_val)/Δ⌋` (clipped to the bins; on a bin's edge as
-    `triplet_margin_sums` decides, from `(d_ap − min_val)/Δ` and `d_an/Δ`). The batch's contributions
-    carry gradients, the previous histogram does not.
+    `triplet_margin_sums` decides, from `(d_ap − min_val)/Δ` and `d_an/Δ`).
+    The batch's contributions carry gradients, the previous histogram does
+    not.
 
     Args:
         histogram: The running histogram `(num_bins,)` before this batch;
