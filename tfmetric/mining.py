@@ -259,6 +259,19 @@ def add_at(values, indices, size):
     return ops.segment_sum(values, indices, num_segments=size)
 
 
+def add_all_at(values, indices, size):
+    """`add_at` of several vectors at the same `indices`: a list of their sums.
+
+    Under XLA, which on a CPU scatters one index at a time, one scatter of
+    their rows (FastAP's histograms: 2.26 → 2.17× the distance matrix);
+    elsewhere one `add_at` each, which needs no stacking pass.
+    """
+    if runs_op_by_op():
+        return [add_at(vector, indices, size) for vector in values]
+    both = ops.segment_sum(ops.stack(values, axis=-1), indices, num_segments=size)
+    return [both[:, i] for i in range(len(values))]
+
+
 def take_entries(matrix, rows, columns):
     """`matrix[rows[i], columns[i]]` for every i (differentiable; `rows`, `columns` from `entry_coordinates`)."""
     if backend.backend() == "tensorflow":
@@ -823,7 +836,7 @@ def sample_negative_draws(log_weights, positive, uniforms):
         return None
     distribution = inverse_cdf(log_weights)
     num_positives = ops.sum(ops.cast(positive, "int32"), axis=1)
-    slots = ops.arange(_python_int(_most(num_positives)), dtype="int32")
+    slots = ops.arange(python_int(_most(num_positives)), dtype="int32")
     ranks = ops.zeros_like(num_positives)[:, None] + slots[None, :]
     drawn = ops.logical_and(ranks < num_positives[:, None], distribution.has_candidate[:, None])
     return draw_columns(distribution, uniforms, ranks), drawn
@@ -875,7 +888,7 @@ def sample_negative_counts(log_weights, positive, uniforms):
     return counts
 
 
-def _python_int(value):
+def python_int(value):
     """A scalar tensor as a Python int where shapes must be ints (PyTorch); as it is elsewhere."""
     return int(value) if backend.backend() == "torch" else value
 

@@ -139,9 +139,14 @@ def negatives_beside_keys(values, negative, keys, below=False):
     return ops.take_along_axis(counts, back, axis=1), ops.take_along_axis(sums, back, axis=1)
 
 
+def sums_from(values):
+    """`Σ_{j ≥ i} values[:, j]` for every column i: each row's running sums from the right."""
+    return ops.flip(ops.cumsum(ops.flip(values, axis=1), axis=1), axis=1)
+
+
 def _sums_after(values):
     """`Σ_{i > j} values[:, i]` for every column j but the last."""
-    return ops.flip(ops.cumsum(ops.flip(values[:, 1:], axis=1), axis=1), axis=1)
+    return sums_from(values[:, 1:])
 
 
 def _sums_up_to(values):

@@ -22,9 +22,19 @@ from tfmetric.losses.base import (
     pair_distances,
     per_query,
     similarity_loss,
+    sums_from,
 )
 from tfmetric.losses.state import LossState
-from tfmetric.mining import for_each_positive, mine_pairs, positive_table, row_pick, table_slots, take_in_range
+from tfmetric.mining import (
+    add_all_at,
+    for_each_positive,
+    mine_pairs,
+    positive_table,
+    python_int,
+    row_pick,
+    table_slots,
+    take_in_range,
+)
 
 # ---------------------------------------------------------------- histogram loss
 
@@ -113,8 +123,8 @@ def _histogram_sums(scaled, blocks, num_queries, num_nodes):
         cells = ops.cast(ops.stop_gradient(blocks), "int32") * num_nodes + ops.cast(lower, "int32")
         cells = ops.reshape(cells, (-1,))
         shape = (num_queries + 2, num_nodes)
-        counts = ops.reshape(add_at(ops.ones_like(cells, scaled.dtype), cells, size), shape)
-        upper = ops.reshape(add_at(ops.reshape(upper_share, (-1,)), cells, size), shape)
+        sums = add_all_at([ops.ones_like(cells, scaled.dtype), ops.reshape(upper_share, (-1,))], cells, size)
+        counts, upper = (ops.reshape(values, shape) for values in sums)
         # 1 − f at node l, f at node l + 1.
         masses = counts - upper + ops.pad(upper[:, :-1], [[0, 0], [1, 0]])
         negative_masses = masses[:num_queries]
@@ -340,9 +350,7 @@ def triplet_margin_sums(distances, positive, negative, min_val, delta, num_thres
     whole, fraction = _whole_and_fraction(ops.stop_gradient(distances), 0.0, delta)
 
     # Distances are not negative: whole parts from 0 up to the largest.
-    span = ops.max(ops.concatenate([ops.reshape(whole, (-1,)), ops.zeros((1,), "int32")])) + 1
-    if keras.backend.backend() == "torch":
-        span = int(span)  # PyTorch's lengths are Python ints.
+    span = python_int(ops.max(ops.concatenate([ops.reshape(whole, (-1,)), ops.zeros((1,), "int32")])) + 1)
     stride = num_slots + 1
     # A row's cells, and one more never filled: where the keys beyond every negative point.
     width = span * stride + 1
@@ -365,8 +373,8 @@ def triplet_margin_sums(distances, positive, negative, min_val, delta, num_thres
     sums_in_cells = add_at(ops.reshape(distances, (-1,)), cells, size + 1)[:size]
     # A key's place: the negatives whose fraction is above it have a place of at least this.
     key_places = ops.sum(ops.cast(key_fraction[:, None, :] <= key_fraction[:, :, None], "int32"), axis=2)
-    counts_from = _sums_from(ops.reshape(in_cells, (num_queries, -1)))
-    sums_from = _sums_from(ops.reshape(sums_in_cells, (num_queries, -1)))
+    counts_beyond = sums_from(ops.reshape(in_cells, (num_queries, -1)))
+    sums_beyond = sums_from(ops.reshape(sums_in_cells, (num_queries, -1)))
     # Key (p, b) is the cell of whole part U_p − b at place ρ_p; keys below every negative take them all.
     offsets = ops.arange(num_thresholds, dtype="int32")
     key_cells = (key_whole[:, :, None] - offsets[None, None, :]) * stride + key_places[:, :, None]
@@ -375,8 +383,8 @@ def triplet_margin_sums(distances, positive, negative, min_val, delta, num_thres
     key_cells = ops.concatenate([key_cells, ops.zeros_like(key_cells[:, :, :1])], axis=2)
     key_cells = ops.reshape(key_cells, (num_queries, -1))
     shape = (num_queries, num_slots, num_thresholds + 1)
-    counts = ops.reshape(ops.take_along_axis(counts_from, key_cells, axis=1), shape)
-    sums = ops.reshape(ops.take_along_axis(sums_from, key_cells, axis=1), shape)
+    counts = ops.reshape(ops.take_along_axis(counts_beyond, key_cells, axis=1), shape)
+    sums = ops.reshape(ops.take_along_axis(sums_beyond, key_cells, axis=1), shape)
     slots = ops.cast(has_slot, dtype)[:, :, None]
     triplet_counts = ops.sum(slots * counts, axis=1)
     triplet_sums = ops.sum(slots * (positive_distances[:, :, None] * counts - sums), axis=1)
@@ -388,11 +396,6 @@ def _whole_and_fraction(distances, offset, delta):
     scaled = (distances - offset) * (1.0 / delta)
     whole = ops.floor(scaled)
     return ops.cast(whole, "int32"), scaled - whole
-
-
-def _sums_from(values):
-    """`Σ_{j ≥ i} values[:, j]` for every column i."""
-    return ops.flip(ops.cumsum(ops.flip(values, axis=1), axis=1), axis=1)
 
 
 def _triplet_margin_sums_by_slot(distances, positive, negative, min_val, delta, num_thresholds):
@@ -443,7 +446,7 @@ def _triplet_margin_sums_by_slot(distances, positive, negative, min_val, delta, 
             if upstream is None:
                 (upstream,) = args
             upstream = ops.cast(upstream, d.dtype)[:, num_thresholds:]
-            upstream_from = ops.concatenate([_sums_from(upstream), ops.zeros_like(upstream[:, :1])], axis=1)
+            upstream_from = ops.concatenate([sums_from(upstream), ops.zeros_like(upstream[:, :1])], axis=1)
 
             def backward(slot_positive, has_slot, grad):
                 first = ops.clip(first_threshold(whole, fraction, d, slot_positive), 0, num_thresholds)

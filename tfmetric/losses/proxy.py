@@ -67,10 +67,16 @@ def proxy_inputs(labels, embeddings, proxies, rank):
     return class_ids(labels, proxies.shape[0], embeddings), embeddings, proxies
 
 
-def class_mask(class_ids, num_classes):
-    """`(N, C)` booleans: column `c` marks the examples of class `c` (an id out of range marks none)."""
+def class_mask(class_ids, num_classes, class_major=False):
+    """`(N, C)` booleans: column `c` marks the examples of class `c` (an id out of range marks none).
+
+    `class_major`: the `(C, N)` transpose, made as such (no transpose).
+    """
+    ids, classes = ops.cast(class_ids, "int32"), ops.arange(num_classes, dtype="int32")
     # ops.equal, not ==: in a TensorFlow 1-style graph a tensor's == is Python's `is`.
-    return ops.equal(ops.cast(class_ids, "int32")[:, None], ops.arange(num_classes, dtype="int32")[None, :])
+    if class_major:
+        return ops.equal(classes[:, None], ids[None, :])
+    return ops.equal(ids[:, None], classes[None, :])
 
 
 def class_cross_entropy(logits, class_ids, own=None):
@@ -127,13 +133,17 @@ def nan_outside_classes(losses, class_ids, num_classes):
     return ops.where(in_class_range(class_ids, num_classes), losses, ops.full_like(losses, float("nan")))
 
 
-def cosine_to_proxies(embeddings, proxies):
+def cosine_to_proxies(embeddings, proxies, class_major=False):
     """Cosine similarities `(N, C·k)` of the embeddings to every class vector, flattened class-major.
 
     `proxies` is `(C, D)` or `(C, k, D)`; zero vectors give cosine 0.
+    `class_major`: the `(C·k, N)` transpose, from the product's operands in
+    that order (no transpose), for losses that reduce over each class
+    vector's examples.
     """
-    flat = ops.reshape(ops.cast(proxies, embeddings.dtype), (-1, proxies.shape[-1]))
-    return inner_products(l2_normalize(embeddings), l2_normalize(flat))
+    flat = l2_normalize(ops.reshape(ops.cast(proxies, embeddings.dtype), (-1, proxies.shape[-1])))
+    unit = l2_normalize(embeddings)
+    return inner_products(flat, unit) if class_major else inner_products(unit, flat)
 
 
 def proxy_class_scores(scores, num_classes):

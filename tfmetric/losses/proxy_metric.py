@@ -217,10 +217,9 @@ def proxy_anchor_terms(class_ids, embeddings, proxies, margin=0.1, alpha=32.0, s
     check_positive("alpha", alpha)
     _check_non_negative("margin", margin)
     num_classes = ops.shape(proxies)[0]
-    # Class-major `(C, N)` cosines and masks from the product's operands in
-    # that order: each class vector's log-sum-exps are row ones, no transposes.
-    cosine = inner_products(l2_normalize(ops.cast(proxies, embeddings.dtype)), l2_normalize(embeddings))
-    positive = ops.equal(ops.arange(num_classes, dtype="int32")[:, None], ops.cast(class_ids, "int32")[None, :])
+    # Class-major `(C, N)` cosines and masks: each class vector's log-sum-exps are row ones, no transposes.
+    cosine = cosine_to_proxies(embeddings, proxies, class_major=True)
+    positive = class_mask(class_ids, num_classes, class_major=True)
     pull = -alpha * (cosine - margin)
     push = alpha * (cosine + margin)
     if sample_weight is None:
