@@ -183,6 +183,19 @@ def test_hand_written_gradient_of_the_rectangle(distance):
     np.testing.assert_allclose(grad, np.concatenate([want_x, want_ref]), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_hand_written_gradient_of_the_gram_matrix(compiled):
+    # inner_products of a batch against itself: (W + Wᵀ) x, with an asymmetric W.
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(7, 3)).astype("float32")
+    weights = rng.uniform(-1, 1, size=(7, 7)).astype("float32")
+    value, grad = value_and_grad(lambda e, w: weighted_sum(tfm.distances.inner_products(e, e), w), x, weights,
+                                 compiled=compiled)
+    exact, w = x.astype("float64"), weights.astype("float64")
+    np.testing.assert_allclose(value, np.sum(w * (exact @ exact.T)), rtol=1e-5)
+    np.testing.assert_allclose(grad, (w + w.T) @ exact, rtol=1e-5, atol=1e-5)
+
+
 def test_euclidean_gradient_is_zero_between_coincident_rows():
     # Rows 0 and 1 coincide: their distance is 0 and contributes no gradient;
     # rows 2 and 3 pull only through their distances to the others.
