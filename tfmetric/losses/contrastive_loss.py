@@ -268,13 +268,46 @@ def signal_to_noise_ratio(embeddings, ref_embeddings=None, normalize=True):
     noise = pairwise_distance(centred, "squared_euclidean", ref_embeddings=ref_centred)
     signal = ops.sum(ops.square(centred), axis=1)
     signal = ops.maximum(signal, ops.full_like(signal, 1e-12))
-    return noise / signal[:, None]
+    # A product with the reciprocals, not a quotient: the gradient of a
+    # quotient by a vector takes five passes over the matrix, this one two.
+    return noise * (1.0 / signal)[:, None]
 
 
-def _mean_of_positive(values):
-    """The mean of the entries > 0 of `values` (0 if none): PML's `AvgNonZeroReducer`."""
-    count = ops.sum(ops.cast(values > 0, values.dtype))
-    return divide_or_zero(ops.sum(values), count)
+def _means_beyond_margins(snr, positive, negative, pos_margin, neg_margin):
+    """`mean_{>0} relu(d − m₊)` over `positive` plus `mean_{>0} relu(m₋ − d)` over `negative`, gradient written out.
+
+    Each mean is over the entries whose term is above 0 (0 if none), PML's
+    `AvgNonZeroReducer`; the gradient is `1/count₊` at the first kind,
+    `−1/count₋` at the second (two selections, where autodiff took a pass
+    per forward operation).
+    """
+
+    # Every tensor it uses is an argument (the masks as 0/1 floats): JAX's
+    # custom gradients cannot close over the tracers of an enclosing trace.
+    @ops.custom_gradient
+    def means(snr, positive_ones, negative_ones):
+        snr = ops.stop_gradient(snr)
+        zeros = ops.zeros_like(snr)
+        pulled = ops.logical_and(positive_ones > 0.5, snr > pos_margin)
+        pushed = ops.logical_and(negative_ones > 0.5, snr < neg_margin)
+        pull_count = ops.sum(ops.cast(pulled, snr.dtype))
+        push_count = ops.sum(ops.cast(pushed, snr.dtype))
+        value = divide_or_zero(ops.sum(ops.where(pulled, snr - pos_margin, zeros)), pull_count) + divide_or_zero(
+            ops.sum(ops.where(pushed, neg_margin - snr, zeros)), push_count
+        )
+
+        def gradient(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            upstream = ops.cast(upstream, snr.dtype)
+            pull_share = upstream * divide_or_zero(ops.ones_like(pull_count), pull_count)
+            push_share = -upstream * divide_or_zero(ops.ones_like(push_count), push_count)
+            grad = ops.where(pulled, pull_share, ops.where(pushed, push_share, zeros))
+            return grad, ops.zeros_like(positive_ones), ops.zeros_like(negative_ones)
+
+        return value, gradient
+
+    return means(snr, ops.cast(positive, snr.dtype), ops.cast(negative, snr.dtype))
 
 
 def signal_to_noise_ratio_contrastive_terms(snr, positive, negative, pos_margin=0.0, neg_margin=1.0,
@@ -291,11 +324,7 @@ def signal_to_noise_ratio_contrastive_terms(snr, positive, negative, pos_margin=
     Returns:
         `(losses, ones)`, both `(N,)`.
     """
-    zeros = ops.zeros_like(snr)
-    # where, not a product: 0 · inf would be NaN.
-    pull = ops.where(positive, ops.relu(snr - pos_margin), zeros)
-    push = ops.where(negative, ops.relu(neg_margin - snr), zeros)
-    value = _mean_of_positive(pull) + _mean_of_positive(push)
+    value = _means_beyond_margins(snr, positive, negative, pos_margin, neg_margin)
     losses = value * ops.ones((ops.shape(snr)[0],), snr.dtype)
     if regularization is not None:
         losses = losses + regularization
