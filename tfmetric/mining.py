@@ -259,17 +259,37 @@ def add_at(values, indices, size):
     return ops.segment_sum(values, indices, num_segments=size)
 
 
-def add_all_at(values, indices, size):
+def add_all_at(values, indices, size, dtype=None):
     """`add_at` of several vectors at the same `indices`: a list of their sums.
 
-    Under XLA, which on a CPU scatters one index at a time, one scatter of
-    their rows (FastAP's histograms: 2.26 → 2.17× the distance matrix);
-    elsewhere one `add_at` each, which needs no stacking pass.
+    A `None` in `values` counts the indices (ones of `dtype`, the other
+    vectors' float type by default): under TensorFlow without XLA an
+    unweighted `bincount`, a fifth faster than one weighted by ones and
+    without their vector. Under XLA, which on a CPU scatters one index at a
+    time, one scatter of their rows (FastAP's histograms: 2.26 → 2.17× the
+    distance matrix); elsewhere one `add_at` each, which needs no stacking
+    pass.
     """
+    given = [vector for vector in values if vector is not None]
+    dtype = dtype or given[0].dtype
     if runs_op_by_op():
-        return [add_at(vector, indices, size) for vector in values]
-    both = ops.segment_sum(ops.stack(values, axis=-1), indices, num_segments=size)
+        return [add_at(vector, indices, size) if vector is not None else _count_at(indices, size, dtype)
+                for vector in values]
+    ones = ops.ones(ops.shape(indices), dtype)
+    rows = [ones if vector is None else vector for vector in values]
+    both = ops.segment_sum(ops.stack(rows, axis=-1), indices, num_segments=size)
     return [both[:, i] for i in range(len(values))]
+
+
+def _count_at(indices, size, dtype):
+    """How often each of `size` cells is in `indices`, as floats of `dtype` (operation by operation)."""
+    if backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.math.bincount(indices, minlength=size, maxlength=size, dtype=dtype)
+    import torch
+
+    return torch.bincount(indices.long(), minlength=size).to(dtype)
 
 
 def take_entries(matrix, rows, columns):

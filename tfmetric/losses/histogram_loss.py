@@ -16,7 +16,6 @@ from keras import ops
 from tfmetric.losses.base import (
     InBatchLoss,
     SimilarityLoss,
-    add_at,
     apply_miner,
     divide_or_zero,
     pair_distances,
@@ -123,7 +122,7 @@ def _histogram_sums(scaled, blocks, num_queries, num_nodes):
         cells = ops.cast(ops.stop_gradient(blocks), "int32") * num_nodes + ops.cast(lower, "int32")
         cells = ops.reshape(cells, (-1,))
         shape = (num_queries + 2, num_nodes)
-        sums = add_all_at([ops.ones_like(cells, scaled.dtype), ops.reshape(upper_share, (-1,))], cells, size)
+        sums = add_all_at([None, ops.reshape(upper_share, (-1,))], cells, size)
         counts, upper = (ops.reshape(values, shape) for values in sums)
         # 1 − f at node l, f at node l + 1.
         masses = counts - upper + ops.pad(upper[:, :-1], [[0, 0], [1, 0]])
@@ -369,8 +368,8 @@ def triplet_margin_sums(distances, positive, negative, min_val, delta, num_thres
     # Every other entry goes to one cell past the rows', dropped after the sums
     # (a NaN distance's whole part is any int: clipped, it stays in range).
     cells = ops.reshape(ops.clip(ops.where(negative, cells, size), 0, size), (-1,))
-    in_cells = ops.cast(ops.bincount(cells, minlength=size + 1)[:size], dtype)
-    sums_in_cells = add_at(ops.reshape(distances, (-1,)), cells, size + 1)[:size]
+    in_cells, sums_in_cells = (values[:size] for values in add_all_at([None, ops.reshape(distances, (-1,))],
+                                                                         cells, size + 1))
     # A key's place: the negatives whose fraction is above it have a place of at least this.
     key_places = ops.sum(ops.cast(key_fraction[:, None, :] <= key_fraction[:, :, None], "int32"), axis=2)
     counts_beyond = sums_from(ops.reshape(in_cells, (num_queries, -1)))

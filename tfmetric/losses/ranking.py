@@ -49,38 +49,42 @@ PNP_VARIANTS = ("O", "Ds", "Dq", "Iu", "Ib")
 # ---------------------------------------------------------------- term functions
 
 
-def _pulse_histograms(position, channel, weight, width, num_channels):
-    """Soft histograms of every row: `Σ_{j: channel[a, j] = c} weight[a, j]·max(0, 1 − |position[a, j] − k|)`.
+def _pulse_histograms(position, channel, kept, width, num_channels):
+    """Soft histograms of every row: `Σ_{j: kept[a, j], channel[a, j] = c} max(0, 1 − |position[a, j] − k|)`.
 
-    `position` `(N, R)` ≥ 0, `channel` int `(N, R)` in `[0, num_channels)`;
-    returns `(N, width, num_channels)`. A position beyond `width − 2` puts
-    its weight in the last two bins (its gradient is the difference of
-    theirs): callers leave them out. A position
-    `k + f` adds `1 − f` to bin k and `f` to bin k + 1: two scatters into
-    the bins, the weights and the weighted shares `f` of each lower bin
-    (`tfm.mining.add_all_at`: one scatter of the pairs under XLA).
-    Only `position` has a gradient, written out: moving `f` moves weight
-    from bin k to bin k + 1, so it is the weight times the difference of
-    the upstream gradient at the two bins, one lookup at the cells the
-    forward pass filled (autodiff would take one per scatter).
+    `position` `(N, R)`, taken as 0 where it is below (its gradient then as
+    at 0: only a negative distance, which the library's never are, is
+    below); `channel` int `(N, R)` in `[0, num_channels)`, `kept` boolean
+    `(N, R)`; returns `(N, width, num_channels)`. A position beyond
+    `width − 2` puts its weight in the last two bins (its gradient is the
+    difference of theirs): callers leave them out. A position `k + f` adds
+    `1 − f` to bin k and `f` to bin k + 1: two scatters into the bins (the
+    entries not kept into a cell past them), the count and the shares `f`
+    of each lower bin (`tfm.mining.add_all_at`: an unweighted `bincount`
+    and a weighted one, or one scatter of the pairs under XLA). Only
+    `position` has a gradient, written out: moving `f` moves weight from
+    bin k to bin k + 1, so it is the difference of the upstream gradient
+    at the two bins, one lookup at the cells the forward pass filled (0 at
+    the cell past them; autodiff would take one per scatter).
     """
     num_rows = ops.shape(position)[0]
     size = num_rows * width * num_channels
     shape = (num_rows, width, num_channels)
     dtype = position.dtype
 
-    # Everything it uses is an argument (the channels as floats): JAX's
-    # custom gradients take no integers and cannot close over tracers.
+    # Everything it uses is an argument (the channels and the mask as floats):
+    # JAX's custom gradients take no integers and cannot close over tracers.
     @ops.custom_gradient
-    def histograms(position, channel, weight):
-        position = ops.stop_gradient(position)
+    def histograms(position, channel, kept):
+        position = ops.maximum(ops.stop_gradient(position), 0.0)
         rows = ops.arange(num_rows, dtype="int32")[:, None]
         lower = ops.floor(position)
         # Clipped: a NaN position must not index outside the histograms.
         lower_bin = ops.clip(ops.cast(lower, "int32"), 0, width - 2)
-        cells = ops.reshape((lower_bin + width * rows) * num_channels + ops.cast(channel, "int32"), (-1,))
-        sums = add_all_at([ops.reshape(weight, (-1,)), ops.reshape((position - lower) * weight, (-1,))], cells, size)
-        weights, shares = (ops.reshape(values, shape) for values in sums)
+        cells = (lower_bin + width * rows) * num_channels + ops.cast(channel, "int32")
+        cells = ops.reshape(ops.where(kept > 0.5, cells, size), (-1,))
+        sums = add_all_at([None, ops.reshape(position - lower, (-1,))], cells, size + 1)
+        weights, shares = (ops.reshape(values[:size], shape) for values in sums)
         counts = weights - shares + ops.pad(shares[:, :-1], [[0, 0], [1, 0], [0, 0]])
 
         def gradient(*args, upstream=None):
@@ -88,12 +92,13 @@ def _pulse_histograms(position, channel, weight, width, num_channels):
                 (upstream,) = args
             upstream = ops.cast(upstream, dtype)
             step = ops.pad(upstream[:, 1:] - upstream[:, :-1], [[0, 0], [0, 1], [0, 0]])
-            grad = ops.reshape(take_in_range(ops.reshape(step, (-1,)), cells), ops.shape(position)) * weight
-            return grad, ops.zeros_like(channel), ops.zeros_like(weight)
+            step = ops.concatenate([ops.reshape(step, (-1,)), ops.zeros((1,), dtype)], axis=0)
+            grad = ops.reshape(take_in_range(step, cells), ops.shape(position))
+            return grad, ops.zeros_like(channel), ops.zeros_like(kept)
 
         return ops.cast(counts, dtype), gradient
 
-    return histograms(position, ops.cast(channel, dtype), ops.cast(weight, dtype))
+    return histograms(position, ops.cast(channel, dtype), ops.cast(kept, dtype))
 
 
 def fast_ap_terms(distances, positive, negative, num_bins=10, max_distance=4.0):
@@ -114,13 +119,11 @@ def fast_ap_terms(distances, positive, negative, num_bins=10, max_distance=4.0):
     """
     dtype = distances.dtype
     pos = ops.cast(positive, dtype)
-    candidates = ops.cast(ops.logical_or(positive, negative), dtype)
-    # Bins 0 … num_bins, then two, left out, that take the pulses beyond
-    # the last centre; clipped below: a cosine distance can round to just
-    # under 0.
-    position = ops.maximum(distances / (max_distance / num_bins), 0.0)
+    # Bins 0 … num_bins, then two, left out, that take the pulses beyond the last centre.
+    position = distances / (max_distance / num_bins)
     # Channel 1 the positives, 0 the negatives.
-    histograms = _pulse_histograms(position, positive, candidates, num_bins + 3, 2)[:, : num_bins + 1]
+    kept = ops.logical_or(positive, negative)
+    histograms = _pulse_histograms(position, positive, kept, num_bins + 3, 2)[:, : num_bins + 1]
     h_positive = histograms[..., 1]
     h_all = h_positive + histograms[..., 0]
     cumulative_positive = ops.cumsum(h_positive, axis=1)
