@@ -11,6 +11,7 @@ from hypothesis import given, settings, strategies as st
 import tfmetric as tfm
 import tfmetric.miners as miners
 from tfmetric.mining import (
+    add_all_at,
     add_to_rows,
     entry_coordinates,
     for_each_positive,
@@ -125,6 +126,28 @@ def test_scatter_add_adds_repeated_indices_with_a_gradient():
         lambda b: keras.ops.sum(scatter_add(b, tensor(indices, "int32"), tensor(values)) * tensor(weights)), base
     )
     np.testing.assert_allclose(_np(grad), weights)
+
+
+@pytest.mark.parametrize("compiled", COMPILE_MODES)
+def test_add_all_at_counts_for_none_and_sums_the_rest(compiled):
+    # Each backend's path (bincounts one by one, one scatter of pairs under XLA) against the loop.
+    indices = np.array([3, 0, 3, 3, 1, 0], "int32")
+    values = np.array([0.5, 2.0, 1.0, 4.0, 8.0, 16.0], "float32")
+    counts, sums = np.zeros(5, "float32"), np.zeros(5, "float32")
+    for index, value in zip(indices, values):
+        counts[index] += 1
+        sums[index] += value
+    def added(i, v):
+        return add_all_at([None, v, None], i, 5)
+
+    if compiled:  # XLA: one scatter of the stacked rows
+        import tensorflow as tf
+
+        added = tf.function(added, jit_compile=True)
+    results = [_np(result) for result in added(tensor(indices, "int32"), tensor(values))]
+    for got, want in zip(results, [counts, sums, counts]):
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("compiled", COMPILE_MODES)
