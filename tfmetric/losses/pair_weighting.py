@@ -237,7 +237,7 @@ def _angular_sums_from_gram(x, positive, negative, pull, push, shared_negatives=
     A gathered row per slot instead of a matrix product; the loop's
     gradient is with respect to the Gram matrix (`G_an` and `G_pn` get
     `4 tan²α w`, `G_ap` gets `−2 (1 + tan²α) Σ_n w`, with `w` each
-    negative's softmax weight), and autodiff carries it through `x xᵀ`.
+    negative's softmax weight), and the Gram matrix's own (`(G + Gᵀ) x`) carries it to `x`.
     Each slot's values and weights come from `_factored_slots` (α up to
     about 65.9°) or `_logit_slots`.
 
