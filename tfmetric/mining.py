@@ -441,6 +441,12 @@ def add_to_rows(matrix, columns_and_values):
     return scatter_add(matrix, indices, values)
 
 
+def row_cells(columns):
+    """The `(N·S, 2)` cells `(a, columns[a, s])` of an `(N, S)` int32 table of columns, row by row."""
+    rows = ops.zeros_like(columns) + ops.arange(ops.shape(columns)[0], dtype="int32")[:, None]
+    return ops.reshape(ops.stack([rows, columns], axis=-1), (-1, 2))
+
+
 def scatter_sum(indices, values, shape):
     """`keras.ops.scatter`: zeros of `shape` with `values` added at `indices` (repeated indices add up).
 

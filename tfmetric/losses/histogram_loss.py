@@ -368,8 +368,8 @@ def triplet_margin_sums(distances, positive, negative, min_val, delta, num_thres
     # Every other entry goes to one cell past the rows', dropped after the sums
     # (a NaN distance's whole part is any int: clipped, it stays in range).
     cells = ops.reshape(ops.clip(ops.where(negative, cells, size), 0, size), (-1,))
-    in_cells, sums_in_cells = (values[:size] for values in add_all_at([None, ops.reshape(distances, (-1,))],
-                                                                         cells, size + 1))
+    in_cells, sums_in_cells = add_all_at([None, ops.reshape(distances, (-1,))], cells, size + 1)
+    in_cells, sums_in_cells = in_cells[:size], sums_in_cells[:size]
     # A key's place: the negatives whose fraction is above it have a place of at least this.
     key_places = ops.sum(ops.cast(key_fraction[:, None, :] <= key_fraction[:, :, None], "int32"), axis=2)
     counts_beyond = sums_from(ops.reshape(in_cells, (num_queries, -1)))

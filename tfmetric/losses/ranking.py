@@ -34,6 +34,7 @@ from tfmetric.mining import (
     entry_coordinates,
     for_each_positive,
     positive_table,
+    row_cells,
     row_pick,
     scatter_add,
     table_slots,
@@ -251,9 +252,7 @@ def _over_positives(similarity, positive, temperature, summed, body, weigh_posit
 
         start = (zeros, ops.convert_to_tensor(0, "int32"), ops.zeros_like(s), no_entries)
         total, _, gradient, at_table = for_each_positive(positive, step, start, table)
-        rows = ops.zeros_like(table) + ops.arange(ops.shape(table)[0], dtype="int32")[:, None]
-        cells = ops.reshape(ops.stack([rows, table], axis=-1), (-1, 2))
-        gradient = scatter_add(gradient, cells, ops.reshape(at_table, (-1,)))
+        gradient = scatter_add(gradient, row_cells(table), ops.reshape(at_table, (-1,)))
     return total, ops.where(ops.logical_or(summed, positive), gradient, ops.zeros((), s.dtype))
 
 

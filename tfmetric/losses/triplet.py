@@ -26,6 +26,7 @@ from tfmetric.mining import (
     hardest_pairs,
     mine_pairs,
     positive_table,
+    row_cells,
     row_min_above,
     row_pick,
     scatter_sum,
@@ -121,11 +122,9 @@ def semi_hard_triplet_terms(distances, positive, negative, margin=1.0):
 
     start = (zeros, ops.convert_to_tensor(0, "int32"), ops.zeros_like(table), ops.zeros(ops.shape(table), d.dtype))
     loss_sums, _, chosen_columns, weights = for_each_positive(positive, body, start, table)
-    rows = ops.zeros_like(table) + ops.arange(ops.shape(table)[0], dtype="int32")[:, None]
-    columns = ops.concatenate([table, chosen_columns], axis=1)
-    cells = ops.stack([ops.concatenate([rows, rows], axis=1), columns], axis=-1)
+    cells = row_cells(ops.concatenate([table, chosen_columns], axis=1))
     values = ops.concatenate([weights, -weights], axis=1)
-    gradient = scatter_sum(ops.reshape(cells, (-1, 2)), ops.reshape(values, (-1,)), ops.shape(d))
+    gradient = scatter_sum(cells, ops.reshape(values, (-1,)), ops.shape(d))
     return attach_gradient(loss_sums, distances, gradient), pair_counts
 
 
