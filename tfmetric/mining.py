@@ -259,19 +259,18 @@ def add_at(values, indices, size):
     return ops.segment_sum(values, indices, num_segments=size)
 
 
-def add_all_at(values, indices, size, dtype=None):
+def add_all_at(values, indices, size):
     """`add_at` of several vectors at the same `indices`: a list of their sums.
 
-    A `None` in `values` counts the indices (ones of `dtype`, the other
-    vectors' float type by default): under TensorFlow without XLA an
+    A `None` in `values` counts the indices (in the other vectors' float
+    type): under TensorFlow without XLA an
     unweighted `bincount`, a fifth faster than one weighted by ones and
     without their vector. Under XLA, which on a CPU scatters one index at a
     time, one scatter of their rows (FastAP's histograms: 2.26 → 2.17× the
     distance matrix); elsewhere one `add_at` each, which needs no stacking
     pass.
     """
-    given = [vector for vector in values if vector is not None]
-    dtype = dtype or given[0].dtype
+    dtype = next(vector for vector in values if vector is not None).dtype
     if runs_op_by_op():
         return [add_at(vector, indices, size) if vector is not None else _count_at(indices, size, dtype)
                 for vector in values]
@@ -433,12 +432,9 @@ def add_to_rows(matrix, columns_and_values):
     every slot: added in place (`scatter_add`), not scattered into a new
     matrix of zeros that is then added, two passes over the matrix a slot.
     """
-    rows = ops.arange(ops.shape(matrix)[0], dtype="int32")
-    indices = ops.concatenate(
-        [ops.stack([rows, column], axis=1) for column, _ in columns_and_values], axis=0
-    )
-    values = ops.concatenate([value for _, value in columns_and_values], axis=0)
-    return scatter_add(matrix, indices, values)
+    columns = ops.stack([column for column, _ in columns_and_values], axis=1)
+    values = ops.stack([value for _, value in columns_and_values], axis=1)
+    return scatter_add(matrix, row_cells(columns), ops.reshape(values, (-1,)))
 
 
 def row_cells(columns):
