@@ -106,6 +106,15 @@ def test_float64_is_computed_in_float64(distance):
     np.testing.assert_allclose(np.asarray(similarity), unit @ unit.T, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.skipif(BACKEND == "jax", reason="JAX without x64 has no float64")
+def test_cumsum_keeps_float64():
+    """Keras' PyTorch `cumsum` sums float64 in float32: 1 + 2⁻⁴⁰ would be 1."""
+    x = np.array([[1.0, 2.0**-40, 2.0**-40]])
+    got = tfm.distances.cumsum(tensor(x, "float64"), axis=1)
+    assert keras.backend.standardize_dtype(got.dtype) == "float64"
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(got), np.cumsum(x, axis=1))
+
+
 def test_unknown_distance_names_the_choices():
     with pytest.raises(ValueError, match="angular.*cosine"):
         pairwise_distance(np.zeros((2, 2)), "angular")

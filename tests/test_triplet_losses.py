@@ -326,14 +326,29 @@ def _all_triplets_by_loops(d, positive, negative, margin, weights):
     return sums, active, grad
 
 
-@pytest.mark.parametrize("by_keys", [False, True])
-def test_all_triplet_terms_count_ties_as_the_loop_does(by_keys):
-    # Both ways (a pass per positive slot; a binary search among each
-    # query's keys, taken from k = 10 positives where operations run one by
-    # one) on distances where d_an = d_ap + margin exactly: no loss, not active.
+def _all_triplet_terms_by(way, d, positive, negative, margin):
+    """`all_triplet_terms` on the float32 matrix `d` in one of its three ways, or None where it has no such way."""
     from tfmetric.losses import triplet
     from tfmetric.mining import positive_table
 
+    positive, negative = tensor(positive), tensor(negative)
+    table = positive_table(positive)
+    if way == "keys":
+        # No table of positives under XLA or JAX: the loop only.
+        return None if table is None else triplet._all_triplet_terms_by_keys(d, positive, negative, margin, table)
+    if way == "counts":
+        if not triplet._float64_at_hand():
+            return None
+        return triplet._all_triplet_terms_by_counts(d, positive, negative, margin)
+    return triplet._all_triplet_terms_by_slot(d, positive, negative, margin)
+
+
+@pytest.mark.parametrize("way", ["slot", "keys", "counts"])
+def test_all_triplet_terms_count_ties_as_the_loop_does(way):
+    # Every way (a pass per positive slot; a binary search among each
+    # query's keys, taken from k = 10 positives where operations run one by
+    # one; the loop's counts alone, under XLA) on distances where
+    # d_an = d_ap + margin exactly: no loss, not active.
     rng = np.random.default_rng(5)
     labels = np.repeat([0, 1, 2], [12, 11, 3])
     n = len(labels)
@@ -341,14 +356,11 @@ def test_all_triplet_terms_count_ties_as_the_loop_does(by_keys):
     positive = (labels[:, None] == labels[None, :]) & ~np.eye(n, dtype=bool)
     negative = labels[:, None] != labels[None, :]
     weights = rng.normal(size=n).astype("float32")
-    table = positive_table(tensor(positive))
-    if by_keys and table is None:
-        pytest.skip("no table of positives under XLA or JAX: the loop only")
+    if _all_triplet_terms_by(way, tensor(d), positive, negative, 0.5) is None:
+        pytest.skip(f"no {way} way on this backend")
 
     def terms(matrix):
-        if by_keys:
-            return triplet._all_triplet_terms_by_keys(matrix, tensor(positive), tensor(negative), 0.5, table)
-        return triplet._all_triplet_terms_by_slot(matrix, tensor(positive), tensor(negative), 0.5)
+        return _all_triplet_terms_by(way, matrix, positive, negative, 0.5)
 
     sums, active, grad = _all_triplets_by_loops(d, positive, negative, 0.5, weights)
     _, got_active, valid = terms(tensor(d))
@@ -357,3 +369,23 @@ def test_all_triplet_terms_count_ties_as_the_loop_does(by_keys):
     value, got_grad = value_and_grad(lambda matrix: keras.ops.sum(terms(matrix)[0] * tensor(weights)), d)
     np.testing.assert_allclose(value, np.sum(weights * sums), rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(got_grad, grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("way", ["slot", "keys", "counts"])
+def test_all_triplet_terms_keep_small_losses_among_large_distances_exact(way):
+    # Distances near 1000 a few 2⁻¹⁰ apart and a margin of 2⁻⁸: every gap is
+    # exact in float32, while G·d sums to ~10⁴ per row, whose float32 rounding
+    # (2⁻¹⁰ there) would swamp the losses if the counts' way did not sum in
+    # float64.
+    rng = np.random.default_rng(6)
+    labels = np.repeat([0, 1, 2], [12, 11, 3])
+    n = len(labels)
+    d = (1000 + rng.integers(0, 12, (n, n)) / 1024).astype("float32")
+    positive = (labels[:, None] == labels[None, :]) & ~np.eye(n, dtype=bool)
+    negative = labels[:, None] != labels[None, :]
+    terms = _all_triplet_terms_by(way, tensor(d), positive, negative, 2.0**-8)
+    if terms is None:
+        pytest.skip(f"no {way} way on this backend")
+    sums, active, _ = _all_triplets_by_loops(d, positive, negative, 2.0**-8, np.ones(n))
+    assert sums.max() < 2 and active.sum() > 100
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(terms[0]), sums.astype("float32"))

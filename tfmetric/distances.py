@@ -106,6 +106,21 @@ def matmul(a, b):
     return ops.matmul(a, b)
 
 
+def cumsum(x, axis):
+    """`keras.ops.cumsum` in `x`'s own type on every backend.
+
+    Under PyTorch Keras sums float64 in float32 (its type promotion makes
+    float32 of a lone float64).
+    """
+    if backend.backend() == "torch":
+        import torch
+
+        x = ops.convert_to_tensor(x)
+        if x.dtype == torch.float64:
+            return torch.cumsum(x, dim=axis)
+    return ops.cumsum(x, axis=axis)
+
+
 def inner_products(a, b):
     """`a @ bᵀ`, `(N, R)`: the dot product of every row of `a` `(N, D)` with every row of `b` `(R, D)`.
 

@@ -13,6 +13,7 @@ import math
 import keras
 from keras import ops
 
+from tfmetric.distances import cumsum
 from tfmetric.losses.base import (
     InBatchLoss,
     SimilarityLoss,
@@ -129,7 +130,7 @@ def _histogram_sums(scaled, blocks, num_queries, num_nodes):
         negative_masses = masses[:num_queries]
         num_positive = ops.sum(counts[num_queries])
         density = divide_or_zero(masses[num_queries], num_positive)
-        cumulative = ops.cumsum(density)
+        cumulative = cumsum(density, axis=0)
         loss_sums = ops.sum(negative_masses * cumulative[None, :], axis=1)
         negative_counts = ops.sum(counts[:num_queries], axis=1)
 
@@ -531,7 +532,7 @@ def dynamic_soft_margin_terms(distances, positive, negative, histogram=None, min
     mixed = (1.0 - rate) * previous + rate * contributions
     has_triplets = ops.sum(triplets) > 0
     new_histogram = ops.where(has_triplets, divide_or_zero(mixed, ops.sum(mixed)), previous)
-    cdf = ops.cumsum(new_histogram)
+    cdf = cumsum(new_histogram, axis=0)
     loss_sums = ops.sum(weighted_sums * cdf[None, :], axis=1)
     return loss_sums, triplets, new_histogram
 

@@ -17,6 +17,7 @@ float32 for N = R = 1024).
 import keras
 from keras import ops
 
+from tfmetric.distances import cumsum
 from tfmetric.losses.base import (
     DistanceLoss,
     SimilarityLoss,
@@ -127,8 +128,8 @@ def fast_ap_terms(distances, positive, negative, num_bins=10, max_distance=4.0):
     histograms = _pulse_histograms(position, positive, kept, num_bins + 3, 2)[:, : num_bins + 1]
     h_positive = histograms[..., 1]
     h_all = h_positive + histograms[..., 0]
-    cumulative_positive = ops.cumsum(h_positive, axis=1)
-    cumulative_all = ops.cumsum(h_all, axis=1)
+    cumulative_positive = cumsum(h_positive, axis=1)
+    cumulative_all = cumsum(h_all, axis=1)
     precision_sums = ops.sum(divide_or_zero(h_positive * cumulative_positive, cumulative_all), axis=1)
     num_positives = ops.sum(pos, axis=1)
     has_positive = num_positives > 0
