@@ -272,6 +272,25 @@ def test_hand_made_subcenter_arcface_takes_the_closest_subcentre():
     assert float(ms.subcenter_arcface([1], x, w, scale=4.0)[0]) == pytest.approx(want, rel=1e-5)
 
 
+def test_subcenter_arcface_gives_tied_subcentres_one_gradient():
+    # Two identical sub-centres per class: the loss and every gradient are
+    # ArcFace's with one of them, its class vector's gradient taken by one
+    # copy (the first), not doubled nor lost.
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(6, 4)).astype("float32")
+    w = rng.normal(size=(3, 4)).astype("float32")
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    twins = np.repeat(w[:, None, :], 2, axis=1)
+    value, grad_x = value_and_grad(lambda x: ops.sum(ms.subcenter_arcface(labels, x, twins)), x)
+    want, want_x = value_and_grad(lambda x: ops.sum(ms.arcface(labels, x, w)), x)
+    np.testing.assert_allclose(value, want, rtol=1e-5)
+    np.testing.assert_allclose(grad_x, want_x, rtol=1e-4, atol=1e-5)
+    _, grad_twins = value_and_grad(lambda v: ops.sum(ms.subcenter_arcface(labels, x, v)), twins)
+    _, want_w = value_and_grad(lambda v: ops.sum(ms.arcface(labels, x, v)), w)
+    np.testing.assert_allclose(grad_twins.sum(axis=1), want_w, rtol=1e-4, atol=1e-5)
+    assert np.all(grad_twins[:, 1] == 0)
+
+
 # ---------------------------------------------------------------- random cases
 
 

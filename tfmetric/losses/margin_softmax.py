@@ -17,12 +17,14 @@ return each example's loss; `loss.logits(embeddings)` gives the scores
 without the margin, for use as a classifier.
 """
 
+import functools
 import math
 
 import keras
 import numpy as np
 from keras import ops
 
+from tfmetric.distances import inner_products, l2_normalize
 from tfmetric.losses.proxy import (
     ProxyLoss,
     check_proxies,
@@ -30,7 +32,6 @@ from tfmetric.losses.proxy import (
     cosine_to_proxies,
     nan_outside_classes,
     pick_class,
-    proxy_class_scores,
     proxy_inputs,
 )
 
@@ -106,11 +107,25 @@ def _row_norms(x):
 
 
 def _class_cosines(embeddings, proxies):
-    """`(N, C)` cosines to the class vectors; with `(C, k, D)` vectors, each class's largest of its k."""
-    cosine = cosine_to_proxies(embeddings, proxies)
-    if len(proxies.shape) == 3:
-        cosine = ops.max(proxy_class_scores(cosine, proxies.shape[0]), axis=2)
-    return cosine
+    """`(N, C)` cosines to the class vectors; with `(C, k, D)` vectors, each class's largest of its k.
+
+    The largest of k: a product per sub-centre and their elementwise
+    maximum (the first of tied sub-centres takes the gradient). The maximum
+    over the last axis of an `(N, C, k)` view, whose gradient divides with
+    broadcasting, took half of sub-centre ArcFace's time at N = 256 without
+    XLA.
+    """
+    if len(proxies.shape) != 3:
+        return cosine_to_proxies(embeddings, proxies)
+    num_classes, per_class, dim = proxies.shape
+    vectors = l2_normalize(ops.reshape(ops.cast(proxies, embeddings.dtype), (-1, dim)))
+    vectors = ops.reshape(vectors, (num_classes, per_class, dim))
+    unit = l2_normalize(embeddings)
+    # A selection, not `ops.maximum`, which makes float32 of float64 under PyTorch.
+    return functools.reduce(
+        lambda best, other: ops.where(other > best, other, best),
+        [inner_products(unit, vectors[:, j]) for j in range(per_class)],
+    )
 
 
 def margin_softmax_terms(class_ids, cosine, target_logit, logit_scale):
@@ -430,8 +445,9 @@ class SubCenterArcFace(ProxyLoss):
     Face Recognition by Large-scale Noisy Web Faces").
 
     Each class has `k` vectors (`loss.proxies` is `(C, k, D)`); an example's
-    cosine to a class is its largest cosine to that class's `k` vectors, and
-    the loss is `ArcFace` on those cosines:
+    cosine to a class is its largest cosine to that class's `k` vectors
+    (the first of equal ones takes the gradient, as PML's `max`), and the
+    loss is `ArcFace` on those cosines:
 
     $$ \cos\theta_j = \max_{p = 1 \ldots k} \cos(x_i, W_{j,p}) $$
 
