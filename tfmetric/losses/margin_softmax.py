@@ -24,7 +24,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfmetric.distances import inner_products, l2_normalize
+from tfmetric.distances import inner_products
 from tfmetric.losses.proxy import (
     ProxyLoss,
     check_proxies,
@@ -33,6 +33,7 @@ from tfmetric.losses.proxy import (
     nan_outside_classes,
     pick_class,
     proxy_inputs,
+    unit_rows,
 )
 
 __all__ = [
@@ -117,10 +118,9 @@ def _class_cosines(embeddings, proxies):
     """
     if len(proxies.shape) != 3:
         return cosine_to_proxies(embeddings, proxies)
-    num_classes, per_class, dim = proxies.shape
-    vectors = l2_normalize(ops.reshape(ops.cast(proxies, embeddings.dtype), (-1, dim)))
-    vectors = ops.reshape(vectors, (num_classes, per_class, dim))
-    unit = l2_normalize(embeddings)
+    unit, vectors = unit_rows(embeddings, proxies)
+    vectors = ops.reshape(vectors, proxies.shape)
+    per_class = proxies.shape[1]
     # A selection, not `ops.maximum`, which makes float32 of float64 under PyTorch.
     return functools.reduce(
         lambda best, other: ops.where(other > best, other, best),

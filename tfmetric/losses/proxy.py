@@ -47,6 +47,7 @@ __all__ = [
     "pick_class",
     "proxy_class_scores",
     "proxy_inputs",
+    "unit_rows",
 ]
 
 
@@ -141,9 +142,14 @@ def cosine_to_proxies(embeddings, proxies, class_major=False):
     that order (no transpose), for losses that reduce over each class
     vector's examples.
     """
-    flat = l2_normalize(ops.reshape(ops.cast(proxies, embeddings.dtype), (-1, proxies.shape[-1])))
-    unit = l2_normalize(embeddings)
+    unit, flat = unit_rows(embeddings, proxies)
     return inner_products(flat, unit) if class_major else inner_products(unit, flat)
+
+
+def unit_rows(embeddings, proxies):
+    """The unit embeddings and unit class vectors `(C·k, D)` (flattened class-major, in the embeddings' type)."""
+    flat = l2_normalize(ops.reshape(ops.cast(proxies, embeddings.dtype), (-1, proxies.shape[-1])))
+    return l2_normalize(embeddings), flat
 
 
 def proxy_class_scores(scores, num_classes):
