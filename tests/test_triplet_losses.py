@@ -339,7 +339,7 @@ def _all_triplet_terms_by(way, d, positive, negative, margin):
     if way == "counts":
         if not triplet._float64_at_hand():
             return None
-        return triplet._all_triplet_terms_by_counts(d, positive, negative, margin)
+        return triplet._all_triplet_terms_by_slot(d, positive, negative, margin, from_counts=True)
     return triplet._all_triplet_terms_by_slot(d, positive, negative, margin)
 
 

@@ -137,7 +137,7 @@ def all_triplet_terms(distances, positive, negative, margin=1.0):
     many (k ≥ `_KEYS_FROM`), one binary search of the negatives among each
     query's keys `d_ap + margin` instead (`_all_triplet_terms_by_keys`);
     under XLA the loop only counts the active triplets, and the losses
-    follow from the counts (`_all_triplet_terms_by_counts`).
+    follow from the counts (`_all_triplet_terms_by_slot`'s `from_counts`).
 
     Returns:
         `(loss_sums, active_counts, valid_counts)`, each of shape `(N,)`: the
@@ -147,9 +147,7 @@ def all_triplet_terms(distances, positive, negative, margin=1.0):
     """
     table = positive_table(positive)
     if table is None:
-        if _float64_at_hand():
-            return _all_triplet_terms_by_counts(distances, positive, negative, margin)
-        return _all_triplet_terms_by_slot(distances, positive, negative, margin)
+        return _all_triplet_terms_by_slot(distances, positive, negative, margin, from_counts=_float64_at_hand())
     return ops.cond(
         ops.shape(table)[1] >= _KEYS_FROM,
         lambda: _all_triplet_terms_by_keys(distances, positive, negative, margin, table),
@@ -163,7 +161,18 @@ def all_triplet_terms(distances, positive, negative, margin=1.0):
 _KEYS_FROM = 10
 
 
-def _all_triplet_terms_by_slot(distances, positive, negative, margin, table=None):
+def _all_triplet_terms_by_slot(distances, positive, negative, margin, table=None, from_counts=False):
+    """`all_triplet_terms` a pass over the matrix per positive slot.
+
+    `from_counts` (under XLA, where float64 is at hand): the loop only
+    counts each pair's active triplets (its gradient at `d_ap`) and each
+    negative's (minus its gradient at `d_an`), and the sum of the losses
+    follows from them after the loop: `Σ_j G_aj·d_aj + m·(the anchor's
+    active triplets)`, in float64, where the positive and negative parts
+    can nearly cancel. A pass over the matrix a slot less than summing the
+    losses in the loop as well (XLA does not fuse two reductions of one
+    row: 2.2 → 1.9× the distance matrix at N = 1024, K = 16).
+    """
     d = ops.stop_gradient(distances)
     # +inf at non-negatives takes them out of every comparison below.
     negative_distances = ops.where(negative, d, ops.full_like(d, float("inf")))
@@ -171,20 +180,29 @@ def _all_triplet_terms_by_slot(distances, positive, negative, margin, table=None
     def body(slot_positive, has_slot, loss_sums, active_counts, gradient):
         threshold = row_pick(d, slot_positive) + margin
         threshold = ops.where(has_slot, threshold, ops.full_like(threshold, float("-inf")))
-        gaps = ops.relu(threshold[:, None] - negative_distances)
-        active = ops.cast(gaps > 0, d.dtype)
+        if from_counts:
+            active = ops.cast(threshold[:, None] > negative_distances, d.dtype)
+        else:
+            gaps = ops.relu(threshold[:, None] - negative_distances)
+            active = ops.cast(gaps > 0, d.dtype)
+            loss_sums = loss_sums + ops.sum(gaps, axis=1)
         per_pair = ops.sum(active, axis=1)
         # d[a, p] enters each of its active triplets with sign +1, d[a, n]
         # with sign -1 (subtracted first: the scatter then updates a new
         # matrix in place rather than a copy of the loop's).
         gradient = add_to_rows(gradient - active, [(slot_positive, per_pair)])
-        return loss_sums + ops.sum(gaps, axis=1), active_counts + per_pair, gradient
+        return loss_sums, active_counts + per_pair, gradient
 
     zeros = ops.zeros(ops.shape(d)[:1], d.dtype)
     num_positives = ops.sum(ops.cast(positive, d.dtype), axis=1)
     loss_sums, active_counts, gradient = for_each_positive(positive, body, (zeros, zeros, ops.zeros_like(d)), table)
     valid_counts = num_positives * ops.sum(ops.cast(negative, d.dtype), axis=1)
-    loss_sums = attach_gradient(loss_sums, distances, gradient)
+    if from_counts:
+        # Differentiated through the casts, the sum has the gradient G.
+        wide = ops.sum(ops.cast(ops.stop_gradient(gradient), "float64") * ops.cast(distances, "float64"), axis=1)
+        loss_sums = ops.cast(wide + margin * ops.cast(active_counts, "float64"), distances.dtype)
+    else:
+        loss_sums = attach_gradient(loss_sums, distances, gradient)
     return loss_sums, ops.stop_gradient(active_counts), valid_counts
 
 
@@ -199,39 +217,6 @@ def _float64_at_hand():
 
         return not tf.config.list_logical_devices("TPU")
     return True
-
-
-def _all_triplet_terms_by_counts(distances, positive, negative, margin):
-    """`all_triplet_terms` from the counts of active triplets alone, for XLA.
-
-    The slot loop counts each pair's active triplets (its gradient at
-    `d_ap`) and each negative's (minus its gradient at `d_an`), and the sum
-    of the losses follows from them after the loop: `Σ_j G_aj·d_aj + m·(the
-    anchor's active triplets)`, in float64, where the positive and negative
-    parts can nearly cancel. A pass over the matrix a slot less than
-    summing the losses in the loop as well (XLA does not fuse two
-    reductions of one row: 2.2 → 1.9× the distance matrix at N = 1024,
-    K = 16).
-    """
-    d = ops.stop_gradient(distances)
-    # +inf at non-negatives takes them out of every comparison below.
-    negative_distances = ops.where(negative, d, ops.full_like(d, float("inf")))
-
-    def body(slot_positive, has_slot, active_counts, gradient):
-        threshold = row_pick(d, slot_positive) + margin
-        threshold = ops.where(has_slot, threshold, ops.full_like(threshold, float("-inf")))
-        active = ops.cast(threshold[:, None] > negative_distances, d.dtype)
-        per_pair = ops.sum(active, axis=1)
-        return active_counts + per_pair, add_to_rows(gradient - active, [(slot_positive, per_pair)])
-
-    zeros = ops.zeros(ops.shape(d)[:1], d.dtype)
-    active_counts, gradient = for_each_positive(positive, body, (zeros, ops.zeros_like(d)))
-    # Differentiated through the casts, the sum has the gradient G.
-    loss_sums = ops.sum(ops.cast(ops.stop_gradient(gradient), "float64") * ops.cast(distances, "float64"), axis=1)
-    loss_sums = ops.cast(loss_sums + margin * ops.cast(active_counts, "float64"), distances.dtype)
-    num_positives = ops.sum(ops.cast(positive, d.dtype), axis=1)
-    valid_counts = num_positives * ops.sum(ops.cast(negative, d.dtype), axis=1)
-    return loss_sums, ops.stop_gradient(active_counts), valid_counts
 
 
 def _all_triplet_terms_by_keys(distances, positive, negative, margin, table):
