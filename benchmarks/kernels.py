@@ -3,11 +3,13 @@
 Without XLA every operation of a loss is a kernel of its own; the ratios of
 `losses.py` say how much a loss costs, this script says on what. The loss's
 forward + backward (with respect to the embeddings, as in `losses.py`) runs
-in a TensorFlow graph session with full tracing; each kernel's time is the
-median over the traced runs, in ms and as a multiple of the distance
-matrix's whole forward + backward (traced the same way, in turn with the
-loss). Kernels inside the slot loops (`while/`) are summed over their
-iterations. The kernels' times add up to more than the wall time where
+as a `tf.function` under TensorFlow's profiler; each kernel's time is the
+median over rounds of its mean per call, in ms and as a multiple of the
+distance matrix's whole forward + backward (traced the same way, in turn
+with the loss). Kernels inside the slot loops are summed over their
+iterations. (A TF1-style graph session, this script's earlier way, is not
+what the losses run in: there `!=` between tensors compares the objects,
+so the masks kept their diagonal.) The kernels' times add up to more than the wall time where
 two run at once.
 
     python benchmarks/kernels.py batch_all_nonzero --k 16
@@ -19,8 +21,10 @@ batches are P×K, D = 128, float32.
 
 import argparse
 import collections
+import glob
 import os
 import statistics
+import tempfile
 
 from timing import pk_batch
 
@@ -29,69 +33,84 @@ from tfmetric.losses.registry import LOSSES
 BASELINE = "distance matrix"
 
 
-def traced_kernels(session, fetch, feed, runs):
-    """`{kernel: median ms per run}` over `runs` traced runs, and the median total."""
+def _xspace(logdir):
+    """The profiler's trace in `logdir`, an `XSpace` proto."""
+    try:
+        from tsl.profiler.protobuf import xplane_pb2
+    except ImportError:  # older TensorFlow wheels keep it under their own name
+        from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    (path,) = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
+    space = xplane_pb2.XSpace()
+    with open(path, "rb") as f:
+        space.ParseFromString(f.read())
+    return space
+
+
+def traced_kernels(call, runs):
+    """`{kernel: mean ms per call}` over `runs` calls of `call` under TensorFlow's profiler, and their total.
+
+    The kernels are the events of the host's compute threads, named
+    `op name:op type` by the profiler (the executor's own bookkeeping left out).
+    """
     import tensorflow as tf
 
-    per_kernel = collections.defaultdict(list)
-    totals = []
-    for _ in range(runs):
-        metadata = tf.compat.v1.RunMetadata()
-        options = tf.compat.v1.RunOptions(trace_level=tf.compat.v1.RunOptions.FULL_TRACE)
-        session.run(fetch, feed, options=options, run_metadata=metadata)
-        this_run = collections.Counter()
-        for device in metadata.step_stats.dev_stats:
-            for node in device.node_stats:
-                # A loop's kernel runs once per iteration under one name: summed.
-                kind = node.timeline_label.split("=")[-1].split("(")[0].strip() or node.node_name
-                this_run[f"{node.node_name} [{kind}]"] += node.all_end_rel_micros / 1000
-        for kernel, ms in this_run.items():
-            per_kernel[kernel].append(ms)
-        totals.append(sum(this_run.values()))
-    medians = {kernel: statistics.median(times + [0.0] * (runs - len(times))) for kernel, times in per_kernel.items()}
-    return medians, statistics.median(totals)
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        for _ in range(runs):
+            call()
+        tf.profiler.experimental.stop()
+        space = _xspace(logdir)
+    per_kernel = collections.Counter()
+    for plane in space.planes:
+        for line in plane.lines:
+            if not line.name.startswith("tf_Compute"):
+                continue
+            for event in line.events:
+                label = plane.event_metadata[event.metadata_id].name
+                name, _, kind = label.rpartition(":")
+                if name and "::" not in label:
+                    per_kernel[f"{name} [{kind}]"] += event.duration_ps / 1e9 / runs
+    return dict(per_kernel), sum(per_kernel.values())
 
 
 def profile(names, n, k, runs):
-    """`{name: (kernels, total ms)}` for the distance matrix and each loss, from one graph each."""
+    """`{name: (kernels, total ms)}` for the distance matrix and each loss, each a `tf.function` without XLA."""
     import tensorflow as tf
 
     import tfmetric as tfm
 
-    x_value, y_value = pk_batch(n, k, 128)
-    graphs = {}
+    x, y = (tf.constant(value) for value in pk_batch(n, k, 128))
+    calls = {}
     for name in (BASELINE, *names):
-        graph = tf.Graph()
-        with graph.as_default():
-            x = tf.compat.v1.placeholder(tf.float32, (n, 128))
-            y = tf.constant(y_value)
-            if name == BASELINE:
-                value = tf.reduce_sum(tfm.distances.pairwise_distance(x))
-            else:
-                value = LOSSES[name].build()(y, x)
-            (gradient,) = tf.gradients(value, [x])
-            session = tf.compat.v1.Session(graph=graph)
-            session.run(tf.compat.v1.global_variables_initializer())
+        objective = LOSSES[name].build() if name != BASELINE else None
+
+        @tf.function
+        def step(x, y, objective=objective):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                value = objective(y, x) if objective else tf.reduce_sum(tfm.distances.pairwise_distance(x))
+            return tape.gradient(value, x)
+
+        calls[name] = lambda step=step: step(x, y).numpy()
         for _ in range(3):
-            session.run(gradient, {x: x_value})
-        graphs[name] = (session, gradient, {x: x_value})
-    # Rounds in turn, as in the other scripts: a busy spell touches every graph alike.
-    rounds = {name: [] for name in graphs}
+            calls[name]()
+    # Rounds in turn, as in the other scripts: a busy spell touches every function alike.
+    rounds = {name: [] for name in calls}
     for _ in range(max(1, runs // 5)):
-        for name, (session, gradient, feed) in graphs.items():
-            rounds[name].append(traced_kernels(session, gradient, feed, min(runs, 5)))
+        for name, call in calls.items():
+            rounds[name].append(traced_kernels(call, min(runs, 5)))
     result = {}
     for name, measured in rounds.items():
         kernels = collections.defaultdict(list)
-        for medians, _ in measured:
-            for kernel, ms in medians.items():
+        for means, _ in measured:
+            for kernel, ms in means.items():
                 kernels[kernel].append(ms)
+        missing = len(measured)
         result[name] = (
-            {kernel: statistics.median(times) for kernel, times in kernels.items()},
+            {kernel: statistics.median(times + [0.0] * (missing - len(times))) for kernel, times in kernels.items()},
             statistics.median(total for _, total in measured),
         )
-    for session, _, _ in graphs.values():
-        session.close()
     return result
 
 

@@ -506,3 +506,46 @@ def test_angular_in_the_batch_without_shared_negatives(alpha):
     assert float(value) == pytest.approx(want.loss, rel=1e-4, abs=1e-5)
     scale = max(np.abs(want.grad).max(), 1e-6)
     np.testing.assert_allclose(grad / scale, want.grad / scale, atol=1e-3)
+
+
+# Class ids of the batch against itself, op by op: every class's pairs from
+# one product of its rows, unless the classes padded to the largest would
+# take over twice the batch's rows (a long tail). Each batch both ways, the
+# padding bound forced to 0 (slots) and to any size (classes).
+ANGULAR_CLASS_BATCHES = {
+    "P×K": np.repeat(np.arange(6), 4),
+    "uneven, with single rows": np.array([0, 3, 3, 1, 0, 2, 3, 4, 0, 3, 5, 3, 6, 1]),
+    "long tail": np.concatenate([np.zeros(9, int), np.repeat(np.arange(1, 8), 2)]),
+    "one class": np.zeros(6, int),
+    "no pair": np.arange(5),
+}
+
+
+ONLY_OP_BY_OP = pytest.mark.skipif(BACKEND == "jax", reason="JAX compiles: its angular loss takes every slot")
+
+
+@ONLY_OP_BY_OP
+@pytest.mark.parametrize("padding", [0, 10**6])
+@pytest.mark.parametrize("batch", sorted(ANGULAR_CLASS_BATCHES))
+def test_angular_by_class_and_by_slot(monkeypatch, batch, padding):
+    monkeypatch.setattr(pw, "_CLASS_BLOCKS_MAX_PADDING", padding)
+    labels = ANGULAR_CLASS_BATCHES[batch]
+    rng = np.random.default_rng(len(labels))
+    x = rng.normal(size=(len(labels), DIM)).astype("float32")
+    # Weights of the queries: the two rows of a pair weigh their terms differently.
+    weights = rng.uniform(0.5, 2.0, size=len(labels)).astype("float32")
+    want = ref.angular(x.astype("float64"), labels, sample_weight=weights)
+    value, grad = value_and_grad(lambda e, y, w: pw.Angular()(y, e, sample_weight=w), x, labels, weights)
+    assert float(value) == pytest.approx(want.loss, rel=1e-5, abs=1e-7)
+    scale = max(np.abs(want.grad).max(), 1e-6)
+    np.testing.assert_allclose(grad / scale, want.grad / scale, atol=1e-5)
+
+
+@ONLY_OP_BY_OP
+def test_angular_by_class_keeps_float64():
+    labels = np.repeat(np.arange(4), 3)
+    x = np.random.default_rng(5).normal(size=(12, DIM))
+    want = ref.angular(x, labels)
+    value, grad = value_and_grad(lambda e, y: pw.Angular()(y, e), x, labels)
+    assert float(value) == pytest.approx(want.loss, rel=1e-12)
+    np.testing.assert_allclose(grad, want.grad, rtol=1e-9, atol=1e-12)

@@ -14,6 +14,7 @@ query, so that the reduction gives the value and sample weights scale
 nothing.
 """
 
+import collections
 import math
 
 import keras
@@ -35,8 +36,10 @@ from tfmetric.mining import (
     entry_coordinates,
     for_each_positive,
     mine_pairs,
+    positive_table,
     row_pick,
     scatter_add,
+    table_slots,
     take_entries,
 )
 
@@ -143,7 +146,8 @@ def angular_terms(queries, reference, positive, negative, alpha=40.0, shared_neg
     positive slot (`tfm.mining.for_each_positive`), never an N·R·R tensor;
     where the reference is the batch itself, row p of the Gram matrix
     instead (`_angular_sums_from_gram`), whose exponential, taken once,
-    serves every slot for α up to about 65.9°.
+    serves every slot for α up to about 65.9° (and, with shared negatives
+    op by op, every class's pairs at once: `_class_terms`).
     The slots run in a loop without gradient; the gradient (a second pass
     over the slots, scaled by the incoming gradient) is attached with
     `keras.ops.custom_gradient`, so it works where loops of data-dependent
@@ -245,16 +249,32 @@ def _angular_sums_from_gram(x, positive, negative, pull, push, shared_negatives=
     (`angular_terms`) the pair (a, p)'s weights are those of (p, a) with
     a's incoming gradient: row p takes them in its own slot of a, so every
     slot is one pass that scales its weights by `upstream_a + upstream_p`
-    instead of a scatter of N rows into the positives' rows.
+    instead of a scatter of N rows into the positives' rows. Op by op,
+    with shared negatives and factored exponentials, every class's pairs
+    come from one product instead (`_class_terms`) unless padding the
+    classes to the largest would take over twice the batch's rows.
     """
     slots = _factored_slots if pull <= _FACTORED_PULL_MAX else _logit_slots
+    table = positive_table(positive) if shared_negatives and slots is _factored_slots else None
+    by_class = None if table is None else _class_terms(positive, pull, push, table)
 
     @ops.custom_gradient
     def loss_sums(gram, positive_ones, negative_ones):
         gram = ops.stop_gradient(gram)
         positive, negative = positive_ones > 0.5, negative_ones > 0.5
-        values, weights = slots(gram, negative, pull, push)
-        sums = _sums_over_slots(positive, values, ops.shape(gram)[0], gram.dtype)
+        if slots is _factored_slots:
+            exps = _pair_exps(gram, negative, pull)
+            values, weights = _factored_slots(gram, negative, pull, push, exps)
+        else:
+            values, weights = slots(gram, negative, pull, push)
+
+        def by_slot():
+            return _sums_over_slots(positive, values, ops.shape(gram)[0], gram.dtype)
+
+        # Not differentiated through: the conditions stay plain forward ones.
+        sums = by_slot() if by_class is None else ops.cond(
+            by_class.fits, lambda: by_class.sums(gram, exps[1]), by_slot
+        )
 
         def gradient(*args, upstream=None):
             if upstream is None:
@@ -275,7 +295,12 @@ def _angular_sums_from_gram(x, positive, negative, pull, push, shared_negatives=
                 # G_ap's, one entry a row.
                 return (add_to_rows(grad, [(slot_positive, -push * unit_totals * upstream)]),)
 
-            (grad,) = for_each_positive(positive, backward, (ops.zeros_like(gram),))
+            def by_slot():
+                return for_each_positive(positive, backward, (ops.zeros_like(gram),))[0]
+
+            grad = by_slot() if by_class is None else ops.cond(
+                by_class.fits, lambda: by_class.gradient(gram, exps[1], upstream), by_slot
+            )
             return grad, ops.zeros_like(positive_ones), ops.zeros_like(negative_ones)
 
         return sums, gradient
@@ -285,7 +310,91 @@ def _angular_sums_from_gram(x, positive, negative, pull, push, shared_negatives=
     return loss_sums(gram, ops.cast(positive, dtype), ops.cast(negative, dtype))
 
 
-def _factored_slots(gram, negative, pull, push):
+# The class blocks are taken while their rows, padded to the largest class,
+# are at most this many times the batch (a long-tailed batch's padding
+# would be many times the matrix).
+_CLASS_BLOCKS_MAX_PADDING = 2
+
+
+# `fits`, and the functions `sums(gram, negative_exps)` and `gradient(gram, negative_exps, upstream)`.
+_ClassTerms = collections.namedtuple("_ClassTerms", "fits sums gradient")
+
+
+def _class_terms(positive, pull, push, table):
+    """The angular sums and their gradient from every class's pairs at once (shared negatives, op by op).
+
+    A class's rows share their negatives, so with `Ẽ = exp(c (G − 1))` at
+    the negatives (0 elsewhere), `S_ap = Σ_{n∈Q(a)} E_an E_pn` is entry
+    (a, p) of `Ẽ Ẽᵀ`: one batched product of each class's rows with
+    themselves, `(C, K, R) × (C, R, K)` (K the largest class), instead of
+    a gathered row, a product and a row sum per slot. The gradient is one
+    more: `∂/∂Ẽ_a = Σ_p (u_a w_ap + u_p w_pa) Ẽ_p` over the class (`u` the
+    incoming gradient, `w_ap = σ(log Σ exp f) / S_ap`), times `c Ẽ`, and
+    `G_ap`'s `−2 (1 + tan²α) u_a σ(·)` one entry a pair. A row's positives
+    and the row itself are its class, whose first row (in column order)
+    has all the others in its `positive_table` row. `fits`: the classes
+    padded to the largest take at most twice the batch's rows.
+    """
+    num_rows = ops.shape(positive)[0]
+    rows = ops.arange(num_rows, dtype="int32")
+    has_slot = table_slots(positive, table)
+    # Slices, not entries: a batch without positives has a table of width 0.
+    leads = ops.any(ops.logical_and(has_slot[:, :1], table[:, :1] > rows[:, None]), axis=1)
+    (lead_rows, _) = entry_coordinates(leads[:, None])
+    members = ops.concatenate([lead_rows[:, None], ops.take(table, lead_rows, axis=0)], axis=1)
+    valid = ops.concatenate([ops.ones_like(lead_rows[:, None], "bool"), ops.take(has_slot, lead_rows, axis=0)], axis=1)
+    num_classes, width = ops.shape(members)[0], ops.shape(members)[1]
+    size = num_classes * width
+    fits = ops.logical_and(size > 0, size <= _CLASS_BLOCKS_MAX_PADDING * num_rows)
+    # Each row's place in the flattened blocks; padding goes to one row past the batch, dropped.
+    padded_members = ops.where(valid, members, num_rows)
+    position = ops.scatter_update(
+        ops.full((num_rows + 1,), size, "int32"),
+        ops.reshape(padded_members, (-1, 1)),
+        ops.arange(size, dtype="int32"),
+    )[:num_rows]
+    slot = ops.arange(width, dtype="int32")
+    pairs = ops.logical_and(ops.logical_and(valid[:, :, None], valid[:, None, :]), slot[:, None] != slot[None, :])
+    first, second = (
+        ops.reshape(ops.broadcast_to(side, ops.shape(pairs)), (-1,))
+        for side in (members[:, :, None], members[:, None, :])
+    )
+
+    def products(gram, negative_exps):
+        blocks = ops.reshape(ops.take(negative_exps, ops.reshape(members, (-1,)), axis=0), (num_classes, width, -1))
+        sums = matmul(blocks, ops.transpose(blocks, (0, 2, 1)))
+        counted = ops.logical_and(pairs, sums > 0)
+        gram_at_pairs = ops.reshape(take_entries(gram, first, second), ops.shape(sums))
+        logs = ops.log(ops.where(counted, sums, ops.ones_like(sums))) + (2.0 * pull - push * gram_at_pairs)
+        return blocks, sums, counted, logs
+
+    def sums(gram, negative_exps):
+        _, _, counted, logs = products(gram, negative_exps)
+        # log(1 + Σ exp f) = softplus(log Σ exp f); 0 for a pair without negatives.
+        values = ops.sum(ops.where(counted, ops.softplus(logs), ops.zeros_like(logs)), axis=2)
+        return ops.take(ops.concatenate([ops.reshape(values, (-1,)), ops.zeros((1,), values.dtype)]), position)
+
+    def gradient(gram, negative_exps, upstream):
+        blocks, sums, counted, logs = products(gram, negative_exps)
+        upstream = ops.take(ops.concatenate([upstream, ops.zeros_like(upstream[:1])]), padded_members)[:, :, None]
+        slopes = ops.where(counted, ops.sigmoid(logs), ops.zeros_like(logs))
+        by_sums = upstream * slopes / ops.where(counted, sums, ops.ones_like(sums))
+        by_blocks = matmul(by_sums + ops.transpose(by_sums, (0, 2, 1)), blocks)
+        # A row without a positive takes the zero row past the blocks.
+        by_rows = ops.concatenate([ops.reshape(by_blocks, (size, num_rows)), ops.zeros((1, num_rows), gram.dtype)], 0)
+        grad = pull * negative_exps * ops.take(by_rows, position, axis=0)
+        return scatter_add(grad, ops.stack([first, second], axis=1), ops.reshape(-push * upstream * slopes, (-1,)))
+
+    return _ClassTerms(fits, sums, gradient)
+
+
+def _pair_exps(gram, negative, pull):
+    """`E = exp(c (G − 1))` and `E` at the negatives (0 elsewhere), `c = 4 tan²α`."""
+    exps = ops.exp(pull * (gram - 1.0))
+    return exps, ops.where(negative, exps, ops.zeros((), exps.dtype))
+
+
+def _factored_slots(gram, negative, pull, push, exps=None):
     """`(values, weights)` of a slot, `f = c (G_an + G_pn) − 2(1 + tan²α) G_ap` with `c = 4 tan²α`, from one exp.
 
     With `E = exp(c (G − 1))`, `Σ_n exp f = e^(2c − 2(1 + tan²α) G_ap) S_a`,
@@ -296,10 +405,10 @@ def _factored_slots(gram, negative, pull, push):
     while `c ≤ 20`. `values(slot, has_slot)`: `log(1 + Σ exp f)` per
     query; `weights(slot, has_slot, row_factor)`: each negative's softmax
     weight times the query's factor (its incoming gradient), and each
-    row's sum of those weights per unit of the factor.
+    row's sum of those weights per unit of the factor. `exps`:
+    `_pair_exps(gram, negative, pull)` where the caller has them.
     """
-    exps = ops.exp(pull * (gram - 1.0))
-    negative_exps = ops.where(negative, exps, ops.zeros((), exps.dtype))
+    exps, negative_exps = _pair_exps(gram, negative, pull) if exps is None else exps
 
     def products_and_logs(slot_positive, has_slot):
         """`E_an E_pn` at the negatives, `S_a > 0` where the slot counts, and `log Σ_n exp f`."""
@@ -412,7 +521,9 @@ class Angular(InBatchLoss):
 
     Memory O(N·R): the positive pairs are visited one slot at a time
     (`tfm.mining.for_each_positive`), each a row of the batch's Gram matrix
-    (a `(N, D) × (D, R)` product against a separate reference).
+    (a `(N, D) × (D, R)` product against a separate reference); with class
+    ids of the batch against itself and without XLA, every class's pairs
+    come from one product of its rows instead.
 
     Args:
         alpha: The angle α in degrees, in (0, 90) (paper: 36°–55°).
