@@ -209,3 +209,23 @@ def test_state_that_keras_does_not_track_is_an_error(monkeypatch):
         tfm.losses.attach_state(embedding_model(), tfm.CenterLoss(num_classes=6, embedding_dim=4))
     with pytest.raises(RuntimeError, match="would not train or save with the model"):
         embedding_model().compile(optimizer="sgd", loss=tfm.MarginLoss(learn_beta=True, seed=0))
+
+
+# Keras 3 runs eagerly or in `tf.function`s, but a loss object can still be
+# called in a TensorFlow 1-style graph (`tf.compat.v1.Session`), where a
+# tensor's `==` and `!=` are Python's identity: a mask made with them kept
+# the diagonal there (and the losses' values were silently others).
+@pytest.mark.tensorflow_only
+@pytest.mark.parametrize("key", sorted(key for key, entry in REGISTRY.items() if entry.deterministic))
+def test_losses_in_a_tensorflow_1_style_graph(key):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 4)).astype("float32")
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 4, 4])
+    graph = tf.Graph()
+    with graph.as_default():
+        value = REGISTRY[key].build()(tf.constant(labels), tf.constant(x))
+        with tf.compat.v1.Session(graph=graph) as session:
+            in_graph = session.run(value)
+    assert in_graph == pytest.approx(float(REGISTRY[key].build()(labels, x)), rel=1e-5, abs=1e-7)

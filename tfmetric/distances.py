@@ -180,7 +180,7 @@ def off_diagonal(num_rows, num_columns):
     """Boolean `(num_rows, num_columns)`: False exactly at the entries `(a, a)`."""
     rows = ops.arange(num_rows, dtype="int32")
     columns = ops.arange(num_columns, dtype="int32")
-    return rows[:, None] != columns[None, :]
+    return ops.not_equal(rows[:, None], columns[None, :])
 
 
 def _zero_diagonal(matrix):

@@ -119,7 +119,7 @@ def triplet_heads(matrix, positive, negative, negatives):
     def body(slot, chosen, heads):
         has_any = ops.logical_and(ops.any(chosen, axis=1), slot.has_slot)
         columns = ops.arange(ops.shape(matrix)[1], dtype="int32")
-        hit = ops.logical_and(columns[None, :] == slot.positive_index[:, None], has_any[:, None])
+        hit = ops.logical_and(ops.equal(columns[None, :], slot.positive_index[:, None]), has_any[:, None])
         return (ops.logical_or(heads, hit),)
 
     (heads,) = for_each_triplet_slot(candidates, body, (ops.zeros_like(positive),))
@@ -128,7 +128,7 @@ def triplet_heads(matrix, positive, negative, negatives):
 
 def _one_hot(index, keep, num_columns):
     columns = ops.arange(num_columns, dtype="int32")
-    return ops.logical_and(columns[None, :] == ops.cast(index, "int32")[:, None], keep[:, None])
+    return ops.logical_and(ops.equal(columns[None, :], ops.cast(index, "int32")[:, None]), keep[:, None])
 
 
 def _in_range(values, allowed):
@@ -881,7 +881,7 @@ def uniform_per_bin(bins, keys, per_bin, num_bins):
     )
     threshold = take_in_range(key_threshold, bins)
     below = ops.logical_and(in_bin, keys < threshold)
-    at = ops.logical_and(in_bin, keys == threshold)
+    at = ops.logical_and(in_bin, ops.equal(keys, threshold))
     remaining = kept_count - add_at(ops.cast(below, "int32"), bins, num_segments)
     position = ops.arange(size, dtype="int32")
     static_size = bins.shape[0]

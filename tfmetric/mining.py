@@ -375,7 +375,7 @@ def row_min(values):
     least = ops.min(values, axis=1)
     num_columns = ops.shape(values)[1]
     columns = ops.arange(num_columns, dtype="int32")[None, :]
-    first = ops.min(ops.where(values == least[:, None], columns, num_columns), axis=1)
+    first = ops.min(ops.where(ops.equal(values, least[:, None]), columns, num_columns), axis=1)
     # A row of NaNs matches nowhere: any valid column.
     return least, ops.minimum(first, num_columns - 1)
 
@@ -615,7 +615,7 @@ def _smallest_keys_cut(keys, candidates, count, bits, infinity_key):
         keys = ops.where(candidates, keys, ops.full((), np.iinfo(key_dtype).max, key_dtype))
         cut, rank, ties = _radix_cut(keys, count, bits)
         share = ops.cast(rank, share_dtype) / ops.cast(ops.maximum(ties, 1), share_dtype)
-        return keys < cut, keys == cut, share
+        return keys < cut, ops.equal(keys, cut), share
 
     infinity = ops.full((), infinity_key, key_dtype)
     # Candidates' NaN keys (above infinity's) count as infinity's (free under
@@ -638,7 +638,7 @@ def _smallest_keys_cut(keys, candidates, count, bits, infinity_key):
         halve,
         (ops.convert_to_tensor(0, key_dtype), ops.convert_to_tensor(infinity_key + 1, key_dtype)),
     )
-    below, at = keys < cut, keys == cut
+    below, at = keys < cut, ops.equal(keys, cut)
     below_count = ops.sum(ops.cast(below, key_dtype))
     ties = ops.sum(ops.cast(at, key_dtype))
     share = ops.cast(count - below_count, share_dtype) / ops.cast(ops.maximum(ties, 1), share_dtype)
@@ -975,7 +975,7 @@ def smallest_mask(values, candidates, count):
     steps = 65 if key_dtype == "int64" else 33
     low, _ = ops.fori_loop(0, steps, halve, (-top, top))
     below = ops.logical_and(keys < low, candidates)
-    at = ops.logical_and(keys == low, candidates)
+    at = ops.logical_and(ops.equal(keys, low), candidates)
     remaining = ops.cast(count - ops.sum(ops.cast(below, key_dtype)), "float32")
     # Rank of each tied entry among the tied ones, in row-major order.
     at_float = ops.cast(at, "float32")

@@ -78,7 +78,7 @@ def check_choice(argument, value, choices):
 
 def divide_or_zero(numerator, denominator):
     """`numerator / denominator`, and 0 (with a zero gradient) where it is 0."""
-    nonzero = denominator != 0
+    nonzero = ops.not_equal(denominator, 0)
     safe = ops.where(nonzero, denominator, ops.ones_like(denominator))
     return ops.where(nonzero, numerator / safe, ops.zeros_like(numerator))
 

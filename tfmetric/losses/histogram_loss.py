@@ -528,7 +528,7 @@ def dynamic_soft_margin_terms(distances, positive, negative, histogram=None, min
     previous = ops.zeros((num_bins,), dtype) if histogram is None else ops.cast(
         ops.stop_gradient(ops.convert_to_tensor(histogram)), dtype
     )
-    rate = ops.where(ops.sum(previous) != 0, ops.cast(momentum, dtype), ops.cast(1.0, dtype))
+    rate = ops.where(ops.not_equal(ops.sum(previous), 0), ops.cast(momentum, dtype), ops.cast(1.0, dtype))
     mixed = (1.0 - rate) * previous + rate * contributions
     has_triplets = ops.sum(triplets) > 0
     new_histogram = ops.where(has_triplets, divide_or_zero(mixed, ops.sum(mixed)), previous)

@@ -354,7 +354,8 @@ def _class_terms(positive, pull, push, table):
         ops.arange(size, dtype="int32"),
     )[:num_rows]
     slot = ops.arange(width, dtype="int32")
-    pairs = ops.logical_and(ops.logical_and(valid[:, :, None], valid[:, None, :]), slot[:, None] != slot[None, :])
+    both_valid = ops.logical_and(valid[:, :, None], valid[:, None, :])
+    pairs = ops.logical_and(both_valid, ops.not_equal(slot[:, None], slot[None, :]))
     first, second = (
         ops.reshape(ops.broadcast_to(side, ops.shape(pairs)), (-1,))
         for side in (members[:, :, None], members[:, None, :])

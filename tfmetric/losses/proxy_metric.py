@@ -226,9 +226,9 @@ def proxy_anchor_terms(class_ids, embeddings, proxies, margin=0.1, alpha=32.0, s
         positive_kept, negative_kept, invalid = positive, ops.logical_not(positive), None
     else:
         weights = check_sample_weight(sample_weight, ops.zeros_like(cosine[0]))
-        kept = (weights != 0)[None, :]
+        kept = ops.not_equal(weights, 0)[None, :]
         # log w of the kept examples; the others are masked out (no log 0).
-        log_weights = ops.log(ops.where(weights != 0, weights, ops.ones_like(weights)))[None, :]
+        log_weights = ops.log(ops.where(ops.not_equal(weights, 0), weights, ops.ones_like(weights)))[None, :]
         positive_kept = ops.logical_and(positive, kept)
         negative_kept = ops.logical_and(ops.logical_not(positive), kept)
         pull, push = pull + log_weights, push + log_weights
