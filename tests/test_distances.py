@@ -115,6 +115,41 @@ def test_cumsum_keeps_float64():
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(got), np.cumsum(x, axis=1))
 
 
+@pytest.mark.parametrize("dtype", [
+    "float32", pytest.param("float64", marks=pytest.mark.skipif(BACKEND == "jax", reason="JAX without x64"))
+])
+def test_row_sums_under_xla_are_products_with_the_same_sums(dtype):
+    """Under XLA on a CPU, `row_sums` is a product with ones: the same sums, exact for counts."""
+    x = np.random.default_rng(0).normal(size=(3, 4, 50)).astype(dtype)
+    counts = (x > 0).astype(dtype)
+    seen = []
+
+    def both(x, counts):
+        seen.append(tfm.distances._sums_by_product())
+        return tfm.distances.row_sums(x), tfm.distances.row_sums(counts)
+
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        both = tf.function(both, jit_compile=True)
+    elif BACKEND == "jax":
+        import jax
+
+        both = jax.jit(both)
+    sums, counted = (keras.ops.convert_to_numpy(v) for v in both(tensor(x, dtype), tensor(counts, dtype)))
+    # Products only where XLA compiles for CPUs alone (an accelerator's matrix units may round float32).
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        on_cpus = not (tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
+    else:
+        on_cpus = BACKEND == "jax" and __import__("jax").default_backend() == "cpu"
+    assert seen == [on_cpus]
+    assert sums.dtype == dtype and sums.shape == (3, 4)
+    np.testing.assert_allclose(sums, x.sum(axis=-1), rtol=1e-6 if dtype == "float32" else 1e-14, atol=1e-6)
+    np.testing.assert_array_equal(counted, counts.sum(axis=-1))
+
+
 def test_unknown_distance_names_the_choices():
     with pytest.raises(ValueError, match="angular.*cosine"):
         pairwise_distance(np.zeros((2, 2)), "angular")

@@ -13,7 +13,7 @@ import math
 import keras
 from keras import ops
 
-from tfmetric.distances import cumsum
+from tfmetric.distances import cumsum, row_sums
 from tfmetric.losses.base import (
     InBatchLoss,
     SimilarityLoss,
@@ -433,8 +433,8 @@ def _triplet_margin_sums_by_slot(distances, positive, negative, min_val, delta, 
 
         def forward(slot_positive, has_slot, counts, sums):
             selected = beyond(whole, fraction, d, is_negative, slot_positive)
-            slot_counts = ops.sum(ops.cast(selected, d.dtype), axis=2)
-            slot_sums = ops.sum(ops.where(selected, d[:, None, :], zero[:, None, :]), axis=2)
+            slot_counts = row_sums(ops.cast(selected, d.dtype))
+            slot_sums = row_sums(ops.where(selected, d[:, None, :], zero[:, None, :]))
             margins = row_pick(d, slot_positive)[:, None] * slot_counts - slot_sums
             keep = has_slot[:, None]
             return counts + ops.where(keep, slot_counts, 0.0), sums + ops.where(keep, margins, 0.0)
@@ -455,7 +455,7 @@ def _triplet_margin_sums_by_slot(distances, positive, negative, min_val, delta, 
                 weights = ops.take_along_axis(upstream_from, first, axis=1)
                 weights = ops.where(ops.logical_and(has_slot[:, None], is_negative), weights, zero)
                 at_slot = ops.one_hot(slot_positive, ops.shape(d)[1], dtype=d.dtype)
-                return (grad - weights + at_slot * ops.sum(weights, axis=1, keepdims=True),)
+                return (grad - weights + at_slot * row_sums(weights)[:, None],)
 
             (grad,) = for_each_positive(positive_ones > 0.5, backward, (ops.zeros_like(d),))
             return grad, ops.zeros_like(positive_ones), ops.zeros_like(negative_ones)

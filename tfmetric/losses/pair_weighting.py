@@ -20,7 +20,7 @@ import math
 import keras
 from keras import ops
 
-from tfmetric.distances import inner_products, l2_normalize, matmul
+from tfmetric.distances import inner_products, l2_normalize, matmul, row_sums
 from tfmetric.losses.base import (
     InBatchLoss,
     SimilarityLoss,
@@ -414,7 +414,7 @@ def _factored_slots(gram, negative, pull, push, exps=None):
     def products_and_logs(slot_positive, has_slot):
         """`E_an E_pn` at the negatives, `S_a > 0` where the slot counts, and `log Σ_n exp f`."""
         products = negative_exps * ops.take(exps, slot_positive, axis=0)
-        sums = ops.sum(products, axis=1)
+        sums = row_sums(products)
         logs = ops.log(ops.where(sums > 0, sums, ops.ones_like(sums)))
         logs = logs + (2.0 * pull - push * row_pick(gram, slot_positive))
         return products, sums, ops.logical_and(has_slot, sums > 0), logs

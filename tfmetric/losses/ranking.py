@@ -17,7 +17,7 @@ float32 for N = R = 1024).
 import keras
 from keras import ops
 
-from tfmetric.distances import cumsum
+from tfmetric.distances import cumsum, row_sums
 from tfmetric.losses.base import (
     DistanceLoss,
     SimilarityLoss,
@@ -211,7 +211,7 @@ def _over_positives(similarity, positive, temperature, summed, body, weigh_posit
         return _sigmoid_and_slope(exponents)
 
     def terms(before, positives_before, has_slot):
-        value, row_factor, at_positives, elsewhere = body(ops.sum(before, axis=1), positives_before)
+        value, row_factor, at_positives, elsewhere = body(row_sums(before), positives_before)
         row_factor = ops.where(has_slot, row_factor / temperature, ops.zeros_like(row_factor))
         return ops.where(has_slot, value, ops.zeros_like(value)), row_factor, at_positives, elsewhere
 
@@ -220,12 +220,12 @@ def _over_positives(similarity, positive, temperature, summed, body, weigh_posit
 
         def step(slot_positive, has_slot, total, gradient):
             before, slope = sigmoids(slot_positive)
-            positives_before = ops.sum(before * pos, axis=1) if weigh_positives else None
+            positives_before = row_sums(before * pos) if weigh_positives else None
             value, row_factor, at_positives, elsewhere = terms(before, positives_before, has_slot)
             coefficients = row_factor[:, None] * slope
             if at_positives is not None:
                 coefficients = coefficients * ops.where(positive, at_positives[:, None], elsewhere[:, None])
-            own = -ops.sum(coefficients, axis=1)
+            own = -row_sums(coefficients)
             return total + value, add_to_rows(gradient + coefficients, [(slot_positive, own)])
 
         total, gradient = for_each_positive(positive, step, (zeros, ops.zeros_like(s)))

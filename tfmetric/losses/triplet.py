@@ -9,7 +9,7 @@ anchor `a` (same label, not `a`), `Q(a)` its negatives (different label),
 import keras
 from keras import backend, ops
 
-from tfmetric.distances import check_distance, paired_distance
+from tfmetric.distances import check_distance, paired_distance, row_sums
 from tfmetric.losses.base import (
     DistanceLoss,
     apply_miner,
@@ -185,8 +185,8 @@ def _all_triplet_terms_by_slot(distances, positive, negative, margin, table=None
         else:
             gaps = ops.relu(threshold[:, None] - negative_distances)
             active = ops.cast(gaps > 0, d.dtype)
-            loss_sums = loss_sums + ops.sum(gaps, axis=1)
-        per_pair = ops.sum(active, axis=1)
+            loss_sums = loss_sums + row_sums(gaps)
+        per_pair = row_sums(active)
         # d[a, p] enters each of its active triplets with sign +1, d[a, n]
         # with sign -1 (subtracted first: the scatter then updates a new
         # matrix in place rather than a copy of the loop's).
