@@ -9,7 +9,7 @@ import math
 import keras
 from keras import ops
 
-from tfmetric.distances import as_embedding_pair, l2_normalize, pairwise_distance
+from tfmetric.distances import as_embedding_pair, l2_normalize, pairwise_distance, row_sums
 from tfmetric.losses.base import (
     DistanceLoss,
     InBatchLoss,
@@ -46,7 +46,7 @@ def contrastive_terms(distances, positive, negative, margin=1.0, negatives="all"
     else:
         negative = ops.cast(negative, distances.dtype)
     sums = _contrastive_sums(distances, positive, negative, margin, binary=not hard)
-    return sums, ops.sum(positive, axis=1) + ops.sum(negative, axis=1)
+    return sums, row_sums(positive) + row_sums(negative)
 
 
 def _contrastive_sums(distances, positive, negative, margin, binary):
@@ -67,11 +67,11 @@ def _contrastive_sums(distances, positive, negative, margin, binary):
         # where, not a product: 0 · d² would be NaN where d² overflows.
         if binary:
             half_slope = ops.where(positive > 0, distances, -(negative * hinge))
-            value = ops.sum(ops.square(half_slope), axis=1)
+            value = row_sums(ops.square(half_slope))
         else:
             pulled = ops.where(positive > 0, distances, ops.zeros((), distances.dtype))
             pushed = negative * hinge
-            value = ops.sum(pulled * pulled + pushed * hinge, axis=1)
+            value = row_sums(pulled * pulled + pushed * hinge)
             half_slope = None
 
         def gradient(*args, upstream=None):
