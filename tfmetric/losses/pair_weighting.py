@@ -255,6 +255,8 @@ def _angular_sums_from_gram(x, positive, negative, pull, push, shared_negatives=
     classes to the largest would take over twice the batch's rows.
     """
     slots = _factored_slots if pull <= _FACTORED_PULL_MAX else _logit_slots
+    # The class blocks only op by op (no table under XLA), where the custom
+    # gradient below may close over the tensors they are made of.
     table = positive_table(positive) if shared_negatives and slots is _factored_slots else None
     by_class = None if table is None else _class_terms(positive, pull, push, table)
 
