@@ -515,6 +515,24 @@ def test_proxy_anchor_sample_weight_counts_and_removes_examples():
     assert np.isnan(negative)
 
 
+@pytest.mark.parametrize("n, num_classes, dim, by_gram", [(6, 40, 3, True), (40, 2, 8, False)])
+def test_p2sgrad_by_gram_and_by_cosines(n, num_classes, dim, by_gram):
+    # Many classes in few dimensions: from the Gram matrix of the class
+    # vectors; few classes: from the cosines. Both are the reference's.
+    assert pm._gram_is_cheaper(n, num_classes, dim) == by_gram
+    rng = np.random.default_rng(n)
+    labels, x, w = random_case("p2sgrad", rng, n, num_classes, dim)
+    x, w = x.astype("float32"), w.astype("float32")
+    coefficients = rng.uniform(0.5, 1.5, size=n)
+    want, want_x, want_w = ref_value_and_gradients("p2sgrad", labels, x, w, coefficients, {})
+    value, grad_x, grad_w = value_and_gradients("p2sgrad", labels, x, w, coefficients, {})
+    assert value == pytest.approx(want, rel=1e-5)
+    assert_gradient_close(grad_x, want_x, 1e-4)
+    assert_gradient_close(grad_w, want_w, 1e-4)
+    half = run(lambda: pm.p2sgrad(labels, x.astype("float16"), w))
+    np.testing.assert_allclose(half, ref_p2sgrad(labels, x, w), rtol=3e-3)
+
+
 def test_p2sgrad_cosines_are_clipped():
     # Examples on their class vectors: in float32 a sixth of these cosines
     # round to just above 1 (or below −1) unless clipped.

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfmetric.distances import inner_products, l2_normalize
+from tfmetric.distances import inner_products, l2_normalize, matmul
 from tfmetric.labels import in_class_range
 from tfmetric.losses.base import check_positive, check_sample_weight, divide_or_zero, row_logsumexp
 from tfmetric.losses.proxy import (
@@ -614,11 +614,59 @@ def p2sgrad_cosines(embeddings, proxies):
 
 
 def p2sgrad_terms(class_ids, embeddings, proxies):
-    """Per-example P2SGrad losses `mean_c (cos θ_ic − [c = y_i])²`, and a count of 1 each."""
-    cosine = p2sgrad_cosines(embeddings, proxies)
-    target = ops.cast(class_mask(class_ids, ops.shape(proxies)[0]), cosine.dtype)
-    losses = ops.mean(ops.square(cosine - target), axis=1)
+    """Per-example P2SGrad losses `mean_c (cos θ_ic − [c = y_i])²`, and a count of 1 each.
+
+    Where the `(N, C)` cosines cost more than the `(D, D)` Gram matrix of
+    the class vectors (`_p2sgrad_by_gram`), the loss comes from that.
+    """
+    num_classes, dim = proxies.shape[0], proxies.shape[-1]
+    if _gram_is_cheaper(embeddings.shape[0], num_classes, dim):
+        losses = _p2sgrad_by_gram(class_ids, embeddings, proxies)
+    else:
+        cosine = p2sgrad_cosines(embeddings, proxies)
+        target = ops.cast(class_mask(class_ids, num_classes), cosine.dtype)
+        losses = ops.mean(ops.square(cosine - target), axis=1)
     return losses, ops.ones_like(losses)
+
+
+def _gram_is_cheaper(num_examples, num_classes, dim):
+    """Whether `_p2sgrad_by_gram`'s products (forward + backward) take fewer multiplications than the cosines'.
+
+    The cosines and their gradient are three `N·C·D` products; the Gram
+    route three `N·D²` and two `C·D²`. A batch size not known when traced
+    keeps the cosines.
+    """
+    if num_examples is None or num_classes is None or dim is None:
+        return False
+    return dim * dim * (3 * num_examples + 2 * num_classes) < 3 * num_examples * num_classes * dim
+
+
+def _p2sgrad_by_gram(class_ids, embeddings, proxies):
+    """P2SGrad's losses without the cosines: `(x̂ᵀGx̂ − 2 x̂ᵀŵ_y + 1) / C`, `G = Σ_c ŵ_c ŵ_cᵀ`.
+
+    With one target per example, `Σ_c (cos θ_ic − [c = y_i])² = Σ_c cos²
+    θ_ic − 2 cos θ_iy + 1`, and `Σ_c cos² θ_ic = x̂_iᵀ G x̂_i`. The products
+    are `(N, D)·(D, D)` and `(C, D)ᵀ·(C, D)`, never `(N, C)`: for many
+    classes (C > D) a fraction of the work and no `(N, C)` memory.
+
+    The cosines are not clipped to [−1, 1]: a cosine beyond them only by
+    rounding changes the sum at that rounding's level, and its gradient is
+    not cut (PML's clamp cuts it there). 16-bit inputs are computed in
+    float32, whose rounding the sum of C squares needs. An id out of range
+    takes class 0's vector (`nan_outside_classes` marks it afterwards).
+    """
+    dtype = keras.backend.standardize_dtype(embeddings.dtype)
+    work = "float32" if dtype in ("float16", "bfloat16") else dtype
+    num_classes = proxies.shape[0]
+    unit = _unit_rows_fixed_norm(ops.cast(proxies, work))
+    examples = ops.cast(l2_normalize(embeddings), work)
+    gram = matmul(ops.transpose(unit), unit)
+    squares = ops.sum(matmul(examples, gram) * examples, axis=1)
+    ids = ops.where(in_class_range(class_ids, num_classes), ops.cast(class_ids, "int32"), 0)
+    own = ops.sum(examples * ops.take(unit, ids, axis=0), axis=1)
+    # Never below 0 but by rounding: a loss of 0 stays 0.
+    losses = (squares - 2.0 * own + 1.0) * (1.0 / num_classes)
+    return ops.cast(ops.where(losses > 0, losses, ops.zeros_like(losses)), dtype)
 
 
 def p2sgrad(labels, embeddings, proxies):
