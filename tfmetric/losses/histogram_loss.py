@@ -32,6 +32,7 @@ from tfmetric.mining import (
     positive_table,
     python_int,
     row_pick,
+    runs_op_by_op,
     table_slots,
     take_in_range,
 )
@@ -86,16 +87,24 @@ def histogram_terms(similarity, positive, negative, delta=0.02):
     work = "float64" if dtype == "float64" else "float32"
     num_queries = ops.shape(similarity)[0]
     row_active = ops.logical_and(ops.any(positive, axis=1), ops.any(negative, axis=1))
-    column_active = ops.logical_and(ops.any(positive, axis=0), ops.any(negative, axis=0))
-    kept = ops.logical_or(row_active[:, None], column_active[None, :])
     # Where each pair's mass goes: query a's row of negative histograms, the
     # one histogram of the positives, or a row nothing reads.
     queries = ops.arange(num_queries, dtype="int32")[:, None]
-    blocks = ops.where(
-        ops.logical_and(negative, kept),
-        queries,
-        ops.where(ops.logical_and(positive, kept), num_queries, num_queries + 1),
-    )
+
+    def blocks_of(kept_negative, kept_positive):
+        return ops.where(kept_negative, queries, ops.where(kept_positive, num_queries, num_queries + 1))
+
+    def blocks_of_kept_pairs():
+        column_active = ops.logical_and(ops.any(positive, axis=0), ops.any(negative, axis=0))
+        kept = ops.logical_or(row_active[:, None], column_active[None, :])
+        return blocks_of(ops.logical_and(negative, kept), ops.logical_and(positive, kept))
+
+    if runs_op_by_op():
+        # Every row an anchor (any P×K batch): every pair counts, and the
+        # columns' reductions and the masks' passes are skipped.
+        blocks = ops.cond(ops.all(row_active), lambda: blocks_of(negative, positive), blocks_of_kept_pairs)
+    else:
+        blocks = blocks_of_kept_pairs()
     scaled = (ops.clip(ops.cast(similarity, work), -1.0, 1.0) + 1.0) / delta
     loss_sums, negative_counts = _histogram_sums(scaled, ops.cast(blocks, work), num_queries, num_nodes)
     return ops.cast(loss_sums, dtype), ops.cast(negative_counts, dtype)
