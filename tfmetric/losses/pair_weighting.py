@@ -715,11 +715,49 @@ def intra_pair_variance_terms(similarity, positive, negative, pos_eps=0.01, neg_
     (each mean 0 without pairs; the means are differentiated too).
     """
     pos_eps, neg_eps = _check_nonnegative(pos_eps=pos_eps, neg_eps=neg_eps)
-    mean_positive = _masked_mean(similarity, positive)
-    mean_negative = _masked_mean(similarity, negative)
-    pull = ops.square(ops.relu((1.0 - pos_eps) * mean_positive - similarity))
-    push = ops.square(ops.relu(similarity - (1.0 + neg_eps) * mean_negative))
-    return _global(_masked_mean(pull, positive) + _masked_mean(push, negative), similarity)
+    dtype = similarity.dtype
+    value = _intra_pair_variance(similarity, ops.cast(positive, dtype), ops.cast(negative, dtype), pos_eps, neg_eps)
+    return _global(value, similarity)
+
+
+def _intra_pair_variance(similarity, positive_ones, negative_ones, pos_eps, neg_eps):
+    """`intra_pair_variance_terms`' value from 0/1 masks, its gradient written out.
+
+    With `r = relu((1 − ε₊) μ₊ − s)` at the P positive pairs and `t =
+    relu(s − (1 + ε₋) μ₋)` at the Q negative pairs, the gradient is
+    `(2/P)((1 − ε₊) mean(r) − r)` at the positives and `(2/Q)(t − (1 + ε₋)
+    mean(t))` at the negatives (the means' own gradients are the `mean`
+    terms): a few passes over the matrix, where autodiff took a dozen more
+    through the masked means and broadcast every mean's gradient back.
+    """
+
+    # The masks are arguments: JAX's custom gradients cannot close over tracers.
+    @ops.custom_gradient
+    def variance(s, positive_ones, negative_ones):
+        s = ops.stop_gradient(s)
+        num_positive, num_negative = ops.sum(positive_ones), ops.sum(negative_ones)
+        mean_positive = divide_or_zero(ops.sum(s * positive_ones), num_positive)
+        mean_negative = divide_or_zero(ops.sum(s * negative_ones), num_negative)
+        below = ops.relu((1.0 - pos_eps) * mean_positive - s) * positive_ones
+        above = ops.relu(s - (1.0 + neg_eps) * mean_negative) * negative_ones
+        value = divide_or_zero(ops.sum(below * below), num_positive) + divide_or_zero(
+            ops.sum(above * above), num_negative
+        )
+
+        def gradient(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            upstream = ops.cast(upstream, s.dtype)
+            pull = divide_or_zero(2.0 * upstream, num_positive)
+            push = divide_or_zero(2.0 * upstream, num_negative)
+            shift_positive = (1.0 - pos_eps) * divide_or_zero(ops.sum(below), num_positive)
+            shift_negative = (1.0 + neg_eps) * divide_or_zero(ops.sum(above), num_negative)
+            grad = pull * (shift_positive * positive_ones - below) + push * (above - shift_negative * negative_ones)
+            return grad, ops.zeros_like(positive_ones), ops.zeros_like(negative_ones)
+
+        return value, gradient
+
+    return variance(similarity, positive_ones, negative_ones)
 
 
 def intra_pair_variance(
