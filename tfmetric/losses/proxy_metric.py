@@ -739,6 +739,14 @@ class P2SGrad(ProxyLoss):
     projection), and zero embeddings or class vectors have cosine 0 where
     PML gives NaN.
 
+    With one target per example the sum is `x̂ᵀGx̂ − 2 cos θ_iy + 1`, `G =
+    Σ_c ŵ_c ŵ_cᵀ` the `(D, D)` Gram matrix of the class vectors. Where
+    that takes fewer multiplications than the `(N, C)` cosines (many
+    classes: `D²(3N + 2C) < 3NCD`, a batch size known when traced), the
+    loss comes from `G`, with neither the cosines' time nor their memory;
+    a cosine beyond ±1 only by rounding is then not clipped (its change to
+    the loss is at that rounding's level).
+
     Initialisation as PML: uniform on [−1, 1], every class vector scaled to
     unit norm (`UnitNormUniform`). PML's constructor takes
     `(descriptors_dim, num_classes)`, in the other order.
