@@ -533,6 +533,30 @@ def test_p2sgrad_by_gram_and_by_cosines(n, num_classes, dim, by_gram):
     np.testing.assert_allclose(half, ref_p2sgrad(labels, x, w), rtol=3e-3)
 
 
+@pytest.mark.parametrize("mixed", [False, True], ids=["float32", "mixed"])
+def test_p2sgrad_by_gram_trains_in_fit(mixed):
+    # 60 classes in 4 dimensions, batches of 30: the loss comes from the Gram
+    # matrix in the compiled train step, in mixed precision too.
+    assert pm._gram_is_cheaper(30, 60, 4)
+    rng = np.random.default_rng(5)
+    features = rng.normal(size=(120, 8)).astype("float32")
+    labels = rng.integers(0, 60, size=120)
+    policy = "mixed_bfloat16" if BACKEND == "jax" else "mixed_float16"
+    keras.mixed_precision.set_global_policy(policy if mixed else "float32")
+    try:
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+        model.compile(optimizer=keras.optimizers.Adam(0.05), loss=P2SGrad(60, 4))
+        with no_warnings():
+            history = model.fit(features, labels, batch_size=30, epochs=8, verbose=0, shuffle=False).history["loss"]
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert np.all(np.isfinite(history)) and history[-1] < history[0], history
+    embeddings = ops.convert_to_numpy(ops.cast(model(features[:30]), "float32"))
+    got = run(lambda: pm.p2sgrad(labels[:30], embeddings, model.loss.proxies))
+    np.testing.assert_allclose(got, ref_p2sgrad(labels[:30], embeddings, model.loss.proxy_values()), rtol=1e-5)
+
+
 def test_p2sgrad_cosines_are_clipped():
     # Examples on their class vectors: in float32 a sixth of these cosines
     # round to just above 1 (or below −1) unless clipped.
