@@ -652,8 +652,7 @@ def _p2sgrad_by_gram(class_ids, embeddings, proxies):
     The cosines are not clipped to [−1, 1]: a cosine beyond them only by
     rounding changes the sum at that rounding's level, and its gradient is
     not cut (PML's clamp cuts it there). 16-bit inputs are computed in
-    float32, whose rounding the sum of C squares needs. An id out of range
-    takes class 0's vector (`nan_outside_classes` marks it afterwards).
+    float32, whose rounding the sum of C squares needs.
     """
     dtype = keras.backend.standardize_dtype(embeddings.dtype)
     work = "float32" if dtype in ("float16", "bfloat16") else dtype
@@ -662,7 +661,8 @@ def _p2sgrad_by_gram(class_ids, embeddings, proxies):
     examples = ops.cast(l2_normalize(embeddings), work)
     gram = matmul(ops.transpose(unit), unit)
     squares = ops.sum(matmul(examples, gram) * examples, axis=1)
-    ids = ops.where(in_class_range(class_ids, num_classes), ops.cast(class_ids, "int32"), 0)
+    # Ids out of range clipped, as `pick_class` does: `nan_outside_classes` marks them afterwards.
+    ids = ops.clip(ops.cast(class_ids, "int32"), 0, num_classes - 1)
     own = ops.sum(examples * ops.take(unit, ids, axis=0), axis=1)
     # Never below 0 but by rounding: a loss of 0 stays 0.
     losses = (squares - 2.0 * own + 1.0) * (1.0 / num_classes)
