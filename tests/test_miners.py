@@ -17,6 +17,7 @@ from tfmetric.mining import (
     for_each_positive,
     pair_masks,
     positive_table,
+    positive_table_and_counts,
     row_min,
     row_min_above,
     scatter_add,
@@ -246,6 +247,18 @@ def test_positive_table_lists_the_positive_columns_first():
         columns = np.flatnonzero(row)
         np.testing.assert_array_equal(table[a, : len(columns)], columns)
         assert np.all((table[a] >= 0) & (table[a] < 13))
+
+
+def test_positive_table_counts_every_querys_positives():
+    positive = _slot_masks()
+    table, counts = positive_table_and_counts(tensor(positive, "bool"))
+    np.testing.assert_array_equal(_np(counts), positive.sum(axis=1))
+    assert (table is None) == (BACKEND == "jax")
+    # A batch without positives: a table of width 0, counts of 0.
+    table, counts = positive_table_and_counts(tensor(np.zeros((3, 4), bool)))
+    np.testing.assert_array_equal(_np(counts), [0, 0, 0])
+    if table is not None:
+        assert tuple(table.shape) == (3, 0)
 
 
 

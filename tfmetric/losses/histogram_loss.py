@@ -29,7 +29,7 @@ from tfmetric.mining import (
     add_all_at,
     for_each_positive,
     mine_pairs,
-    positive_table,
+    positive_table_and_counts,
     python_int,
     row_pick,
     runs_op_by_op,
@@ -345,14 +345,14 @@ def triplet_margin_sums(distances, positive, negative, min_val, delta, num_thres
         `(counts, sums)`, both `(N, B + 1)`: the last column counts and
         sums every triplet (the threshold +∞).
     """
-    table = positive_table(positive)
+    table, counts = positive_table_and_counts(positive)
     if table is None:
         return _triplet_margin_sums_by_slot(distances, positive, negative, min_val, delta, num_thresholds)
     dtype = distances.dtype
     num_queries = ops.shape(distances)[0]
     num_slots = ops.shape(table)[1]
     positive_distances = ops.take_along_axis(distances, table, axis=1)
-    has_slot = table_slots(positive, table)
+    has_slot = table_slots(positive, table, counts)
     key_whole, key_fraction = _whole_and_fraction(ops.stop_gradient(positive_distances), min_val, delta)
     # A missing slot's fraction is above every negative's: it moves no cell.
     key_fraction = ops.where(has_slot, key_fraction, ops.full((), 2.0, dtype))

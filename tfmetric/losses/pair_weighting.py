@@ -36,7 +36,7 @@ from tfmetric.mining import (
     entry_coordinates,
     for_each_positive,
     mine_pairs,
-    positive_table,
+    positive_table_and_counts,
     row_pick,
     scatter_add,
     table_slots,
@@ -257,8 +257,10 @@ def _angular_sums_from_gram(x, positive, negative, pull, push, shared_negatives=
     slots = _factored_slots if pull <= _FACTORED_PULL_MAX else _logit_slots
     # The class blocks only op by op (no table under XLA), where the custom
     # gradient below may close over the tensors they are made of.
-    table = positive_table(positive) if shared_negatives and slots is _factored_slots else None
-    by_class = None if table is None else _class_terms(positive, pull, push, table)
+    table, counts = (
+        positive_table_and_counts(positive) if shared_negatives and slots is _factored_slots else (None, None)
+    )
+    by_class = None if table is None else _class_terms(positive, pull, push, table, counts)
 
     @ops.custom_gradient
     def loss_sums(gram, positive_ones, negative_ones):
@@ -322,7 +324,7 @@ _CLASS_BLOCKS_MAX_PADDING = 2
 _ClassTerms = collections.namedtuple("_ClassTerms", "fits sums gradient")
 
 
-def _class_terms(positive, pull, push, table):
+def _class_terms(positive, pull, push, table, counts=None):
     """The angular sums and their gradient from every class's pairs at once (shared negatives, op by op).
 
     A class's rows share their negatives, so with `Ẽ = exp(c (G − 1))` at
@@ -339,7 +341,7 @@ def _class_terms(positive, pull, push, table):
     """
     num_rows = ops.shape(positive)[0]
     rows = ops.arange(num_rows, dtype="int32")
-    has_slot = table_slots(positive, table)
+    has_slot = table_slots(positive, table, counts)
     # Slices, not entries: a batch without positives has a table of width 0.
     leads = ops.any(ops.logical_and(has_slot[:, :1], table[:, :1] > rows[:, None]), axis=1)
     (lead_rows, _) = entry_coordinates(leads[:, None])

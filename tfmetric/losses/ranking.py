@@ -34,7 +34,7 @@ from tfmetric.mining import (
     attach_gradient,
     entry_coordinates,
     for_each_positive,
-    positive_table,
+    positive_table_and_counts,
     row_cells,
     row_pick,
     scatter_add,
@@ -158,8 +158,10 @@ def _sigmoid_and_slope(exponent):
     return sigmoid, sigmoid * (e * sigmoid)
 
 
-def _over_positives(similarity, positive, temperature, summed, body, weigh_positives=False):
+def _over_positives(similarity, positive, slots, temperature, summed, body, weigh_positives=False):
     """Runs `body` for every positive p of every query, with the sigmoids of p's comparisons.
+
+    `slots`: `tfm.mining.positive_table_and_counts(positive)`.
 
     Smooth-AP and PNP rank each positive p of query a against the reference
     rows j through `σ((s_aj − s_ap)/τ)`. Visiting one positive per query at
@@ -203,7 +205,7 @@ def _over_positives(similarity, positive, temperature, summed, body, weigh_posit
     s = ops.stop_gradient(similarity)
     s_summed = ops.where(summed, s, ops.full((), float("-inf"), s.dtype))
     zeros = ops.zeros(ops.shape(s)[:1], s.dtype)
-    table = positive_table(positive)
+    table, counts = slots
 
     def sigmoids(slot_positive):
         # The difference first: exact where the two are close, finite wherever s is.
@@ -228,9 +230,9 @@ def _over_positives(similarity, positive, temperature, summed, body, weigh_posit
             own = -row_sums(coefficients)
             return total + value, add_to_rows(gradient + coefficients, [(slot_positive, own)])
 
-        total, gradient = for_each_positive(positive, step, (zeros, ops.zeros_like(s)))
+        total, gradient = for_each_positive(positive, step, (zeros, ops.zeros_like(s)), counts=counts)
     else:
-        is_positive = table_slots(positive, table)
+        is_positive = table_slots(positive, table, counts)
         no_entries = ops.zeros(ops.shape(table), s.dtype)
         slots = ops.arange(ops.shape(table)[1], dtype="int32")[None, :]
 
@@ -252,7 +254,7 @@ def _over_positives(similarity, positive, temperature, summed, body, weigh_posit
             return total + value, slot + 1, gradient + dense[:, None] * slope, at_table
 
         start = (zeros, ops.convert_to_tensor(0, "int32"), ops.zeros_like(s), no_entries)
-        total, _, gradient, at_table = for_each_positive(positive, step, start, table)
+        total, _, gradient, at_table = for_each_positive(positive, step, start, table, counts)
         gradient = scatter_add(gradient, row_cells(table), ops.reshape(at_table, (-1,)))
     return total, ops.where(ops.logical_or(summed, positive), gradient, ops.zeros((), s.dtype))
 
@@ -266,8 +268,8 @@ def smooth_ap_terms(similarity, positive, negative, temperature=0.01):
     Memory O(N·R), work O(N·R·k) (see `_over_positives`).
     """
     dtype = similarity.dtype
-    pos = ops.cast(positive, dtype)
-    num_positives = ops.sum(pos, axis=1)
+    slots = positive_table_and_counts(positive)
+    num_positives = ops.cast(slots[1], dtype)
     has_positive = num_positives > 0
     share = divide_or_zero(ops.ones_like(num_positives), num_positives)
 
@@ -279,7 +281,9 @@ def smooth_ap_terms(similarity, positive, negative, temperature=0.01):
         return ratio, -share / rank, 1.0 - ratio, -ratio
 
     summed = ops.logical_or(positive, negative)
-    precision_sums, gradient = _over_positives(similarity, positive, temperature, summed, body, weigh_positives=True)
+    precision_sums, gradient = _over_positives(
+        similarity, positive, slots, temperature, summed, body, weigh_positives=True
+    )
     losses = attach_gradient(1.0 - precision_sums * share, similarity, gradient)
     return ops.where(has_positive, losses, ops.zeros_like(losses)), ops.cast(has_positive, dtype)
 
@@ -309,8 +313,8 @@ def pnp_terms(similarity, positive, negative, b=2.0, alpha=1.0, anneal=0.01, var
     Memory O(N·R), work O(N·R·k) (see `_over_positives`).
     """
     dtype = similarity.dtype
-    pos = ops.cast(positive, dtype)
-    num_positives = ops.sum(pos, axis=1)
+    slots = positive_table_and_counts(positive)
+    num_positives = ops.cast(slots[1], dtype)
     has_positive = num_positives > 0
     share = divide_or_zero(ops.ones_like(num_positives), num_positives)
     sign = -1.0 if variant == "Dq" else 1.0
@@ -322,7 +326,7 @@ def pnp_terms(similarity, positive, negative, b=2.0, alpha=1.0, anneal=0.01, var
         value, value_slope = _pnp_value_and_slope(ranked_before, variant, b, alpha)
         return value, ops.where(has_negative, sign * share * value_slope, ops.zeros_like(value)), None, None
 
-    value_sums, gradient = _over_positives(similarity, positive, anneal, negative, body)
+    value_sums, gradient = _over_positives(similarity, positive, slots, anneal, negative, body)
     losses = value_sums * share
     if variant == "Dq":
         losses = 1.0 - losses

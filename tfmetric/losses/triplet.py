@@ -25,7 +25,7 @@ from tfmetric.mining import (
     for_each_positive,
     hardest_pairs,
     mine_pairs,
-    positive_table,
+    positive_table_and_counts,
     row_cells,
     row_min_above,
     row_pick,
@@ -96,17 +96,16 @@ def semi_hard_triplet_terms(distances, positive, negative, margin=1.0):
         # d[a, p] enters an active pair's loss with sign +1, d[a, n] with -1.
         return ops.where(active, losses, ops.zeros_like(losses)), chosen, ops.cast(active, d.dtype)
 
-    num_positives = ops.sum(ops.cast(positive, d.dtype), axis=1)
-    pair_counts = num_positives * ops.cast(has_negative, d.dtype)
+    table, counts = positive_table_and_counts(positive)
+    pair_counts = ops.cast(counts, d.dtype) * ops.cast(has_negative, d.dtype)
     zeros = ops.zeros(ops.shape(d)[:1], d.dtype)
-    table = positive_table(positive)
     if table is None:
         # Under XLA (the number of slots unknown) the gradient's entries are added a slot at a time, in place.
         def body(slot_positive, has_slot, loss_sums, gradient):
             losses, chosen, weight = slot_terms(slot_positive, has_slot)
             return loss_sums + losses, add_to_rows(gradient, [(slot_positive, weight), (chosen, -weight)])
 
-        loss_sums, gradient = for_each_positive(positive, body, (zeros, ops.zeros_like(d)))
+        loss_sums, gradient = for_each_positive(positive, body, (zeros, ops.zeros_like(d)), counts=counts)
         return attach_gradient(loss_sums, distances, gradient), pair_counts
 
     # The gradient has two entries an anchor a slot: kept in `(N, S)` tables
@@ -121,7 +120,7 @@ def semi_hard_triplet_terms(distances, positive, negative, margin=1.0):
         return loss_sums + losses, slot + 1, chosen_columns, ops.where(here, weight[:, None], weights)
 
     start = (zeros, ops.convert_to_tensor(0, "int32"), ops.zeros_like(table), ops.zeros(ops.shape(table), d.dtype))
-    loss_sums, _, chosen_columns, weights = for_each_positive(positive, body, start, table)
+    loss_sums, _, chosen_columns, weights = for_each_positive(positive, body, start, table, counts)
     cells = row_cells(ops.concatenate([table, chosen_columns], axis=1))
     values = ops.concatenate([weights, -weights], axis=1)
     gradient = scatter_sum(cells, ops.reshape(values, (-1,)), ops.shape(d))
@@ -145,13 +144,15 @@ def all_triplet_terms(distances, positive, negative, margin=1.0):
         to `distances`), how many of its triplets have a positive loss, and
         how many triplets it has.
     """
-    table = positive_table(positive)
+    table, counts = positive_table_and_counts(positive)
     if table is None:
-        return _all_triplet_terms_by_slot(distances, positive, negative, margin, from_counts=_float64_at_hand())
+        return _all_triplet_terms_by_slot(
+            distances, positive, negative, margin, counts=counts, from_counts=_float64_at_hand()
+        )
     return ops.cond(
         ops.shape(table)[1] >= _KEYS_FROM,
-        lambda: _all_triplet_terms_by_keys(distances, positive, negative, margin, table),
-        lambda: _all_triplet_terms_by_slot(distances, positive, negative, margin, table),
+        lambda: _all_triplet_terms_by_keys(distances, positive, negative, margin, table, counts),
+        lambda: _all_triplet_terms_by_slot(distances, positive, negative, margin, table, counts),
     )
 
 
@@ -161,7 +162,7 @@ def all_triplet_terms(distances, positive, negative, margin=1.0):
 _KEYS_FROM = 10
 
 
-def _all_triplet_terms_by_slot(distances, positive, negative, margin, table=None, from_counts=False):
+def _all_triplet_terms_by_slot(distances, positive, negative, margin, table=None, counts=None, from_counts=False):
     """`all_triplet_terms` a pass over the matrix per positive slot.
 
     `from_counts` (under XLA, where float64 is at hand): the loop only
@@ -194,9 +195,9 @@ def _all_triplet_terms_by_slot(distances, positive, negative, margin, table=None
         return loss_sums, active_counts + per_pair, gradient
 
     zeros = ops.zeros(ops.shape(d)[:1], d.dtype)
-    num_positives = ops.sum(ops.cast(positive, d.dtype), axis=1)
-    loss_sums, active_counts, gradient = for_each_positive(positive, body, (zeros, zeros, ops.zeros_like(d)), table)
-    valid_counts = num_positives * ops.sum(ops.cast(negative, d.dtype), axis=1)
+    start = (zeros, zeros, ops.zeros_like(d))
+    loss_sums, active_counts, gradient = for_each_positive(positive, body, start, table, counts)
+    valid_counts = _triplet_counts(positive, negative, counts, d.dtype)
     if from_counts:
         # Differentiated through the casts, the sum has the gradient G.
         wide = ops.sum(ops.cast(ops.stop_gradient(gradient), "float64") * ops.cast(distances, "float64"), axis=1)
@@ -219,7 +220,13 @@ def _float64_at_hand():
     return True
 
 
-def _all_triplet_terms_by_keys(distances, positive, negative, margin, table):
+def _triplet_counts(positive, negative, counts, dtype):
+    """Every anchor's number of triplets: its positives (`counts`, if known) times its negatives."""
+    num_positives = ops.sum(ops.cast(positive, dtype), axis=1) if counts is None else ops.cast(counts, dtype)
+    return num_positives * ops.sum(ops.cast(negative, dtype), axis=1)
+
+
+def _all_triplet_terms_by_keys(distances, positive, negative, margin, table, positive_counts=None):
     """`all_triplet_terms` from every query's keys `d_ap + margin` (`table`: its positive columns).
 
     A triplet has a positive loss where `d_an < d_ap + margin`; for each
@@ -228,12 +235,12 @@ def _all_triplet_terms_by_keys(distances, positive, negative, margin, table):
     the k keys of their row instead of k passes over the matrix.
     """
     dtype = distances.dtype
-    is_positive = table_slots(positive, table)
+    is_positive = table_slots(positive, table, positive_counts)
     keys = ops.take_along_axis(distances, table, axis=1) + margin
     counts, gaps = negatives_below_keys(distances, negative, keys)
     counts = ops.where(is_positive, counts, ops.zeros((), dtype))
     losses = ops.where(is_positive, gaps, ops.zeros((), dtype))
-    valid_counts = ops.sum(ops.cast(positive, dtype), axis=1) * ops.sum(ops.cast(negative, dtype), axis=1)
+    valid_counts = _triplet_counts(positive, negative, positive_counts, dtype)
     return ops.sum(losses, axis=1), ops.stop_gradient(ops.sum(counts, axis=1)), valid_counts
 
 
