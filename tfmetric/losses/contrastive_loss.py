@@ -40,13 +40,15 @@ def contrastive_terms(distances, positive, negative, margin=1.0, negatives="all"
         `(loss_sums, pair_counts)`, both `(N,)`.
     """
     positive = ops.cast(positive, distances.dtype)
+    positive_counts = row_sums(positive)
     hard = check_choice("negatives", negatives, NEGATIVES) == "hard"
     if hard:
-        negative = smallest_entries(distances, negative, ops.sum(positive))
+        # The rows' counts added, not the matrix: a pass over it fewer.
+        negative = smallest_entries(distances, negative, ops.sum(positive_counts))
     else:
         negative = ops.cast(negative, distances.dtype)
     sums = _contrastive_sums(distances, positive, negative, margin, binary=not hard)
-    return sums, row_sums(positive) + row_sums(negative)
+    return sums, positive_counts + row_sums(negative)
 
 
 def _contrastive_sums(distances, positive, negative, margin, binary):
