@@ -196,7 +196,7 @@ def positive_table_and_counts(positive, num_slots=None):
 
         num_rows = tf.shape(positive)[0]
         rows, columns = entry_coordinates(positive)
-        counts = tf.math.bincount(rows, minlength=num_rows, maxlength=num_rows)
+        counts = rows_counted(rows, num_rows)
         if num_slots is None:
             num_slots = _most(counts)
         # Rows come in order: a positive's slot is its place after its row's first.
@@ -209,6 +209,17 @@ def positive_table_and_counts(positive, num_slots=None):
 
     keys = torch.arange(positive.shape[1], 0, -1, dtype=torch.int32, device=positive.device)
     return torch.topk(positive.to(torch.int32) * keys, int(num_slots), dim=1).indices.to(torch.int32), counts
+
+
+def rows_counted(rows, num_rows):
+    """How often each row appears in `rows` (int32, from `entry_coordinates`): a mask's row counts, op by op."""
+    if backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.math.bincount(rows, minlength=num_rows, maxlength=num_rows)
+    import torch
+
+    return torch.bincount(rows, minlength=int(num_rows)).to(torch.int32)
 
 
 def entry_coordinates(mask):
@@ -908,7 +919,7 @@ def places_in_rows(ascending, values, side):
     return torch.searchsorted(ascending.contiguous(), values.contiguous(), side=side).to(torch.int32)
 
 
-def sample_negative_draws(log_weights, positive, uniforms):
+def sample_negative_draws(log_weights, positive, uniforms, counts=None):
     """Every positive pair's drawn negative, where every operation is a kernel of its own; `None` elsewhere.
 
     As `sample_negative_counts`, all the draws at once: `(columns, drawn)`,
@@ -916,12 +927,13 @@ def sample_negative_draws(log_weights, positive, uniforms):
     (its s-th positive pair's) is `columns[a, s]`, where `drawn[a, s]` (s
     below a's number of positives, and a has a candidate). A loss can take
     its terms on these N·S entries instead of a matrix of counts. Under XLA
-    and JAX, S is not known when tracing.
+    and JAX, S is not known when tracing. `counts`: every row's number of
+    positives, where the caller has them.
     """
     if not runs_op_by_op():
         return None
     distribution = inverse_cdf(log_weights)
-    num_positives = ops.sum(ops.cast(positive, "int32"), axis=1)
+    num_positives = ops.sum(ops.cast(positive, "int32"), axis=1) if counts is None else counts
     slots = ops.arange(python_int(_most(num_positives)), dtype="int32")
     ranks = ops.zeros_like(num_positives)[:, None] + slots[None, :]
     drawn = ops.logical_and(ranks < num_positives[:, None], distribution.has_candidate[:, None])

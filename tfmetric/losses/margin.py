@@ -18,6 +18,7 @@ from tfmetric.mining import (
     entry_coordinates,
     mine_pairs,
     random_numbers,
+    rows_counted,
     sample_negative_counts,
     sample_negative_draws,
     take_entries,
@@ -54,7 +55,7 @@ def margin_terms(distances, positive, negative, anchor_beta, negative_weights=No
     return loss_sums, ops.stop_gradient(active)
 
 
-def drawn_margin_terms(distances, positive, draws, anchor_beta, margin=0.2, nu=0.0):
+def drawn_margin_terms(distances, positive, draws, anchor_beta, margin=0.2, nu=0.0, coordinates=None):
     """`margin_terms` with the draws of `tfm.mining.sample_negative_draws`, on their entries only.
 
     Where every operation is a kernel of its own: the terms of the
@@ -62,10 +63,11 @@ def drawn_margin_terms(distances, positive, draws, anchor_beta, margin=0.2, nu=0
     negatives, K − 1 of each a row in a P×K batch, are a vector of entries
     gathered from the matrix, not passes over all of it. Each draw is a
     term of its own, as a negative drawn k times weighs k in `margin_terms`.
+    `coordinates`: `entry_coordinates(positive)`, where the caller has them.
     """
     dtype = distances.dtype
     num_rows = ops.shape(distances)[0]
-    positive_rows, positive_columns = entry_coordinates(positive)
+    positive_rows, positive_columns = entry_coordinates(positive) if coordinates is None else coordinates
     negative_columns, drawn = draws
     negative_rows = ops.zeros_like(negative_columns) + ops.arange(num_rows, dtype="int32")[:, None]
     negative_rows, negative_columns, drawn = (ops.reshape(v, (-1,)) for v in (negative_rows, negative_columns, drawn))
@@ -117,9 +119,12 @@ def sampled_margin_terms(
             ops.stop_gradient(distances), negative, dim, cutoff, nonzero_loss_cutoff
         )
         uniforms = random_numbers((num_queries, UNIFORMS_PER_ANCHOR), seed)
-        draws = sample_negative_draws(log_weights, positive, uniforms)
+        # Op by op, the positives' coordinates once: their rows counted are the draws a row needs.
+        coordinates = entry_coordinates(positive)
+        counts = None if coordinates is None else rows_counted(coordinates[0], num_queries)
+        draws = sample_negative_draws(log_weights, positive, uniforms, counts)
         if draws is not None:
-            return drawn_margin_terms(distances, positive, draws, anchor_beta, margin, nu)
+            return drawn_margin_terms(distances, positive, draws, anchor_beta, margin, nu, coordinates)
         negative_weights = sample_negative_counts(log_weights, positive, uniforms)
     return margin_terms(distances, positive, negative, anchor_beta, negative_weights, margin, nu)
 
