@@ -158,10 +158,10 @@ def _sigmoid_and_slope(exponent):
     return sigmoid, sigmoid * (e * sigmoid)
 
 
-def _over_positives(similarity, positive, slots, temperature, summed, body, weigh_positives=False):
+def _over_positives(similarity, positive, table_and_counts, temperature, summed, body, weigh_positives=False):
     """Runs `body` for every positive p of every query, with the sigmoids of p's comparisons.
 
-    `slots`: `tfm.mining.positive_table_and_counts(positive)`.
+    `table_and_counts`: `tfm.mining.positive_table_and_counts(positive)`.
 
     Smooth-AP and PNP rank each positive p of query a against the reference
     rows j through `σ((s_aj − s_ap)/τ)`. Visiting one positive per query at
@@ -205,7 +205,7 @@ def _over_positives(similarity, positive, slots, temperature, summed, body, weig
     s = ops.stop_gradient(similarity)
     s_summed = ops.where(summed, s, ops.full((), float("-inf"), s.dtype))
     zeros = ops.zeros(ops.shape(s)[:1], s.dtype)
-    table, counts = slots
+    table, counts = table_and_counts
 
     def sigmoids(slot_positive):
         # The difference first: exact where the two are close, finite wherever s is.
