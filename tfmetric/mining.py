@@ -140,7 +140,7 @@ def for_each_positive(positive, body, state, table=None, counts=None):
     positive = ops.cast(positive, "bool")
     if table is None and counts is None:
         table, counts = positive_table_and_counts(positive)
-    num_positives = ops.sum(ops.cast(positive, "int32"), axis=1) if counts is None else counts
+    num_positives = row_counts(positive, counts)
     num_slots = _most(num_positives)
     next_column = _positive_columns(positive, num_slots, table)
 
@@ -155,6 +155,11 @@ def for_each_positive(positive, body, state, table=None, counts=None):
         (ops.convert_to_tensor(0, "int32"), -ops.ones_like(num_positives), *state),
     )
     return tuple(result[2:])
+
+
+def row_counts(mask, counts=None):
+    """Every row's number of True entries, int32: `counts` where the caller has them, else the mask's row sums."""
+    return ops.sum(ops.cast(mask, "int32"), axis=1) if counts is None else counts
 
 
 def _most(counts):
@@ -190,36 +195,25 @@ def positive_table_and_counts(positive, num_slots=None):
     """
     positive = ops.cast(positive, "bool")
     if not runs_op_by_op():
-        return None, ops.sum(ops.cast(positive, "int32"), axis=1)
+        return None, row_counts(positive)
     if backend.backend() == "tensorflow":
         import tensorflow as tf
 
         num_rows = tf.shape(positive)[0]
         rows, columns = entry_coordinates(positive)
-        counts = rows_counted(rows, num_rows)
+        counts = count_at(rows, num_rows, "int32")
         if num_slots is None:
             num_slots = _most(counts)
         # Rows come in order: a positive's slot is its place after its row's first.
         slots = tf.range(tf.shape(rows)[0]) - tf.gather(tf.cumsum(counts, exclusive=True), rows)
         return tf.scatter_nd(tf.stack([rows, slots], axis=1), columns, tf.stack([num_rows, num_slots])), counts
-    counts = ops.sum(ops.cast(positive, "int32"), axis=1)
+    counts = row_counts(positive)
     if num_slots is None:
         num_slots = _most(counts)
     import torch
 
     keys = torch.arange(positive.shape[1], 0, -1, dtype=torch.int32, device=positive.device)
     return torch.topk(positive.to(torch.int32) * keys, int(num_slots), dim=1).indices.to(torch.int32), counts
-
-
-def rows_counted(rows, num_rows):
-    """How often each row appears in `rows` (int32, from `entry_coordinates`): a mask's row counts, op by op."""
-    if backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        return tf.math.bincount(rows, minlength=num_rows, maxlength=num_rows)
-    import torch
-
-    return torch.bincount(rows, minlength=int(num_rows)).to(torch.int32)
 
 
 def entry_coordinates(mask):
@@ -306,7 +300,7 @@ def add_all_at(values, indices, size):
     """
     dtype = next(vector for vector in values if vector is not None).dtype
     if runs_op_by_op():
-        return [add_at(vector, indices, size) if vector is not None else _count_at(indices, size, dtype)
+        return [add_at(vector, indices, size) if vector is not None else count_at(indices, size, dtype)
                 for vector in values]
     ones = ops.ones(ops.shape(indices), dtype)
     rows = [ones if vector is None else vector for vector in values]
@@ -314,15 +308,18 @@ def add_all_at(values, indices, size):
     return [both[:, i] for i in range(len(values))]
 
 
-def _count_at(indices, size, dtype):
-    """How often each of `size` cells is in `indices`, as floats of `dtype` (operation by operation)."""
+def count_at(indices, size, dtype):
+    """How often each of `size` cells is in `indices`, as numbers of `dtype` (operation by operation).
+
+    The rows of `entry_coordinates(mask)` counted are the mask's row counts.
+    """
     if backend.backend() == "tensorflow":
         import tensorflow as tf
 
         return tf.math.bincount(indices, minlength=size, maxlength=size, dtype=dtype)
     import torch
 
-    return torch.bincount(indices.long(), minlength=size).to(dtype)
+    return torch.bincount(indices.long(), minlength=int(size)).to(getattr(torch, backend.standardize_dtype(dtype)))
 
 
 def take_entries(matrix, rows, columns):
@@ -339,7 +336,7 @@ def table_slots(positive, table, counts=None):
 
     A query with fewer than S positives has other columns after its own.
     """
-    num_positives = ops.sum(ops.cast(positive, "int32"), axis=1) if counts is None else counts
+    num_positives = row_counts(positive, counts)
     return ops.arange(ops.shape(table)[1], dtype="int32")[None, :] < num_positives[:, None]
 
 
@@ -933,7 +930,7 @@ def sample_negative_draws(log_weights, positive, uniforms, counts=None):
     if not runs_op_by_op():
         return None
     distribution = inverse_cdf(log_weights)
-    num_positives = ops.sum(ops.cast(positive, "int32"), axis=1) if counts is None else counts
+    num_positives = row_counts(positive, counts)
     slots = ops.arange(python_int(_most(num_positives)), dtype="int32")
     ranks = ops.zeros_like(num_positives)[:, None] + slots[None, :]
     drawn = ops.logical_and(ranks < num_positives[:, None], distribution.has_candidate[:, None])
@@ -972,7 +969,7 @@ def sample_negative_counts(log_weights, positive, uniforms):
         return scatter_sum(ops.reshape(indices, (-1, 2)), ops.reshape(ops.cast(drawn, dtype), (-1,)), shape)
     distribution = inverse_cdf(log_weights)
     # A draw's number is all it needs of its positive, not the positive's column.
-    num_positives = ops.sum(ops.cast(positive, "int32"), axis=1)
+    num_positives = row_counts(positive)
     num_slots = _most(num_positives)
 
     def draw(slot, counts):

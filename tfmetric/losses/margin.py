@@ -14,11 +14,11 @@ from tfmetric.losses.base import DistanceLoss, add_at, apply_miner, check_choice
 from tfmetric.losses.state import LossState
 from tfmetric.mining import (
     UNIFORMS_PER_ANCHOR,
+    count_at,
     distance_weighted_log_weights,
     entry_coordinates,
     mine_pairs,
     random_numbers,
-    rows_counted,
     sample_negative_counts,
     sample_negative_draws,
     take_entries,
@@ -121,7 +121,7 @@ def sampled_margin_terms(
         uniforms = random_numbers((num_queries, UNIFORMS_PER_ANCHOR), seed)
         # Op by op, the positives' coordinates once: their rows counted are the draws a row needs.
         coordinates = entry_coordinates(positive)
-        counts = None if coordinates is None else rows_counted(coordinates[0], num_queries)
+        counts = None if coordinates is None else count_at(coordinates[0], num_queries, "int32")
         draws = sample_negative_draws(log_weights, positive, uniforms, counts)
         if draws is not None:
             return drawn_margin_terms(distances, positive, draws, anchor_beta, margin, nu, coordinates)

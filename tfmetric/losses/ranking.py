@@ -17,7 +17,7 @@ float32 for N = R = 1024).
 import keras
 from keras import ops
 
-from tfmetric.distances import cumsum, row_sums, runs_op_by_op
+from tfmetric.distances import cumsum, row_sums
 from tfmetric.losses.base import (
     DistanceLoss,
     SimilarityLoss,
@@ -334,36 +334,31 @@ def pnp_terms(similarity, positive, negative, b=2.0, alpha=1.0, anneal=0.01, var
     return ops.where(has_positive, losses, ops.zeros_like(losses)), ops.cast(has_positive, dtype)
 
 
-def _weighted_mean(distances, offset, sign, temperature, mask, epsilon):
-    """Row-wise `Σ_mask w·v / (Σ_mask w + epsilon)` of `v = offset + sign·d`, `w = e^{T·v}`, shifted against overflow.
+def _weighted_mean(values, temperature, mask, epsilon):
+    """Row-wise `Σ_mask w·v / (Σ_mask w + epsilon)`, `w = e^{T·v}`, shifted against overflow; gradient written out.
 
-    `sign` is ±1. The gradient is written out: with `D` the denominator and
-    `μ` the mean, `∂μ/∂v_j = w_j (1 + T (v_j − μ)) / D`, two products and a
-    sum on the weights the forward pass holds (the sign in their row
-    factors), where autodiff takes a pass per forward operation (the
-    selections, the shift, the exponential, the products, the sign).
+    With `D` the denominator and `μ` the mean, `∂μ/∂v_j = w_j (1 + T (v_j − μ)) / D`:
+    two products and a sum on the weights the forward pass holds, where
+    autodiff takes a pass per forward operation (the selections, the
+    shift, the exponential, the products).
     """
 
-    def mean_and_gradient(distances, mask, epsilon, op_by_op):
-        d = ops.stop_gradient(distances)
-        values = d + offset if sign > 0 else offset - d
+    # Every tensor is an argument (the mask as 0/1 floats): JAX's custom
+    # gradients cannot close over the tracers of an enclosing trace.
+    @ops.custom_gradient
+    def mean(values, mask_ones, epsilon):
+        values = ops.stop_gradient(values)
+        mask = mask_ones > 0.5
         logits = temperature * values
-        zeros = ops.zeros_like(logits)
+        # Not -inf outside the mask (XLA on CPU made NaNs of it): the row's
+        # least logit, which leaves the largest in the mask the maximum.
+        floor = ops.min(logits, axis=1, keepdims=True)
         has_terms = ops.any(mask, axis=1)
-        if op_by_op:
-            # −∞ outside the mask, whose exponential is the 0 it needs there: two passes fewer.
-            lowest = ops.full((), float("-inf"), logits.dtype)
-            shift = ops.max(ops.where(mask, logits, lowest), axis=1)
-            shift = ops.where(has_terms, shift, ops.zeros_like(shift))
-            weights = ops.exp(ops.where(mask, logits - shift[:, None], lowest))
-        else:
-            # Not -inf outside the mask (XLA on CPU made NaNs of it): the row's
-            # least logit, which leaves the largest in the mask the maximum.
-            floor = ops.min(logits, axis=1, keepdims=True)
-            shift = ops.max(ops.where(mask, logits, floor), axis=1)
-            shift = ops.where(has_terms, shift, ops.zeros_like(shift))
-            # No inf anywhere (XLA may evaluate exp outside the mask): exp(0) there, then 0.
-            weights = ops.where(mask, ops.exp(ops.where(mask, logits - shift[:, None], zeros)), zeros)
+        shift = ops.max(ops.where(mask, logits, floor), axis=1)
+        shift = ops.where(has_terms, shift, ops.zeros_like(shift))
+        zeros = ops.zeros_like(logits)
+        # No inf anywhere (XLA may evaluate exp outside the mask): exp(0) there, then 0.
+        weights = ops.where(mask, ops.exp(ops.where(mask, logits - shift[:, None], zeros)), zeros)
         masked_values = ops.where(mask, values, zeros)
         # ≥ 1 in exact arithmetic (the largest weight is e^0); at scales float32
         # cannot resolve (|T·d| ~ 1e15), XLA's recomputed logits can underflow
@@ -371,42 +366,17 @@ def _weighted_mean(distances, offset, sign, temperature, mask, epsilon):
         denominator = ops.sum(weights, axis=1) + epsilon * ops.exp(-shift)
         result = divide_or_zero(ops.sum(weights * masked_values, axis=1), denominator)
 
-        def gradient(upstream):
-            scale = divide_or_zero(ops.cast(upstream, d.dtype), denominator) * sign
-            offsets = scale * (1.0 - temperature * result)
-            return weights * (offsets[:, None] + (temperature * scale)[:, None] * masked_values)
-
-        return result, gradient
-
-    if runs_op_by_op():
-        # The mask and epsilon closed over: no casts of the mask to floats and back.
-        @ops.custom_gradient
-        def mean(distances):
-            result, gradient_of = mean_and_gradient(distances, mask, epsilon, True)
-
-            def gradient(*args, upstream=None):
-                if upstream is None:
-                    (upstream,) = args
-                return gradient_of(upstream)
-
-            return result, gradient
-
-        return mean(distances)
-
-    # Every tensor is an argument (the mask as 0/1 floats): JAX's custom
-    # gradients cannot close over the tracers of an enclosing trace.
-    @ops.custom_gradient
-    def mean(distances, mask_ones, epsilon):
-        result, gradient_of = mean_and_gradient(distances, mask_ones > 0.5, epsilon, False)
-
         def gradient(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
-            return gradient_of(upstream), ops.zeros_like(mask_ones), ops.zeros_like(epsilon)
+            scale = divide_or_zero(ops.cast(upstream, values.dtype), denominator)
+            offset = scale * (1.0 - temperature * result)
+            grad = weights * (offset[:, None] + (temperature * scale)[:, None] * masked_values)
+            return grad, ops.zeros_like(mask_ones), ops.zeros_like(epsilon)
 
         return result, gradient
 
-    return mean(distances, ops.cast(mask, distances.dtype), epsilon)
+    return mean(values, ops.cast(mask, values.dtype), epsilon)
 
 
 def _weighted_mean_of_entries(values, logits, keep, rows, num_rows, epsilon):
@@ -440,7 +410,7 @@ def ranked_list_terms(distances, positive, negative, margin=0.4, Tn=10.0, imbala
     coordinates = entry_coordinates(positive)
     if coordinates is None:
         far_positive = ops.logical_and(positive, distances > lower)
-        pull = _weighted_mean(distances, -lower, 1.0, Tp, far_positive, epsilon)
+        pull = _weighted_mean(distances - lower, Tp, far_positive, epsilon)
     else:
         # Where every operation is a kernel of its own: on the positive pairs alone.
         pair_rows, pair_columns = coordinates
@@ -449,7 +419,7 @@ def ranked_list_terms(distances, positive, negative, margin=0.4, Tn=10.0, imbala
         pull = _weighted_mean_of_entries(
             beyond, Tp * beyond, pair_distances > lower, pair_rows, ops.shape(distances)[0], epsilon
         )
-    push = _weighted_mean(distances, alpha, -1.0, Tn, close_negative, epsilon)
+    push = _weighted_mean(alpha - distances, Tn, close_negative, epsilon)
     losses = (1.0 - imbalance) * pull + imbalance * push
     return losses, ops.ones_like(losses)
 

@@ -27,6 +27,7 @@ from tfmetric.mining import (
     mine_pairs,
     positive_table_and_counts,
     row_cells,
+    row_counts,
     row_min_above,
     row_pick,
     scatter_sum,
@@ -222,8 +223,7 @@ def _float64_at_hand():
 
 def _triplet_counts(positive, negative, counts, dtype):
     """Every anchor's number of triplets: its positives (`counts`, if known) times its negatives."""
-    num_positives = ops.sum(ops.cast(positive, dtype), axis=1) if counts is None else ops.cast(counts, dtype)
-    return num_positives * ops.sum(ops.cast(negative, dtype), axis=1)
+    return ops.cast(row_counts(positive, counts), dtype) * ops.sum(ops.cast(negative, dtype), axis=1)
 
 
 def _all_triplet_terms_by_keys(distances, positive, negative, margin, table, positive_counts=None):
