@@ -85,7 +85,9 @@ def tuplet_margin(x, labels, margin=5.73, scale=64.0, sample_weight=None, *, ref
                 continue
             c = s[a, p]
             sine = np.sqrt(max(1 - c * c, 0.0))
-            kink = min(kink, sine)  # arccos is not differentiable at ±1
+            # arccos is not differentiable at ±1, and near them float32's rounding of
+            # the cosine reaches the gradient through 1/sin² θ.
+            kink = min(kink, sine * sine)
             target = np.cos(np.arccos(np.clip(c, -1, 1)) - m)
             value, shares = _lse_with_one([scale * (s[a, q] - target) for q in negatives])
             b.numerators[a] += value
