@@ -85,3 +85,31 @@ def test_backends_benchmark(backend):
     output = run("backends.py", "--sizes", "16", "--min-seconds", "0", "--tasks", *tasks, backend=backend)
     rows = [table_rows(output, task) for task in tasks]
     assert all(len(row) == 1 and len(row[0]) == 4 for row in rows), output
+
+
+def test_slot_loops_benchmark():
+    output = run("slot_loops.py", "--size", "16", "--k", "4", "--min-seconds", "0", "--xla")
+    rows = [line.split() for line in output.splitlines() if line.split()[:1] == ["4"]]
+    # Without and with XLA: the distance matrix, five plain loops, the three losses beside them.
+    assert [row[1] for row in rows] == ["False"] * 9 + ["True"] * 9, output
+    assert sum(row[2:4] == ["plain", "loop"] for row in rows) == 10
+    assert sum(row[2] == "loss" for row in rows) == 6
+
+
+def test_plain_batch_all_loop_is_the_loss():
+    """The plain loop times the same math as the loss it stands beside (on a batch where it is well defined)."""
+    import numpy as np
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import slot_loops
+        from timing import pk_batch
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    from tfmetric.losses.registry import LOSSES
+
+    x, y = pk_batch(32, 4, 8, seed=1)
+    x = x / 3  # most triplets active, not all
+    plain = slot_loops.loop_objectives(y)["batch_all_nonzero"](y, x)
+    expected = LOSSES["batch_all_nonzero"].build()(y, x)
+    np.testing.assert_allclose(float(plain), float(expected), rtol=1e-5)

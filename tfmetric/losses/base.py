@@ -64,6 +64,7 @@ from tfmetric.mining import (
     entry_coordinates,
     mine_pairs,
     places_in_rows,
+    take_along_rows,
     take_entries,
     take_in_range,
 )
@@ -134,7 +135,7 @@ def negatives_below_keys(values, negative, keys):
     num_queries, num_keys = ops.shape(keys)[0], ops.shape(keys)[1]
     fixed_keys = ops.stop_gradient(keys)
     order = ops.argsort(fixed_keys, axis=1)
-    ascending = ops.take_along_axis(fixed_keys, order, axis=1)
+    ascending = take_along_rows(fixed_keys, order)
     # Interval i of a row holds the values with i keys at or below them. The
     # last one, above every key, takes the values that are not negatives
     # too (+inf) and adds up to no key: what lands there is never read, its
@@ -154,8 +155,8 @@ def negatives_below_keys(values, negative, keys):
     beyond_own_key = cumsum(ops.pad(counts[:, :-1] * steps, [[0, 0], [1, 0]]), axis=1)
     total_gaps = cumsum(gaps_in_interval, axis=1) + beyond_own_key
     back = ops.argsort(order, axis=1)
-    counts = ops.take_along_axis(counts, back, axis=1)
-    return counts, ops.take_along_axis(total_gaps, back, axis=1) + (keys - fixed_keys) * counts
+    counts = take_along_rows(counts, back)
+    return counts, take_along_rows(total_gaps, back) + (keys - fixed_keys) * counts
 
 
 def sums_from(values):

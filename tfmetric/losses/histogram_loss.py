@@ -34,6 +34,7 @@ from tfmetric.mining import (
     row_pick,
     runs_op_by_op,
     table_slots,
+    take_along_rows,
     take_in_range,
 )
 
@@ -351,7 +352,7 @@ def triplet_margin_sums(distances, positive, negative, min_val, delta, num_thres
     dtype = distances.dtype
     num_queries = ops.shape(distances)[0]
     num_slots = ops.shape(table)[1]
-    positive_distances = ops.take_along_axis(distances, table, axis=1)
+    positive_distances = take_along_rows(distances, table)
     has_slot = table_slots(positive, table, counts)
     key_whole, key_fraction = _whole_and_fraction(ops.stop_gradient(positive_distances), min_val, delta)
     # A missing slot's fraction is above every negative's: it moves no cell.
@@ -393,8 +394,8 @@ def triplet_margin_sums(distances, positive, negative, min_val, delta, num_thres
     key_cells = ops.concatenate([key_cells, ops.zeros_like(key_cells[:, :, :1])], axis=2)
     key_cells = ops.reshape(key_cells, (num_queries, -1))
     shape = (num_queries, num_slots, num_thresholds + 1)
-    counts = ops.reshape(ops.take_along_axis(counts_beyond, key_cells, axis=1), shape)
-    sums = ops.reshape(ops.take_along_axis(sums_beyond, key_cells, axis=1), shape)
+    counts = ops.reshape(take_along_rows(counts_beyond, key_cells), shape)
+    sums = ops.reshape(take_along_rows(sums_beyond, key_cells), shape)
     slots = ops.cast(has_slot, dtype)[:, :, None]
     triplet_counts = ops.sum(slots * counts, axis=1)
     triplet_sums = ops.sum(slots * (positive_distances[:, :, None] * counts - sums), axis=1)
@@ -462,7 +463,7 @@ def _triplet_margin_sums_by_slot(distances, positive, negative, min_val, delta, 
                 first = ops.clip(first_threshold(whole, fraction, d, slot_positive), 0, num_thresholds)
                 # Σ_b upstream(a, b)·[n beyond the key b], the upstream from n's first threshold on:
                 # minus the gradient of d_an, and summed over n, that of d_ap.
-                weights = ops.take_along_axis(upstream_from, first, axis=1)
+                weights = take_along_rows(upstream_from, first)
                 weights = ops.where(ops.logical_and(has_slot[:, None], is_negative), weights, zero)
                 at_slot = ops.one_hot(slot_positive, ops.shape(d)[1], dtype=d.dtype)
                 return (grad - weights + at_slot * row_sums(weights)[:, None],)

@@ -39,6 +39,7 @@ from tfmetric.mining import (
     row_pick,
     scatter_add,
     table_slots,
+    take_along_rows,
     take_entries,
     take_in_range,
 )
@@ -240,13 +241,13 @@ def _over_positives(similarity, positive, table_and_counts, temperature, summed,
             before, slope = sigmoids(slot_positive)
             positives_before = None
             if weigh_positives:
-                positives_before = ops.sum(ops.where(is_positive, ops.take_along_axis(before, table, axis=1),
+                positives_before = ops.sum(ops.where(is_positive, take_along_rows(before, table),
                                                      no_entries), axis=1)
             value, row_factor, at_positives, elsewhere = terms(before, positives_before, has_slot)
             dense = row_factor if elsewhere is None else row_factor * elsewhere
             own = -dense * ops.sum(slope, axis=1)
             if at_positives is not None:
-                extra = (row_factor * (at_positives - elsewhere))[:, None] * ops.take_along_axis(slope, table, axis=1)
+                extra = (row_factor * (at_positives - elsewhere))[:, None] * take_along_rows(slope, table)
                 extra = ops.where(is_positive, extra, no_entries)
                 own = own - ops.sum(extra, axis=1)
                 at_table = at_table + extra

@@ -32,6 +32,7 @@ from tfmetric.mining import (
     row_pick,
     scatter_sum,
     table_slots,
+    take_along_rows,
 )
 
 AVERAGES = ("nonzero", "all")
@@ -236,7 +237,7 @@ def _all_triplet_terms_by_keys(distances, positive, negative, margin, table, pos
     """
     dtype = distances.dtype
     is_positive = table_slots(positive, table, positive_counts)
-    keys = ops.take_along_axis(distances, table, axis=1) + margin
+    keys = take_along_rows(distances, table) + margin
     counts, gaps = negatives_below_keys(distances, negative, keys)
     counts = ops.where(is_positive, counts, ops.zeros((), dtype))
     losses = ops.where(is_positive, gaps, ops.zeros((), dtype))
