@@ -7,7 +7,7 @@ import tfmetric as tfm
 
 import recorded
 import reference
-from conftest import BACKEND, COMPILE_MODES, slow_on_jax, tensor, value_and_grad
+from conftest import BACKEND, COMPILE_MODES, only_tensorflow, slow_on_jax, tensor, value_and_grad
 from registry import ALL_LOSSES, TRIPLET_LOSSES, check, loss_and_reference, loss_function, typical_arguments
 
 DISTANCES = tfm.distances.DISTANCES
@@ -333,14 +333,41 @@ def _all_triplet_terms_by(way, d, positive, negative, margin):
 
     positive, negative = tensor(positive), tensor(negative)
     table = positive_table(positive)
-    if way == "keys":
-        # No table of positives under XLA or JAX: the loop only.
-        return None if table is None else triplet._all_triplet_terms_by_keys(d, positive, negative, margin, table)
-    if way == "counts":
-        if not triplet._float64_at_hand():
-            return None
-        return triplet._all_triplet_terms_by_slot(d, positive, negative, margin, from_counts=True)
-    return triplet._all_triplet_terms_by_slot(d, positive, negative, margin)
+    # No table of positives under XLA or JAX: the loop only.
+    if (way == "keys" and table is None) or (way == "counts" and not triplet._float64_at_hand()):
+        return None
+
+    def sums(matrix):
+        if way == "keys":
+            return triplet._all_triplet_sums_by_keys(matrix, positive, negative, margin, table)
+        return triplet._all_triplet_sums_by_slot(matrix, positive, negative, margin, from_counts=way == "counts")
+
+    return triplet._attached_triplet_terms(d, positive, negative, margin, sums, from_counts=way == "counts")
+
+
+@only_tensorflow
+def test_batch_all_choice_of_way_keeps_nothing_for_the_gradient():
+    # The cond between the slot loop and the binary search runs on the
+    # gradient-free matrix: it outputs its three results alone. Intermediates
+    # kept for a gradient would be optionals of other types in its two
+    # branches, which TensorFlow's type inference logs as an invalid graph.
+    import tensorflow as tf
+
+    loss = tfm.BatchAllTriplet()
+    x = tf.constant(np.random.default_rng(0).normal(size=(48, 4)).astype("float32"))
+    y = tf.constant(np.repeat(np.arange(4), 12))
+
+    @tf.function
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = loss(y, x)
+        return tape.gradient(value, x)
+
+    graph = step.get_concrete_function(x, y).graph
+    conds = [op for op in graph.get_operations() if op.type in ("If", "StatelessIf")]
+    assert conds and all(len(op.outputs) == 3 for op in conds), [(op.name, len(op.outputs)) for op in conds]
+    assert np.all(np.isfinite(step(x, y).numpy()))
 
 
 @pytest.mark.parametrize("way", ["slot", "keys", "counts"])

@@ -119,9 +119,10 @@ def negatives_below_keys(values, negative, keys):
     non-negative terms only (a key's multiple minus a sum of values near it
     would lose the digits they share: 1 % of the loss for distances near
     1000 a few 2⁻¹⁰ apart). Time and memory O(N·(R + M)) for M keys a row,
-    and no sort of the rows. The gaps carry the gradient of `values` (minus
-    one a key above) and of `keys` (its count). A search in rows has no
-    `keras.ops` form: for the backends that run operation by operation
+    and no sort of the rows. No gradient: the gaps' derivative is +1 at a
+    key per negative below it (its count) and −1 at a negative per key above
+    it, the keys less those the third result counts. A search in rows has no `keras.ops`
+    form: for the backends that run operation by operation
     (`tfm.mining.places_in_rows`).
 
     Args:
@@ -130,18 +131,19 @@ def negatives_below_keys(values, negative, keys):
         keys: `(N, M)`.
 
     Returns:
-        `(counts, gaps)`, both `(N, M)`.
+        `(counts, gaps, keys_not_above)`: `(N, M)`, `(N, M)` and, for
+        every value, how many of its row's keys are at or below it (all of
+        them for the values that are not negatives), `(N, R)` int32.
     """
+    values, keys = ops.stop_gradient(values), ops.stop_gradient(keys)
     num_queries, num_keys = ops.shape(keys)[0], ops.shape(keys)[1]
-    fixed_keys = ops.stop_gradient(keys)
-    order = ops.argsort(fixed_keys, axis=1)
-    ascending = take_along_rows(fixed_keys, order)
+    order = ops.argsort(keys, axis=1)
+    ascending = take_along_rows(keys, order)
     # Interval i of a row holds the values with i keys at or below them. The
     # last one, above every key, takes the values that are not negatives
-    # too (+inf) and adds up to no key: what lands there is never read, its
-    # gradient 0.
+    # too (+inf) and adds up to no key: what lands there is never read.
     candidates = ops.where(negative, values, ops.full((), float("inf"), values.dtype))
-    interval = places_in_rows(ascending, ops.stop_gradient(candidates), side="right")
+    interval = places_in_rows(ascending, candidates, side="right")
     cells = ops.reshape(ops.arange(num_queries, dtype="int32")[:, None] * (num_keys + 1) + interval, (-1,))
     key_above = take_in_range(ops.reshape(ops.pad(ascending, [[0, 0], [0, 1]]), (-1,)), cells)
     gaps = key_above - ops.reshape(candidates, (-1,))
@@ -155,8 +157,7 @@ def negatives_below_keys(values, negative, keys):
     beyond_own_key = cumsum(ops.pad(counts[:, :-1] * steps, [[0, 0], [1, 0]]), axis=1)
     total_gaps = cumsum(gaps_in_interval, axis=1) + beyond_own_key
     back = ops.argsort(order, axis=1)
-    counts = take_along_rows(counts, back)
-    return counts, take_along_rows(total_gaps, back) + (keys - fixed_keys) * counts
+    return take_along_rows(counts, back), take_along_rows(total_gaps, back), interval
 
 
 def sums_from(values):

@@ -30,6 +30,7 @@ from tfmetric.mining import (
     row_counts,
     row_min_above,
     row_pick,
+    scatter_add,
     scatter_sum,
     table_slots,
     take_along_rows,
@@ -136,9 +137,9 @@ def all_triplet_terms(distances, positive, negative, margin=1.0):
     A pass over the matrix per positive slot; where
     `tfm.mining.positive_table` finds every query's positives and they are
     many (k ≥ `_KEYS_FROM`), one binary search of the negatives among each
-    query's keys `d_ap + margin` instead (`_all_triplet_terms_by_keys`);
+    query's keys `d_ap + margin` instead (`_all_triplet_sums_by_keys`);
     under XLA the loop only counts the active triplets, and the losses
-    follow from the counts (`_all_triplet_terms_by_slot`'s `from_counts`).
+    follow from the counts (`_all_triplet_sums_by_slot`'s `from_counts`).
 
     Returns:
         `(loss_sums, active_counts, valid_counts)`, each of shape `(N,)`: the
@@ -147,15 +148,36 @@ def all_triplet_terms(distances, positive, negative, margin=1.0):
         how many triplets it has.
     """
     table, counts = positive_table_and_counts(positive)
+    from_counts = table is None and _float64_at_hand()
     if table is None:
-        return _all_triplet_terms_by_slot(
-            distances, positive, negative, margin, counts=counts, from_counts=_float64_at_hand()
-        )
-    return ops.cond(
-        ops.shape(table)[1] >= _KEYS_FROM,
-        lambda: _all_triplet_terms_by_keys(distances, positive, negative, margin, table, counts),
-        lambda: _all_triplet_terms_by_slot(distances, positive, negative, margin, table, counts),
-    )
+
+        def sums(d):
+            return _all_triplet_sums_by_slot(d, positive, negative, margin, counts=counts, from_counts=from_counts)
+
+    else:
+        # The branches see no differentiable input, so the cond keeps no
+        # intermediates for a gradient (TensorFlow's type inference logs a
+        # false alarm where the two branches keep values of other types).
+        def sums(d):
+            return ops.cond(
+                ops.shape(table)[1] >= _KEYS_FROM,
+                lambda: _all_triplet_sums_by_keys(d, positive, negative, margin, table, counts),
+                lambda: _all_triplet_sums_by_slot(d, positive, negative, margin, table, counts),
+            )
+
+    return _attached_triplet_terms(distances, positive, negative, margin, sums, counts, from_counts)
+
+
+def _attached_triplet_terms(distances, positive, negative, margin, sums, counts=None, from_counts=False):
+    """`all_triplet_terms` from `sums(d)`, one of the ways below on the gradient-free matrix, its gradient attached."""
+    valid_counts = _triplet_counts(positive, negative, counts, distances.dtype)
+    loss_sums, active_counts, gradient = sums(ops.stop_gradient(distances))
+    if from_counts:
+        # Differentiated through the casts, the sum has the gradient G.
+        wide = ops.sum(ops.cast(gradient, "float64") * ops.cast(distances, "float64"), axis=1)
+        loss_sums = ops.cast(wide + margin * ops.cast(active_counts, "float64"), distances.dtype)
+        return loss_sums, active_counts, valid_counts
+    return attach_gradient(loss_sums, distances, gradient), active_counts, valid_counts
 
 
 # The binary search and the sums per interval cost about as much as nine
@@ -164,8 +186,12 @@ def all_triplet_terms(distances, positive, negative, margin=1.0):
 _KEYS_FROM = 10
 
 
-def _all_triplet_terms_by_slot(distances, positive, negative, margin, table=None, counts=None, from_counts=False):
-    """`all_triplet_terms` a pass over the matrix per positive slot.
+def _all_triplet_sums_by_slot(d, positive, negative, margin, table=None, counts=None, from_counts=False):
+    """`all_triplet_terms`' sums on a gradient-free matrix, a pass over it per positive slot.
+
+    Returns `(loss_sums, active_counts, gradient)`: the `(N, R)` gradient of
+    the loss sums with respect to `d` (the losses are piecewise linear in
+    the distances), which the caller attaches.
 
     `from_counts` (under XLA, where float64 is at hand): the loop only
     counts each pair's active triplets (its gradient at `d_ap`) and each
@@ -176,7 +202,6 @@ def _all_triplet_terms_by_slot(distances, positive, negative, margin, table=None
     losses in the loop as well (XLA does not fuse two reductions of one
     row: 2.2 → 1.9× the distance matrix at N = 1024, K = 16).
     """
-    d = ops.stop_gradient(distances)
     # +inf at non-negatives takes them out of every comparison below.
     negative_distances = ops.where(negative, d, ops.full_like(d, float("inf")))
 
@@ -197,16 +222,7 @@ def _all_triplet_terms_by_slot(distances, positive, negative, margin, table=None
         return loss_sums, active_counts + per_pair, gradient
 
     zeros = ops.zeros(ops.shape(d)[:1], d.dtype)
-    start = (zeros, zeros, ops.zeros_like(d))
-    loss_sums, active_counts, gradient = for_each_positive(positive, body, start, table, counts)
-    valid_counts = _triplet_counts(positive, negative, counts, d.dtype)
-    if from_counts:
-        # Differentiated through the casts, the sum has the gradient G.
-        wide = ops.sum(ops.cast(ops.stop_gradient(gradient), "float64") * ops.cast(distances, "float64"), axis=1)
-        loss_sums = ops.cast(wide + margin * ops.cast(active_counts, "float64"), distances.dtype)
-    else:
-        loss_sums = attach_gradient(loss_sums, distances, gradient)
-    return loss_sums, ops.stop_gradient(active_counts), valid_counts
+    return for_each_positive(positive, body, (zeros, zeros, ops.zeros_like(d)), table, counts)
 
 
 def _float64_at_hand():
@@ -227,22 +243,26 @@ def _triplet_counts(positive, negative, counts, dtype):
     return ops.cast(row_counts(positive, counts), dtype) * ops.sum(ops.cast(negative, dtype), axis=1)
 
 
-def _all_triplet_terms_by_keys(distances, positive, negative, margin, table, positive_counts=None):
-    """`all_triplet_terms` from every query's keys `d_ap + margin` (`table`: its positive columns).
+def _all_triplet_sums_by_keys(d, positive, negative, margin, table, positive_counts=None):
+    """`_all_triplet_sums_by_slot` from every query's keys `d_ap + margin` (`table`: its positive columns).
 
     A triplet has a positive loss where `d_an < d_ap + margin`; for each
     key, `negatives_below_keys` counts those negatives and sums their gaps
     to it, the losses of the pair: one binary search of the negatives among
-    the k keys of their row instead of k passes over the matrix.
+    the k keys of their row instead of k passes over the matrix. The
+    gradient is as the loop's: each pair's count at its positive, and at
+    each negative minus the keys above it. A column of `table` past the
+    query's positives gets a key below every distance of its row: it counts
+    nothing and is above nothing.
     """
-    dtype = distances.dtype
     is_positive = table_slots(positive, table, positive_counts)
-    keys = take_along_rows(distances, table) + margin
-    counts, gaps = negatives_below_keys(distances, negative, keys)
-    counts = ops.where(is_positive, counts, ops.zeros((), dtype))
-    losses = ops.where(is_positive, gaps, ops.zeros((), dtype))
-    valid_counts = _triplet_counts(positive, negative, positive_counts, dtype)
-    return ops.sum(losses, axis=1), ops.stop_gradient(ops.sum(counts, axis=1)), valid_counts
+    below_all = ops.min(d, axis=1, keepdims=True) - 1.0
+    keys = ops.where(is_positive, take_along_rows(d, table) + margin, below_all)
+    counts, gaps, keys_not_above = negatives_below_keys(d, negative, keys)
+    # Minus the keys above each negative, and 0 elsewhere (every key is at or below the others).
+    gradient = ops.cast(keys_not_above, d.dtype) - ops.cast(ops.shape(keys)[1], d.dtype)
+    gradient = scatter_add(gradient, row_cells(table), ops.reshape(counts, (-1,)))
+    return ops.sum(gaps, axis=1), ops.sum(counts, axis=1), gradient
 
 
 def mined_triplet_terms(distances, triplets, margin=1.0):
