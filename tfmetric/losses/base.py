@@ -120,10 +120,10 @@ def negatives_below_keys(values, negative, keys):
     would lose the digits they share: 1 % of the loss for distances near
     1000 a few 2⁻¹⁰ apart). Time and memory O(N·(R + M)) for M keys a row,
     and no sort of the rows. No gradient: the gaps' derivative is +1 at a
-    key per negative below it (its count) and −1 at a negative per key above
-    it, the keys less those the third result counts. A search in rows has no `keras.ops`
-    form: for the backends that run operation by operation
-    (`tfm.mining.places_in_rows`).
+    key per negative below it (its count) and −1 at a negative per key
+    above it (the keys but those the third result counts). A search in rows
+    has no `keras.ops` form: for the backends that run operation by
+    operation (`tfm.mining.places_in_rows`).
 
     Args:
         values: `(N, R)`.

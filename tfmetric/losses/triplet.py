@@ -259,7 +259,7 @@ def _all_triplet_sums_by_keys(d, positive, negative, margin, table, positive_cou
     below_all = ops.min(d, axis=1, keepdims=True) - 1.0
     keys = ops.where(is_positive, take_along_rows(d, table) + margin, below_all)
     counts, gaps, keys_not_above = negatives_below_keys(d, negative, keys)
-    # Minus the keys above each negative, and 0 elsewhere (every key is at or below the others).
+    # Minus the keys above each negative; 0 elsewhere, where the search saw +inf with every key below.
     gradient = ops.cast(keys_not_above, d.dtype) - ops.cast(ops.shape(keys)[1], d.dtype)
     gradient = scatter_add(gradient, row_cells(table), ops.reshape(counts, (-1,)))
     return ops.sum(gaps, axis=1), ops.sum(counts, axis=1), gradient
