@@ -65,7 +65,7 @@ def loop_objectives(y, margin=1.0, temperature=0.01):
 
     def distances(x):
         matrix = tfm.distances.pairwise_distance(x)
-        return matrix, tf.gather(matrix, columns, batch_dims=1)
+        return matrix, tfm.mining.take_along_rows(matrix, columns)
 
     def one_pass(_, x):
         return tf.reduce_sum(tf.exp(-tfm.distances.pairwise_distance(x)))
@@ -100,9 +100,9 @@ def loop_objectives(y, margin=1.0, temperature=0.01):
 
     def searchsorted(_, x):
         matrix, keys = distances(x)
-        below = tf.searchsorted(tf.sort(tf.stop_gradient(keys), axis=1), tf.stop_gradient(matrix + lift))
-        # The counts weigh the distances so that they are computed; the gradient is the matrix's alone.
-        return tf.reduce_sum(matrix) + tf.reduce_sum(tf.stop_gradient(tf.cast(below, "float32")) * 0.0)
+        below = tf.searchsorted(tf.sort(keys, axis=1), matrix + lift)
+        # The counts (integers: no gradient) enter the value, so that they are computed.
+        return tf.reduce_sum(matrix) + tf.reduce_sum(tf.cast(below, "float32"))
 
     return {"one pass": one_pass, "batch_all_nonzero": batch_all, "semi_hard": semi_hard, "smooth_ap": smooth_ap,
             "searchsorted": searchsorted}
