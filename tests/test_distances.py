@@ -268,3 +268,28 @@ def test_the_square_matrix_knows_when_xla_compiles_it():
         tf.function(lambda jit=jit: probe(jit), jit_compile=jit)()
     assert seen == {False: False, True: True}
     assert not compiled_by_xla()  # eagerly
+
+
+@only_tensorflow
+@pytest.mark.parametrize("scale", [1.0, 1e15])  # 1e15: beyond 2**40, a power-of-two scale that is not 1
+def test_graph_and_xla_matrices_are_the_eager_floats(scale):
+    """Op by op in a graph the diagonal is set in place and a scale of 1 skips its product: the same floats as eagerly and under XLA."""
+    import tensorflow as tf
+
+    x = (np.random.default_rng(5).normal(size=(7, 3)) * scale).astype("float32")
+    x[4] = x[2]  # coincident rows: a zero off the diagonal too
+    for distance in DISTANCES:
+        eager = np.asarray(pairwise_distance(x, distance))
+        for jit in (False, True):
+            compiled = tf.function(lambda e, distance=distance: pairwise_distance(e, distance), jit_compile=jit)
+            got = compiled(tf.constant(x)).numpy()
+            assert np.all(np.diag(got) == 0.0)
+            if distance == "cosine":
+                # 1 − cos rounds near 0 (an ulp of 1 at equal rows) as each graph's optimizer arranges it.
+                np.testing.assert_allclose(got, eager, rtol=1e-6, atol=1e-6, err_msg=f"jit={jit}")
+                continue
+            assert got[2, 4] == 0.0
+            if jit:
+                np.testing.assert_allclose(got, eager, rtol=1e-6, atol=0, err_msg=distance)
+            else:
+                np.testing.assert_array_equal(got, eager, err_msg=distance)

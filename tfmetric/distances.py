@@ -220,10 +220,22 @@ def off_diagonal(num_rows, num_columns):
 
 
 def _zero_diagonal(matrix):
-    # Indices compared, and a scalar zero: without XLA, `ops.eye` and
-    # `zeros_like` are each one more (N, N) tensor written at every call.
     size = ops.shape(matrix)[0]
+    if _tensorflow_op_by_op():
+        import tensorflow as tf
+
+        # N entries written, in place where TensorFlow may reuse the input's
+        # buffer, where the selection below compares indices over the whole
+        # matrix and selects over it again: two kernels each a pass over it.
+        return tf.linalg.set_diag(matrix, tf.zeros([size], matrix.dtype))
+    # Indices compared, and a scalar zero (XLA fuses both into the
+    # selection): `ops.eye` and `zeros_like` would each be one more (N, N)
+    # tensor written at every call.
     return ops.where(off_diagonal(size, size), matrix, ops.zeros((), matrix.dtype))
+
+
+def _tensorflow_op_by_op():
+    return backend.backend() == "tensorflow" and runs_op_by_op()
 
 
 def _power_of_two_scale(x):
@@ -356,9 +368,16 @@ def _squared_norms_expanded(x, y):
 def _from_squares(d2, scale, squared):
     """The distances from the scaled squares, and the scaled distances (None when squared)."""
     if squared:
-        return d2 * ops.square(scale), None
+        return _scaled(d2, ops.square(scale)), None
     value = ops.sqrt(d2)
-    return value * scale, value
+    return _scaled(value, scale), value
+
+
+def _scaled(matrix, factor):
+    """`matrix · factor`; with TensorFlow op by op, not a pass over the matrix where the factor is 1 (nearly always)."""
+    if _tensorflow_op_by_op():
+        return ops.cond(ops.equal(factor, 1.0), lambda: matrix, lambda: matrix * factor)
+    return matrix * factor
 
 
 def _pair_weights(upstream, d2, value, scale, squared):
