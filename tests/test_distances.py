@@ -273,7 +273,7 @@ def test_the_square_matrix_knows_when_xla_compiles_it():
 @only_tensorflow
 @pytest.mark.parametrize("scale", [1.0, 1e15])  # 1e15: beyond 2**40, a power-of-two scale that is not 1
 def test_graph_and_xla_matrices_are_the_eager_floats(scale):
-    """Op by op in a graph the diagonal is set in place and a scale of 1 skips its product: the same floats as eagerly and under XLA."""
+    """The same floats op by op in a graph (diagonal set in place, no product by a scale of 1), eagerly and in XLA."""
     import tensorflow as tf
 
     x = (np.random.default_rng(5).normal(size=(7, 3)) * scale).astype("float32")
