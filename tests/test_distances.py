@@ -68,6 +68,12 @@ def test_huge_and_tiny_values_keep_their_distances(scale):
     x = np.array([[0.0, 0.0], [3.0, 4.0], [6.0, 8.0]], "float32") * np.float32(scale)
     d = np.asarray(pairwise_distance(x))
     np.testing.assert_allclose(d[0, 1:], np.array([5.0, 10.0]) * scale, rtol=1e-5)
+    # Squares beyond float32's range are inf; a zero distance stays 0 (not 0 · inf).
+    squared = np.asarray(pairwise_distance(x, "squared_euclidean"))
+    rectangle = np.asarray(pairwise_distance(x[:2], "squared_euclidean", ref_embeddings=x))
+    for matrix in (squared, rectangle):
+        np.testing.assert_array_equal(np.diag(matrix), 0.0)
+        assert not np.any(np.isnan(matrix))
     d = np.asarray(pairwise_distance(x[1:], "cosine"))
     np.testing.assert_allclose(d, 0.0, atol=1e-6)
 

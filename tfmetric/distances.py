@@ -368,16 +368,28 @@ def _squared_norms_expanded(x, y):
 def _from_squares(d2, scale, squared):
     """The distances from the scaled squares, and the scaled distances (None when squared)."""
     if squared:
-        return _scaled(d2, ops.square(scale)), None
+        return _scaled(d2, scale, times=2), None
     value = ops.sqrt(d2)
     return _scaled(value, scale), value
 
 
-def _scaled(matrix, factor):
-    """`matrix · factor`; with TensorFlow op by op, not a pass over the matrix where the factor is 1 (nearly always)."""
+def _scaled(matrix, factor, times=1):
+    """`matrix · factor^times`; TensorFlow op by op skips that pass over the matrix where the factor is 1 (most calls).
+
+    One product at a time: where `factor²` overflows (rows beyond 2⁶⁴ in
+    float32), `0 · factor · factor` is still 0 (a zero distance), where
+    `0 · factor²` would be NaN.
+    """
+
+    def product():
+        result = matrix
+        for _ in range(times):
+            result = result * factor
+        return result
+
     if _tensorflow_op_by_op():
-        return ops.cond(ops.equal(factor, 1.0), lambda: matrix, lambda: matrix * factor)
-    return matrix * factor
+        return ops.cond(ops.equal(factor, 1.0), lambda: matrix, product)
+    return product()
 
 
 def _pair_weights(upstream, d2, value, scale, squared):
