@@ -221,7 +221,7 @@ def off_diagonal(num_rows, num_columns):
 
 def _zero_diagonal(matrix):
     size = ops.shape(matrix)[0]
-    if _tensorflow_op_by_op():
+    if tensorflow_op_by_op():
         import tensorflow as tf
 
         # N entries written, in place where TensorFlow may reuse the input's
@@ -232,10 +232,6 @@ def _zero_diagonal(matrix):
     # selection): `ops.eye` and `zeros_like` would each be one more (N, N)
     # tensor written at every call.
     return ops.where(off_diagonal(size, size), matrix, ops.zeros((), matrix.dtype))
-
-
-def _tensorflow_op_by_op():
-    return backend.backend() == "tensorflow" and runs_op_by_op()
 
 
 def _power_of_two_scale(x):
@@ -344,6 +340,11 @@ def runs_op_by_op():
     return backend.backend() in ("tensorflow", "torch") and not compiled_by_xla()
 
 
+def tensorflow_op_by_op():
+    """`runs_op_by_op` under TensorFlow: where its own kernels serve (`set_diag`, a bit-pattern `argmin`)."""
+    return backend.backend() == "tensorflow" and runs_op_by_op()
+
+
 def _moved_and_scale(x, ref=None):
     """`x` moved to put its first row at the origin and divided by the power-of-two scale (of both sets)."""
     origin = ops.stop_gradient(x[:1])
@@ -387,7 +388,7 @@ def _scaled(matrix, factor, times=1):
             result = result * factor
         return result
 
-    if _tensorflow_op_by_op():
+    if tensorflow_op_by_op():
         return ops.cond(ops.equal(factor, 1.0), lambda: matrix, product)
     return product()
 

@@ -32,6 +32,7 @@ from tfmetric.distances import (
     off_diagonal,
     row_sums,
     runs_op_by_op,
+    tensorflow_op_by_op,
 )
 from tfmetric.labels import standardize_any, standardize_label_pair
 
@@ -270,7 +271,7 @@ def add_at(values, indices, size):
         import torch
 
         return torch.zeros((size,), dtype=values.dtype, device=values.device).index_add(0, indices.long(), values)
-    if backend.backend() == "tensorflow" and runs_op_by_op():
+    if tensorflow_op_by_op():
         import tensorflow as tf
 
         def sums(values):
@@ -435,7 +436,7 @@ def row_min_above(values, thresholds):
         least, column = row_min(ops.where(values > thresholds[:, None], values, inf))
         return least, column, least < inf
 
-    if not (runs_op_by_op() and backend.backend() == "tensorflow" and dtype in ("float32", "float64")):
+    if not (tensorflow_op_by_op() and dtype in ("float32", "float64")):
         return by_selection()
     import tensorflow as tf
 
@@ -501,7 +502,7 @@ def scatter_sum(indices, values, shape):
     values = ops.convert_to_tensor(values)
     indices = ops.convert_to_tensor(indices)
     # Element indices (not slices: rows of a matrix).
-    if backend.backend() == "tensorflow" and runs_op_by_op() and indices.shape[-1] == len(shape):
+    if tensorflow_op_by_op() and indices.shape[-1] == len(shape):
         import tensorflow as tf
 
         indices = tf.cast(indices, tf.int64)
