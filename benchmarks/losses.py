@@ -11,6 +11,7 @@ that its peak resident memory is its own (the distance matrix's included).
     python benchmarks/losses.py --losses contrastive_all margin_all
     python benchmarks/losses.py --memory 16384 --sizes 256   # the cross-batch memory
     python benchmarks/losses.py --classes 100000 --sizes 256  # the losses with class vectors
+    python benchmarks/losses.py --sizes 1024 --kernels        # and the losses that compile themselves without it
 
 The losses are those of `tfm.losses.registry.LOSSES`, built with their
 defaults (margin 1.0 where there is one), plus `CenterLoss` and the
@@ -65,8 +66,21 @@ def build_loss(name, n=None, dim=None, memory=1024):
     raise ValueError(f"Unknown loss {name!r}; choose from {', '.join(LOSSES)}.")
 
 
-def measure(loss_name, n, k, dim, jit, min_seconds, memory=0, classes=0):
-    """Runs in a child process: times one cell and reports its memory."""
+def measure(loss_name, n, k, dim, jit, min_seconds, memory=0, classes=0, kernels=False):
+    """Runs in a child process: times one cell and reports its memory.
+
+    `kernels`: the loss as TensorFlow's kernels, not compiled by XLA on its own (`--kernels`).
+    """
+    import tfmetric as tfm
+
+    previous = tfm.losses.compile_losses_with_xla(not kernels)
+    try:
+        return _measure(loss_name, n, k, dim, jit, min_seconds, memory, classes)
+    finally:
+        tfm.losses.compile_losses_with_xla(previous)
+
+
+def _measure(loss_name, n, k, dim, jit, min_seconds, memory, classes):
     import numpy as np
     import tensorflow as tf
 
@@ -120,6 +134,11 @@ def measure_classes(loss_name, x, y, classes, jit, min_seconds):
     return time_alternating(baseline, step, min_seconds, baseline_mb=baseline_mb)
 
 
+def compiles_itself(name):
+    """Whether the in-batch loss `name` compiles itself with XLA in graphs without it (`--kernels`)."""
+    return name in REGISTRY and bool(REGISTRY[name].build().faster_under_xla)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4096])
@@ -129,6 +148,12 @@ def main():
     parser.add_argument("--losses", nargs="+", choices=LOSSES, default=list(LOSSES))
     parser.add_argument("--memory", type=int, default=0, help="M: benchmark the cross-batch memory instead")
     parser.add_argument("--classes", type=int, default=0, help="C: benchmark the losses with class vectors instead")
+    parser.add_argument(
+        "--kernels",
+        action="store_true",
+        help="also time without XLA each loss that compiles itself as TensorFlow's kernels instead "
+        "(tfm.losses.compile_losses_with_xla(False)), in the row after it",
+    )
     parser.add_argument("--cell", help=argparse.SUPPRESS)
     # The tests' smoke runs: one process instead of one per cell (each imports TensorFlow).
     parser.add_argument("--in-process", action="store_true", help="every cell in this process (memory adds up)")
@@ -154,16 +179,19 @@ def main():
     for n in args.sizes:
         for jit in (False, True):
             for name in names:
-                cell = [name, n, args.k, args.dim, jit, args.min_seconds, args.memory, args.classes]
-                r = measure(*cell) if args.in_process else run_cell(sys.executable, __file__, cell)
-                if "error" in r:
-                    print(f"{name:<24}{n:>6}{str(jit):>6}  error: {r['error']}")
-                    continue
-                print(
-                    f"{name:<24}{n:>6}{str(jit):>6}{r['ms']:>10.2f}{r.get('ratio', 1.0):>9.2f}"
-                    f"{r['peak_mb']:>10.0f}{r['extra_mb']:>8.0f}",
-                    flush=True,
-                )
+                kernels = [False] + [True] * (args.kernels and not jit and compiles_itself(name))
+                for as_kernels in kernels:
+                    cell = [name, n, args.k, args.dim, jit, args.min_seconds, args.memory, args.classes, as_kernels]
+                    r = measure(*cell) if args.in_process else run_cell(sys.executable, __file__, cell)
+                    label = f"{name} [kernels]" if as_kernels else name
+                    if "error" in r:
+                        print(f"{label:<24}{n:>6}{str(jit):>6}  error: {r['error']}")
+                        continue
+                    print(
+                        f"{label:<24}{n:>6}{str(jit):>6}{r['ms']:>10.2f}{r.get('ratio', 1.0):>9.2f}"
+                        f"{r['peak_mb']:>10.0f}{r['extra_mb']:>8.0f}",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

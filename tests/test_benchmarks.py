@@ -32,6 +32,19 @@ def test_losses_benchmark():
     assert len(table_rows(output, "lifted_structure")) == 2  # without and with XLA
 
 
+def test_losses_benchmark_times_a_loss_that_compiles_itself_as_kernels_too():
+    output = run(
+        "losses.py", "--sizes", "16", "--min-seconds", "0", "--in-process", "--kernels",
+        "--losses", "batch_hard", "lifted_structure",
+    )
+    assert "error" not in output
+    # Without XLA, with it, and as TensorFlow's kernels without it; the lifted loss does not compile itself.
+    rows = table_rows(output, "batch_hard")
+    assert [row[1] for row in rows] == ["16", "[kernels]", "16"], output
+    assert [row[2 + (row[1] == "[kernels]")] for row in rows] == ["False", "False", "True"], output
+    assert len(table_rows(output, "lifted_structure")) == 2
+
+
 def test_memory_benchmark():
     output = run(
         "losses.py", "--sizes", "16", "--min-seconds", "0", "--in-process", "--memory", "32", "--losses", "batch_hard"

@@ -229,3 +229,74 @@ def test_losses_in_a_tensorflow_1_style_graph(key):
         with tf.compat.v1.Session(graph=graph) as session:
             in_graph = session.run(value)
     assert in_graph == pytest.approx(float(REGISTRY[key].build()(labels, x)), rel=1e-5, abs=1e-7)
+
+
+# ---------------------------------------------------------------- losses compiled by XLA in graphs without it
+
+
+def xla_calls(graph):
+    """How many calls of `graph` XLA must compile (a loss that compiles itself is one)."""
+    calls = 0
+    for op in graph.get_operations():
+        if op.type in ("PartitionedCall", "StatefulPartitionedCall"):
+            try:
+                calls += bool(op.get_attr("_XlaMustCompile"))
+            except ValueError:  # no such attribute: an ordinary call
+                pass
+    return calls
+
+
+FASTER_UNDER_XLA = sorted(key for key, entry in REGISTRY.items() if entry.build().faster_under_xla)
+
+
+def test_the_faster_losses_under_xla_are_those_of_the_benchmarks():
+    # A loss joins the list when its time without XLA drops in a measured run (docs/benchmarks.md).
+    assert FASTER_UNDER_XLA == [
+        "batch_all_all", "batch_all_nonzero", "batch_hard", "batch_hard_soft", "circle", "contrastive_hard",
+        "margin_all", "margin_dw", "multi_similarity", "multi_similarity_mined", "nca", "pnp", "pnp_dq",
+        "smooth_ap", "snr_contrastive",
+    ]
+
+
+@pytest.mark.tensorflow_only
+@pytest.mark.parametrize("key", FASTER_UNDER_XLA)
+def test_losses_faster_under_xla_compile_themselves_in_graphs_without_it(key):
+    import tensorflow as tf
+
+    x, labels = clustered_data(n=24, classes=4, dim=5, seed=1)
+    weights = np.random.default_rng(2).uniform(0.5, 2.0, size=24).astype("float32")
+    loss = REGISTRY[key].build()
+
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            # A factor on the value: the gradient attached outside XLA must take the upstream.
+            value = 3.0 * loss(labels, x, sample_weight=weights)
+        return value, tape.gradient(value, x)
+
+    x = tf.constant(x)
+    compiled = tf.function(step, autograph=False).get_concrete_function(x)
+    # Traced without a tape (Keras' evaluation step): the value alone, which autodiff can still differentiate.
+    value_only = tf.function(lambda x: 3.0 * loss(labels, x, sample_weight=weights), autograph=False)
+    value_only = value_only.get_concrete_function(x)
+
+    def differentiated(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = value_only(x)
+        return value, tape.gradient(value, x)
+
+    previous = tfm.losses.compile_losses_with_xla(False)
+    try:
+        assert previous is True
+        as_kernels = tf.function(step, autograph=False).get_concrete_function(x)
+    finally:
+        tfm.losses.compile_losses_with_xla(previous)
+    # A loss with variables of its own (here a random miner's generator) keeps TensorFlow's kernels.
+    assert xla_calls(compiled.graph) == xla_calls(value_only.graph) == (loss.state is None)
+    assert xla_calls(as_kernels.graph) == 0
+    if REGISTRY[key].deterministic:
+        eager_value, eager_gradient = step(x)
+        for value, gradient in (compiled(x), differentiated(x), as_kernels(x)):
+            np.testing.assert_allclose(value, eager_value, rtol=1e-5)
+            np.testing.assert_allclose(gradient, eager_gradient, rtol=1e-4, atol=1e-6)

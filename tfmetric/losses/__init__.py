@@ -12,7 +12,14 @@ The losses that learn a vector per class (ArcFace, Proxy Anchor, ...) share
 """
 
 from tfmetric.losses import registry
-from tfmetric.losses.base import DistanceLoss, InBatchLoss, SimilarityLoss, per_query, reduce_anchor_terms
+from tfmetric.losses.base import (
+    DistanceLoss,
+    InBatchLoss,
+    SimilarityLoss,
+    compile_losses_with_xla,
+    per_query,
+    reduce_anchor_terms,
+)
 from tfmetric.losses.center import CenterLoss, center_terms
 from tfmetric.losses.contrastive_loss import (
     Contrastive,
@@ -178,6 +185,7 @@ __all__ = [
     "center_terms",
     "circle",
     "circle_terms",
+    "compile_losses_with_xla",
     "contrastive",
     "contrastive_terms",
     "cosface",

@@ -35,6 +35,8 @@ A new loss:
 - keeps its variables, if any, in `self.state` (a `LossState`, see
   `MarginLoss`): level 1 attaches them to the model at every call, so they
   train and save with it.
+- sets `faster_under_xla = True` if `benchmarks/losses.py` measures it
+  faster without XLA when it compiles itself (`compile_losses_with_xla`).
 - gets a line in `tfm.losses.registry.LOSSES`, from which the tests,
   benchmarks and command line take their list, and a NumPy brute-force
   reference in `tests/reference.py` (named in `tests/registry.py`), which
@@ -54,6 +56,7 @@ from tfmetric.distances import (
     pairwise_distance,
     pairwise_similarity,
     runs_op_by_op,
+    tensorflow_op_by_op,
 )
 from tfmetric.distribute import gather_across_replicas, replica_context, scale_for_replicas
 from tfmetric.labels import standardize_any
@@ -312,6 +315,96 @@ def replica_share(context, embeddings, labels, sample_weight, reduction, terms):
     return reduce_anchor_terms(loss_sums, term_counts, all_weights, reduction, share), all_embeddings, all_labels
 
 
+_XLA_INSIDE_GRAPHS = {"enabled": True}
+
+
+def compile_losses_with_xla(enabled=True):
+    """Whether the losses faster under XLA compile themselves with it in TensorFlow graphs without XLA.
+
+    Keras leaves XLA off on a machine without GPUs (`jit_compile="auto"`),
+    and there every TensorFlow operation is a kernel of its own: a loss's
+    passes over the `(N, N)` matrix each read and write it, where XLA fuses
+    them. A loss whose `faster_under_xla` is true (batch-hard, batch-all,
+    hard-negative contrastive, Smooth-AP, PNP, ...: see the benchmarks page)
+    therefore computes its value and its gradient with respect to the
+    embeddings in one XLA-compiled function of its own, inside a
+    `tf.function` (`model.fit`'s step) that is not compiled by XLA, on a
+    machine whose TensorFlow sees no GPU, for the reductions to a scalar.
+    The labels are checked before, as ever; the function compiles once per
+    batch shape. Eagerly, and with `cross_replica` or the loss's own
+    variables, nothing changes.
+
+    Args:
+        enabled: False to keep every loss as TensorFlow's kernels.
+
+    Returns:
+        The previous setting.
+    """
+    previous = _XLA_INSIDE_GRAPHS["enabled"]
+    _XLA_INSIDE_GRAPHS["enabled"] = bool(enabled)
+    return previous
+
+
+def compiles_alone(loss):
+    """Whether `loss` computes itself under XLA here (`compile_losses_with_xla`)."""
+    if not (_XLA_INSIDE_GRAPHS["enabled"] and loss.faster_under_xla and tensorflow_op_by_op()):
+        return False
+    if loss.state is not None or loss.reduction in (None, "none"):
+        return False
+    import tensorflow as tf
+
+    return tf.inside_function() and not tf.config.list_physical_devices("GPU")
+
+
+def compiled_loss(loss, pairs, sample_weight):
+    """`loss`'s reduced value on `pairs` of the batch with itself and its gradient, in one XLA-compiled
+    function; outside it, the backward pass is the upstream scalar times the `(N, D)` gradient."""
+    import tensorflow as tf
+
+    def value(embeddings, positive, negative, sample_weight):
+        loss_sums, term_counts = loss.pair_terms(embeddings, embeddings, positive, negative)
+        return reduce_anchor_terms(loss_sums, term_counts, sample_weight, loss.reduction)
+
+    def value_and_gradient(embeddings, positive, negative, sample_weight):
+        with tf.GradientTape() as tape:
+            tape.watch(embeddings)
+            result = value(embeddings, positive, negative, sample_weight)
+        return result, tape.gradient(result, embeddings, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+    inputs = (pairs.positive, pairs.negative, sample_weight)
+    taped = _gradient_taped()
+
+    @tf.custom_gradient
+    def attached(embeddings):
+        held = tf.stop_gradient(embeddings)
+        if taped:
+            result, gradient = tf.function(value_and_gradient, jit_compile=True, autograph=False)(held, *inputs)
+        else:
+            # Keras' evaluation step: the value alone, the gradient only if asked for after all.
+            result = tf.function(value, jit_compile=True, autograph=False)(held, *inputs)
+            gradient = None
+
+        def backward(upstream):
+            taken = gradient
+            if taken is None:
+                taken = tf.function(value_and_gradient, jit_compile=True, autograph=False)(held, *inputs)[1]
+            return tf.cast(upstream, taken.dtype) * taken
+
+        return result, backward
+
+    return attached(pairs.embeddings)
+
+
+def _gradient_taped():
+    """Whether a gradient tape watches the code being traced (True where TensorFlow's internals moved)."""
+    try:
+        from tensorflow.python.eager import record
+
+        return bool(record.could_possibly_record())
+    except (ImportError, AttributeError):
+        return True
+
+
 def per_query(terms):
     """Each query's mean over its terms, from `(loss_sums, term_counts)` (0 where none)."""
     loss_sums, term_counts = terms
@@ -345,6 +438,9 @@ class InBatchLoss(keras.losses.Loss):
     # True for the losses that take the miner's triplets themselves
     # (`BatchAllTriplet`); the others look at the mined pairs.
     mines_triplets = False
+    # True for the losses that compile themselves with XLA inside
+    # TensorFlow graphs that run op by op (`compile_losses_with_xla`).
+    faster_under_xla = False
 
     def __init__(self, reduction="sum_over_batch_size", name=None, cross_replica=False, multi_label=False,
                  miner=None):
@@ -420,8 +516,11 @@ class InBatchLoss(keras.losses.Loss):
             context = replica_context() if self.cross_replica else None
             if context is not None:
                 return self._cross_replica_loss(context, y_true, y_pred, sample_weight)
-            loss_sums, term_counts = self.query_terms(y_true, y_pred)
-            loss = reduce_anchor_terms(loss_sums, term_counts, sample_weight, self.reduction)
+            if compiles_alone(self):
+                loss = compiled_loss(self, self.mine(y_true, y_pred), sample_weight)
+            else:
+                loss_sums, term_counts = self.query_terms(y_true, y_pred)
+                loss = reduce_anchor_terms(loss_sums, term_counts, sample_weight, self.reduction)
             return scale_for_replicas(loss, self.reduction)
 
     def _cross_replica_loss(self, context, y_true, y_pred, sample_weight):

@@ -211,6 +211,11 @@ class Contrastive(DistanceLoss):
         self.margin = float(margin)
         self.negatives = check_choice("negatives", negatives, NEGATIVES)
 
+    @property
+    def faster_under_xla(self):
+        # Every pair is a pass or two that TensorFlow's kernels do as fast.
+        return self.negatives == "hard"
+
     def distance_terms(self, distances, positive, negative):
         return contrastive_terms(distances, positive, negative, self.margin, self.negatives)
 
@@ -466,6 +471,8 @@ class SignalToNoiseRatioContrastive(InBatchLoss):
     >>> round(float(tfm.SignalToNoiseRatioContrastive(normalize=False)(labels, embeddings)), 4)
     0.8205
     """
+
+    faster_under_xla = True
 
     def __init__(
         self,

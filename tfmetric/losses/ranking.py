@@ -781,6 +781,8 @@ class SmoothAP(SimilarityLoss):
     0.5417
     """
 
+    faster_under_xla = True
+
     def __init__(
         self,
         temperature=0.01,
@@ -852,6 +854,8 @@ class PNP(SimilarityLoss):
     >>> round(float(tfm.PNP()(labels, embeddings)), 4)
     1.25
     """
+
+    faster_under_xla = True
 
     def __init__(
         self,

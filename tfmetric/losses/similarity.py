@@ -266,6 +266,8 @@ class MultiSimilarity(SimilarityLoss):
     0.2688
     """
 
+    faster_under_xla = True
+
     def __init__(
         self,
         alpha=2.0,
@@ -337,6 +339,8 @@ class Circle(SimilarityLoss):
     >>> round(float(tfm.Circle()(labels, embeddings)), 4)
     3.2009
     """
+
+    faster_under_xla = True
 
     def __init__(
         self,

@@ -422,6 +422,8 @@ class BatchHardTriplet(DistanceLoss):
     0.441
     """
 
+    faster_under_xla = True
+
     def __init__(
         self,
         margin=1.0,
@@ -561,6 +563,7 @@ class BatchAllTriplet(DistanceLoss):
     0.6749
     """
 
+    faster_under_xla = True
     mines_triplets = True
 
     def __init__(
