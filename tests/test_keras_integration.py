@@ -252,9 +252,10 @@ FASTER_UNDER_XLA = sorted(key for key, entry in REGISTRY.items() if entry.build(
 def test_the_faster_losses_under_xla_are_those_of_the_benchmarks():
     # A loss joins the list when its time without XLA drops in a measured run (docs/benchmarks.md).
     assert FASTER_UNDER_XLA == [
-        "batch_all_all", "batch_all_nonzero", "batch_hard", "batch_hard_soft", "circle", "contrastive_hard",
-        "margin_all", "margin_dw", "multi_similarity", "multi_similarity_mined", "nca", "pnp", "pnp_dq",
-        "smooth_ap", "snr_contrastive",
+        "batch_all_all", "batch_all_nonzero", "batch_hard", "batch_hard_soft", "circle", "contrastive_all",
+        "contrastive_hard", "generalized_lifted_structure", "instance", "margin_all", "margin_dw",
+        "multi_similarity", "multi_similarity_mined", "nca", "npairs", "ntxent", "pnp", "pnp_dq", "smooth_ap",
+        "snr_contrastive", "soft_nearest_neighbor", "supcon",
     ]
 
 

@@ -325,7 +325,7 @@ def compile_losses_with_xla(enabled=True):
     and there every TensorFlow operation is a kernel of its own: a loss's
     passes over the `(N, N)` matrix each read and write it, where XLA fuses
     them. A loss whose `faster_under_xla` is true (batch-hard, batch-all,
-    hard-negative contrastive, Smooth-AP, PNP, ...: see the benchmarks page)
+    contrastive, multi-similarity, SupCon, Smooth-AP, ...: see the benchmarks page)
     therefore computes its value and its gradient with respect to the
     embeddings in one XLA-compiled function of its own, inside a
     `tf.function` (`model.fit`'s step) that is not compiled by XLA, on a

@@ -304,6 +304,8 @@ class SupCon(SimilarityLoss):
     1.1625
     """
 
+    faster_under_xla = True
+
     def __init__(
         self,
         temperature=0.1,
@@ -396,6 +398,8 @@ class NTXent(SimilarityLoss):
     0.5777
     """
 
+    faster_under_xla = True
+
     def __init__(
         self,
         temperature=0.07,
@@ -475,6 +479,8 @@ class Instance(SimilarityLoss):
     >>> round(float(tfm.Instance(gamma=2.0)(labels, embeddings)), 4)
     0.3091
     """
+
+    faster_under_xla = True
 
     def __init__(
         self,

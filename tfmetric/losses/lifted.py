@@ -374,6 +374,8 @@ class GeneralizedLiftedStructure(DistanceLoss):
     0.9014
     """
 
+    faster_under_xla = True
+
     def __init__(
         self,
         neg_margin=1.0,
