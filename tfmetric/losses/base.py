@@ -372,22 +372,22 @@ def compiled_loss(loss, pairs, sample_weight):
         return result, tape.gradient(result, embeddings, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
     inputs = (pairs.positive, pairs.negative, sample_weight)
+    compiled_value, compiled_both = (
+        tf.function(f, jit_compile=True, autograph=False) for f in (value, value_and_gradient)
+    )
     taped = _gradient_taped()
 
     @tf.custom_gradient
     def attached(embeddings):
         held = tf.stop_gradient(embeddings)
         if taped:
-            result, gradient = tf.function(value_and_gradient, jit_compile=True, autograph=False)(held, *inputs)
+            result, gradient = compiled_both(held, *inputs)
         else:
             # Keras' evaluation step: the value alone, the gradient only if asked for after all.
-            result = tf.function(value, jit_compile=True, autograph=False)(held, *inputs)
-            gradient = None
+            result, gradient = compiled_value(held, *inputs), None
 
         def backward(upstream):
-            taken = gradient
-            if taken is None:
-                taken = tf.function(value_and_gradient, jit_compile=True, autograph=False)(held, *inputs)[1]
+            taken = compiled_both(held, *inputs)[1] if gradient is None else gradient
             return tf.cast(upstream, taken.dtype) * taken
 
         return result, backward
