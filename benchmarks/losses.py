@@ -12,6 +12,7 @@ that its peak resident memory is its own (the distance matrix's included).
     python benchmarks/losses.py --memory 16384 --sizes 256   # the cross-batch memory
     python benchmarks/losses.py --classes 100000 --sizes 256  # the losses with class vectors
     python benchmarks/losses.py --sizes 1024 --kernels        # and the losses that compile themselves without it
+    python benchmarks/losses.py --sizes 1024 --whole          # and those that compile their terms alone, whole
 
 The losses are those of `tfm.losses.registry.LOSSES`, built with their
 defaults (margin 1.0 where there is one), plus `CenterLoss` and the
@@ -66,18 +67,24 @@ def build_loss(name, n=None, dim=None, memory=1024):
     raise ValueError(f"Unknown loss {name!r}; choose from {', '.join(LOSSES)}.")
 
 
-def measure(loss_name, n, k, dim, jit, min_seconds, memory=0, classes=0, kernels=False):
+def measure(loss_name, n, k, dim, jit, min_seconds, memory=0, classes=0, kernels=False, whole=False):
     """Runs in a child process: times one cell and reports its memory.
 
     `kernels`: the loss as TensorFlow's kernels, not compiled by XLA on its own (`--kernels`).
+    `whole`: a loss that compiles its terms alone compiles the whole loss instead (`--whole`).
     """
     import tfmetric as tfm
+    from tfmetric.losses import base
 
     previous = tfm.losses.compile_losses_with_xla(not kernels)
+    sizes = base._TERMS_ALONE_SIZES
+    if whole:
+        base._TERMS_ALONE_SIZES = (0, 0)
     try:
         return _measure(loss_name, n, k, dim, jit, min_seconds, memory, classes)
     finally:
         tfm.losses.compile_losses_with_xla(previous)
+        base._TERMS_ALONE_SIZES = sizes
 
 
 def _measure(loss_name, n, k, dim, jit, min_seconds, memory, classes):
@@ -139,6 +146,11 @@ def compiles_itself(name):
     return name in REGISTRY and REGISTRY[name].loss_class.faster_under_xla
 
 
+def compiles_terms_alone(name):
+    """Whether the in-batch loss `name` compiles its terms alone without XLA at some batch sizes (`--whole`)."""
+    return compiles_itself(name) and REGISTRY[name].loss_class.compiles_terms_alone
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4096])
@@ -153,6 +165,12 @@ def main():
         action="store_true",
         help="also time without XLA each loss that compiles itself as TensorFlow's kernels instead "
         "(tfm.losses.compile_losses_with_xla(False)), in the row after it",
+    )
+    parser.add_argument(
+        "--whole",
+        action="store_true",
+        help="also time without XLA each loss that compiles its terms alone (N = 512 to 1535) with the whole "
+        "loss compiled instead, in a row [whole]",
     )
     parser.add_argument("--cell", help=argparse.SUPPRESS)
     # The tests' smoke runs: one process instead of one per cell (each imports TensorFlow).
@@ -179,11 +197,13 @@ def main():
     for n in args.sizes:
         for jit in (False, True):
             for name in names:
-                kernels = [False] + [True] * (args.kernels and not jit and compiles_itself(name))
-                for as_kernels in kernels:
-                    cell = [name, n, args.k, args.dim, jit, args.min_seconds, args.memory, args.classes, as_kernels]
+                ways = [(False, False)] + [(True, False)] * (args.kernels and not jit and compiles_itself(name))
+                ways += [(False, True)] * (args.whole and not jit and compiles_terms_alone(name))
+                for as_kernels, whole in ways:
+                    cell = [name, n, args.k, args.dim, jit, args.min_seconds, args.memory, args.classes, as_kernels,
+                            whole]
                     r = measure(*cell) if args.in_process else run_cell(sys.executable, __file__, cell)
-                    label = f"{name} [kernels]" if as_kernels else name
+                    label = f"{name} [kernels]" if as_kernels else f"{name} [whole]" if whole else name
                     if "error" in r:
                         print(f"{label:<24}{n:>6}{str(jit):>6}  error: {r['error']}")
                         continue

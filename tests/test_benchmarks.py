@@ -45,6 +45,18 @@ def test_losses_benchmark_times_a_loss_that_compiles_itself_as_kernels_too():
     assert len(table_rows(output, "lifted_structure")) == 2
 
 
+def test_losses_benchmark_times_a_loss_that_compiles_its_terms_alone_whole_too():
+    output = run(
+        "losses.py", "--sizes", "16", "--min-seconds", "0", "--in-process", "--whole",
+        "--losses", "contrastive_all", "supcon",
+    )
+    assert "error" not in output
+    rows = table_rows(output, "contrastive_all")
+    assert [row[1] for row in rows] == ["16", "[whole]", "16"], output
+    # SupCon compiles itself whole at every size.
+    assert len(table_rows(output, "supcon")) == 2
+
+
 def test_memory_benchmark():
     output = run(
         "losses.py", "--sizes", "16", "--min-seconds", "0", "--in-process", "--memory", "32", "--losses", "batch_hard"

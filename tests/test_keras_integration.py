@@ -301,3 +301,88 @@ def test_losses_faster_under_xla_compile_themselves_in_graphs_without_it(key):
         for value, gradient in (compiled(x), differentiated(x), as_kernels(x)):
             np.testing.assert_allclose(value, eager_value, rtol=1e-5)
             np.testing.assert_allclose(gradient, eager_gradient, rtol=1e-4, atol=1e-6)
+
+
+def compiled_input_shapes(graph):
+    """The static shape of the first input of each call in `graph` that XLA must compile."""
+    shapes = []
+    for op in graph.get_operations():
+        if op.type in ("PartitionedCall", "StatefulPartitionedCall"):
+            try:
+                if op.get_attr("_XlaMustCompile"):
+                    shapes.append(tuple(op.inputs[0].shape))
+            except ValueError:
+                pass
+    return shapes
+
+
+@pytest.mark.parametrize("key", sorted(REGISTRY))
+def test_a_loss_split_into_matrix_and_terms_is_its_pair_terms(key):
+    loss = REGISTRY[key].build()
+    split = loss.matrix_terms()
+    if split is None:
+        return
+    x, labels = clustered_data(n=24, classes=4, dim=5, seed=3)
+    pairs = loss.mine(labels, x)
+    matrix, terms = split
+    want = loss.pair_terms(pairs.embeddings, pairs.embeddings, pairs.positive, pairs.negative)
+    got = terms(matrix(pairs.embeddings, pairs.embeddings), pairs.positive, pairs.negative)
+    for have, expected in zip(got, want):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(have), keras.ops.convert_to_numpy(expected), rtol=1e-6)
+
+
+def test_which_losses_split_into_matrix_and_terms():
+    # The others compute more than a matrix and its terms (batch-hard differentiates only the chosen pairs).
+    split = sorted(key for key in FASTER_UNDER_XLA if REGISTRY[key].build().matrix_terms() is not None)
+    assert split == [
+        "batch_all_all", "batch_all_nonzero", "circle", "contrastive_all", "contrastive_hard",
+        "generalized_lifted_structure", "instance", "multi_similarity", "multi_similarity_mined", "nca", "npairs",
+        "ntxent", "pnp", "pnp_dq", "smooth_ap", "soft_nearest_neighbor", "supcon",
+    ]
+    # Those measured faster so (docs/benchmarks.md); each of them splits.
+    alone = sorted(key for key in FASTER_UNDER_XLA if REGISTRY[key].loss_class.compiles_terms_alone)
+    assert alone == [
+        "batch_all_all", "batch_all_nonzero", "circle", "contrastive_all", "contrastive_hard", "multi_similarity",
+        "multi_similarity_mined", "npairs",
+    ]
+    assert set(alone) <= set(split)
+    assert tfm.BatchAllTriplet(miner=tfm.miners.BatchHardMiner()).matrix_terms() is None
+
+
+@pytest.mark.tensorflow_only
+@pytest.mark.parametrize("key", ["contrastive_all", "supcon", "batch_hard"])
+def test_batches_of_some_sizes_compile_the_terms_alone_and_one_of_unknown_size_chooses_when_it_runs(
+    key, monkeypatch
+):
+    import tensorflow as tf
+
+    from tfmetric.losses import base
+
+    loss = REGISTRY[key].build()
+    alone = loss.compiles_terms_alone
+    # Sizes that fit the test: 24 queries compile the terms alone, 16 and 32 the whole loss.
+    monkeypatch.setattr(base, "_TERMS_ALONE_SIZES", (20, 30))
+
+    def step(x, labels):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = 3.0 * loss(labels, x)
+        return value, tape.gradient(value, x)
+
+    x, labels = clustered_data(n=32, classes=4, dim=5, seed=4)
+    for size, splits in ((24, alone), (16, False), (32, False)):
+        traced = tf.function(step, autograph=False).get_concrete_function(
+            tf.constant(x[:size]), tf.constant(labels[:size])
+        )
+        # The (N, N) matrix goes in, or the (N, 5) embeddings.
+        assert compiled_input_shapes(traced.graph) == [(size, size) if splits else (size, 5)]
+    unknown = tf.function(
+        step, autograph=False, input_signature=[tf.TensorSpec([None, 5]), tf.TensorSpec([None], tf.int64)]
+    )
+    for size in (16, 24, 32):
+        eager_value, eager_gradient = step(tf.constant(x[:size]), tf.constant(labels[:size]))
+        value, gradient = unknown(x[:size], labels[:size])
+        np.testing.assert_allclose(value, eager_value, rtol=1e-5)
+        np.testing.assert_allclose(gradient, eager_gradient, rtol=1e-4, atol=1e-6)
+    graph_ops = {op.type for op in unknown.get_concrete_function().graph.get_operations()}
+    assert bool(graph_ops & {"If", "StatelessIf"}) == alone

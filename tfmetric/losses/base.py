@@ -36,7 +36,9 @@ A new loss:
   `MarginLoss`): level 1 attaches them to the model at every call, so they
   train and save with it.
 - sets `faster_under_xla = True` if `benchmarks/losses.py` measures it
-  faster without XLA when it compiles itself (`compile_losses_with_xla`).
+  faster without XLA when it compiles itself (`compile_losses_with_xla`),
+  and `compiles_terms_alone = True` if, a matrix and its terms
+  (`matrix_terms`), `--whole` measures it faster with its terms alone.
 - gets a line in `tfm.losses.registry.LOSSES`, from which the tests,
   benchmarks and command line take their list, and a NumPy brute-force
   reference in `tests/reference.py` (named in `tests/registry.py`), which
@@ -329,7 +331,9 @@ def compile_losses_with_xla(enabled=True):
     therefore computes its value and its gradient with respect to the
     embeddings in one XLA-compiled function of its own, inside a
     `tf.function` (`model.fit`'s step) that is not compiled by XLA, on a
-    machine whose TensorFlow sees no GPU, for the reductions to a scalar.
+    machine whose TensorFlow sees no GPU, for the reductions to a scalar
+    (some of them, at some batch sizes, compile their terms alone and leave
+    the matrix to TensorFlow's kernels: `compiled_loss`).
     The labels are checked before, as ever; the function compiles once per
     batch shape. Eagerly, and with `cross_replica` or the loss's own
     variables, nothing changes.
@@ -356,30 +360,78 @@ def compiles_alone(loss):
     return tf.inside_function() and not tf.config.list_physical_devices("GPU")
 
 
+# The batch sizes at which a loss that compiles its terms alone
+# (`InBatchLoss.compiles_terms_alone`) does so: from 512 queries
+# TensorFlow's kernels compute the matrix and its gradient's products
+# faster than XLA on a CPU (oneDNN's products: the distance matrix 7.6
+# against 8.2 ms at N = 1024), while below, one compiled call for the
+# whole loss costs less than the kernels' overhead; from 2048 on XLA's
+# fused passes over the matrix are the faster (34.9 against 28.5 ms at
+# N = 2048, 227 against 152 ms at 4096).
+_TERMS_ALONE_SIZES = (512, 1536)
+
+
 def compiled_loss(loss, pairs, sample_weight):
     """`loss`'s reduced value on `pairs` of the batch with itself and its gradient, in one XLA-compiled
-    function; outside it, the backward pass is the upstream scalar times the `(N, D)` gradient."""
+    function; outside it, the backward pass is the upstream scalar times the gradient it returns.
+
+    The whole loss is compiled from the embeddings (the function returns
+    the `(N, D)` gradient), except for a loss that compiles its terms alone
+    (`InBatchLoss.compiles_terms_alone`) on a batch of `_TERMS_ALONE_SIZES`:
+    then the matrix (`InBatchLoss.matrix_terms`) and its backward pass stay
+    TensorFlow's kernels and the function returns the `(N, R)` gradient with
+    respect to the matrix. A batch whose size is only known when it runs
+    chooses then (a `tf.cond` of the two).
+    """
     import tensorflow as tf
 
-    def value(embeddings, positive, negative, sample_weight):
-        loss_sums, term_counts = loss.pair_terms(embeddings, embeddings, positive, negative)
-        return reduce_anchor_terms(loss_sums, term_counts, sample_weight, loss.reduction)
-
-    def value_and_gradient(embeddings, positive, negative, sample_weight):
-        with tf.GradientTape() as tape:
-            tape.watch(embeddings)
-            result = value(embeddings, positive, negative, sample_weight)
-        return result, tape.gradient(result, embeddings, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-
     inputs = (pairs.positive, pairs.negative, sample_weight)
+    embeddings = pairs.embeddings
+
+    def whole():
+        return _compiled_terms(
+            lambda embeddings, positive, negative: loss.pair_terms(embeddings, embeddings, positive, negative),
+            loss.reduction, embeddings, inputs,
+        )
+
+    split = loss.matrix_terms() if loss.compiles_terms_alone else None
+    if split is None:
+        return whole()
+    matrix, terms = split
+
+    def terms_alone():
+        return _compiled_terms(terms, loss.reduction, matrix(embeddings, embeddings), inputs)
+
+    smallest, too_large = _TERMS_ALONE_SIZES
+    size = embeddings.shape[0]
+    if size is not None:
+        return terms_alone() if smallest <= size < too_large else whole()
+    size = tf.shape(embeddings)[0]
+    return tf.cond(tf.logical_and(size >= smallest, size < too_large), terms_alone, whole)
+
+
+def _compiled_terms(terms, reduction, source, inputs):
+    """The reduced value of `terms(source, positive, negative)`, compiled with its gradient w.r.t. `source`."""
+    import tensorflow as tf
+
+    def value(source, positive, negative, sample_weight):
+        loss_sums, term_counts = terms(source, positive, negative)
+        return reduce_anchor_terms(loss_sums, term_counts, sample_weight, reduction)
+
+    def value_and_gradient(source, positive, negative, sample_weight):
+        with tf.GradientTape() as tape:
+            tape.watch(source)
+            result = value(source, positive, negative, sample_weight)
+        return result, tape.gradient(result, source, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
     compiled_value, compiled_both = (
         tf.function(f, jit_compile=True, autograph=False) for f in (value, value_and_gradient)
     )
     taped = _gradient_taped()
 
     @tf.custom_gradient
-    def attached(embeddings):
-        held = tf.stop_gradient(embeddings)
+    def attached(source):
+        held = tf.stop_gradient(source)
         if taped:
             result, gradient = compiled_both(held, *inputs)
         else:
@@ -392,7 +444,7 @@ def compiled_loss(loss, pairs, sample_weight):
 
         return result, backward
 
-    return attached(pairs.embeddings)
+    return attached(source)
 
 
 def _gradient_taped():
@@ -441,6 +493,10 @@ class InBatchLoss(keras.losses.Loss):
     # True for the losses that compile themselves with XLA inside
     # TensorFlow graphs that run op by op (`compile_losses_with_xla`).
     faster_under_xla = False
+    # True for those of them that then compile their terms alone, the
+    # matrix (`matrix_terms`) left to TensorFlow's kernels, at the batch
+    # sizes where that measured faster (`compiled_loss`).
+    compiles_terms_alone = False
 
     def __init__(self, reduction="sum_over_batch_size", name=None, cross_replica=False, multi_label=False,
                  miner=None):
@@ -484,6 +540,14 @@ class InBatchLoss(keras.losses.Loss):
     def pair_terms(self, embeddings, ref_embeddings, positive, negative):
         """`(loss_sums, term_counts)`, both `(N,)`, of the queries against the reference."""
         raise NotImplementedError
+
+    def matrix_terms(self):
+        """`(matrix, terms)` such that `pair_terms(e, r, p, n)` is `terms(matrix(e, r), p, n)`, or None.
+
+        A loss that compiles itself (`compile_losses_with_xla`) may then
+        compile its terms alone, the matrix staying TensorFlow's kernels.
+        """
+        return None
 
     def query_terms(self, labels, embeddings, ref_labels=None, ref_embeddings=None, remove_diagonal=None,
                     ref_valid=None):
@@ -563,8 +627,16 @@ class DistanceLoss(InBatchLoss):
         raise NotImplementedError
 
     def pair_terms(self, embeddings, ref_embeddings, positive, negative):
-        distances = pair_distances(embeddings, ref_embeddings, self.distance, self.normalize)
-        return self.distance_terms(distances, positive, negative)
+        return self.distance_terms(self._distances(embeddings, ref_embeddings), positive, negative)
+
+    def _distances(self, embeddings, ref_embeddings):
+        return pair_distances(embeddings, ref_embeddings, self.distance, self.normalize)
+
+    def matrix_terms(self):
+        # A subclass with its own `pair_terms` says itself whether it is the matrix and its terms.
+        if type(self).pair_terms is not DistanceLoss.pair_terms:
+            return None
+        return self._distances, self.distance_terms
 
     def get_config(self):
         config = super().get_config()
@@ -592,8 +664,15 @@ class SimilarityLoss(InBatchLoss):
         raise NotImplementedError
 
     def pair_terms(self, embeddings, ref_embeddings, positive, negative):
-        similarity = pair_similarities(embeddings, ref_embeddings, self.normalize)
-        return self.similarity_terms(similarity, positive, negative)
+        return self.similarity_terms(self._similarities(embeddings, ref_embeddings), positive, negative)
+
+    def _similarities(self, embeddings, ref_embeddings):
+        return pair_similarities(embeddings, ref_embeddings, self.normalize)
+
+    def matrix_terms(self):
+        if type(self).pair_terms is not SimilarityLoss.pair_terms:
+            return None
+        return self._similarities, self.similarity_terms
 
     def get_config(self):
         config = super().get_config()

@@ -196,6 +196,7 @@ class Contrastive(DistanceLoss):
     """
 
     faster_under_xla = True
+    compiles_terms_alone = True
 
     def __init__(
         self,

@@ -196,6 +196,7 @@ class NPairs(SimilarityLoss):
     """
 
     faster_under_xla = True
+    compiles_terms_alone = True
 
     def __init__(
         self, normalize=False, reduction="sum_over_batch_size", name="npairs", cross_replica=False, multi_label=False,

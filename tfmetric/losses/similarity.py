@@ -267,6 +267,7 @@ class MultiSimilarity(SimilarityLoss):
     """
 
     faster_under_xla = True
+    compiles_terms_alone = True
 
     def __init__(
         self,
@@ -341,6 +342,7 @@ class Circle(SimilarityLoss):
     """
 
     faster_under_xla = True
+    compiles_terms_alone = True
 
     def __init__(
         self,

@@ -564,6 +564,7 @@ class BatchAllTriplet(DistanceLoss):
     """
 
     faster_under_xla = True
+    compiles_terms_alone = True
     mines_triplets = True
 
     def __init__(
@@ -590,6 +591,10 @@ class BatchAllTriplet(DistanceLoss):
             embeddings, ref_embeddings, positive, negative, self.margin, self.average, self.distance,
             self.normalize, self.miner,
         )
+
+    def matrix_terms(self):
+        # Without a miner, the distances and `distance_terms`.
+        return None if self.miner is not None else (self._distances, self.distance_terms)
 
     def get_config(self):
         config = super().get_config()
