@@ -32,29 +32,23 @@ def test_losses_benchmark():
     assert len(table_rows(output, "lifted_structure")) == 2  # without and with XLA
 
 
-def test_losses_benchmark_times_a_loss_that_compiles_itself_as_kernels_too():
-    output = run(
-        "losses.py", "--sizes", "16", "--min-seconds", "0", "--in-process", "--kernels",
-        "--losses", "batch_hard", "lifted_structure",
-    )
+@pytest.mark.parametrize(
+    "flag, loss, other, label",
+    [
+        # As TensorFlow's kernels; the lifted loss does not compile itself.
+        ("--kernels", "batch_hard", "lifted_structure", "[kernels]"),
+        # Compiled whole instead of its terms alone; SupCon compiles itself whole at every size.
+        ("--whole", "contrastive_all", "supcon", "[whole]"),
+    ],
+)
+def test_losses_benchmark_times_a_loss_another_way_too(flag, loss, other, label):
+    output = run("losses.py", "--sizes", "16", "--min-seconds", "0", "--in-process", flag, "--losses", loss, other)
     assert "error" not in output
-    # Without XLA, with it, and as TensorFlow's kernels without it; the lifted loss does not compile itself.
-    rows = table_rows(output, "batch_hard")
-    assert [row[1] for row in rows] == ["16", "[kernels]", "16"], output
-    assert [row[2 + (row[1] == "[kernels]")] for row in rows] == ["False", "False", "True"], output
-    assert len(table_rows(output, "lifted_structure")) == 2
-
-
-def test_losses_benchmark_times_a_loss_that_compiles_its_terms_alone_whole_too():
-    output = run(
-        "losses.py", "--sizes", "16", "--min-seconds", "0", "--in-process", "--whole",
-        "--losses", "contrastive_all", "supcon",
-    )
-    assert "error" not in output
-    rows = table_rows(output, "contrastive_all")
-    assert [row[1] for row in rows] == ["16", "[whole]", "16"], output
-    # SupCon compiles itself whole at every size.
-    assert len(table_rows(output, "supcon")) == 2
+    # Without XLA, the other way without it, then with XLA.
+    rows = table_rows(output, loss)
+    assert [row[1] for row in rows] == ["16", label, "16"], output
+    assert [row[2 + (row[1] == label)] for row in rows] == ["False", "False", "True"], output
+    assert len(table_rows(output, other)) == 2
 
 
 def test_memory_benchmark():
