@@ -234,16 +234,22 @@ def test_losses_in_a_tensorflow_1_style_graph(key):
 # ---------------------------------------------------------------- losses compiled by XLA in graphs without it
 
 
-def xla_calls(graph):
-    """How many calls of `graph` XLA must compile (a loss that compiles itself is one)."""
-    calls = 0
+def compiled_calls(graph):
+    """The calls of `graph` that XLA must compile (a loss that compiles itself is one)."""
+    calls = []
     for op in graph.get_operations():
         if op.type in ("PartitionedCall", "StatefulPartitionedCall"):
             try:
-                calls += bool(op.get_attr("_XlaMustCompile"))
+                if op.get_attr("_XlaMustCompile"):
+                    calls.append(op)
             except ValueError:  # no such attribute: an ordinary call
                 pass
     return calls
+
+
+def xla_calls(graph):
+    """How many calls of `graph` XLA must compile."""
+    return len(compiled_calls(graph))
 
 
 FASTER_UNDER_XLA = sorted(key for key, entry in REGISTRY.items() if entry.loss_class.faster_under_xla)
@@ -305,15 +311,7 @@ def test_losses_faster_under_xla_compile_themselves_in_graphs_without_it(key):
 
 def compiled_input_shapes(graph):
     """The static shape of the first input of each call in `graph` that XLA must compile."""
-    shapes = []
-    for op in graph.get_operations():
-        if op.type in ("PartitionedCall", "StatefulPartitionedCall"):
-            try:
-                if op.get_attr("_XlaMustCompile"):
-                    shapes.append(tuple(op.inputs[0].shape))
-            except ValueError:
-                pass
-    return shapes
+    return [tuple(op.inputs[0].shape) for op in compiled_calls(graph)]
 
 
 @pytest.mark.parametrize("key", sorted(REGISTRY))
