@@ -4,8 +4,13 @@ Forward + backward of `tfm.distances.pairwise_distance(x)` (and its
 squared and cosine forms), each divided by the forward + backward of
 `x @ xᵀ` alone, the floor every distance matrix pays. The objective is
 `Σ W ∘ D` with a fixed random `W`, so that the incoming gradient is a full
-matrix (a plain sum would let a compiler simplify the product's gradient).
-The calls alternate, round after round, so that each ratio compares times
+matrix (a plain sum would let a compiler simplify the product's gradient),
+and each step returns the objective's value with its gradient, as a
+training step does: the gradient of `x @ xᵀ` alone does not need the
+product (`(W + Wᵀ) x`), and a step returning only the gradient let
+TensorFlow and XLA drop it, timing the bare product's backward pass
+alone (two products against the distance matrix's three; runs before
+2026-12-07). The calls alternate, round after round, so that each ratio compares times
 measured next to each other; the medians are shown.
 
     python benchmarks/distances.py                      # N = 1024, 4096
@@ -23,6 +28,7 @@ MATRICES = ("x @ xᵀ", "euclidean", "squared_euclidean", "cosine")
 
 
 def steps(jit):
+    """Every matrix's step: `(x, weights) ↦ (Σ W ∘ M(x), its gradient with respect to x)` as NumPy values."""
     import tensorflow as tf
 
     import tfmetric as tfm
@@ -33,9 +39,9 @@ def steps(jit):
             with tf.GradientTape() as tape:
                 tape.watch(x)
                 value = tf.reduce_sum(matrix(x) * weights)
-            return tape.gradient(value, x)
+            return value, tape.gradient(value, x)
 
-        return lambda x, weights: step(x, weights).numpy()
+        return lambda x, weights: tuple(result.numpy() for result in step(x, weights))
 
     made = {"x @ xᵀ": objective(lambda x: tf.matmul(x, x, transpose_b=True))}
     for distance in MATRICES[1:]:

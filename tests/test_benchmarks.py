@@ -1,10 +1,12 @@
 """The benchmark scripts still run (on tiny sizes; their figures are not checked)."""
 
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import only_tensorflow
@@ -85,6 +87,29 @@ def test_distances_benchmark():
     output = run("distances.py", "--sizes", "16", "--dim", "4", "--min-seconds", "0")
     assert len(table_rows(output, "euclidean")) == 2  # without and with XLA
     assert len(table_rows(output, "x @ xᵀ")) == 2
+
+
+def test_distances_benchmark_times_the_forward_pass_too():
+    # The gradient of x @ xᵀ alone does not need the product: a step that
+    # returned only the gradient timed the bare product's backward pass.
+    spec = importlib.util.spec_from_file_location("distances_benchmark", BENCHMARKS / "distances.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    rng = np.random.default_rng(3)
+    x, weights = rng.normal(size=(6, 3)).astype("float32"), rng.uniform(size=(6, 6)).astype("float32")
+    squared = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    cosine = np.maximum(1.0 - unit @ unit.T, 0.0)
+    np.fill_diagonal(cosine, 0.0)
+    expected = {"x @ xᵀ": x @ x.T, "euclidean": np.sqrt(squared), "squared_euclidean": squared, "cosine": cosine}
+    for jit in (False, True):
+        made = benchmark.steps(jit)
+        assert set(made) == set(expected)
+        for name, step in made.items():
+            value, gradient = step(x, weights)
+            np.testing.assert_allclose(value, (expected[name] * weights).sum(), rtol=1e-5, err_msg=name)
+            assert gradient.shape == x.shape
+        np.testing.assert_allclose(made["x @ xᵀ"](x, weights)[1], (weights + weights.T) @ x, rtol=1e-5)
 
 
 def test_kernels_benchmark():
