@@ -275,7 +275,7 @@ def add_at(values, indices, size):
         import tensorflow as tf
 
         def sums(values):
-            return tf.math.bincount(indices, weights=values, minlength=size, maxlength=size)
+            return dense_bincount(indices, size, values)
 
         if not values.dtype.is_floating:
             return sums(values)
@@ -309,15 +309,31 @@ def add_all_at(values, indices, size):
     return [both[:, i] for i in range(len(values))]
 
 
+def dense_bincount(indices, size, weights=None, dtype="int32"):
+    """TensorFlow's `bincount` of `indices` into exactly `size` cells (the sums of `weights`, or counts as `dtype`).
+
+    Its `DenseBincount` kernel alone: `tf.math.bincount` first takes the
+    largest index for the output's size, a pass over the indices (a
+    million at N = 1024) that a given size makes useless.
+    """
+    import tensorflow as tf
+
+    indices = tf.convert_to_tensor(indices)
+    if weights is None:
+        weights = tf.zeros((0,), dtype)
+    return tf.raw_ops.DenseBincount(
+        input=indices, size=tf.cast(size, indices.dtype), weights=weights, binary_output=False
+    )
+
+
 def count_at(indices, size, dtype):
     """How often each of `size` cells is in `indices`, as numbers of `dtype` (operation by operation).
 
     The rows of `entry_coordinates(mask)` counted are the mask's row counts.
     """
     if backend.backend() == "tensorflow":
-        import tensorflow as tf
 
-        return tf.math.bincount(indices, minlength=size, maxlength=size, dtype=dtype)
+        return dense_bincount(indices, size, dtype=dtype)
     import torch
 
     return torch.bincount(indices.long(), minlength=int(size)).to(getattr(torch, backend.standardize_dtype(dtype)))
@@ -644,7 +660,7 @@ def _radix_cut(keys, count, bits):
 
         def histogram(digits):
             size = 1 << _DIGIT_BITS
-            return tf.math.bincount(ops.cast(digits, "int32"), minlength=size, maxlength=size)
+            return dense_bincount(ops.cast(digits, "int32"), size)
 
         def compress(keys, keep):
             return tf.boolean_mask(keys, keep)

@@ -11,7 +11,7 @@ two nodes around it), so that the histogram, and the loss, have gradients.
 import math
 
 import keras
-from keras import ops
+from keras import backend, ops
 
 from tfmetric.distances import cumsum, row_sums
 from tfmetric.losses.base import (
@@ -106,33 +106,39 @@ def histogram_terms(similarity, positive, negative, delta=0.02):
         blocks = ops.cond(ops.all(row_active), lambda: blocks_of(negative, positive), blocks_of_kept_pairs)
     else:
         blocks = blocks_of_kept_pairs()
-    scaled = (ops.clip(ops.cast(similarity, work), -1.0, 1.0) + 1.0) / delta
-    loss_sums, negative_counts = _histogram_sums(scaled, ops.cast(blocks, work), num_queries, num_nodes)
+    loss_sums, negative_counts = _histogram_sums(
+        ops.cast(similarity, work), delta, ops.cast(blocks, "int32"), num_queries, num_nodes
+    )
     return ops.cast(loss_sums, dtype), ops.cast(negative_counts, dtype)
 
 
-def _histogram_sums(scaled, blocks, num_queries, num_nodes):
-    """`histogram_terms`' sums from the similarities in node units and each pair's row of histograms.
+def _histogram_sums(similarity, delta, blocks, num_queries, num_nodes):
+    """`histogram_terms`' sums from the similarities and each pair's row of histograms (int32 `blocks`).
 
-    `blocks` is a float, exact below 2²⁴ queries (JAX's custom gradients take
-    no integers and cannot close over tracers). The gradient of a
-    negative pair's term with respect to its share `f` is `Φ_{l+1} − Φ_l`,
-    the positives' density at node l + 1, times its query's upstream; a
-    positive pair's `f` moves mass from node l to l + 1, which changes `Φ`
-    at node l only: `−w_l / P` with `w_l = Σ_a upstream_a · (a's negative
-    mass at node l)` and P the positive pairs. One table, looked up at the
-    cells the forward pass filled.
+    The similarities are clipped to [−1, 1] and put in node units,
+    `(s + 1)/Δ`; their gradient is written out through both, with the
+    division by Δ in the table looked up (the same floats) and the clipped
+    entries' zeros from one comparison in the forward pass (`clip`'s
+    gradient took four passes over the matrix without XLA).
+
+    The gradient of a negative pair's term with respect to its share `f`
+    is `Φ_{l+1} − Φ_l`, the positives' density at node l + 1, times its
+    query's upstream; a positive pair's `f` moves mass from node l to
+    l + 1, which changes `Φ` at node l only: `−w_l / P` with `w_l = Σ_a
+    upstream_a · (a's negative mass at node l)` and P the positive pairs.
+    One table, looked up at the cells the forward pass filled.
     """
     size = (num_queries + 2) * num_nodes
+    shape = (num_queries + 2, num_nodes)
 
-    @ops.custom_gradient
-    def sums(scaled, blocks):
-        scaled = ops.stop_gradient(scaled)
+    def sums_and_gradient(similarity, blocks):
+        similarity = ops.stop_gradient(similarity)
+        clipped = ops.clip(similarity, -1.0, 1.0)
+        unclipped = ops.equal(clipped, similarity)
+        scaled = (clipped + 1.0) / delta
         lower = ops.minimum(ops.floor(scaled), num_nodes - 2)
         upper_share = scaled - lower
-        cells = ops.cast(ops.stop_gradient(blocks), "int32") * num_nodes + ops.cast(lower, "int32")
-        cells = ops.reshape(cells, (-1,))
-        shape = (num_queries + 2, num_nodes)
+        cells = ops.reshape(blocks * num_nodes + ops.cast(lower, "int32"), (-1,))
         sums = add_all_at([None, ops.reshape(upper_share, (-1,))], cells, size)
         counts, upper = (ops.reshape(values, shape) for values in sums)
         # 1 − f at node l, f at node l + 1.
@@ -144,9 +150,7 @@ def _histogram_sums(scaled, blocks, num_queries, num_nodes):
         loss_sums = ops.sum(negative_masses * cumulative[None, :], axis=1)
         negative_counts = ops.sum(counts[:num_queries], axis=1)
 
-        def gradient(*args, upstream=None):
-            if upstream is None:
-                (upstream,) = args
+        def gradient(upstream):
             upstream = ops.cast(upstream[:num_queries], scaled.dtype)
             next_density = ops.pad(density[1:], [[0, 1]])
             weights = ops.sum(upstream[:, None] * negative_masses, axis=0)
@@ -156,13 +160,38 @@ def _histogram_sums(scaled, blocks, num_queries, num_nodes):
                     -divide_or_zero(weights, num_positive)[None, :],
                     ops.zeros((1, num_nodes), scaled.dtype),
                 ]
-            )
-            grad = ops.reshape(take_in_range(ops.reshape(table, (-1,)), cells), ops.shape(scaled))
-            return grad, ops.zeros_like(blocks)
+            ) / delta
+            gradient = ops.reshape(take_in_range(ops.reshape(table, (-1,)), cells), ops.shape(scaled))
+            return ops.where(unclipped, gradient, ops.zeros((), scaled.dtype))
 
         return ops.concatenate([loss_sums, negative_counts]), gradient
 
-    both = sums(scaled, blocks)
+    if backend.backend() == "jax":
+        # JAX's custom gradients take no integers and cannot close over
+        # tracers: the blocks go in as floats (exact below 2²⁴ queries).
+        @ops.custom_gradient
+        def float_blocks_sums(similarity, blocks):
+            both, gradient = sums_and_gradient(similarity, ops.cast(ops.stop_gradient(blocks), "int32"))
+
+            def gradients(*args, upstream=None):
+                return gradient(args[0] if upstream is None else upstream), ops.zeros_like(blocks)
+
+            return both, gradients
+
+        both = float_blocks_sums(similarity, ops.cast(blocks, similarity.dtype))
+    else:
+        # Elsewhere the int32 blocks are closed over: two passes over the
+        # matrix fewer without XLA (their cast to floats and back).
+        @ops.custom_gradient
+        def sums(similarity):
+            both, gradient = sums_and_gradient(similarity, blocks)
+
+            def gradients(*args, upstream=None):
+                return gradient(args[0] if upstream is None else upstream)
+
+            return both, gradients
+
+        both = sums(similarity)
     return both[:num_queries], ops.stop_gradient(both[num_queries:])
 
 

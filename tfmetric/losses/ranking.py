@@ -15,7 +15,7 @@ float32 for N = R = 1024).
 """
 
 import keras
-from keras import ops
+from keras import backend, ops
 
 from tfmetric.distances import cumsum, row_sums
 from tfmetric.losses.base import (
@@ -52,56 +52,89 @@ PNP_VARIANTS = ("O", "Ds", "Dq", "Iu", "Ib")
 # ---------------------------------------------------------------- term functions
 
 
-def _pulse_histograms(position, channel, kept, width, num_channels):
+def _pulse_histograms(values, unit, channel, kept, width, num_channels):
     """Soft histograms of every row: `Σ_{j: kept[a, j], channel[a, j] = c} max(0, 1 − |position[a, j] − k|)`.
 
-    `position` `(N, R)`, taken as 0 where it is below (its gradient then as
-    at 0: only a negative distance, which the library's never are, is
-    below); `channel` int `(N, R)` in `[0, num_channels)`, `kept` boolean
-    `(N, R)`; returns `(N, width, num_channels)`. A position beyond
-    `width − 2` puts its weight in the last two bins (its gradient is the
-    difference of theirs): callers leave them out. A position `k + f` adds
-    `1 − f` to bin k and `f` to bin k + 1: two scatters into the bins (the
-    entries not kept into a cell past them), the count and the shares `f`
-    of each lower bin (`tfm.mining.add_all_at`: an unweighted `bincount`
-    and a weighted one, or one scatter of the pairs under XLA). Only
-    `position` has a gradient, written out: moving `f` moves weight from
-    bin k to bin k + 1, so it is the difference of the upstream gradient
-    at the two bins, one lookup at the cells the forward pass filled (0 at
-    the cell past them; autodiff would take one per scatter).
+    `position = values / unit` `(N, R)` (`unit` a Python number), taken as
+    0 where it is below (its gradient then as at 0: only a negative
+    distance, which the library's never are, is below); `channel` boolean or int `(N, R)` in `[0, num_channels)`,
+    `kept` boolean `(N, R)`; returns `(N, width, num_channels)`. A position
+    beyond `width − 2` puts its weight in the last two bins (its gradient
+    is the difference of theirs): callers leave them out. A position
+    `k + f` adds `1 − f` to bin k and `f` to bin k + 1: two scatters into
+    the bins (the entries not kept into a cell past them), the count and
+    the shares `f` of each lower bin (`tfm.mining.add_all_at`: an
+    unweighted `bincount` and a weighted one, or one scatter of the pairs
+    under XLA). Only `position` has a gradient, written out: moving `f`
+    moves weight from bin k to bin k + 1, so it is the difference of the
+    upstream gradient at the two bins, one lookup at the cells the forward
+    pass filled (0 at the cell past them; autodiff would take one per
+    scatter), divided by `unit` in the table looked up (the same floats as
+    after the lookup, a pass over the matrix fewer).
     """
-    num_rows = ops.shape(position)[0]
+    num_rows = ops.shape(values)[0]
     size = num_rows * width * num_channels
     shape = (num_rows, width, num_channels)
-    dtype = position.dtype
+    dtype = values.dtype
 
-    # Everything it uses is an argument (the channels and the mask as floats):
-    # JAX's custom gradients take no integers and cannot close over tracers.
-    @ops.custom_gradient
-    def histograms(position, channel, kept):
-        position = ops.maximum(ops.stop_gradient(position), 0.0)
-        rows = ops.arange(num_rows, dtype="int32")[:, None]
+    def first_cells():
+        # Each row's first cell; an entry's is its row's plus its channel, or `size` (past them) where not kept.
+        return ops.arange(num_rows, dtype="int32")[:, None] * (width * num_channels)
+
+    def histograms_and_gradient(values, offsets):
+        position = ops.maximum(ops.stop_gradient(values) / unit, 0.0)
         lower = ops.floor(position)
         # Clipped: a NaN position must not index outside the histograms.
         lower_bin = ops.clip(ops.cast(lower, "int32"), 0, width - 2)
-        cells = (lower_bin + width * rows) * num_channels + ops.cast(channel, "int32")
-        cells = ops.reshape(ops.where(kept > 0.5, cells, size), (-1,))
+        cells = ops.reshape(ops.minimum(lower_bin * num_channels + offsets, size), (-1,))
         sums = add_all_at([None, ops.reshape(position - lower, (-1,))], cells, size + 1)
         weights, shares = (ops.reshape(values[:size], shape) for values in sums)
         counts = weights - shares + ops.pad(shares[:, :-1], [[0, 0], [1, 0], [0, 0]])
 
-        def gradient(*args, upstream=None):
-            if upstream is None:
-                (upstream,) = args
+        def gradient(upstream):
             upstream = ops.cast(upstream, dtype)
-            step = ops.pad(upstream[:, 1:] - upstream[:, :-1], [[0, 0], [0, 1], [0, 0]])
+            step = ops.pad(upstream[:, 1:] - upstream[:, :-1], [[0, 0], [0, 1], [0, 0]]) / unit
             step = ops.concatenate([ops.reshape(step, (-1,)), ops.zeros((1,), dtype)], axis=0)
-            grad = ops.reshape(take_in_range(step, cells), ops.shape(position))
-            return grad, ops.zeros_like(channel), ops.zeros_like(kept)
+            return ops.reshape(take_in_range(step, cells), ops.shape(values))
 
         return ops.cast(counts, dtype), gradient
 
-    return histograms(position, ops.cast(channel, dtype), ops.cast(kept, dtype))
+    if backend.backend() == "jax":
+        # JAX's custom gradients take no integers and cannot close over
+        # tracers: the channels and the mask go in as floats.
+        @ops.custom_gradient
+        def float_masks_histograms(values, channel, kept):
+            offsets = ops.where(kept > 0.5, first_cells() + ops.cast(channel, "int32"), size)
+            counts, gradient = histograms_and_gradient(values, offsets)
+
+            def gradients(*args, upstream=None):
+                upstream = args[0] if upstream is None else upstream
+                return gradient(upstream), ops.zeros_like(channel), ops.zeros_like(kept)
+
+            return counts, gradients
+
+        return float_masks_histograms(values, ops.cast(channel, dtype), ops.cast(kept, dtype))
+
+    # Elsewhere the offsets are closed over: two selections, where the float
+    # masks took four casts and a comparison, each a pass over the matrix
+    # without XLA (a cast from bool being the slower kernel).
+    rows = first_cells()
+    if backend.standardize_dtype(channel.dtype) == "bool":
+        offsets = ops.where(channel, rows + 1, rows)
+    else:
+        offsets = rows + ops.cast(channel, "int32")
+    offsets = ops.where(kept, offsets, size)
+
+    @ops.custom_gradient
+    def histograms(values):
+        counts, gradient = histograms_and_gradient(values, offsets)
+
+        def gradients(*args, upstream=None):
+            return gradient(args[0] if upstream is None else upstream)
+
+        return counts, gradients
+
+    return histograms(values)
 
 
 def fast_ap_terms(distances, positive, negative, num_bins=10, max_distance=4.0):
@@ -121,18 +154,17 @@ def fast_ap_terms(distances, positive, negative, num_bins=10, max_distance=4.0):
     against every bin would take `num_bins + 1` times the memory and time.
     """
     dtype = distances.dtype
-    pos = ops.cast(positive, dtype)
-    # Bins 0 … num_bins, then two, left out, that take the pulses beyond the last centre.
-    position = distances / (max_distance / num_bins)
-    # Channel 1 the positives, 0 the negatives.
+    # Bins 0 … num_bins, then two, left out, that take the pulses beyond the
+    # last centre; channel 1 the positives, 0 the negatives.
     kept = ops.logical_or(positive, negative)
-    histograms = _pulse_histograms(position, positive, kept, num_bins + 3, 2)[:, : num_bins + 1]
+    histograms = _pulse_histograms(distances, max_distance / num_bins, positive, kept, num_bins + 3, 2)
+    histograms = histograms[:, : num_bins + 1]
     h_positive = histograms[..., 1]
     h_all = h_positive + histograms[..., 0]
     cumulative_positive = cumsum(h_positive, axis=1)
     cumulative_all = cumsum(h_all, axis=1)
     precision_sums = ops.sum(divide_or_zero(h_positive * cumulative_positive, cumulative_all), axis=1)
-    num_positives = ops.sum(pos, axis=1)
+    num_positives = ops.sum(ops.cast(positive, dtype), axis=1)
     has_positive = num_positives > 0
     losses = 1.0 - divide_or_zero(precision_sums, num_positives)
     return ops.where(has_positive, losses, ops.zeros_like(losses)), ops.cast(has_positive, dtype)
