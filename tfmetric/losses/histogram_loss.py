@@ -161,8 +161,8 @@ def _histogram_sums(similarity, delta, blocks, num_queries, num_nodes):
                     ops.zeros((1, num_nodes), scaled.dtype),
                 ]
             ) / delta
-            gradient = ops.reshape(take_in_range(ops.reshape(table, (-1,)), cells), ops.shape(scaled))
-            return ops.where(unclipped, gradient, ops.zeros((), scaled.dtype))
+            looked_up = ops.reshape(take_in_range(ops.reshape(table, (-1,)), cells), ops.shape(scaled))
+            return ops.where(unclipped, looked_up, ops.zeros((), scaled.dtype))
 
         return ops.concatenate([loss_sums, negative_counts]), gradient
 

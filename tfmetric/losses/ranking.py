@@ -57,20 +57,21 @@ def _pulse_histograms(values, unit, channel, kept, width, num_channels):
 
     `position = values / unit` `(N, R)` (`unit` a Python number), taken as
     0 where it is below (its gradient then as at 0: only a negative
-    distance, which the library's never are, is below); `channel` boolean or int `(N, R)` in `[0, num_channels)`,
-    `kept` boolean `(N, R)`; returns `(N, width, num_channels)`. A position
-    beyond `width − 2` puts its weight in the last two bins (its gradient
-    is the difference of theirs): callers leave them out. A position
-    `k + f` adds `1 − f` to bin k and `f` to bin k + 1: two scatters into
-    the bins (the entries not kept into a cell past them), the count and
-    the shares `f` of each lower bin (`tfm.mining.add_all_at`: an
-    unweighted `bincount` and a weighted one, or one scatter of the pairs
-    under XLA). Only `position` has a gradient, written out: moving `f`
-    moves weight from bin k to bin k + 1, so it is the difference of the
-    upstream gradient at the two bins, one lookup at the cells the forward
-    pass filled (0 at the cell past them; autodiff would take one per
-    scatter), divided by `unit` in the table looked up (the same floats as
-    after the lookup, a pass over the matrix fewer).
+    distance, which the library's never are, is below); `channel` boolean
+    or int `(N, R)` in `[0, num_channels)`, `kept` boolean `(N, R)`;
+    returns `(N, width, num_channels)`. A position beyond `width − 2` puts
+    its weight in the last two bins (its gradient is the difference of
+    theirs): callers leave them out. A position `k + f` adds `1 − f` to
+    bin k and `f` to bin k + 1: two scatters into the bins (the entries
+    not kept into a cell past them), the count and the shares `f` of each
+    lower bin (`tfm.mining.add_all_at`: an unweighted `bincount` and a
+    weighted one, or one scatter of the pairs under XLA). Only `values`
+    has a gradient, written out: moving `f` moves weight from bin k to bin
+    k + 1, so it is the difference of the upstream gradient at the two
+    bins, one lookup at the cells the forward pass filled (0 at the cell
+    past them; autodiff would take one per scatter), divided by `unit` in
+    the table looked up (the same floats as after the lookup, a pass over
+    the matrix fewer).
     """
     num_rows = ops.shape(values)[0]
     size = num_rows * width * num_channels
