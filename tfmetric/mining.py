@@ -597,6 +597,42 @@ def _attached(value, distances, gradient):
     return attached(value, distances)
 
 
+
+def with_written_gradient(forward, values, integers):
+    """`forward(values, integers)`'s value, differentiable in `values` by the gradient `forward` writes out.
+
+    `forward` returns `(value, gradient)`, `gradient(upstream)` being the
+    gradient with respect to `values`. The int32 `integers` (cells, blocks:
+    no gradient) are closed over where a custom gradient may do so; under
+    JAX, whose custom gradients take no integers and cannot close over
+    tracers, they go in as float32 (exact below 2²⁴) and `forward` gets
+    them back as int32. Without XLA that saves their passes to floats and
+    back.
+    """
+    if backend.backend() == "jax":
+
+        @ops.custom_gradient
+        def with_floats(values, floats):
+            value, gradient = forward(values, ops.cast(ops.stop_gradient(floats), "int32"))
+
+            def gradients(*args, upstream=None):
+                return gradient(args[0] if upstream is None else upstream), ops.zeros_like(floats)
+
+            return value, gradients
+
+        return with_floats(values, ops.cast(integers, "float32"))
+
+    @ops.custom_gradient
+    def closed_over(values):
+        value, gradient = forward(values, integers)
+
+        def gradients(*args, upstream=None):
+            return gradient(args[0] if upstream is None else upstream)
+
+        return value, gradients
+
+    return closed_over(values)
+
 def _bit_pattern(values, key_dtype):
     """The bits of `values` as integers of the same width."""
     if backend.backend() == "tensorflow":

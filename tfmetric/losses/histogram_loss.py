@@ -11,7 +11,7 @@ two nodes around it), so that the histogram, and the loss, have gradients.
 import math
 
 import keras
-from keras import backend, ops
+from keras import ops
 
 from tfmetric.distances import cumsum, row_sums
 from tfmetric.losses.base import (
@@ -36,6 +36,7 @@ from tfmetric.mining import (
     table_slots,
     take_along_rows,
     take_in_range,
+    with_written_gradient,
 )
 
 # ---------------------------------------------------------------- histogram loss
@@ -166,32 +167,7 @@ def _histogram_sums(similarity, delta, blocks, num_queries, num_nodes):
 
         return ops.concatenate([loss_sums, negative_counts]), gradient
 
-    if backend.backend() == "jax":
-        # JAX's custom gradients take no integers and cannot close over
-        # tracers: the blocks go in as floats (exact below 2²⁴ queries).
-        @ops.custom_gradient
-        def float_blocks_sums(similarity, blocks):
-            both, gradient = sums_and_gradient(similarity, ops.cast(ops.stop_gradient(blocks), "int32"))
-
-            def gradients(*args, upstream=None):
-                return gradient(args[0] if upstream is None else upstream), ops.zeros_like(blocks)
-
-            return both, gradients
-
-        both = float_blocks_sums(similarity, ops.cast(blocks, similarity.dtype))
-    else:
-        # Elsewhere the int32 blocks are closed over: two passes over the
-        # matrix fewer without XLA (their cast to floats and back).
-        @ops.custom_gradient
-        def sums(similarity):
-            both, gradient = sums_and_gradient(similarity, blocks)
-
-            def gradients(*args, upstream=None):
-                return gradient(args[0] if upstream is None else upstream)
-
-            return both, gradients
-
-        both = sums(similarity)
+    both = with_written_gradient(sums_and_gradient, similarity, blocks)
     return both[:num_queries], ops.stop_gradient(both[num_queries:])
 
 

@@ -42,6 +42,7 @@ from tfmetric.mining import (
     take_along_rows,
     take_entries,
     take_in_range,
+    with_written_gradient,
 )
 
 # The largest distance between two unit vectors, by distance.
@@ -78,10 +79,6 @@ def _pulse_histograms(values, unit, channel, kept, width, num_channels):
     shape = (num_rows, width, num_channels)
     dtype = values.dtype
 
-    def first_cells():
-        # Each row's first cell; an entry's is its row's plus its channel, or `size` (past them) where not kept.
-        return ops.arange(num_rows, dtype="int32")[:, None] * (width * num_channels)
-
     def histograms_and_gradient(values, offsets):
         position = ops.maximum(ops.stop_gradient(values) / unit, 0.0)
         lower = ops.floor(position)
@@ -89,7 +86,7 @@ def _pulse_histograms(values, unit, channel, kept, width, num_channels):
         lower_bin = ops.clip(ops.cast(lower, "int32"), 0, width - 2)
         cells = ops.reshape(ops.minimum(lower_bin * num_channels + offsets, size), (-1,))
         sums = add_all_at([None, ops.reshape(position - lower, (-1,))], cells, size + 1)
-        weights, shares = (ops.reshape(values[:size], shape) for values in sums)
+        weights, shares = (ops.reshape(total[:size], shape) for total in sums)
         counts = weights - shares + ops.pad(shares[:, :-1], [[0, 0], [1, 0], [0, 0]])
 
         def gradient(upstream):
@@ -100,42 +97,16 @@ def _pulse_histograms(values, unit, channel, kept, width, num_channels):
 
         return ops.cast(counts, dtype), gradient
 
-    if backend.backend() == "jax":
-        # JAX's custom gradients take no integers and cannot close over
-        # tracers: the channels and the mask go in as floats.
-        @ops.custom_gradient
-        def float_masks_histograms(values, channel, kept):
-            offsets = ops.where(kept > 0.5, first_cells() + ops.cast(channel, "int32"), size)
-            counts, gradient = histograms_and_gradient(values, offsets)
-
-            def gradients(*args, upstream=None):
-                upstream = args[0] if upstream is None else upstream
-                return gradient(upstream), ops.zeros_like(channel), ops.zeros_like(kept)
-
-            return counts, gradients
-
-        return float_masks_histograms(values, ops.cast(channel, dtype), ops.cast(kept, dtype))
-
-    # Elsewhere the offsets are closed over: two selections, where the float
-    # masks took four casts and a comparison, each a pass over the matrix
-    # without XLA (a cast from bool being the slower kernel).
-    rows = first_cells()
+    # The cells' offsets from two selections, where the masks as floats took
+    # four casts and a comparison, each a pass over the matrix without XLA (a
+    # cast from bool being the slower kernel).
+    rows = ops.arange(num_rows, dtype="int32")[:, None] * (width * num_channels)
     if backend.standardize_dtype(channel.dtype) == "bool":
         offsets = ops.where(channel, rows + 1, rows)
     else:
         offsets = rows + ops.cast(channel, "int32")
     offsets = ops.where(kept, offsets, size)
-
-    @ops.custom_gradient
-    def histograms(values):
-        counts, gradient = histograms_and_gradient(values, offsets)
-
-        def gradients(*args, upstream=None):
-            return gradient(args[0] if upstream is None else upstream)
-
-        return counts, gradients
-
-    return histograms(values)
+    return with_written_gradient(histograms_and_gradient, values, offsets)
 
 
 def fast_ap_terms(distances, positive, negative, num_bins=10, max_distance=4.0):
