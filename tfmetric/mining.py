@@ -332,7 +332,6 @@ def count_at(indices, size, dtype):
     The rows of `entry_coordinates(mask)` counted are the mask's row counts.
     """
     if backend.backend() == "tensorflow":
-
         return dense_bincount(indices, size, dtype=dtype)
     import torch
 
@@ -597,7 +596,6 @@ def _attached(value, distances, gradient):
     return attached(value, distances)
 
 
-
 def with_written_gradient(forward, values, integers):
     """`forward(values, integers)`'s value, differentiable in `values` by the gradient `forward` writes out.
 
@@ -632,6 +630,7 @@ def with_written_gradient(forward, values, integers):
         return value, gradients
 
     return closed_over(values)
+
 
 def _bit_pattern(values, key_dtype):
     """The bits of `values` as integers of the same width."""
