@@ -299,14 +299,57 @@ def test_losses_faster_under_xla_compile_themselves_in_graphs_without_it(key):
         as_kernels = tf.function(step, autograph=False).get_concrete_function(x)
     finally:
         tfm.losses.compile_losses_with_xla(previous)
-    # A loss with variables of its own (here a random miner's generator) keeps TensorFlow's kernels.
-    assert xla_calls(compiled.graph) == xla_calls(value_only.graph) == (loss.state is None)
+    # A loss whose state a compiled call cannot take (a random miner's generator) keeps TensorFlow's kernels.
+    assert xla_calls(compiled.graph) == xla_calls(value_only.graph) == loss.may_compile()
     assert xla_calls(as_kernels.graph) == 0
     if REGISTRY[key].deterministic:
         eager_value, eager_gradient = step(x)
         for value, gradient in (compiled(x), differentiated(x), as_kernels(x)):
             np.testing.assert_allclose(value, eager_value, rtol=1e-5)
             np.testing.assert_allclose(gradient, eager_gradient, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.tensorflow_only
+@pytest.mark.parametrize("alone", [False, True])
+@pytest.mark.parametrize("learn_beta", [False, True])
+def test_the_margin_loss_compiles_itself_with_its_draws_and_its_learned_beta(learn_beta, alone, monkeypatch):
+    # Its sampling's numbers are drawn, and β read, before the compiled call: step after step (the
+    # generator advancing) the same values and gradients, β's included, as TensorFlow's kernels;
+    # the whole loss compiled, or its terms alone (a batch size among `_TERMS_ALONE_SIZES`).
+    import tensorflow as tf
+
+    from tfmetric.losses import base
+
+    monkeypatch.setattr(base, "_TERMS_ALONE_SIZES", (20, 30) if alone else (30, 40))
+    x, labels = clustered_data(n=24, classes=4, dim=5, seed=4)
+    weights = np.random.default_rng(5).uniform(0.5, 2.0, size=24).astype("float32")
+    x = tf.constant(x)
+
+    def steps(compiled):
+        previous = tfm.losses.compile_losses_with_xla(compiled)
+        try:
+            loss = tfm.losses.MarginLoss(learn_beta=learn_beta, nu=0.1, seed=11)
+            variables = [loss.state.beta] if learn_beta else []
+
+            def step(x):
+                with tf.GradientTape() as tape:
+                    tape.watch(x)
+                    value = 3.0 * loss(labels, x, sample_weight=weights)
+                return value, tape.gradient(value, [x, *variables])
+
+            step = tf.function(step, autograph=False)
+            graph = step.get_concrete_function(x).graph
+            assert compiled_input_shapes(graph) == ([((24, 24) if alone else (24, 5))] if compiled else [])
+            return [step(x) for _ in range(3)]
+        finally:
+            tfm.losses.compile_losses_with_xla(previous)
+
+    compiled, as_kernels = steps(True), steps(False)
+    assert len({float(value) for value, _ in compiled}) == 3  # every step draws anew
+    for (value, gradients), (want, want_gradients) in zip(compiled, as_kernels):
+        np.testing.assert_allclose(value, want, rtol=1e-6)
+        for gradient, want_gradient in zip(gradients, want_gradients):
+            np.testing.assert_allclose(gradient, want_gradient, rtol=1e-5, atol=1e-7)
 
 
 def compiled_input_shapes(graph):
@@ -317,31 +360,44 @@ def compiled_input_shapes(graph):
 @pytest.mark.parametrize("key", sorted(REGISTRY))
 def test_a_loss_split_into_matrix_and_terms_is_its_pair_terms(key):
     loss = REGISTRY[key].build()
-    split = loss.matrix_terms()
+    split = loss.compiled_matrix_terms(5)
     if split is None:
+        assert loss.matrix_terms() is None
         return
     x, labels = clustered_data(n=24, classes=4, dim=5, seed=3)
     pairs = loss.mine(labels, x)
     matrix, terms = split
-    want = loss.pair_terms(pairs.embeddings, pairs.embeddings, pairs.positive, pairs.negative)
-    got = terms(matrix(pairs.embeddings, pairs.embeddings), pairs.positive, pairs.negative)
-    for have, expected in zip(got, want):
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(have), keras.ops.convert_to_numpy(expected), rtol=1e-6)
+    # The same draws (the margin loss's sampling) and variables' values on both sides.
+    trained, drawn = loss.compiled_inputs(24)
+    wants = [loss.compiled_pair_terms(pairs.embeddings, pairs.embeddings, pairs.positive, pairs.negative, trained,
+                                      drawn)]
+    got = terms(matrix(pairs.embeddings, pairs.embeddings), pairs.positive, pairs.negative, trained, drawn)
+    if not (trained or drawn):
+        wants.append(loss.pair_terms(pairs.embeddings, pairs.embeddings, pairs.positive, pairs.negative))
+    if loss.matrix_terms() is not None:
+        matrix, plain_terms = loss.matrix_terms()
+        wants.append(plain_terms(matrix(pairs.embeddings, pairs.embeddings), pairs.positive, pairs.negative))
+    for want in wants:
+        for have, expected in zip(got, want):
+            np.testing.assert_allclose(
+                keras.ops.convert_to_numpy(have), keras.ops.convert_to_numpy(expected), rtol=1e-6
+            )
 
 
 def test_which_losses_split_into_matrix_and_terms():
     # The others compute more than a matrix and its terms (batch-hard differentiates only the chosen pairs).
-    split = sorted(key for key in FASTER_UNDER_XLA if REGISTRY[key].build().matrix_terms() is not None)
+    split = sorted(key for key in FASTER_UNDER_XLA if REGISTRY[key].build().compiled_matrix_terms(5) is not None)
     assert split == [
         "batch_all_all", "batch_all_nonzero", "circle", "contrastive_all", "contrastive_hard",
-        "generalized_lifted_structure", "instance", "multi_similarity", "multi_similarity_mined", "nca", "npairs",
-        "ntxent", "pnp", "pnp_dq", "smooth_ap", "soft_nearest_neighbor", "supcon",
+        "generalized_lifted_structure", "instance", "margin_all", "margin_dw", "multi_similarity",
+        "multi_similarity_mined", "nca", "npairs", "ntxent", "pnp", "pnp_dq", "smooth_ap", "soft_nearest_neighbor",
+        "supcon",
     ]
     # Those measured faster so (docs/benchmarks.md); each of them splits.
     alone = sorted(key for key in FASTER_UNDER_XLA if REGISTRY[key].loss_class.compiles_terms_alone)
     assert alone == [
-        "batch_all_all", "batch_all_nonzero", "circle", "contrastive_all", "contrastive_hard", "multi_similarity",
-        "multi_similarity_mined", "npairs",
+        "batch_all_all", "batch_all_nonzero", "circle", "contrastive_all", "contrastive_hard", "margin_all",
+        "margin_dw", "multi_similarity", "multi_similarity_mined", "npairs",
     ]
     assert set(alone) <= set(split)
     assert tfm.BatchAllTriplet(miner=tfm.miners.BatchHardMiner()).matrix_terms() is None

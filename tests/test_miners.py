@@ -221,6 +221,13 @@ def test_entry_coordinates_in_row_major_order_and_take_entries_with_a_gradient()
     )
     assert float(value) == 1 * 1 + 2 * 2 + 3 * 6 + 4 * 8 + 5 * 8
     np.testing.assert_array_equal(_np(grad), [[0, 1, 2], [0, 0, 0], [3, 0, 9]])
+    # A rectangle (queries against a longer reference), in float64.
+    wide = np.arange(10, dtype="float64").reshape(2, 5)
+    rows, columns = tensor(np.array([1, 0, 1], "int32")), tensor(np.array([4, 3, 4], "int32"))
+    weights = tensor(np.array([1.0, 2.0, 3.0]))
+    value, grad = value_and_grad(lambda m: keras.ops.sum(take_entries(m, rows, columns) * weights), wide)
+    assert float(value) == 9 + 2 * 3 + 3 * 9
+    np.testing.assert_array_equal(_np(grad), [[0, 0, 0, 2, 0], [0, 0, 0, 0, 4]])
 
 
 def test_take_along_rows_picks_each_rows_columns_with_a_gradient():

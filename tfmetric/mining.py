@@ -339,11 +339,25 @@ def count_at(indices, size, dtype):
 
 
 def take_entries(matrix, rows, columns):
-    """`matrix[rows[i], columns[i]]` for every i (differentiable; `rows`, `columns` from `entry_coordinates`)."""
+    """`matrix[rows[i], columns[i]]` for every i (differentiable; `rows`, `columns` from `entry_coordinates`).
+
+    Under TensorFlow the gradient is a sum into segments of the flat
+    positions (`scatter_sum`), not `gather_nd`'s own (a scatter into zeros:
+    3.3 against 0.9 ms for 30,000 entries of a 1024 × 1024 matrix).
+    """
     if backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        return tf.gather_nd(matrix, tf.stack([rows, columns], axis=1))
+        coordinates = tf.stack([rows, columns], axis=1)
+
+        @tf.custom_gradient
+        def taken(matrix):
+            def gradient(upstream):
+                return scatter_sum(coordinates, upstream, ops.shape(matrix))
+
+            return tf.gather_nd(matrix, coordinates), gradient
+
+        return taken(matrix)
     return matrix[rows.long(), columns.long()]
 
 

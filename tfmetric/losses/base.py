@@ -353,7 +353,7 @@ def compiles_alone(loss):
     """Whether `loss` computes itself under XLA here (`compile_losses_with_xla`)."""
     if not (_XLA_INSIDE_GRAPHS["enabled"] and loss.faster_under_xla and tensorflow_op_by_op()):
         return False
-    if loss.state is not None or loss.reduction in (None, "none"):
+    if not loss.may_compile() or loss.reduction in (None, "none"):
         return False
     import tensorflow as tf
 
@@ -381,26 +381,36 @@ def compiled_loss(loss, pairs, sample_weight):
     then the matrix (`InBatchLoss.matrix_terms`) and its backward pass stay
     TensorFlow's kernels and the function returns the `(N, R)` gradient with
     respect to the matrix. A batch whose size is only known when it runs
-    chooses then (a `tf.cond` of the two).
+    chooses then (a `tf.cond` of the two). The values of the loss's trained
+    variables and its random numbers (`InBatchLoss.compiled_inputs`) are
+    read and drawn before, inputs of the function: the variables get their
+    gradients through the reads, and a backward pass computed later sees
+    the same numbers.
     """
     import tensorflow as tf
 
-    inputs = (pairs.positive, pairs.negative, sample_weight)
     embeddings = pairs.embeddings
+    trained, drawn = loss.compiled_inputs(ops.shape(embeddings)[0])
+    inputs = (pairs.positive, pairs.negative, sample_weight, *drawn)
 
     def whole():
-        return _compiled_terms(
-            lambda embeddings, positive, negative: loss.pair_terms(embeddings, embeddings, positive, negative),
-            loss.reduction, embeddings, inputs,
-        )
+        def terms(sources, positive, negative, *drawn):
+            embeddings, *trained = sources
+            return loss.compiled_pair_terms(embeddings, embeddings, positive, negative, trained, drawn)
 
-    split = loss.matrix_terms() if loss.compiles_terms_alone else None
+        return _compiled_terms(terms, loss.reduction, (embeddings, *trained), inputs)
+
+    split = loss.compiled_matrix_terms(embeddings.shape[-1]) if loss.compiles_terms_alone else None
     if split is None:
         return whole()
-    matrix, terms = split
+    matrix, matrix_terms = split
 
     def terms_alone():
-        return _compiled_terms(terms, loss.reduction, matrix(embeddings, embeddings), inputs)
+        def terms(sources, positive, negative, *drawn):
+            matrix_value, *trained = sources
+            return matrix_terms(matrix_value, positive, negative, trained, drawn)
+
+        return _compiled_terms(terms, loss.reduction, (matrix(embeddings, embeddings), *trained), inputs)
 
     smallest, too_large = _TERMS_ALONE_SIZES
     size = embeddings.shape[0]
@@ -410,41 +420,43 @@ def compiled_loss(loss, pairs, sample_weight):
     return tf.cond(tf.logical_and(size >= smallest, size < too_large), terms_alone, whole)
 
 
-def _compiled_terms(terms, reduction, source, inputs):
-    """The reduced value of `terms(source, positive, negative)`, compiled with its gradient w.r.t. `source`."""
+def _compiled_terms(terms, reduction, sources, inputs):
+    """The reduced value of `terms(sources, positive, negative, *drawn)`, compiled with its gradients
+    w.r.t. the tensors `sources` (the embeddings or the matrix, then the values of trained variables)."""
     import tensorflow as tf
 
-    def value(source, positive, negative, sample_weight):
-        loss_sums, term_counts = terms(source, positive, negative)
+    def value(sources, positive, negative, sample_weight, *drawn):
+        loss_sums, term_counts = terms(sources, positive, negative, *drawn)
         return reduce_anchor_terms(loss_sums, term_counts, sample_weight, reduction)
 
-    def value_and_gradient(source, positive, negative, sample_weight):
+    def value_and_gradients(sources, *inputs):
         with tf.GradientTape() as tape:
-            tape.watch(source)
-            result = value(source, positive, negative, sample_weight)
-        return result, tape.gradient(result, source, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            tape.watch(sources)
+            result = value(sources, *inputs)
+        return result, tape.gradient(result, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
     compiled_value, compiled_both = (
-        tf.function(f, jit_compile=True, autograph=False) for f in (value, value_and_gradient)
+        tf.function(f, jit_compile=True, autograph=False) for f in (value, value_and_gradients)
     )
     taped = _gradient_taped()
 
     @tf.custom_gradient
-    def attached(source):
-        held = tf.stop_gradient(source)
+    def attached(*sources):
+        held = tuple(tf.stop_gradient(source) for source in sources)
         if taped:
-            result, gradient = compiled_both(held, *inputs)
+            result, gradients = compiled_both(held, *inputs)
         else:
-            # Keras' evaluation step: the value alone, the gradient only if asked for after all.
-            result, gradient = compiled_value(held, *inputs), None
+            # Keras' evaluation step: the value alone, the gradients only if asked for after all.
+            result, gradients = compiled_value(held, *inputs), None
 
         def backward(upstream):
-            taken = compiled_both(held, *inputs)[1] if gradient is None else gradient
-            return tf.cast(upstream, taken.dtype) * taken
+            taken = compiled_both(held, *inputs)[1] if gradients is None else gradients
+            taken = [tf.cast(upstream, gradient.dtype) * gradient for gradient in taken]
+            return taken[0] if len(taken) == 1 else taken
 
         return result, backward
 
-    return attached(source)
+    return attached(*sources)
 
 
 def _gradient_taped():
@@ -540,6 +552,40 @@ class InBatchLoss(keras.losses.Loss):
     def pair_terms(self, embeddings, ref_embeddings, positive, negative):
         """`(loss_sums, term_counts)`, both `(N,)`, of the queries against the reference."""
         raise NotImplementedError
+
+    def may_compile(self):
+        """Whether the loss may compile itself (`compile_losses_with_xla`).
+
+        A compiled function can neither read the loss's variables nor
+        advance its random generator: by default, only a loss without state.
+        A loss may override it where it reads its variables and draws its
+        numbers before the call (`compiled_inputs`).
+        """
+        return self.state is None
+
+    def compiled_inputs(self, num_queries):
+        """`(trained, drawn)` for a compiled call on `num_queries` queries: tuples of tensors.
+
+        `trained`: the values of the loss's trained variables, read before
+        the call (the variables are differentiated through the reads);
+        `drawn`: the random numbers `pair_terms` would draw, in the same
+        calls of the loss's generator, so that compiled or not the loss sees
+        the same numbers. `compiled_pair_terms` takes both inside.
+        """
+        return (), ()
+
+    def compiled_pair_terms(self, embeddings, ref_embeddings, positive, negative, trained, drawn):
+        """`pair_terms` on the variables' values and the random numbers of `compiled_inputs`."""
+        return self.pair_terms(embeddings, ref_embeddings, positive, negative)
+
+    def compiled_matrix_terms(self, dim):
+        """`matrix_terms` for embeddings of size `dim`, its terms taking `compiled_inputs`' `trained` and `drawn`
+        after the masks: what a loss that compiles its terms alone compiles (`compiles_terms_alone`)."""
+        split = self.matrix_terms()
+        if split is None:
+            return None
+        matrix, terms = split
+        return matrix, lambda matrix_value, positive, negative, trained, drawn: terms(matrix_value, positive, negative)
 
     def matrix_terms(self):
         """`(matrix, terms)` such that `pair_terms(e, r, p, n)` is `terms(matrix(e, r), p, n)`, or None.

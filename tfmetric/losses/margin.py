@@ -100,25 +100,58 @@ def sampled_margin_terms(
     nonzero_loss_cutoff=1.4,
     normalize=True,
     seed=None,
+    uniforms=None,
 ):
     """`margin_terms` of queries against a reference, with their negatives sampled or all.
 
     `beta` is a float or the `(N,)` β of every query; `seed` an int, `None`
     or a `keras.random.SeedGenerator` (what `MarginLoss` passes, so that
-    each call draws anew).
+    each call draws anew); `uniforms`: the `(N, UNIFORMS_PER_ANCHOR)`
+    numbers in [0, 1) the seed would draw, drawn before (`seed` unused).
     """
-    distances = pair_distances(embeddings, ref_embeddings, "euclidean", normalize)
+    return sampled_margin_distance_terms(
+        pair_distances(embeddings, ref_embeddings, "euclidean", normalize),
+        positive,
+        negative,
+        beta,
+        embeddings.shape[-1],
+        margin=margin,
+        nu=nu,
+        sampling=sampling,
+        cutoff=cutoff,
+        nonzero_loss_cutoff=nonzero_loss_cutoff,
+        seed=seed,
+        uniforms=uniforms,
+    )
+
+
+def sampled_margin_distance_terms(
+    distances,
+    positive,
+    negative,
+    beta,
+    dim,
+    *,
+    margin=0.2,
+    nu=0.0,
+    sampling="distance_weighted",
+    cutoff=0.5,
+    nonzero_loss_cutoff=1.4,
+    seed=None,
+    uniforms=None,
+):
+    """`sampled_margin_terms` on the Euclidean distances between embeddings of size `dim`."""
     num_queries = ops.shape(distances)[0]
     anchor_beta = ops.cast(beta, distances.dtype) * ops.ones((num_queries,), distances.dtype)
     negative_weights = None
     if check_choice("sampling", sampling, SAMPLINGS) == "distance_weighted":
-        dim = embeddings.shape[-1]
         if dim is None:
             raise ValueError("Distance-weighted sampling needs a known embedding size.")
         log_weights = distance_weighted_log_weights(
             ops.stop_gradient(distances), negative, dim, cutoff, nonzero_loss_cutoff
         )
-        uniforms = random_numbers((num_queries, UNIFORMS_PER_ANCHOR), seed)
+        if uniforms is None:
+            uniforms = random_numbers((num_queries, UNIFORMS_PER_ANCHOR), seed)
         # Op by op, the positives' coordinates once: their rows counted are the draws a row needs.
         coordinates = entry_coordinates(positive)
         counts = None if coordinates is None else count_at(coordinates[0], num_queries, "int32")
@@ -277,6 +310,7 @@ class MarginLoss(DistanceLoss):
     """
 
     faster_under_xla = True
+    compiles_terms_alone = True
 
     def __init__(
         self,
@@ -363,21 +397,53 @@ class MarginLoss(DistanceLoss):
             embeddings, ref_embeddings, positive, negative, self._anchor_beta(None, 1, embeddings.dtype)
         )
 
-    def _pair_terms(self, embeddings, ref_embeddings, positive, negative, anchor_beta):
+    def may_compile(self):
+        # β's value is read before a compiled call, but a β per class needs the class ids, and a miner's
+        # generator its own calls.
+        return self.num_classes is None and getattr(self.miner, "seed_generator", None) is None
+
+    def compiled_inputs(self, num_queries):
+        trained = (ops.convert_to_tensor(self.state.beta),) if self.learn_beta else ()
+        drawn = ()
+        if self.sampling == "distance_weighted":
+            drawn = (random_numbers((num_queries, UNIFORMS_PER_ANCHOR), self.state.seed_generator),)
+        return trained, drawn
+
+    def compiled_pair_terms(self, embeddings, ref_embeddings, positive, negative, trained, drawn):
+        beta = trained[0] if trained else self.beta
+        return self._pair_terms(embeddings, ref_embeddings, positive, negative, beta, *drawn)
+
+    def compiled_matrix_terms(self, dim):
+        def terms(distances, positive, negative, trained, drawn):
+            beta = trained[0] if trained else self.beta
+            uniforms = drawn[0] if drawn else None
+            return sampled_margin_distance_terms(
+                distances, positive, negative, beta, dim, **self._sampling_arguments(), uniforms=uniforms
+            )
+
+        return self._distances, terms
+
+    def _pair_terms(self, embeddings, ref_embeddings, positive, negative, anchor_beta, uniforms=None):
         return sampled_margin_terms(
             embeddings,
             ref_embeddings,
             positive,
             negative,
             anchor_beta,
-            margin=self.margin,
-            nu=self.nu,
-            sampling=self.sampling,
-            cutoff=self.cutoff,
-            nonzero_loss_cutoff=self.nonzero_loss_cutoff,
+            **self._sampling_arguments(),
             normalize=self.normalize,
-            seed=None if self.state is None else getattr(self.state, "seed_generator", None),
+            uniforms=uniforms,
         )
+
+    def _sampling_arguments(self):
+        return {
+            "margin": self.margin,
+            "nu": self.nu,
+            "sampling": self.sampling,
+            "cutoff": self.cutoff,
+            "nonzero_loss_cutoff": self.nonzero_loss_cutoff,
+            "seed": None if self.state is None else getattr(self.state, "seed_generator", None),
+        }
 
     def get_config(self):
         config = super().get_config()
