@@ -396,8 +396,9 @@ def test_which_losses_split_into_matrix_and_terms():
     # Those measured faster so (docs/benchmarks.md); each of them splits.
     alone = sorted(key for key in FASTER_UNDER_XLA if REGISTRY[key].loss_class.compiles_terms_alone)
     assert alone == [
-        "batch_all_all", "batch_all_nonzero", "circle", "contrastive_all", "contrastive_hard", "margin_all",
-        "margin_dw", "multi_similarity", "multi_similarity_mined", "npairs",
+        "batch_all_all", "batch_all_nonzero", "circle", "contrastive_all", "contrastive_hard", "instance",
+        "margin_all", "margin_dw", "multi_similarity", "multi_similarity_mined", "npairs", "ntxent",
+        "soft_nearest_neighbor", "supcon",
     ]
     assert set(alone) <= set(split)
     assert tfm.BatchAllTriplet(miner=tfm.miners.BatchHardMiner()).matrix_terms() is None

@@ -305,6 +305,7 @@ class SupCon(SimilarityLoss):
     """
 
     faster_under_xla = True
+    compiles_terms_alone = True
 
     def __init__(
         self,
@@ -399,6 +400,7 @@ class NTXent(SimilarityLoss):
     """
 
     faster_under_xla = True
+    compiles_terms_alone = True
 
     def __init__(
         self,
@@ -481,6 +483,7 @@ class Instance(SimilarityLoss):
     """
 
     faster_under_xla = True
+    compiles_terms_alone = True
 
     def __init__(
         self,

@@ -157,6 +157,7 @@ class SoftNearestNeighbor(DistanceLoss):
     """
 
     faster_under_xla = True
+    compiles_terms_alone = True
 
     def __init__(
         self,
