@@ -405,7 +405,7 @@ def test_which_losses_split_into_matrix_and_terms():
 
 
 @pytest.mark.tensorflow_only
-@pytest.mark.parametrize("key", ["contrastive_all", "supcon", "batch_hard"])
+@pytest.mark.parametrize("key", ["contrastive_all", "supcon", "nca", "batch_hard"])
 def test_batches_of_some_sizes_compile_the_terms_alone_and_one_of_unknown_size_chooses_when_it_runs(
     key, monkeypatch
 ):
@@ -414,9 +414,10 @@ def test_batches_of_some_sizes_compile_the_terms_alone_and_one_of_unknown_size_c
     from tfmetric.losses import base
 
     loss = REGISTRY[key].build()
-    alone = loss.compiles_terms_alone
-    # Sizes that fit the test: 24 queries compile the terms alone, 16 and 32 the whole loss.
+    # Sizes that fit the test: 24 queries compile the terms alone, 16 and 32 the whole loss (and every
+    # size, for a loss that splits only from a larger batch: SupCon, from 1024).
     monkeypatch.setattr(base, "_TERMS_ALONE_SIZES", (20, 30))
+    alone = loss.compiles_terms_alone and (loss.terms_alone_from or 0) <= 20
 
     def step(x, labels):
         with tf.GradientTape() as tape:

@@ -38,7 +38,8 @@ A new loss:
 - sets `faster_under_xla = True` if `benchmarks/losses.py` measures it
   faster without XLA when it compiles itself (`compile_losses_with_xla`),
   and `compiles_terms_alone = True` if, a matrix and its terms
-  (`matrix_terms`), `--whole` measures it faster with its terms alone.
+  (`matrix_terms`), `--whole` measures it faster with its terms alone
+  (`terms_alone_from` if only from a larger batch than 512).
 - gets a line in `tfm.losses.registry.LOSSES`, from which the tests,
   benchmarks and command line take their list, and a NumPy brute-force
   reference in `tests/reference.py` (named in `tests/registry.py`), which
@@ -377,9 +378,10 @@ def compiled_loss(loss, pairs, sample_weight):
 
     The whole loss is compiled from the embeddings (the function returns
     the `(N, D)` gradient), except for a loss that compiles its terms alone
-    (`InBatchLoss.compiles_terms_alone`) on a batch of `_TERMS_ALONE_SIZES`:
-    then the matrix (`InBatchLoss.matrix_terms`) and its backward pass stay
-    TensorFlow's kernels and the function returns the `(N, R)` gradient with
+    (`InBatchLoss.compiles_terms_alone`) on a batch of `_TERMS_ALONE_SIZES`
+    (from its `terms_alone_from`, if it has one): then the matrix
+    (`InBatchLoss.matrix_terms`) and its backward pass stay TensorFlow's
+    kernels and the function returns the `(N, R)` gradient with
     respect to the matrix. A batch whose size is only known when it runs
     chooses then (a `tf.cond` of the two). The values of the loss's trained
     variables and its random numbers (`InBatchLoss.compiled_inputs`) are
@@ -400,8 +402,10 @@ def compiled_loss(loss, pairs, sample_weight):
 
         return _compiled_terms(terms, loss.reduction, (embeddings, *trained), inputs)
 
+    smallest, too_large = _TERMS_ALONE_SIZES
+    smallest = max(smallest, loss.terms_alone_from or 0)
     split = loss.compiled_matrix_terms(embeddings.shape[-1]) if loss.compiles_terms_alone else None
-    if split is None:
+    if split is None or smallest >= too_large:
         return whole()
     matrix, matrix_terms = split
 
@@ -412,7 +416,6 @@ def compiled_loss(loss, pairs, sample_weight):
 
         return _compiled_terms(terms, loss.reduction, (matrix(embeddings, embeddings), *trained), inputs)
 
-    smallest, too_large = _TERMS_ALONE_SIZES
     size = embeddings.shape[0]
     if size is not None:
         return terms_alone() if smallest <= size < too_large else whole()
@@ -509,6 +512,9 @@ class InBatchLoss(keras.losses.Loss):
     # matrix (`matrix_terms`) left to TensorFlow's kernels, at the batch
     # sizes where that measured faster (`compiled_loss`).
     compiles_terms_alone = False
+    # For some of those, a batch size below which they stay whole though
+    # within `_TERMS_ALONE_SIZES` (measured slower split at 512).
+    terms_alone_from = None
 
     def __init__(self, reduction="sum_over_batch_size", name=None, cross_replica=False, multi_label=False,
                  miner=None):

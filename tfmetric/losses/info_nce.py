@@ -306,6 +306,7 @@ class SupCon(SimilarityLoss):
 
     faster_under_xla = True
     compiles_terms_alone = True
+    terms_alone_from = 1024
 
     def __init__(
         self,
@@ -401,6 +402,7 @@ class NTXent(SimilarityLoss):
 
     faster_under_xla = True
     compiles_terms_alone = True
+    terms_alone_from = 1024
 
     def __init__(
         self,
@@ -484,6 +486,7 @@ class Instance(SimilarityLoss):
 
     faster_under_xla = True
     compiles_terms_alone = True
+    terms_alone_from = 1024
 
     def __init__(
         self,

@@ -158,6 +158,7 @@ class SoftNearestNeighbor(DistanceLoss):
 
     faster_under_xla = True
     compiles_terms_alone = True
+    terms_alone_from = 1024
 
     def __init__(
         self,
