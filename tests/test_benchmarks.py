@@ -39,8 +39,8 @@ def test_losses_benchmark():
     [
         # As TensorFlow's kernels; the lifted loss does not compile itself.
         ("--kernels", "batch_hard", "lifted_structure", "[kernels]"),
-        # Compiled whole instead of its terms alone; SupCon compiles itself whole at every size.
-        ("--whole", "contrastive_all", "supcon", "[whole]"),
+        # Compiled whole instead of its terms alone; NCA compiles itself whole at every size.
+        ("--whole", "contrastive_all", "nca", "[whole]"),
     ],
 )
 def test_losses_benchmark_times_a_loss_another_way_too(flag, loss, other, label):
