@@ -86,43 +86,15 @@ def drawn_margin_terms(distances, positive, draws, anchor_beta, margin=0.2, nu=0
     return loss_sums, ops.stop_gradient(active)
 
 
-def sampled_margin_terms(
-    embeddings,
-    ref_embeddings,
-    positive,
-    negative,
-    beta,
-    *,
-    margin=0.2,
-    nu=0.0,
-    sampling="distance_weighted",
-    cutoff=0.5,
-    nonzero_loss_cutoff=1.4,
-    normalize=True,
-    seed=None,
-    uniforms=None,
-):
+def sampled_margin_terms(embeddings, ref_embeddings, positive, negative, beta, *, normalize=True, **options):
     """`margin_terms` of queries against a reference, with their negatives sampled or all.
 
-    `beta` is a float or the `(N,)` β of every query; `seed` an int, `None`
-    or a `keras.random.SeedGenerator` (what `MarginLoss` passes, so that
-    each call draws anew); `uniforms`: the `(N, UNIFORMS_PER_ANCHOR)`
-    numbers in [0, 1) the seed would draw, drawn before (`seed` unused).
+    The Euclidean distances of the (by default L2-normalised) embeddings,
+    then `sampled_margin_distance_terms` with the `options` (`margin`,
+    `nu`, `sampling`, `cutoff`, `nonzero_loss_cutoff`, `seed`, `uniforms`).
     """
-    return sampled_margin_distance_terms(
-        pair_distances(embeddings, ref_embeddings, "euclidean", normalize),
-        positive,
-        negative,
-        beta,
-        embeddings.shape[-1],
-        margin=margin,
-        nu=nu,
-        sampling=sampling,
-        cutoff=cutoff,
-        nonzero_loss_cutoff=nonzero_loss_cutoff,
-        seed=seed,
-        uniforms=uniforms,
-    )
+    distances = pair_distances(embeddings, ref_embeddings, "euclidean", normalize)
+    return sampled_margin_distance_terms(distances, positive, negative, beta, embeddings.shape[-1], **options)
 
 
 def sampled_margin_distance_terms(
@@ -140,7 +112,13 @@ def sampled_margin_distance_terms(
     seed=None,
     uniforms=None,
 ):
-    """`sampled_margin_terms` on the Euclidean distances between embeddings of size `dim`."""
+    """`margin_terms` on the Euclidean distances between embeddings of size `dim`, negatives sampled or all.
+
+    `beta` is a float or the `(N,)` β of every query; `seed` an int, `None`
+    or a `keras.random.SeedGenerator` (what `MarginLoss` passes, so that
+    each call draws anew); `uniforms`: the `(N, UNIFORMS_PER_ANCHOR)`
+    numbers in [0, 1) the seed would draw, drawn before (`seed` unused).
+    """
     num_queries = ops.shape(distances)[0]
     anchor_beta = ops.cast(beta, distances.dtype) * ops.ones((num_queries,), distances.dtype)
     negative_weights = None
