@@ -388,8 +388,8 @@ class MarginLoss(DistanceLoss):
         return trained, drawn
 
     def compiled_pair_terms(self, embeddings, ref_embeddings, positive, negative, trained, drawn):
-        beta = trained[0] if trained else self.beta
-        return self._pair_terms(embeddings, ref_embeddings, positive, negative, beta, *drawn)
+        matrix, terms = self.compiled_matrix_terms(embeddings.shape[-1])
+        return terms(matrix(embeddings, ref_embeddings), positive, negative, trained, drawn)
 
     def compiled_matrix_terms(self, dim):
         def terms(distances, positive, negative, trained, drawn):
@@ -401,16 +401,10 @@ class MarginLoss(DistanceLoss):
 
         return self._distances, terms
 
-    def _pair_terms(self, embeddings, ref_embeddings, positive, negative, anchor_beta, uniforms=None):
+    def _pair_terms(self, embeddings, ref_embeddings, positive, negative, anchor_beta):
         return sampled_margin_terms(
-            embeddings,
-            ref_embeddings,
-            positive,
-            negative,
-            anchor_beta,
-            **self._sampling_arguments(),
+            embeddings, ref_embeddings, positive, negative, anchor_beta, **self._sampling_arguments(),
             normalize=self.normalize,
-            uniforms=uniforms,
         )
 
     def _sampling_arguments(self):
