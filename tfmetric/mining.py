@@ -207,12 +207,9 @@ def positive_table_and_counts(positive, num_slots=None):
             num_slots = _most(counts)
         # Rows come in order: a positive's slot is its place after its row's first.
         slots = tf.range(tf.shape(rows)[0]) - tf.gather(tf.cumsum(counts, exclusive=True), rows)
-        # Each cell once: sums into segments of the flat cells, not `scatter_nd`
-        # into zeros (0.36 against 1.06 ms for 15,360 positives at N = 1024).
-        num_slots = tf.cast(num_slots, tf.int64)
-        cells = tf.cast(rows, tf.int64) * num_slots + tf.cast(slots, tf.int64)
-        table = tf.math.unsorted_segment_sum(columns, cells, tf.cast(num_rows, tf.int64) * num_slots)
-        return tf.reshape(table, tf.stack([tf.cast(num_rows, tf.int64), num_slots])), counts
+        # Each cell once: `scatter_sum`'s sums into segments of the flat cells,
+        # not `scatter_nd` into zeros (0.36 against 1.06 ms for 15,360 positives at N = 1024).
+        return scatter_sum(tf.stack([rows, slots], axis=1), columns, (num_rows, num_slots)), counts
     counts = row_counts(positive)
     if num_slots is None:
         num_slots = _most(counts)
