@@ -294,6 +294,59 @@ def test_triplet_margin_sums_count_ties_as_the_loss_does(by_slot, min_val, num_t
     np.testing.assert_allclose(grad, expected[2], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.tensorflow_only
+@pytest.mark.parametrize("compiled", [True, False])
+def test_the_cells_of_the_negatives_compile_in_a_graph_and_count_ties_as_the_loss_does(compiled):
+    # In a TensorFlow graph without XLA on a CPU the negatives' cells are one
+    # XLA-compiled call (`compiled_piece`), a loop of passes over the matrix
+    # otherwise: the same counts, sums and gradient as the loops, on margins
+    # on the thresholds, a Δ that is not a float, and k = 0 to 5 positives.
+    import tensorflow as tf
+    from test_keras_integration import xla_calls
+
+    import tfmetric as tfm
+    from tfmetric.losses import histogram_loss
+
+    rng = np.random.default_rng(6)
+    labels = np.array([0, 0, 0, 0, 0, 0, 1, 1, 2, 3, 3, 3])
+    d = (rng.integers(0, 11, (12, 12)) * 0.2).astype("float32")
+    positive = (labels[:, None] == labels[None, :]) & ~np.eye(12, dtype=bool)
+    negative = labels[:, None] != labels[None, :]
+    min_val, num_thresholds = -1.0, 7
+    delta = 2 * abs(min_val) / num_thresholds
+    weights = rng.normal(size=(12, num_thresholds + 1)).astype("float32")
+    want_counts, want_sums, want_grad = _triplet_margin_sums_by_loops(
+        d, positive, negative, min_val, delta, num_thresholds, weights
+    )
+
+    def step(matrix, positive):
+        with tf.GradientTape() as tape:
+            tape.watch(matrix)
+            counts, sums = histogram_loss.triplet_margin_sums(
+                matrix, positive, tf.constant(negative), min_val, delta, num_thresholds
+            )
+            value = tf.reduce_sum(sums * weights)
+        return counts, value, tape.gradient(value, matrix)
+
+    previous = tfm.losses.compile_losses_with_xla(compiled)
+    try:
+        # The positives' mask of unknown width in the graph: the loop's keys too.
+        step = tf.function(step, autograph=False, input_signature=[
+            tf.TensorSpec((12, 12), tf.float32), tf.TensorSpec((12, 12), tf.bool)])
+        assert xla_calls(step.get_concrete_function().graph) == int(compiled)
+        for mask in (positive, np.zeros_like(positive)):
+            counts, value, grad = step(tf.constant(d), tf.constant(mask))
+            if mask.any():
+                np.testing.assert_array_equal(counts.numpy(), want_counts)
+                np.testing.assert_allclose(value, np.sum(weights * want_sums), rtol=1e-5, atol=1e-4)
+                np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-5)
+            else:
+                np.testing.assert_array_equal(counts.numpy()[:, :-1], 0)
+                np.testing.assert_array_equal(grad.numpy(), 0)
+    finally:
+        tfm.losses.compile_losses_with_xla(previous)
+
+
 def test_reference_sets_and_multi_label_match_brute_force():
     # Eager (JAX jits each check); XLA: `test_compiled_matches_brute_force`.
     compiled = False

@@ -18,6 +18,7 @@ from tfmetric.losses.base import (
     InBatchLoss,
     SimilarityLoss,
     apply_miner,
+    compiled_piece,
     divide_or_zero,
     pair_distances,
     per_query,
@@ -362,29 +363,13 @@ def triplet_margin_sums(distances, positive, negative, min_val, delta, num_thres
     key_whole, key_fraction = _whole_and_fraction(ops.stop_gradient(positive_distances), min_val, delta)
     # A missing slot's fraction is above every negative's: it moves no cell.
     key_fraction = ops.where(has_slot, key_fraction, ops.full((), 2.0, dtype))
-    whole, fraction = _whole_and_fraction(ops.stop_gradient(distances), 0.0, delta)
-
-    # Distances are not negative: whole parts from 0 up to the largest.
-    span = python_int(ops.max(ops.concatenate([ops.reshape(whole, (-1,)), ops.zeros((1,), "int32")])) + 1)
+    # Each negative's cell (the others' one past the rows'), and the whole parts' span.
+    inverse_delta = ops.convert_to_tensor(1.0 / delta, dtype)
+    cells, span = compiled_piece(_negative_cells)(ops.stop_gradient(distances), negative, key_fraction, inverse_delta)
+    span = python_int(span)
     stride = num_slots + 1
-    # A row's cells, and one more never filled: where the keys beyond every negative point.
     width = span * stride + 1
     size = num_queries * width
-    rows = ops.arange(num_queries, dtype="int32")[:, None]
-
-    def count_below(slot, cells):
-        # A selection, not a cast of the comparison: TensorFlow's cast from bool is the slower kernel.
-        return slot + 1, ops.where(key_fraction[:, slot][:, None] < fraction, cells + 1, cells)
-
-    # Each negative's cell: its whole part's, then its place among its query's key fractions.
-    _, cells = ops.while_loop(
-        lambda slot, _: slot < num_slots,
-        count_below,
-        (ops.convert_to_tensor(0, "int32"), whole * stride + rows * width),
-    )
-    # Every other entry goes to one cell past the rows', dropped after the sums
-    # (a NaN distance's whole part is any int: clipped, it stays in range).
-    cells = ops.reshape(ops.clip(ops.where(negative, cells, size), 0, size), (-1,))
     in_cells, sums_in_cells = add_all_at([None, ops.reshape(distances, (-1,))], cells, size + 1)
     in_cells, sums_in_cells = in_cells[:size], sums_in_cells[:size]
     # A key's place: the negatives whose fraction is above it have a place of at least this.
@@ -405,6 +390,43 @@ def triplet_margin_sums(distances, positive, negative, min_val, delta, num_thres
     triplet_counts = ops.sum(slots * counts, axis=1)
     triplet_sums = ops.sum(slots * (positive_distances[:, :, None] * counts - sums), axis=1)
     return ops.stop_gradient(triplet_counts), triplet_sums
+
+
+def _negative_cells(distances, negative, key_fraction, inverse_delta):
+    """`triplet_margin_sums`' cells of the negatives, flat, and the span of the distances' whole parts.
+
+    A negative's cell is its whole part's, then its place among its
+    query's key fractions: `row·width + whole·(k + 1) + place`, `width =
+    span·(k + 1) + 1` a row's cells and one more never filled (where the
+    keys beyond every negative point). Every other entry goes to one cell
+    past the rows', dropped after the sums. No gradient; a pass over the
+    matrix per key.
+    """
+    scaled = distances * inverse_delta
+    whole = ops.floor(scaled)
+    fraction = scaled - whole
+    whole = ops.cast(whole, "int32")
+    # Distances are not negative: whole parts from 0 up to the largest.
+    span = ops.max(ops.concatenate([ops.reshape(whole, (-1,)), ops.zeros((1,), "int32")])) + 1
+    num_queries, num_keys = ops.shape(distances)[0], ops.shape(key_fraction)[1]
+    stride = num_keys + 1
+    width = span * stride + 1
+    size = num_queries * width
+    rows = ops.arange(num_queries, dtype="int32")[:, None]
+    cells = whole * stride + rows * width
+    if not (isinstance(num_keys, int) and num_keys == 0):
+        # A key above every fraction, where a graph does not know whether there are keys: a slice of a
+        # column of none would not compile.
+        keys = ops.pad(key_fraction, [[0, 0], [0, 1]], constant_values=2.0)
+
+        def count_below(key, cells):
+            # A selection, not a cast of the comparison: TensorFlow's cast from bool is the slower kernel.
+            return key + 1, ops.where(keys[:, key][:, None] < fraction, cells + 1, cells)
+
+        start = (ops.convert_to_tensor(0, "int32"), cells)
+        cells = ops.while_loop(lambda key, _: key < num_keys, count_below, start)[1]
+    # A NaN distance's whole part is any int: clipped, it stays in range.
+    return ops.reshape(ops.clip(ops.where(negative, cells, size), 0, size), (-1,)), span
 
 
 def _whole_and_fraction(distances, offset, delta):
