@@ -541,6 +541,50 @@ def test_angular_by_class_and_by_slot(monkeypatch, batch, padding):
     np.testing.assert_allclose(grad / scale, want.grad / scale, atol=1e-5)
 
 
+@pytest.mark.tensorflow_only
+@pytest.mark.parametrize("batch", sorted(ANGULAR_CLASS_BATCHES))
+def test_angular_by_class_compiles_its_pieces_in_a_graph(batch, monkeypatch):
+    # In a TensorFlow graph without XLA on a CPU the classes' products, sums
+    # and gradient are XLA-compiled calls (`compiled_piece`; here from the
+    # smallest class up): the loss and its gradient as the reference's, and
+    # as TensorFlow's kernels give them.
+    import tensorflow as tf
+
+    from tfmetric.losses import base
+
+    monkeypatch.setattr(pw, "_CLASS_PIECES_FROM", 1)
+
+    labels = ANGULAR_CLASS_BATCHES[batch]
+    rng = np.random.default_rng(len(labels) + 1)
+    x = tf.constant(rng.normal(size=(len(labels), DIM)).astype("float32"))
+    weights = rng.uniform(0.5, 2.0, size=len(labels)).astype("float32")
+    want = ref.angular(x.numpy().astype("float64"), labels, sample_weight=weights)
+
+    def step(x, labels):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = pw.Angular()(labels, x, sample_weight=weights)
+        return value, tape.gradient(value, x)
+
+    results = []
+    for compiled in (True, False):
+        previous = tfmetric.losses.compile_losses_with_xla(compiled)
+        try:
+            base._COMPILED_PIECES.pop(pw._class_sums, None)
+            base._COMPILED_PIECES.pop(pw._class_gradient, None)
+            results.append(tf.function(step, autograph=False)(x, tf.constant(labels)))
+            # Traced in both branches of the choice between classes and slots.
+            pieces = base._COMPILED_PIECES
+            assert (pw._class_sums in pieces) == (pw._class_gradient in pieces) == compiled
+        finally:
+            tfmetric.losses.compile_losses_with_xla(previous)
+    scale = max(np.abs(want.grad).max(), 1e-6)
+    for value, grad in results:
+        assert float(value) == pytest.approx(want.loss, rel=1e-5, abs=1e-7)
+        np.testing.assert_allclose(grad.numpy() / scale, want.grad / scale, atol=1e-5)
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-6)
+
+
 @ONLY_OP_BY_OP
 def test_angular_by_class_keeps_float64():
     labels = np.repeat(np.arange(4), 3)

@@ -370,22 +370,28 @@ def _compiling_here():
 _COMPILED_PIECES = {}
 
 
-def compiled_piece(function):
+def compiled_piece(function, when=True):
     """`function` of tensors, without gradient, as one XLA-compiled call where `compiles_alone` would compile a
-    loss; elsewhere `function` itself.
+    loss, and `when` (a boolean scalar) holds; elsewhere `function` itself.
 
-    For a loop of passes over the matrix in a loss that cannot compile
-    itself (its state): each pass a kernel, or three, of its own without
-    XLA, where XLA fuses each into one (the dynamic soft margin's places of
-    the negatives, 15 passes at K = 16: 27 against 2.4 ms at N = 1024).
+    For the gradient-free passes over the matrix of a loss that does not
+    compile itself (its state, or slower whole): each pass a kernel, or
+    three, of its own without XLA, where XLA fuses each into one (the
+    dynamic soft margin's places of the negatives, 15 passes at K = 16: 27
+    against 2.4 ms at N = 1024), and TensorFlow's batched matrix products
+    of small matrices are slow (the angular loss's classes: 3.3 against
+    1.0 ms).
     """
-    if not _compiling_here():
+    if not _compiling_here() or when is False:
         return function
-    if function not in _COMPILED_PIECES:
-        import tensorflow as tf
+    import tensorflow as tf
 
+    if function not in _COMPILED_PIECES:
         _COMPILED_PIECES[function] = tf.function(function, jit_compile=True, autograph=False)
-    return _COMPILED_PIECES[function]
+    compiled = _COMPILED_PIECES[function]
+    if when is True:
+        return compiled
+    return lambda *args: tf.cond(when, lambda: compiled(*args), lambda: function(*args))
 
 
 # The batch sizes at which a loss that compiles its terms alone
