@@ -68,11 +68,15 @@ def _candidates(labels, ref_labels=None):
 # ---------------------------------------------------------------- primitives
 
 
-def _slot_masks():
-    """A positive mask with a query without positives, one with every column, and the rest random."""
-    positive = np.random.default_rng(11).random((9, 13)) < 0.35
+def _slot_masks(num_columns=13):
+    """A positive mask with a query without positives, one with every column, one with the first and last
+    columns and those around the words' edges (16 columns a word under XLA), and the rest random."""
+    positive = np.random.default_rng(11 + num_columns).random((9, num_columns)) < 0.35
     positive[2] = False
     positive[5] = True
+    positive[7] = False
+    positive[7, [0, num_columns - 1]] = True
+    positive[7, [c for c in (15, 16, 31, 32) if c < num_columns]] = True
     return positive
 
 
@@ -87,14 +91,15 @@ def _visit_order(positive):
     return for_each_positive(positive, body, start)[0]
 
 
+@pytest.mark.parametrize("num_columns", [13, 16, 17, 40])
 @pytest.mark.parametrize("compiled", COMPILE_MODES)
-def test_slots_visit_every_positive_once_in_column_order(compiled):
-    positive = _slot_masks()
+def test_slots_visit_every_positive_once_in_column_order(compiled, num_columns):
+    positive = _slot_masks(num_columns)
     want = np.zeros(positive.shape)
     for a, row in enumerate(positive):
         want[a, np.flatnonzero(row)] = np.arange(1, row.sum() + 1)
     visit = _visit_order
-    if compiled:  # XLA, where the columns come from a pass over the mask per slot
+    if compiled:  # XLA, where the columns come from the mask packed into words
         import tensorflow as tf
 
         visit = tf.function(_visit_order, jit_compile=True)

@@ -387,12 +387,49 @@ def _positive_columns(positive, num_slots, table=None):
         table = positive_table(positive, num_slots)
     if table is not None:
         return lambda slot, previous: ops.take(table, slot, axis=1)
-    num_columns = ops.shape(positive)[1]
-    columns = ops.arange(num_columns, dtype="int32")[None, :]
+    return _next_positive_column(positive)
+
+
+# Columns a word of `_next_positive_column`'s bits holds: their sum of powers
+# of two stays an exact float32 integer.
+_WORD_BITS = 16
+
+
+def _next_positive_column(positive):
+    """`_positive_columns`' `next_column` under XLA: the mask packed once into words of `_WORD_BITS` columns.
+
+    The smallest positive column after `previous` is the lowest bit set in
+    the first word after it with one: a pass over the `(N, R / 16)` words
+    and one over the 16 bits of a word per slot, where a minimum over the
+    `(N, R)` mask took 0.5 ms a slot on a CPU (7.8 ms for the 15 slots of
+    N = 1024, K = 16: as much as the distance matrix).
+    """
+    num_rows, num_columns = ops.shape(positive)[0], ops.shape(positive)[1]
+    padding = (-num_columns) % _WORD_BITS
+    bits = ops.pad(ops.cast(positive, "int32"), [[0, 0], [0, padding]])
+    bits = ops.reshape(bits, (num_rows, -1, _WORD_BITS))
+    # Sixteen shifted slices, one fused pass (a reduction of rows of 16 is the slower; a product on a
+    # GPU may round in TF32).
+    words = bits[:, :, 0]
+    for bit in range(1, _WORD_BITS):
+        words = ops.bitwise_or(words, ops.left_shift(bits[:, :, bit], bit))
+    powers = ops.convert_to_tensor(np.left_shift(1, np.arange(_WORD_BITS)).astype("int32"))
+    num_words = ops.shape(words)[1]
+    word_index = ops.arange(num_words, dtype="int32")[None, :]
 
     def next_column(slot, previous):
-        after = ops.logical_and(positive, columns > previous[:, None])
-        return ops.minimum(ops.min(ops.where(after, columns, num_columns), axis=1), num_columns - 1)
+        start = previous + 1
+        first, offset = start // _WORD_BITS, start % _WORD_BITS
+        # The bits from `offset` on of the first word, every bit of the words after it.
+        from_offset = ops.left_shift(ops.full_like(offset, -1), offset)[:, None]
+        after = ops.where(word_index > first[:, None], words, ops.bitwise_and(words, from_offset))
+        after = ops.where(word_index >= first[:, None], after, ops.zeros_like(after))
+        word_at = ops.min(ops.where(after != 0, word_index, num_words), axis=1)
+        word = take_along_rows(after, ops.minimum(word_at, num_words - 1)[:, None])[:, 0]
+        lowest = ops.bitwise_and(word, -word)
+        # 2^p is above p of the powers below 2^16.
+        position = ops.sum(ops.cast(lowest[:, None] > powers[None, :], "int32"), axis=1)
+        return ops.minimum(word_at * _WORD_BITS + position, num_columns - 1)
 
     return next_column
 
