@@ -390,8 +390,9 @@ def _positive_columns(positive, num_slots, table=None):
     return _next_positive_column(positive)
 
 
-# Columns a word of `_next_positive_column`'s bits holds: their sum of powers
-# of two stays an exact float32 integer.
+# Columns a word of `_next_positive_column`'s bits holds: int32 words whose
+# sign bit stays clear, so that a word's lowest bit compares with the powers
+# of two as a positive number.
 _WORD_BITS = 16
 
 
@@ -509,10 +510,12 @@ def row_min_above(values, thresholds):
 
     if backend.backend() != "tensorflow" or dtype not in ("float32", "float64"):
         return by_selection()
-    packed = not tensorflow_op_by_op()
-    if packed and dtype != "float32":
-        return by_selection()
     import tensorflow as tf
+
+    # 64-bit keys under XLA, but not on TPUs, where 64-bit integers are emulated.
+    packed = not tensorflow_op_by_op()
+    if packed and (dtype != "float32" or tf.config.list_logical_devices("TPU")):
+        return by_selection()
 
     unsigned = tf.uint32 if dtype == "float32" else tf.uint64
 
