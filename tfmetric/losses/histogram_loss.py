@@ -402,10 +402,7 @@ def _negative_cells(distances, negative, key_fraction, inverse_delta):
     past the rows', dropped after the sums. No gradient; a pass over the
     matrix per key.
     """
-    scaled = distances * inverse_delta
-    whole = ops.floor(scaled)
-    fraction = scaled - whole
-    whole = ops.cast(whole, "int32")
+    whole, fraction = _whole_and_fraction_of(distances * inverse_delta)
     # Distances are not negative: whole parts from 0 up to the largest.
     span = ops.max(ops.concatenate([ops.reshape(whole, (-1,)), ops.zeros((1,), "int32")])) + 1
     num_queries, num_keys = ops.shape(distances)[0], ops.shape(key_fraction)[1]
@@ -431,7 +428,10 @@ def _negative_cells(distances, negative, key_fraction, inverse_delta):
 
 def _whole_and_fraction(distances, offset, delta):
     """`(d − offset)·(1/Δ)` in the distances' float type as its whole part, int32, and its exact fraction in [0, 1)."""
-    scaled = (distances - offset) * (1.0 / delta)
+    return _whole_and_fraction_of((distances - offset) * (1.0 / delta))
+
+
+def _whole_and_fraction_of(scaled):
     whole = ops.floor(scaled)
     return ops.cast(whole, "int32"), scaled - whole
 
