@@ -259,9 +259,9 @@ def test_the_faster_losses_under_xla_are_those_of_the_benchmarks():
     # A loss joins the list when its time without XLA drops in a measured run (docs/benchmarks.md).
     assert FASTER_UNDER_XLA == [
         "batch_all_all", "batch_all_nonzero", "batch_hard", "batch_hard_soft", "circle", "contrastive_all",
-        "contrastive_hard", "generalized_lifted_structure", "instance", "margin_all", "margin_dw",
-        "multi_similarity", "multi_similarity_mined", "nca", "npairs", "ntxent", "pnp", "pnp_dq", "smooth_ap",
-        "snr_contrastive", "soft_nearest_neighbor", "supcon",
+        "contrastive_hard", "fast_ap", "generalized_lifted_structure", "histogram", "instance", "margin_all",
+        "margin_dw", "multi_similarity", "multi_similarity_mined", "nca", "npairs", "ntxent", "pnp", "pnp_dq",
+        "ranked_list", "smooth_ap", "snr_contrastive", "soft_nearest_neighbor", "supcon",
     ]
 
 
@@ -388,17 +388,21 @@ def test_which_losses_split_into_matrix_and_terms():
     # The others compute more than a matrix and its terms (batch-hard differentiates only the chosen pairs).
     split = sorted(key for key in FASTER_UNDER_XLA if REGISTRY[key].build().compiled_matrix_terms(5) is not None)
     assert split == [
-        "batch_all_all", "batch_all_nonzero", "circle", "contrastive_all", "contrastive_hard",
-        "generalized_lifted_structure", "instance", "margin_all", "margin_dw", "multi_similarity",
-        "multi_similarity_mined", "nca", "npairs", "ntxent", "pnp", "pnp_dq", "smooth_ap", "soft_nearest_neighbor",
-        "supcon",
+        "batch_all_all", "batch_all_nonzero", "circle", "contrastive_all", "contrastive_hard", "fast_ap",
+        "generalized_lifted_structure", "histogram", "instance", "margin_all", "margin_dw", "multi_similarity",
+        "multi_similarity_mined", "nca", "npairs", "ntxent", "pnp", "pnp_dq", "ranked_list", "smooth_ap",
+        "soft_nearest_neighbor", "supcon",
     ]
     # Those measured faster so (docs/benchmarks.md); each of them splits.
     alone = sorted(key for key in FASTER_UNDER_XLA if REGISTRY[key].loss_class.compiles_terms_alone)
     assert alone == [
-        "batch_all_all", "batch_all_nonzero", "circle", "contrastive_all", "contrastive_hard", "instance",
-        "margin_all", "margin_dw", "multi_similarity", "multi_similarity_mined", "npairs", "ntxent",
-        "soft_nearest_neighbor", "supcon",
+        "batch_all_all", "batch_all_nonzero", "circle", "contrastive_all", "contrastive_hard", "fast_ap",
+        "histogram", "instance", "margin_all", "margin_dw", "multi_similarity", "multi_similarity_mined", "npairs",
+        "ntxent", "pnp", "pnp_dq", "ranked_list", "soft_nearest_neighbor", "supcon",
+    ]
+    # And those whose kernels measured faster at large batches.
+    assert sorted(key for key in FASTER_UNDER_XLA if REGISTRY[key].loss_class.compiles_below) == [
+        "fast_ap", "histogram", "ranked_list"
     ]
     assert set(alone) <= set(split)
     assert tfm.BatchAllTriplet(miner=tfm.miners.BatchHardMiner()).matrix_terms() is None
@@ -442,3 +446,38 @@ def test_batches_of_some_sizes_compile_the_terms_alone_and_one_of_unknown_size_c
         np.testing.assert_allclose(gradient, eager_gradient, rtol=1e-4, atol=1e-6)
     graph_ops = {op.type for op in unknown.get_concrete_function().graph.get_operations()}
     assert bool(graph_ops & {"If", "StatelessIf"}) == alone
+
+
+@pytest.mark.tensorflow_only
+def test_a_loss_compiled_below_a_batch_size_is_its_kernels_from_there(monkeypatch):
+    import tensorflow as tf
+
+    from tfmetric.losses import base
+
+    loss = REGISTRY["fast_ap"].build()
+    # 16 queries compile the whole loss, 24 its terms alone, 32 none of it.
+    monkeypatch.setattr(base, "_TERMS_ALONE_SIZES", (20, 30))
+    monkeypatch.setattr(type(loss), "compiles_below", 30)
+
+    def step(x, labels):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = 3.0 * loss(labels, x)
+        return value, tape.gradient(value, x)
+
+    x, labels = clustered_data(n=32, classes=4, dim=5, seed=4)
+    for size, shapes in ((16, [(16, 5)]), (24, [(24, 24)]), (32, [])):
+        traced = tf.function(step, autograph=False).get_concrete_function(
+            tf.constant(x[:size]), tf.constant(labels[:size])
+        )
+        assert compiled_input_shapes(traced.graph) == shapes
+    unknown = tf.function(
+        step, autograph=False, input_signature=[tf.TensorSpec([None, 5]), tf.TensorSpec([None], tf.int64)]
+    )
+    for size in (16, 24, 32):
+        eager_value, eager_gradient = step(tf.constant(x[:size]), tf.constant(labels[:size]))
+        value, gradient = unknown(x[:size], labels[:size])
+        np.testing.assert_allclose(value, eager_value, rtol=1e-5)
+        np.testing.assert_allclose(gradient, eager_gradient, rtol=1e-4, atol=1e-6)
+    graph_ops = {op.type for op in unknown.get_concrete_function().graph.get_operations()}
+    assert graph_ops & {"If", "StatelessIf"}

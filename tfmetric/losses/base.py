@@ -39,7 +39,8 @@ A new loss:
   faster without XLA when it compiles itself (`compile_losses_with_xla`),
   and `compiles_terms_alone = True` if, a matrix and its terms
   (`matrix_terms`), `--whole` measures it faster with its terms alone
-  (`terms_alone_from` if only from a larger batch than 512).
+  (`terms_alone_from` if only from a larger batch than 512), and
+  `compiles_below` if its kernels are the faster from some batch size on.
 - gets a line in `tfm.losses.registry.LOSSES`, from which the tests,
   benchmarks and command line take their list, and a NumPy brute-force
   reference in `tests/reference.py` (named in `tests/registry.py`), which
@@ -415,8 +416,9 @@ def compiled_loss(loss, pairs, sample_weight):
     (from its `terms_alone_from`, if it has one): then the matrix
     (`InBatchLoss.matrix_terms`) and its backward pass stay TensorFlow's
     kernels and the function returns the `(N, R)` gradient with
-    respect to the matrix. A batch whose size is only known when it runs
-    chooses then (a `tf.cond` of the two). The values of the loss's trained
+    respect to the matrix. A loss with `compiles_below` computes a batch
+    of that size or more as TensorFlow's kernels, uncompiled. A batch whose
+    size is only known when it runs chooses then (a `tf.cond`). The values of the loss's trained
     variables and its random numbers (`InBatchLoss.compiled_inputs`) are
     read and drawn before, inputs of the function: the variables get their
     gradients through the reads, and a backward pass computed later sees
@@ -435,25 +437,37 @@ def compiled_loss(loss, pairs, sample_weight):
 
         return _compiled_terms(terms, loss.reduction, (embeddings, *trained), inputs)
 
+    def kernels():
+        return reduce_anchor_terms(*loss.pair_terms(*pairs), sample_weight, loss.reduction)
+
     smallest, too_large = _TERMS_ALONE_SIZES
     smallest = max(smallest, loss.terms_alone_from or 0)
     split = loss.compiled_matrix_terms(embeddings.shape[-1]) if loss.compiles_terms_alone else None
     if split is None or smallest >= too_large:
-        return whole()
-    matrix, matrix_terms = split
+        compiled = whole
+    else:
+        matrix, matrix_terms = split
 
-    def terms_alone():
-        def terms(sources, positive, negative, *drawn):
-            matrix_value, *trained = sources
-            return matrix_terms(matrix_value, positive, negative, trained, drawn)
+        def terms_alone():
+            def terms(sources, positive, negative, *drawn):
+                matrix_value, *trained = sources
+                return matrix_terms(matrix_value, positive, negative, trained, drawn)
 
-        return _compiled_terms(terms, loss.reduction, (matrix(embeddings, embeddings), *trained), inputs)
+            return _compiled_terms(terms, loss.reduction, (matrix(embeddings, embeddings), *trained), inputs)
 
+        def compiled():
+            size = embeddings.shape[0]
+            if size is not None:
+                return terms_alone() if smallest <= size < too_large else whole()
+            size = tf.shape(embeddings)[0]
+            return tf.cond(tf.logical_and(size >= smallest, size < too_large), terms_alone, whole)
+
+    if loss.compiles_below is None:
+        return compiled()
     size = embeddings.shape[0]
     if size is not None:
-        return terms_alone() if smallest <= size < too_large else whole()
-    size = tf.shape(embeddings)[0]
-    return tf.cond(tf.logical_and(size >= smallest, size < too_large), terms_alone, whole)
+        return compiled() if size < loss.compiles_below else kernels()
+    return tf.cond(tf.shape(embeddings)[0] < loss.compiles_below, compiled, kernels)
 
 
 def _compiled_terms(terms, reduction, sources, inputs):
@@ -548,6 +562,12 @@ class InBatchLoss(keras.losses.Loss):
     # For some of those, a batch size below which they stay whole though
     # within `_TERMS_ALONE_SIZES` (measured slower split at 512).
     terms_alone_from = None
+    # For some losses that compile themselves, the batch size from which
+    # they stay TensorFlow's kernels: where XLA's fused passes gain less
+    # than its slower products and histograms cost (FastAP, the histogram
+    # and ranked list losses from 1536 queries: as slow or slower whole at
+    # 2048).
+    compiles_below = None
 
     def __init__(self, reduction="sum_over_batch_size", name=None, cross_replica=False, multi_label=False,
                  miner=None):

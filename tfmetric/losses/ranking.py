@@ -710,6 +710,10 @@ class FastAP(DistanceLoss):
     0.5417
     """
 
+    faster_under_xla = True
+    compiles_terms_alone = True
+    compiles_below = 1536
+
     def __init__(
         self,
         num_bins=10,
@@ -860,6 +864,8 @@ class PNP(SimilarityLoss):
     """
 
     faster_under_xla = True
+    compiles_terms_alone = True
+    terms_alone_from = 1024
 
     def __init__(
         self,
@@ -936,6 +942,11 @@ class RankedList(DistanceLoss):
     >>> round(float(tfm.RankedList(margin=0.4, Tn=10.0)(labels, embeddings)), 4)
     0.4761
     """
+
+    faster_under_xla = True
+    compiles_terms_alone = True
+    terms_alone_from = 1024
+    compiles_below = 1536
 
     def __init__(
         self,
