@@ -418,8 +418,9 @@ def compiled_loss(loss, pairs, sample_weight):
     kernels and the function returns the `(N, R)` gradient with
     respect to the matrix. A loss with `compiles_below` computes a batch
     of that size or more as TensorFlow's kernels, uncompiled. A batch whose
-    size is only known when it runs chooses then (a `tf.cond`). The values of the loss's trained
-    variables and its random numbers (`InBatchLoss.compiled_inputs`) are
+    size is only known when it runs chooses then (a `tf.cond`). The values
+    of the loss's trained variables and its random numbers
+    (`InBatchLoss.compiled_inputs`) are
     read and drawn before, inputs of the function: the variables get their
     gradients through the reads, and a backward pass computed later sees
     the same numbers.
@@ -438,6 +439,7 @@ def compiled_loss(loss, pairs, sample_weight):
         return _compiled_terms(terms, loss.reduction, (embeddings, *trained), inputs)
 
     def kernels():
+        # Only for losses without state (`compiles_below`): the draws above stay unused.
         return reduce_anchor_terms(*loss.pair_terms(*pairs), sample_weight, loss.reduction)
 
     smallest, too_large = _TERMS_ALONE_SIZES
@@ -566,7 +568,7 @@ class InBatchLoss(keras.losses.Loss):
     # they stay TensorFlow's kernels: where XLA's fused passes gain less
     # than its slower products and histograms cost (FastAP, the histogram
     # and ranked list losses from 1536 queries: as slow or slower whole at
-    # 2048).
+    # 2048). Not for a loss with state: it would draw its numbers twice.
     compiles_below = None
 
     def __init__(self, reduction="sum_over_batch_size", name=None, cross_replica=False, multi_label=False,
