@@ -408,6 +408,35 @@ def test_which_losses_split_into_matrix_and_terms():
     assert tfm.BatchAllTriplet(miner=tfm.miners.BatchHardMiner()).matrix_terms() is None
 
 
+
+def _scaled_loss_step(loss):
+    """Three times `loss` and its gradient w.r.t. the embeddings, for tracing at several batch sizes."""
+    import tensorflow as tf
+
+    def step(x, labels):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = 3.0 * loss(labels, x)
+        return value, tape.gradient(value, x)
+
+    return step
+
+
+def _ops_of_a_step_of_unknown_size(step, x, labels):
+    """The op types of `step` traced for batches of any size, which gives the eager values at 16, 24 and 32."""
+    import tensorflow as tf
+
+    unknown = tf.function(
+        step, autograph=False, input_signature=[tf.TensorSpec([None, 5]), tf.TensorSpec([None], tf.int64)]
+    )
+    for size in (16, 24, 32):
+        eager_value, eager_gradient = step(tf.constant(x[:size]), tf.constant(labels[:size]))
+        value, gradient = unknown(x[:size], labels[:size])
+        np.testing.assert_allclose(value, eager_value, rtol=1e-5)
+        np.testing.assert_allclose(gradient, eager_gradient, rtol=1e-4, atol=1e-6)
+    return {op.type for op in unknown.get_concrete_function().graph.get_operations()}
+
+
 @pytest.mark.tensorflow_only
 @pytest.mark.parametrize("key", ["contrastive_all", "supcon", "nca", "batch_hard"])
 def test_batches_of_some_sizes_compile_the_terms_alone_and_one_of_unknown_size_chooses_when_it_runs(
@@ -423,11 +452,7 @@ def test_batches_of_some_sizes_compile_the_terms_alone_and_one_of_unknown_size_c
     monkeypatch.setattr(base, "_TERMS_ALONE_SIZES", (20, 30))
     alone = loss.compiles_terms_alone and (loss.terms_alone_from or 0) <= 20
 
-    def step(x, labels):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            value = 3.0 * loss(labels, x)
-        return value, tape.gradient(value, x)
+    step = _scaled_loss_step(loss)
 
     x, labels = clustered_data(n=32, classes=4, dim=5, seed=4)
     for size, splits in ((24, alone), (16, False), (32, False)):
@@ -436,15 +461,7 @@ def test_batches_of_some_sizes_compile_the_terms_alone_and_one_of_unknown_size_c
         )
         # The (N, N) matrix goes in, or the (N, 5) embeddings.
         assert compiled_input_shapes(traced.graph) == [(size, size) if splits else (size, 5)]
-    unknown = tf.function(
-        step, autograph=False, input_signature=[tf.TensorSpec([None, 5]), tf.TensorSpec([None], tf.int64)]
-    )
-    for size in (16, 24, 32):
-        eager_value, eager_gradient = step(tf.constant(x[:size]), tf.constant(labels[:size]))
-        value, gradient = unknown(x[:size], labels[:size])
-        np.testing.assert_allclose(value, eager_value, rtol=1e-5)
-        np.testing.assert_allclose(gradient, eager_gradient, rtol=1e-4, atol=1e-6)
-    graph_ops = {op.type for op in unknown.get_concrete_function().graph.get_operations()}
+    graph_ops = _ops_of_a_step_of_unknown_size(step, x, labels)
     assert bool(graph_ops & {"If", "StatelessIf"}) == alone
 
 
@@ -459,11 +476,7 @@ def test_a_loss_compiled_below_a_batch_size_is_its_kernels_from_there(monkeypatc
     monkeypatch.setattr(base, "_TERMS_ALONE_SIZES", (20, 30))
     monkeypatch.setattr(type(loss), "compiles_below", 30)
 
-    def step(x, labels):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            value = 3.0 * loss(labels, x)
-        return value, tape.gradient(value, x)
+    step = _scaled_loss_step(loss)
 
     x, labels = clustered_data(n=32, classes=4, dim=5, seed=4)
     for size, shapes in ((16, [(16, 5)]), (24, [(24, 24)]), (32, [])):
@@ -471,13 +484,5 @@ def test_a_loss_compiled_below_a_batch_size_is_its_kernels_from_there(monkeypatc
             tf.constant(x[:size]), tf.constant(labels[:size])
         )
         assert compiled_input_shapes(traced.graph) == shapes
-    unknown = tf.function(
-        step, autograph=False, input_signature=[tf.TensorSpec([None, 5]), tf.TensorSpec([None], tf.int64)]
-    )
-    for size in (16, 24, 32):
-        eager_value, eager_gradient = step(tf.constant(x[:size]), tf.constant(labels[:size]))
-        value, gradient = unknown(x[:size], labels[:size])
-        np.testing.assert_allclose(value, eager_value, rtol=1e-5)
-        np.testing.assert_allclose(gradient, eager_gradient, rtol=1e-4, atol=1e-6)
-    graph_ops = {op.type for op in unknown.get_concrete_function().graph.get_operations()}
+    graph_ops = _ops_of_a_step_of_unknown_size(step, x, labels)
     assert graph_ops & {"If", "StatelessIf"}
