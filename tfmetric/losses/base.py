@@ -458,18 +458,16 @@ def compiled_loss(loss, pairs, sample_weight):
             return _compiled_terms(terms, loss.reduction, (matrix(embeddings, embeddings), *trained), inputs)
 
         def compiled():
-            size = embeddings.shape[0]
             if size is not None:
                 return terms_alone() if smallest <= size < too_large else whole()
-            size = tf.shape(embeddings)[0]
-            return tf.cond(tf.logical_and(size >= smallest, size < too_large), terms_alone, whole)
+            return tf.cond(tf.logical_and(dynamic_size >= smallest, dynamic_size < too_large), terms_alone, whole)
 
+    size, dynamic_size = embeddings.shape[0], tf.shape(embeddings)[0]
     if loss.compiles_below is None:
         return compiled()
-    size = embeddings.shape[0]
     if size is not None:
         return compiled() if size < loss.compiles_below else kernels()
-    return tf.cond(tf.shape(embeddings)[0] < loss.compiles_below, compiled, kernels)
+    return tf.cond(dynamic_size < loss.compiles_below, compiled, kernels)
 
 
 def _compiled_terms(terms, reduction, sources, inputs):
