@@ -266,12 +266,13 @@ def _triplet_margin_sums_by_loops(d, positive, negative, min_val, delta, num_thr
 
 
 @pytest.mark.parametrize("by_slot", [False, True])
-@pytest.mark.parametrize("min_val, num_thresholds", [(-2.0, 10), (-1.0, 7)])
+@pytest.mark.parametrize("min_val, num_thresholds", [(-2.0, 10), (-1.0, 7), (-0.5, 4), (-2.0, 40)])
 def test_triplet_margin_sums_count_ties_as_the_loss_does(by_slot, min_val, num_thresholds):
     # Both ways of counting (cells of whole parts and places where operations
     # run one by one, a loop of comparisons under XLA) on distances whose
     # margins fall on the thresholds exactly, and a Δ (2/7) that is not a
-    # float: each decides as the loops do.
+    # float: each decides as the loops do. Under XLA the thresholds counted are a window of each row's (all of
+    # them where there are fewer than whole parts, as at (-0.5, 4)), its start clipped at both ends.
     from tfmetric.losses import histogram_loss
 
     rng = np.random.default_rng(4)
