@@ -119,6 +119,19 @@ def test_hand_made_smooth_ap():
     assert terms(ranking.smooth_ap_terms, [0.9, 0.5, 0.1], temperature=1.0)[0] == pytest.approx(want, rel=1e-6)
 
 
+@pytest.mark.parametrize("formula", [ranking._exact_sigmoid_and_slope, ranking._fused_sigmoid_and_slope])
+def test_sigmoids_and_slopes_keep_their_relative_precision_in_both_tails(formula):
+    # Operation by operation from e = exp(−z); compiled from σ(−|z|) alone, which XLA keeps as one matrix. Either
+    # way every value to float32's relative precision, where `1 − σ` for σ' or a fast sigmoid would lose it
+    # (sharp temperatures put most pairs in the tails); below σ(−50) both stay at that floor.
+    exponents = np.concatenate([-np.geomspace(80, 1e-3, 40), [0.0], np.geomspace(1e-3, 50, 40), [60.0, np.inf]])
+    exponents = exponents.astype("float32")
+    z = -np.minimum(exponents.astype("float64"), 50.0)
+    sigmoid, slope = (keras.ops.convert_to_numpy(v) for v in formula(tensor(exponents)))
+    np.testing.assert_allclose(sigmoid, 1 / (1 + np.exp(-z)), rtol=2e-6)
+    np.testing.assert_allclose(slope, 1 / (1 + np.exp(-z)) / (1 + np.exp(z)), rtol=2e-6)
+
+
 @pytest.mark.parametrize(
     "variant, want",
     [
