@@ -125,14 +125,18 @@ def test_cumsum_keeps_float64():
     "float32", pytest.param("float64", marks=pytest.mark.skipif(BACKEND == "jax", reason="JAX without x64"))
 ])
 def test_row_sums_under_xla_are_products_with_the_same_sums(dtype):
-    """Under XLA on a CPU, `row_sums` is a product with ones: the same sums, exact for counts."""
+    """Under XLA on a CPU, `row_sums` is a product with ones: the same sums, exact for counts.
+
+    `nonnegative_row_sums` with an addition after it (kept apart from the product by a maximum with 0): the same.
+    """
     x = np.random.default_rng(0).normal(size=(3, 4, 50)).astype(dtype)
     counts = (x > 0).astype(dtype)
     seen = []
 
     def both(x, counts):
         seen.append(tfm.distances._sums_by_product())
-        return tfm.distances.row_sums(x), tfm.distances.row_sums(counts)
+        added = 0.5 + tfm.distances.nonnegative_row_sums(counts)
+        return tfm.distances.row_sums(x), tfm.distances.row_sums(counts), added
 
     if BACKEND == "tensorflow":
         import tensorflow as tf
@@ -142,7 +146,7 @@ def test_row_sums_under_xla_are_products_with_the_same_sums(dtype):
         import jax
 
         both = jax.jit(both)
-    sums, counted = (keras.ops.convert_to_numpy(v) for v in both(tensor(x, dtype), tensor(counts, dtype)))
+    sums, counted, added = (keras.ops.convert_to_numpy(v) for v in both(tensor(x, dtype), tensor(counts, dtype)))
     # Products only where XLA compiles for CPUs alone (an accelerator's matrix units may round float32).
     if BACKEND == "tensorflow":
         import tensorflow as tf
@@ -154,6 +158,7 @@ def test_row_sums_under_xla_are_products_with_the_same_sums(dtype):
     assert sums.dtype == dtype and sums.shape == (3, 4)
     np.testing.assert_allclose(sums, x.sum(axis=-1), rtol=1e-6 if dtype == "float32" else 1e-14, atol=1e-6)
     np.testing.assert_array_equal(counted, counts.sum(axis=-1))
+    np.testing.assert_array_equal(added, 0.5 + counts.sum(axis=-1))
 
 
 def test_unknown_distance_names_the_choices():

@@ -129,6 +129,21 @@ def row_sums(values):
     return ops.reshape(products, ops.shape(values)[:-1])
 
 
+def nonnegative_row_sums(values):
+    """`row_sums` of values never negative (counts, sigmoids), for an addition to follow.
+
+    XLA on a CPU fuses an addition after a matrix-vector product into the
+    product, and a product so fused reads its operand from memory instead
+    of computing it in place: one more pass over the matrix, where the
+    operand is a mask or a sigmoid of the matrix. A maximum with 0 between
+    them, which changes no such sum, keeps the two apart (the contrastive
+    loss at N = 1024 with XLA: 12.1 → 11.2–11.5 ms; Smooth-AP's `0.5 + Σσ`
+    a slot: two matrices a slot fewer).
+    """
+    sums = row_sums(values)
+    return ops.maximum(sums, ops.zeros((), sums.dtype)) if _sums_by_product() else sums
+
+
 def _sums_by_product():
     """Whether `row_sums` takes products: under XLA (TensorFlow's or JAX's), with only CPUs at hand."""
     if not compiled_by_xla():

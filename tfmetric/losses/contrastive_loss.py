@@ -9,7 +9,7 @@ import math
 import keras
 from keras import ops
 
-from tfmetric.distances import as_embedding_pair, l2_normalize, pairwise_distance, row_sums
+from tfmetric.distances import as_embedding_pair, l2_normalize, nonnegative_row_sums, pairwise_distance, row_sums
 from tfmetric.losses.base import (
     DistanceLoss,
     InBatchLoss,
@@ -48,7 +48,7 @@ def contrastive_terms(distances, positive, negative, margin=1.0, negatives="all"
     else:
         negative = ops.cast(negative, distances.dtype)
     sums = _contrastive_sums(distances, positive, negative, margin, binary=not hard)
-    return sums, positive_counts + row_sums(negative)
+    return sums, positive_counts + nonnegative_row_sums(negative)
 
 
 def _contrastive_sums(distances, positive, negative, margin, binary):

@@ -17,7 +17,7 @@ float32 for N = R = 1024).
 import keras
 from keras import backend, ops
 
-from tfmetric.distances import cumsum, row_sums, runs_op_by_op
+from tfmetric.distances import cumsum, nonnegative_row_sums, row_sums, runs_op_by_op
 from tfmetric.losses.base import (
     DistanceLoss,
     SimilarityLoss,
@@ -238,14 +238,8 @@ def _over_positives(similarity, positive, table_and_counts, temperature, summed,
         exponents = (s_summed - row_pick(s, slot_positive)[:, None]) * (-1.0 / temperature)
         return _sigmoid_and_slope(exponents)
 
-    def sums_of(sigmoids):
-        # A maximum with 0, which the sums of sigmoids never go below: XLA on a CPU fuses an addition
-        # after a row sum (Smooth-AP's `0.5 + Σσ`) into its product with ones, which then reads its
-        # operand from memory instead of computing it in place (two more matrices a slot).
-        return ops.maximum(row_sums(sigmoids), 0.0)
-
     def terms(before, positives_before, has_slot):
-        value, row_factor, at_positives, elsewhere = body(sums_of(before), positives_before)
+        value, row_factor, at_positives, elsewhere = body(nonnegative_row_sums(before), positives_before)
         row_factor = ops.where(has_slot, row_factor / temperature, ops.zeros_like(row_factor))
         return ops.where(has_slot, value, ops.zeros_like(value)), row_factor, at_positives, elsewhere
 
@@ -254,7 +248,7 @@ def _over_positives(similarity, positive, table_and_counts, temperature, summed,
 
         def step(slot_positive, has_slot, total, gradient):
             before, slope = sigmoids(slot_positive)
-            positives_before = sums_of(before * pos) if weigh_positives else None
+            positives_before = nonnegative_row_sums(before * pos) if weigh_positives else None
             value, row_factor, at_positives, elsewhere = terms(before, positives_before, has_slot)
             coefficients = row_factor[:, None] * slope
             if at_positives is not None:
