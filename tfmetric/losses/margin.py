@@ -9,6 +9,7 @@ margin around it.
 import keras
 from keras import ops
 
+from tfmetric.distances import nonnegative_row_sums, row_sums
 from tfmetric.labels import check_class_ids
 from tfmetric.losses.base import DistanceLoss, add_at, apply_miner, check_choice, pair_distances, per_query
 from tfmetric.losses.state import LossState
@@ -50,8 +51,11 @@ def margin_terms(distances, positive, negative, anchor_beta, negative_weights=No
         weights = ops.cast(ops.logical_or(positive, negative), dtype)
     else:
         weights = ops.where(negative, ops.cast(negative_weights, dtype), ops.cast(positive, dtype))
-    loss_sums = ops.sum(weights * values, axis=1) + nu * anchor_beta * ops.sum(weights, axis=1)
-    active = ops.sum(weights * ops.cast(values > 0, dtype), axis=1)
+    # Products with ones under XLA on a CPU (`row_sums`), whose reductions would read the terms from memory.
+    loss_sums = nonnegative_row_sums(weights * values)
+    if nu:
+        loss_sums = loss_sums + nu * anchor_beta * row_sums(weights)
+    active = row_sums(weights * ops.cast(values > 0, dtype))
     return loss_sums, ops.stop_gradient(active)
 
 
