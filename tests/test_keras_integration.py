@@ -408,7 +408,6 @@ def test_which_losses_split_into_matrix_and_terms():
     assert tfm.BatchAllTriplet(miner=tfm.miners.BatchHardMiner()).matrix_terms() is None
 
 
-
 def _scaled_loss_step(loss):
     """Three times `loss` and its gradient w.r.t. the embeddings, for tracing at several batch sizes."""
     import tensorflow as tf

@@ -462,7 +462,9 @@ def compiled_loss(loss, pairs, sample_weight):
                 return terms_alone() if smallest <= size < too_large else whole()
             return tf.cond(tf.logical_and(dynamic_size >= smallest, dynamic_size < too_large), terms_alone, whole)
 
-    size, dynamic_size = embeddings.shape[0], tf.shape(embeddings)[0]
+    size = embeddings.shape[0]
+    # A size read when the batch runs only where the trace does not know it.
+    dynamic_size = tf.shape(embeddings)[0] if size is None else None
     if loss.compiles_below is None:
         return compiled()
     if size is not None:

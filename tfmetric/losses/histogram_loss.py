@@ -477,15 +477,15 @@ def _triplet_margin_sums_by_slot(distances, positive, negative, min_val, delta, 
     # floats): JAX's custom gradients cannot close over the tracers of an
     # enclosing trace.
     @ops.custom_gradient
-    def counts_and_sums(d, positive_ones, negative_ones):
+    def counts_and_sums(d, positive_ones, negative_ones, every_count, every_sum):
         d = ops.stop_gradient(d)
         is_negative = negative_ones > 0.5
         zero = ops.zeros_like(d)
         whole, fraction = _whole_and_fraction(d, 0.0, delta)
         # Below every threshold's and every selection's whole part, the non-negatives drop out of both loops.
         whole = ops.where(is_negative, ops.minimum(whole, num_wholes - 1), -2)
-        every_count = row_sums(negative_ones)[:, None]
-        every_sum = row_sums(ops.where(is_negative, d, zero))[:, None]
+        # Each row's negatives and their distances' sum, which the caller has too: a threshold below 0's.
+        every_count, every_sum = ops.stop_gradient(every_count)[:, None], ops.stop_gradient(every_sum)[:, None]
 
         def shifted_wholes(key_fraction):
             return whole + ops.cast(fraction > key_fraction[:, None], "int32")
@@ -532,17 +532,17 @@ def _triplet_margin_sums_by_slot(distances, positive, negative, min_val, delta, 
                 return (add_to_rows(grad - weights, [(slot_positive, row_sums(weights))]),)
 
             (grad,) = for_each_positive(positive_ones > 0.5, backward, (ops.zeros_like(d),))
-            return grad, ops.zeros_like(positive_ones), ops.zeros_like(negative_ones)
+            unused = (ops.zeros_like(positive_ones), ops.zeros_like(negative_ones))
+            return grad, *unused, ops.zeros_like(every_count[:, 0]), ops.zeros_like(every_sum[:, 0])
 
         return ops.concatenate([counts, sums], axis=1), gradient
 
     dtype = distances.dtype
     positives, negatives = ops.cast(positive, dtype), ops.cast(negative, dtype)
-    both = counts_and_sums(distances, positives, negatives)
     num_positives, num_negatives = ops.sum(positives, axis=1), ops.sum(negatives, axis=1)
-    every_sum = num_negatives * ops.sum(positives * distances, axis=1) - num_positives * ops.sum(
-        negatives * distances, axis=1
-    )
+    negative_sums = ops.sum(negatives * distances, axis=1)
+    both = counts_and_sums(distances, positives, negatives, num_negatives, negative_sums)
+    every_sum = num_negatives * ops.sum(positives * distances, axis=1) - num_positives * negative_sums
     counts = ops.concatenate([both[:, :num_thresholds], (num_positives * num_negatives)[:, None]], axis=1)
     sums = ops.concatenate([both[:, num_thresholds:], every_sum[:, None]], axis=1)
     return ops.stop_gradient(counts), sums
