@@ -404,6 +404,72 @@ def test_all_triplet_terms_count_ties_as_the_loop_does(way):
     np.testing.assert_allclose(got_grad, grad, rtol=1e-5, atol=1e-5)
 
 
+def _semi_hard_by_loops(d, positive, negative, margin):
+    """Each anchor's semi-hard loss sum and the gradient's ±1 entries, one triplet at a time (+inf never beyond)."""
+    n, r = d.shape
+    sums, grad = np.zeros(n), np.zeros((n, r))
+    for a in range(n):
+        negatives = [q for q in range(r) if negative[a, q]]
+        if not negatives:
+            continue
+        farthest = max(negatives, key=lambda q: (d[a, q], -q))
+        for p in (p for p in range(r) if positive[a, p]):
+            beyond = [q for q in negatives if d[a, p] < d[a, q] < np.inf]
+            chosen = min(beyond, key=lambda q: (d[a, q], q)) if beyond else farthest
+            value = d[a, p] - d[a, chosen] + margin
+            if value > 0:
+                sums[a] += value
+                grad[a, p] += 1
+                grad[a, chosen] -= 1
+    return sums, grad
+
+
+@only_tensorflow
+@pytest.mark.parametrize("compiled", [True, False])
+def test_semi_hard_negatives_by_groups_in_a_graph_match_the_loops(compiled):
+    # In a TensorFlow graph without XLA on a CPU the semi-hard negatives are
+    # found by groups of the negatives between a query's sorted positives, in
+    # one XLA-compiled call (`compiled_piece`); a positive at a time
+    # otherwise. Both as the loops: ties between positives and negatives
+    # (not beyond) and among negatives (the first column), negative
+    # distances, +inf (never beyond, the farthest), NaN positives of both signs (no
+    # term, no other choice changed), 0 to 5 positives, a query without
+    # negatives.
+    import tensorflow as tf
+    from test_keras_integration import xla_calls
+
+    from tfmetric.losses import triplet
+
+    rng = np.random.default_rng(7)
+    labels = np.array([0, 0, 0, 0, 0, 0, 1, 1, 2, 3, 3, 3])
+    d = ((rng.integers(0, 11, (12, 12)) - 2) * 0.25).astype("float32")
+    d[0, 6], d[9, 0], d[1, 2], d[2, 1] = np.inf, np.inf, np.nan, -np.nan
+    positive = (labels[:, None] == labels[None, :]) & ~np.eye(12, dtype=bool)
+    negative = labels[:, None] != labels[None, :]
+    negative[3] = False
+    weights = rng.normal(size=12).astype("float32")
+    want_sums, want_grad = _semi_hard_by_loops(d, positive, negative, 0.5)
+
+    def step(matrix, positive):
+        with tf.GradientTape() as tape:
+            tape.watch(matrix)
+            sums, _ = triplet.semi_hard_triplet_terms(matrix, positive, tf.constant(negative), 0.5)
+            value = tf.reduce_sum(sums * weights)
+        return sums, tape.gradient(value, matrix)
+
+    previous = tfm.losses.compile_losses_with_xla(compiled)
+    try:
+        step = tf.function(step, autograph=False, input_signature=[
+            tf.TensorSpec((12, 12), tf.float32), tf.TensorSpec((12, 12), tf.bool)])
+        assert xla_calls(step.get_concrete_function().graph) == int(compiled)
+        for mask in (positive, np.zeros_like(positive)):
+            sums, grad = step(tf.constant(d), tf.constant(mask))
+            np.testing.assert_allclose(sums, want_sums if mask.any() else 0, rtol=1e-6)
+            np.testing.assert_allclose(grad, weights[:, None] * want_grad if mask.any() else 0, rtol=1e-6)
+    finally:
+        tfm.losses.compile_losses_with_xla(previous)
+
+
 @pytest.mark.parametrize("way", ["slot", "keys", "counts"])
 def test_all_triplet_terms_keep_small_losses_among_large_distances_exact(way):
     # Distances near 1000 a few 2⁻¹⁰ apart and a margin of 2⁻⁸: every gap is

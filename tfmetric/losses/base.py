@@ -355,12 +355,12 @@ def compiles_alone(loss):
     """Whether `loss` computes itself under XLA here (`compile_losses_with_xla`)."""
     if not (loss.faster_under_xla and loss.may_compile() and loss.reduction not in (None, "none")):
         return False
-    return _compiling_here()
+    return compiles_pieces()
 
 
-def _compiling_here():
-    """Whether code traced here runs faster compiled by XLA: a TensorFlow graph without XLA, on a CPU,
-    with `compile_losses_with_xla` on."""
+def compiles_pieces():
+    """Whether code traced here runs faster compiled by XLA (`compiled_piece` compiles): a TensorFlow graph
+    without XLA, on a CPU, with `compile_losses_with_xla` on."""
     if not (_XLA_INSIDE_GRAPHS["enabled"] and tensorflow_op_by_op()):
         return False
     import tensorflow as tf
@@ -383,7 +383,7 @@ def compiled_piece(function, when=True):
     of small matrices are slow (the angular loss's classes: 3.3 against
     1.0 ms).
     """
-    if not _compiling_here() or when is False:
+    if not compiles_pieces() or when is False:
         return function
     import tensorflow as tf
 
