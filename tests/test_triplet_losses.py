@@ -425,15 +425,16 @@ def _semi_hard_by_loops(d, positive, negative, margin):
 
 
 @only_tensorflow
-@pytest.mark.parametrize("compiled", [True, False])
-def test_semi_hard_negatives_by_groups_in_a_graph_match_the_loops(compiled):
+@pytest.mark.parametrize("mode", ["pieces", "kernels", "xla"])
+def test_semi_hard_negatives_by_groups_match_the_loops(mode):
     # In a TensorFlow graph without XLA on a CPU the semi-hard negatives are
     # found by groups of the negatives between a query's sorted positives, in
-    # one XLA-compiled call (`compiled_piece`); a positive at a time
-    # otherwise. Both as the loops: ties between positives and negatives
-    # (not beyond) and among negatives (the first column), negative
-    # distances, +inf (never beyond, the farthest), NaN positives of both signs (no
-    # term, no other choice changed), 0 to 5 positives, a query without
+    # one XLA-compiled call (`compiled_piece`), and under XLA so too where
+    # the most positives of a query are 8 to 16; a positive at a time
+    # otherwise. All as the loops: ties between positives and negatives (not
+    # beyond) and among negatives (the first column), negative distances,
+    # +inf (never beyond, the farthest), NaN positives of both signs (no
+    # term, no other choice changed), 0 to 9 positives, a query without
     # negatives.
     import tensorflow as tf
     from test_keras_integration import xla_calls
@@ -441,13 +442,14 @@ def test_semi_hard_negatives_by_groups_in_a_graph_match_the_loops(compiled):
     from tfmetric.losses import triplet
 
     rng = np.random.default_rng(7)
-    labels = np.array([0, 0, 0, 0, 0, 0, 1, 1, 2, 3, 3, 3])
-    d = ((rng.integers(0, 11, (12, 12)) - 2) * 0.25).astype("float32")
-    d[0, 6], d[9, 0], d[1, 2], d[2, 1] = np.inf, np.inf, np.nan, -np.nan
-    positive = (labels[:, None] == labels[None, :]) & ~np.eye(12, dtype=bool)
+    labels = np.repeat([0, 1, 2, 3], [10, 2, 1, 3])
+    n = len(labels)
+    d = ((rng.integers(0, 11, (n, n)) - 2) * 0.25).astype("float32")
+    d[0, 10], d[13, 0], d[1, 2], d[2, 1] = np.inf, np.inf, np.nan, -np.nan
+    positive = (labels[:, None] == labels[None, :]) & ~np.eye(n, dtype=bool)
     negative = labels[:, None] != labels[None, :]
     negative[3] = False
-    weights = rng.normal(size=12).astype("float32")
+    weights = rng.normal(size=n).astype("float32")
     want_sums, want_grad = _semi_hard_by_loops(d, positive, negative, 0.5)
 
     def step(matrix, positive):
@@ -457,11 +459,12 @@ def test_semi_hard_negatives_by_groups_in_a_graph_match_the_loops(compiled):
             value = tf.reduce_sum(sums * weights)
         return sums, tape.gradient(value, matrix)
 
-    previous = tfm.losses.compile_losses_with_xla(compiled)
+    previous = tfm.losses.compile_losses_with_xla(mode == "pieces")
     try:
-        step = tf.function(step, autograph=False, input_signature=[
-            tf.TensorSpec((12, 12), tf.float32), tf.TensorSpec((12, 12), tf.bool)])
-        assert xla_calls(step.get_concrete_function().graph) == int(compiled)
+        step = tf.function(step, autograph=False, jit_compile=mode == "xla", input_signature=[
+            tf.TensorSpec((n, n), tf.float32), tf.TensorSpec((n, n), tf.bool)])
+        if mode != "xla":
+            assert xla_calls(step.get_concrete_function().graph) == int(mode == "pieces")
         for mask in (positive, np.zeros_like(positive)):
             sums, grad = step(tf.constant(d), tf.constant(mask))
             np.testing.assert_allclose(sums, want_sums if mask.any() else 0, rtol=1e-6)

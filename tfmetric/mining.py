@@ -387,16 +387,16 @@ def _positive_columns(positive, num_slots, table=None):
         table = positive_table(positive, num_slots)
     if table is not None:
         return lambda slot, previous: ops.take(table, slot, axis=1)
-    return _next_positive_column(positive)
+    return next_positive_column(positive)
 
 
-# Columns a word of `_next_positive_column`'s bits holds: int32 words whose
+# Columns a word of `next_positive_column`'s bits holds: int32 words whose
 # sign bit stays clear, so that a word's lowest bit compares with the powers
 # of two as a positive number.
 _WORD_BITS = 16
 
 
-def _next_positive_column(positive):
+def next_positive_column(positive):
     """`_positive_columns`' `next_column` under XLA: the mask packed once into words of `_WORD_BITS` columns.
 
     The smallest positive column after `previous` is the lowest bit set in
@@ -499,7 +499,7 @@ def row_min_above(values, thresholds):
     one, and with TensorFlow in float32 the wrapped pattern and the column
     make one 64-bit key, whose minimum is the argmin (semi-hard mining at
     N = 1024, K = 16: 36 → 29 ms with the slots' columns of
-    `_next_positive_column`).
+    `next_positive_column`).
     """
     inf = ops.full((), float("inf"), values.dtype)
     dtype = backend.standardize_dtype(values.dtype)
@@ -648,7 +648,9 @@ def attach_gradient(value, distances, gradient):
     """
     if runs_op_by_op():
         return _attached(value, distances, ops.stop_gradient(gradient))
-    surrogate = ops.sum(ops.stop_gradient(gradient) * distances, axis=1)
+    gradient = ops.stop_gradient(gradient)
+    # Only the entries with a gradient: an infinite or NaN distance elsewhere (0·∞) would make the value NaN.
+    surrogate = ops.sum(ops.where(ops.equal(gradient, 0), ops.zeros_like(gradient), gradient * distances), axis=1)
     return ops.stop_gradient(value) + (surrogate - ops.stop_gradient(surrogate))
 
 

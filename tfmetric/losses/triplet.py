@@ -27,6 +27,7 @@ from tfmetric.mining import (
     for_each_positive,
     hardest_pairs,
     mine_pairs,
+    next_positive_column,
     positive_table_and_counts,
     row_cells,
     row_counts,
@@ -115,13 +116,39 @@ def semi_hard_triplet_terms(distances, positive, negative, margin=1.0):
     zeros = ops.zeros(ops.shape(d)[:1], d.dtype)
     if table is None:
         # Under XLA (the number of slots unknown) the gradient's entries are added a slot at a time, in place.
-        slot_terms = slot_terms_function()
+        def by_slot_in_place():
+            slot_terms = slot_terms_function()
 
-        def body(slot_positive, has_slot, loss_sums, gradient):
-            losses, chosen, weight = slot_terms(slot_positive, has_slot)
-            return loss_sums + losses, add_to_rows(gradient, [(slot_positive, weight), (chosen, -weight)])
+            def body(slot_positive, has_slot, loss_sums, gradient):
+                losses, chosen, weight = slot_terms(slot_positive, has_slot)
+                return loss_sums + losses, add_to_rows(gradient, [(slot_positive, weight), (chosen, -weight)])
 
-        loss_sums, gradient = for_each_positive(positive, body, (zeros, ops.zeros_like(d)), counts=counts)
+            return for_each_positive(positive, body, (zeros, ops.zeros_like(d)), counts=counts)
+
+        if backend.backend() == "tensorflow" and backend.standardize_dtype(d.dtype) == "float32":
+            fewest, most = _GROUPS_UNDER_XLA
+
+            def by_groups_of_at_most():
+                # A table of a fixed width, filled in a loop (unrolled, its 16 steps took 5 s more to compile).
+                next_column = next_positive_column(positive)
+                slots = ops.arange(most, dtype="int32")[None, :]
+
+                def fill(slot, previous, table):
+                    column = next_column(slot, previous)
+                    return slot + 1, column, ops.where(ops.equal(slots, slot), column[:, None], table)
+
+                empty = ops.zeros((ops.shape(d)[0], most), "int32")
+                start = (ops.convert_to_tensor(0, "int32"), -ops.ones_like(counts), empty)
+                table_of_at_most = ops.while_loop(lambda slot, *_: slot < most, fill, start)[2]
+                has_slot = slots < counts[:, None]
+                return _semi_hard_by_groups(d, negative, table_of_at_most, has_slot, ops.cast(margin, d.dtype))
+
+            num_slots = ops.max(counts)
+            loss_sums, gradient = ops.cond(
+                ops.logical_and(num_slots >= fewest, num_slots <= most), by_groups_of_at_most, by_slot_in_place
+            )
+        else:
+            loss_sums, gradient = by_slot_in_place()
         return attach_gradient(loss_sums, distances, gradient), pair_counts
 
     # The gradient has two entries an anchor a positive: kept in `(N, S)`
@@ -153,6 +180,11 @@ def semi_hard_triplet_terms(distances, positive, negative, margin=1.0):
     else:
         loss_sums, gradient = by_slot()
     return attach_gradient(loss_sums, distances, gradient), pair_counts
+
+
+# Under XLA, the numbers of positives a query for which semi-hard's table of
+# positives has a fixed width (the most) and it finds the negatives by groups.
+_GROUPS_UNDER_XLA = (8, 16)
 
 
 def _semi_hard_by_groups(d, negative, table, has_slot, margin):
@@ -210,9 +242,10 @@ def _semi_hard_columns(d, negative, table):
         tf.fill([num_queries * num_groups], none), tf.reshape(cells, (-1, 1)), tf.reshape(keys, (-1,))
     )
     least = tf.reshape(least, (num_queries, num_groups))
-    # From each group on to the last (a loop over the few groups).
-    from_group = tf.reverse(tf.transpose(tf.scan(tf.minimum, tf.reverse(tf.transpose(least), [0]))), [1])
-    beyond = tf.gather(from_group[:, 1:], tf.argsort(order, axis=1), batch_dims=1)
+    # The least of the groups from j + 1 on, for every sorted place j: (N, k, k + 1) small (a scan compiles slower).
+    places, groups_from = tf.range(num_groups - 1)[:, None], tf.range(num_groups)[None, :]
+    from_next = tf.reduce_min(tf.where(groups_from > places, least[:, None, :], none), axis=2)
+    beyond = tf.gather(from_next, tf.argsort(order, axis=1), batch_dims=1)
     farthest = tf.cast(tf.argmax(tf.where(negative, d, float("-inf")), axis=1), tf.int32)
     chosen = tf.cast(beyond & tf.constant(0xFFFFFFFF, tf.uint64), tf.int32)
     return tf.where(beyond == none, farthest[:, None], chosen)
