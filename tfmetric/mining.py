@@ -397,9 +397,12 @@ _WORD_BITS = 16
 
 
 def next_positive_column(positive):
-    """`_positive_columns`' `next_column` under XLA: the mask packed once into words of `_WORD_BITS` columns.
+    """`next_column(slot, previous)`: every query's smallest positive column after `previous` `(N,)` (for XLA).
 
-    The smallest positive column after `previous` is the lowest bit set in
+    The slot loops' columns under XLA (`for_each_positive`), and semi-hard's
+    table of at most 16 positives there; past a query's last positive, any
+    valid column. The mask is packed once into words of `_WORD_BITS`
+    columns; the smallest positive column after `previous` is the lowest bit set in
     the first word after it with one: a pass over the `(N, R / 16)` words
     and one over the 16 bits of a word per slot, where a minimum over the
     `(N, R)` mask took 0.5 ms a slot on a CPU (7.8 ms for the 15 slots of
