@@ -85,15 +85,8 @@ def semi_hard_triplet_terms(distances, positive, negative, margin=1.0):
     d = ops.stop_gradient(distances)
     has_negative = ops.any(negative, axis=1)
 
-    def active_terms(positive_distance, chosen_distance, has_slot):
-        """The losses where active (0 elsewhere) and 1 where active, for any shape of slots."""
-        losses = ops.relu(positive_distance - chosen_distance + margin)
-        anchors_with_negatives = has_negative if ops.ndim(losses) == 1 else has_negative[:, None]
-        active = ops.logical_and(ops.logical_and(has_slot, anchors_with_negatives), losses > 0)
-        # d[a, p] enters an active pair's loss with sign +1, d[a, n] with -1.
-        return ops.where(active, losses, ops.zeros_like(losses)), ops.cast(active, d.dtype)
-
     def slot_terms_function():
+        """`slot_terms` for the slot loops, its passes over the matrix made where a loop runs."""
         inf = ops.full_like(d, float("inf"))
         # +inf at non-negatives takes them out of every minimum below.
         negative_distances = ops.where(negative, d, inf)
@@ -106,8 +99,10 @@ def semi_hard_triplet_terms(distances, positive, negative, margin=1.0):
             nearest_beyond_distance, nearest_beyond, has_beyond = row_min_above(negative_distances, positive_distance)
             chosen = ops.where(has_beyond, nearest_beyond, farthest)
             chosen_distance = ops.where(has_beyond, nearest_beyond_distance, farthest_distance)
-            losses, weight = active_terms(positive_distance, chosen_distance, has_slot)
-            return losses, chosen, weight
+            losses = ops.relu(positive_distance - chosen_distance + margin)
+            active = ops.logical_and(ops.logical_and(has_slot, has_negative), losses > 0)
+            # d[a, p] enters an active pair's loss with sign +1, d[a, n] with -1.
+            return ops.where(active, losses, ops.zeros_like(losses)), chosen, ops.cast(active, d.dtype)
 
         return slot_terms
 
@@ -140,8 +135,8 @@ def semi_hard_triplet_terms(distances, positive, negative, margin=1.0):
                 empty = ops.zeros((ops.shape(d)[0], most), "int32")
                 start = (ops.convert_to_tensor(0, "int32"), -ops.ones_like(counts), empty)
                 table_of_at_most = ops.while_loop(lambda slot, *_: slot < most, fill, start)[2]
-                has_slot = slots < counts[:, None]
-                return _semi_hard_by_groups(d, negative, table_of_at_most, has_slot, ops.cast(margin, d.dtype))
+                has_term = ops.logical_and(slots < counts[:, None], has_negative[:, None])
+                return _semi_hard_by_groups(d, negative, table_of_at_most, has_term, ops.cast(margin, d.dtype))
 
             num_slots = ops.max(counts)
             loss_sums, gradient = ops.cond(
@@ -171,8 +166,8 @@ def semi_hard_triplet_terms(distances, positive, negative, margin=1.0):
         return loss_sums, scatter_sum(cells, ops.reshape(values, (-1,)), ops.shape(d))
 
     def by_groups():
-        has_slot = table_slots(positive, table, counts)
-        return compiled_piece(_semi_hard_by_groups)(d, negative, table, has_slot, ops.cast(margin, d.dtype))
+        has_term = ops.logical_and(table_slots(positive, table, counts), has_negative[:, None])
+        return compiled_piece(_semi_hard_by_groups)(d, negative, table, has_term, ops.cast(margin, d.dtype))
 
     # By groups wherever XLA compiles pieces (faster at every size measured, N = 128 to 4,096, K = 4 and 16).
     if compiles_pieces() and backend.standardize_dtype(d.dtype) == "float32":
@@ -187,8 +182,10 @@ def semi_hard_triplet_terms(distances, positive, negative, margin=1.0):
 _GROUPS_UNDER_XLA = (8, 16)
 
 
-def _semi_hard_by_groups(d, negative, table, has_slot, margin):
+def _semi_hard_by_groups(d, negative, table, has_term, margin):
     """`semi_hard_triplet_terms`' loss sums and gradient w.r.t. `d` from `_semi_hard_columns` (XLA, TensorFlow).
+
+    `has_term`: the table's entries that are positives of a query with a negative.
 
     The gradient's ±1 entries of the active triplets are added into the
     matrix here, compiled, where TensorFlow's sums into segments took
@@ -198,7 +195,7 @@ def _semi_hard_by_groups(d, negative, table, has_slot, margin):
 
     chosen = _semi_hard_columns(d, negative, table)
     losses = tf.nn.relu(tf.gather(d, table, batch_dims=1) - tf.gather(d, chosen, batch_dims=1) + margin)
-    active = has_slot & tf.reduce_any(negative, axis=1)[:, None] & (losses > 0)
+    active = has_term & (losses > 0)
     weights = tf.cast(active, d.dtype)
     cells = row_cells(tf.concat([table, chosen], axis=1))
     gradient = tf.tensor_scatter_nd_add(tf.zeros_like(d), cells, tf.reshape(tf.concat([weights, -weights], 1), (-1,)))
