@@ -387,22 +387,19 @@ def _positive_columns(positive, num_slots, table=None):
         table = positive_table(positive, num_slots)
     if table is not None:
         return lambda slot, previous: ops.take(table, slot, axis=1)
-    return next_positive_column(positive)
+    return _next_positive_column(positive)
 
 
-# Columns a word of `next_positive_column`'s bits holds: int32 words whose
+# Columns a word of `_next_positive_column`'s bits holds: int32 words whose
 # sign bit stays clear, so that a word's lowest bit compares with the powers
 # of two as a positive number.
 _WORD_BITS = 16
 
 
-def next_positive_column(positive):
-    """`next_column(slot, previous)`: every query's smallest positive column after `previous` `(N,)` (for XLA).
+def _next_positive_column(positive):
+    """`_positive_columns`' `next_column` under XLA: the mask packed once into words of `_WORD_BITS` columns.
 
-    The slot loops' columns under XLA (`for_each_positive`), and semi-hard's
-    table of at most 16 positives there; past a query's last positive, any
-    valid column. The mask is packed once into words of `_WORD_BITS`
-    columns; the smallest positive column after `previous` is the lowest bit set in
+    The smallest positive column after `previous` is the lowest bit set in
     the first word after it with one: a pass over the `(N, R / 16)` words
     and one over the 16 bits of a word per slot, where a minimum over the
     `(N, R)` mask took 0.5 ms a slot on a CPU (7.8 ms for the 15 slots of
@@ -502,7 +499,7 @@ def row_min_above(values, thresholds):
     one, and with TensorFlow in float32 the wrapped pattern and the column
     make one 64-bit key, whose minimum is the argmin (semi-hard mining at
     N = 1024, K = 16: 36 → 29 ms with the slots' columns of
-    `next_positive_column`).
+    `_next_positive_column`).
     """
     inf = ops.full((), float("inf"), values.dtype)
     dtype = backend.standardize_dtype(values.dtype)

@@ -27,7 +27,6 @@ from tfmetric.mining import (
     for_each_positive,
     hardest_pairs,
     mine_pairs,
-    next_positive_column,
     positive_table_and_counts,
     row_cells,
     row_counts,
@@ -124,17 +123,16 @@ def semi_hard_triplet_terms(distances, positive, negative, margin=1.0):
             fewest, most = _GROUPS_UNDER_XLA
 
             def by_groups_of_at_most():
-                # A table of a fixed width, filled in a loop (unrolled, its 16 steps took 5 s more to compile).
-                next_column = next_positive_column(positive)
+                # A table of a fixed width, filled by the slot loop (unrolled, its 16 steps took 5 s more to
+                # compile); the columns past a query's positives stay 0, masked.
                 slots = ops.arange(most, dtype="int32")[None, :]
 
-                def fill(slot, previous, table):
-                    column = next_column(slot, previous)
-                    return slot + 1, column, ops.where(ops.equal(slots, slot), column[:, None], table)
+                def fill(slot_positive, has_slot, slot, table):
+                    return slot + 1, ops.where(ops.equal(slots, slot), slot_positive[:, None], table)
 
                 empty = ops.zeros((ops.shape(d)[0], most), "int32")
-                start = (ops.convert_to_tensor(0, "int32"), -ops.ones_like(counts), empty)
-                table_of_at_most = ops.while_loop(lambda slot, *_: slot < most, fill, start)[2]
+                start = (ops.convert_to_tensor(0, "int32"), empty)
+                table_of_at_most = for_each_positive(positive, fill, start, counts=counts)[1]
                 has_term = ops.logical_and(slots < counts[:, None], has_negative[:, None])
                 return _semi_hard_by_groups(d, negative, table_of_at_most, has_term, ops.cast(margin, d.dtype))
 
@@ -193,8 +191,9 @@ def _semi_hard_by_groups(d, negative, table, has_term, margin):
     """
     import tensorflow as tf
 
-    chosen = _semi_hard_columns(d, negative, table)
-    losses = tf.nn.relu(tf.gather(d, table, batch_dims=1) - tf.gather(d, chosen, batch_dims=1) + margin)
+    positive_distances = tf.gather(d, table, batch_dims=1)
+    chosen = _semi_hard_columns(d, negative, table, positive_distances)
+    losses = tf.nn.relu(positive_distances - tf.gather(d, chosen, batch_dims=1) + margin)
     active = has_term & (losses > 0)
     weights = tf.cast(active, d.dtype)
     cells = row_cells(tf.concat([table, chosen], axis=1))
@@ -202,8 +201,9 @@ def _semi_hard_by_groups(d, negative, table, has_term, margin):
     return tf.reduce_sum(tf.where(active, losses, tf.zeros_like(losses)), axis=1), gradient
 
 
-def _semi_hard_columns(d, negative, table):
-    """The semi-hard negative's column for every positive of `positive_table`'s `table` `(N, S)` (XLA, TensorFlow).
+def _semi_hard_columns(d, negative, table, positive_distances):
+    """The semi-hard negative's column for every positive of `positive_table`'s `table` `(N, S)` (XLA, TensorFlow),
+    given the table's distances `positive_distances`.
 
     A query's S positive distances, sorted, split its negatives into S + 1
     groups by how many of them lie strictly below (a search in the sorted
@@ -221,7 +221,6 @@ def _semi_hard_columns(d, negative, table):
 
     num_queries, num_columns = tf.shape(d)[0], tf.shape(d)[1]
     num_groups = tf.shape(table)[1] + 1
-    positive_distances = tf.gather(d, table, batch_dims=1)
     # A NaN positive (whose loss is never active) last, where it moves no group.
     positive_distances = tf.where(tf.math.is_nan(positive_distances), float("inf"), positive_distances)
     order = tf.argsort(positive_distances, axis=1, stable=True)
