@@ -279,7 +279,8 @@ def _euclidean_matrix(x, ref, squared):
     input: with `W = G / d` (G the incoming gradient, 0 where d = 0),
     `∂/∂x_i = x_i Σ_j W_ij − (W x)_i` (W + Wᵀ for the square matrix, whose
     rows are both ends): one matrix product, as for `x @ xᵀ` itself (two
-    under XLA, which on a CPU transposes slowly: `W x + Wᵀ x`). The gradient
+    under XLA above 256 rows, which on a CPU transposes slowly: `W x +
+    Wᵀ x`; see `_TRANSPOSED_UPSTREAM_UP_TO`). The gradient
     is 0 where two rows coincide, and on the diagonal.
     """
     # Every tensor the gradient uses is made inside the function: JAX's
@@ -342,7 +343,7 @@ def _small_square(x):
 
 # XLA's CPU code reads an (N, N) matrix transposed slowly, but up to this
 # size a second product costs more: N = 256, with XLA, the distance
-# matrix's forward and backward 1.33 → 1.09 ms (a random upstream
+# matrix's forward and backward 1.32 → 1.09 ms (a random upstream
 # gradient), the contrastive loss 1.40 → 1.14 ms; from 512 some losses
 # took longer (batch-hard: 1.7 → 2.6 ms; the lifted structure loss at
 # 1,024: 16 → 34 ms).
