@@ -214,7 +214,7 @@ def _gram(x):
             if upstream is None:
                 (upstream,) = args
             upstream = ops.cast(upstream, x.dtype)
-            if compiled_by_xla() and not _small_square(x):
+            if _two_products(x):
                 return matmul(upstream, x) + matmul(ops.transpose(upstream), x)
             return matmul(upstream + ops.transpose(upstream), x)
 
@@ -280,7 +280,7 @@ def _euclidean_matrix(x, ref, squared):
     `∂/∂x_i = x_i Σ_j W_ij − (W x)_i` (W + Wᵀ for the square matrix, whose
     rows are both ends): one matrix product, as for `x @ xᵀ` itself (two
     under XLA above 256 rows, which on a CPU transposes slowly: `W x +
-    Wᵀ x`; see `_TRANSPOSED_UPSTREAM_UP_TO`). The gradient
+    Wᵀ x`; see `_two_products`). The gradient
     is 0 where two rows coincide, and on the diagonal.
     """
     # Every tensor the gradient uses is made inside the function: JAX's
@@ -299,14 +299,11 @@ def _euclidean_matrix(x, ref, squared):
                     (upstream,) = args
                 upstream = ops.cast(upstream, x.dtype)
                 # Row i is the first end of row i's distances and the second of column i's.
-                if compiled_by_xla() and not _small_square(x):
-                    # XLA on a CPU transposes an (N, N) matrix slowly; a second
-                    # product reads it transposed at no cost.
+                if _two_products(x):
                     weights, factor = _pair_weights(upstream, d2, value, scale, squared)
                     sums = ops.sum(weights, axis=1) + ops.sum(weights, axis=0)
                     products = matmul(weights, moved) + matmul(ops.transpose(weights), moved)
                 else:
-                    # Without XLA one transpose costs less than one more product.
                     weights, factor = _pair_weights(upstream + ops.transpose(upstream), d2, value, scale, squared)
                     sums = ops.sum(weights, axis=1)
                     products = matmul(weights, moved)
@@ -336,9 +333,16 @@ def _euclidean_matrix(x, ref, squared):
     return rectangle(x, ref)
 
 
-def _small_square(x):
-    """Whether `x`'s matrix is small enough for XLA to add the upstream gradient's transpose cheaply (static size)."""
-    return isinstance(x.shape[0], int) and x.shape[0] <= _TRANSPOSED_UPSTREAM_UP_TO
+def _two_products(x):
+    """Whether the gradient of `x`'s square matrix takes `G x + Gᵀ x` (two products) rather than `(G + Gᵀ) x`.
+
+    Under XLA above `_TRANSPOSED_UPSTREAM_UP_TO` rows (or an unknown
+    number): XLA on a CPU transposes an `(N, N)` matrix slowly, while a
+    product reads it transposed at no cost. Without XLA, and for a small
+    matrix under XLA, one transpose costs less than one more product.
+    """
+    small = isinstance(x.shape[0], int) and x.shape[0] <= _TRANSPOSED_UPSTREAM_UP_TO
+    return compiled_by_xla() and not small
 
 
 # XLA's CPU code reads an (N, N) matrix transposed slowly, but up to this
