@@ -104,6 +104,8 @@ def test_slots_visit_every_positive_once_in_column_order(compiled, num_columns):
 
         visit = tf.function(_visit_order, jit_compile=True)
     np.testing.assert_array_equal(_np(visit(tensor(positive, "bool"))), want)
+    # No positive at all: no slot changes the state (under XLA the first runs, for no query).
+    np.testing.assert_array_equal(_np(visit(tensor(np.zeros_like(positive), "bool"))), np.zeros(positive.shape))
 
 
 def test_scatter_add_adds_repeated_indices_with_a_gradient():
@@ -278,8 +280,16 @@ def test_positive_table_lists_the_positive_columns_first():
         assert np.all((table[a] >= 0) & (table[a] < 13))
 
 
-def test_positive_table_counts_every_querys_positives():
-    positive = _slot_masks()
+@pytest.mark.parametrize("num_columns", [13, 16, 40])
+@pytest.mark.parametrize("compiled", COMPILE_MODES)
+def test_positive_table_counts_every_querys_positives(compiled, num_columns):
+    positive = _slot_masks(num_columns)
+    counts_of = lambda mask: positive_table_and_counts(mask)[1]  # noqa: E731
+    if compiled:  # XLA, where the counts come with the mask packed into words
+        import tensorflow as tf
+
+        counts_of = tf.function(counts_of, jit_compile=True)
+    np.testing.assert_array_equal(_np(counts_of(tensor(positive, "bool"))), positive.sum(axis=1))
     table, counts = positive_table_and_counts(tensor(positive, "bool"))
     np.testing.assert_array_equal(_np(counts), positive.sum(axis=1))
     assert (table is None) == (BACKEND == "jax")

@@ -136,7 +136,10 @@ def for_each_positive(positive, body, state, table=None, counts=None):
     `slot_positive[a]` (in column order), until `has_slot[a]` says that a
     has no more; whatever the labels are (class ids, multi-hot rows, rows
     of a memory). `table`, `counts`: those of `positive_table_and_counts`
-    where the caller has them already.
+    where the caller has them already. `body` must leave the rows without
+    the slot as they are: the rows with fewer positives than the most go
+    through the later slots, and under XLA the first slot runs even where
+    no query has a positive.
     """
     positive = ops.cast(positive, "bool")
     if table is None and counts is None:
@@ -150,11 +153,13 @@ def for_each_positive(positive, body, state, table=None, counts=None):
         has_slot = slot < num_positives
         return (slot + 1, slot_positive, *body(slot_positive, has_slot, *state))
 
-    result = ops.while_loop(
-        lambda slot, *_: slot < num_slots,
-        step,
-        (ops.convert_to_tensor(0, "int32"), -ops.ones_like(num_positives), *state),
-    )
+    start = (ops.convert_to_tensor(0, "int32"), -ops.ones_like(num_positives), *state)
+    if table is None and compiled_by_xla():
+        # The first slot outside the loop: XLA folds the zeros the state starts from into its sums,
+        # where the loop would fill them in memory first (a pass over an (N, R) state). A slot past
+        # every query's positives changes nothing: the bodies keep the rows without a slot as they are.
+        start = step(*start)
+    result = ops.while_loop(lambda slot, *_: slot < num_slots, step, start)
     return tuple(result[2:])
 
 
@@ -196,7 +201,7 @@ def positive_table_and_counts(positive, num_slots=None):
     """
     positive = ops.cast(positive, "bool")
     if not runs_op_by_op():
-        return None, row_counts(positive)
+        return None, _packed_positives(positive)[1]
     if backend.backend() == "tensorflow":
         import tensorflow as tf
 
@@ -396,6 +401,30 @@ def _positive_columns(positive, num_slots, table=None):
 _WORD_BITS = 16
 
 
+def _packed_positives(positive):
+    """Under XLA: the mask packed into int32 words of `_WORD_BITS` columns, `(N, ⌈R / 16⌉)`, and its row counts.
+
+    Sixteen strided slices of the mask, every 16th column from each of the
+    first 16, read by two fusions of `(N, R / 16)` outputs (the words, and
+    the counts before a row sum of R / 16): a cast and a reshape of the
+    whole mask into integers took a pass and a buffer of `(N, R)` int32 of
+    their own, and the counts a cast and a sum of the whole mask (1.3
+    against 0.7 ms at N = 1024 on a CPU). A reduction of rows of 16 is the
+    slower; a product on a GPU may round in TF32.
+    """
+    num_columns = ops.shape(positive)[1]
+    padding = (-num_columns) % _WORD_BITS
+    if padding:
+        positive = ops.pad(positive, [[0, 0], [0, padding]], constant_values=False)
+    words = partial_counts = None
+    for bit in range(_WORD_BITS):
+        column_bits = ops.cast(positive[:, bit::_WORD_BITS], "int32")
+        shifted = ops.left_shift(column_bits, bit) if bit else column_bits
+        words = shifted if words is None else ops.bitwise_or(words, shifted)
+        partial_counts = column_bits if partial_counts is None else partial_counts + column_bits
+    return words, ops.sum(partial_counts, axis=1)
+
+
 def _next_positive_column(positive):
     """`_positive_columns`' `next_column` under XLA: the mask packed once into words of `_WORD_BITS` columns.
 
@@ -405,15 +434,8 @@ def _next_positive_column(positive):
     `(N, R)` mask took 0.5 ms a slot on a CPU (7.8 ms for the 15 slots of
     N = 1024, K = 16: as much as the distance matrix).
     """
-    num_rows, num_columns = ops.shape(positive)[0], ops.shape(positive)[1]
-    padding = (-num_columns) % _WORD_BITS
-    bits = ops.pad(ops.cast(positive, "int32"), [[0, 0], [0, padding]])
-    bits = ops.reshape(bits, (num_rows, -1, _WORD_BITS))
-    # Sixteen shifted slices, one fused pass (a reduction of rows of 16 is the slower; a product on a
-    # GPU may round in TF32).
-    words = bits[:, :, 0]
-    for bit in range(1, _WORD_BITS):
-        words = ops.bitwise_or(words, ops.left_shift(bits[:, :, bit], bit))
+    num_columns = ops.shape(positive)[1]
+    words = _packed_positives(positive)[0]
     powers = ops.convert_to_tensor(np.left_shift(1, np.arange(_WORD_BITS)).astype("int32"))
     num_words = ops.shape(words)[1]
     word_index = ops.arange(num_words, dtype="int32")[None, :]

@@ -244,11 +244,13 @@ def _over_positives(similarity, positive, table_and_counts, temperature, summed,
         return ops.where(has_slot, value, ops.zeros_like(value)), row_factor, at_positives, elsewhere
 
     if table is None:
-        pos = ops.cast(positive, s.dtype)
 
         def step(slot_positive, has_slot, total, gradient):
             before, slope = sigmoids(slot_positive)
-            positives_before = nonnegative_row_sums(before * pos) if weigh_positives else None
+            positives_before = None
+            if weigh_positives:
+                # A selection, not a product by the mask as floats: no (N, R) float mask in memory.
+                positives_before = nonnegative_row_sums(ops.where(positive, before, ops.zeros((), before.dtype)))
             value, row_factor, at_positives, elsewhere = terms(before, positives_before, has_slot)
             coefficients = row_factor[:, None] * slope
             if at_positives is not None:
