@@ -15,6 +15,7 @@ from tfmetric.mining import (
     add_to_rows,
     entry_coordinates,
     for_each_positive,
+    mask_row_counts,
     pair_masks,
     positive_table,
     positive_table_and_counts,
@@ -285,11 +286,14 @@ def test_positive_table_lists_the_positive_columns_first():
 def test_positive_table_counts_every_querys_positives(compiled, num_columns):
     positive = _slot_masks(num_columns)
     counts_of = lambda mask: positive_table_and_counts(mask)[1]  # noqa: E731
-    if compiled:  # XLA, where the counts come with the mask packed into words
+    float_counts_of = lambda mask: mask_row_counts(mask, "float32")  # noqa: E731
+    if compiled:  # XLA, where the counts are sums of strided slices of the mask
         import tensorflow as tf
 
         counts_of = tf.function(counts_of, jit_compile=True)
+        float_counts_of = tf.function(float_counts_of, jit_compile=True)
     np.testing.assert_array_equal(_np(counts_of(tensor(positive, "bool"))), positive.sum(axis=1))
+    np.testing.assert_array_equal(_np(float_counts_of(tensor(~positive, "bool"))), (~positive).sum(axis=1))
     table, counts = positive_table_and_counts(tensor(positive, "bool"))
     np.testing.assert_array_equal(_np(counts), positive.sum(axis=1))
     assert (table is None) == (BACKEND == "jax")

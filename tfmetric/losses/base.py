@@ -69,6 +69,7 @@ from tfmetric.mining import (
     add_all_at,
     add_at,
     entry_coordinates,
+    mask_row_counts,
     mine_pairs,
     places_in_rows,
     take_along_rows,
@@ -95,7 +96,7 @@ def masked_row_mean(values, mask):
     """Each row's mean of `values` over its `mask` entries, 0 for a row without any."""
     # where, not a product: 0 · inf is NaN.
     total = ops.sum(ops.where(mask, values, ops.zeros_like(values)), axis=1)
-    return divide_or_zero(total, ops.sum(ops.cast(mask, values.dtype), axis=1))
+    return divide_or_zero(total, mask_row_counts(mask, values.dtype))
 
 
 def sparse_row_mean(term, matrix, mask):
@@ -112,7 +113,7 @@ def sparse_row_mean(term, matrix, mask):
         return masked_row_mean(term(matrix), mask)
     rows, columns = coordinates
     total = add_at(term(take_entries(matrix, rows, columns)), rows, ops.shape(matrix)[0])
-    return divide_or_zero(total, ops.sum(ops.cast(mask, matrix.dtype), axis=1))
+    return divide_or_zero(total, mask_row_counts(mask, matrix.dtype))
 
 
 def negatives_below_keys(values, negative, keys):

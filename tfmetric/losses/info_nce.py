@@ -31,6 +31,7 @@ from tfmetric.losses.base import (
     row_logsumexp,
     similarity_loss,
 )
+from tfmetric.mining import mask_row_counts
 
 
 def _row_logsumexp(values, mask):
@@ -108,7 +109,7 @@ def ntxent_terms(similarity, positive, negative, temperature=0.07):
     pair_losses = ops.softplus(against[:, None] - logits)
     scored = ops.logical_and(positive, has_negative[:, None])
     loss_sums = ops.sum(ops.where(scored, pair_losses, ops.zeros_like(pair_losses)), axis=1)
-    return loss_sums, ops.sum(ops.cast(positive, similarity.dtype), axis=1)
+    return loss_sums, mask_row_counts(positive, similarity.dtype)
 
 
 def instance_terms(similarity, positive, negative, gamma=64.0):

@@ -11,7 +11,7 @@ import keras
 from keras import ops
 
 from tfmetric.losses.base import DistanceLoss, add_at, distance_loss, pair_distances, row_logsumexp
-from tfmetric.mining import entry_coordinates, take_entries
+from tfmetric.mining import entry_coordinates, mask_row_counts, take_entries
 
 
 def lifted_structure_terms(distances, positive, negative, margin=1.0, symmetric=False):
@@ -43,7 +43,7 @@ def lifted_structure_terms(distances, positive, negative, margin=1.0, symmetric=
     exponents = margin - distances
     row_has = ops.any(negative, axis=1)
     rows = _log_sum_or_minus_infinity(exponents, negative, row_has)
-    pair_counts = ops.sum(ops.cast(positive, distances.dtype), axis=1)
+    pair_counts = mask_row_counts(positive, distances.dtype)
     coordinates = entry_coordinates(positive)
     if coordinates is not None:
         pair_rows, pair_columns = coordinates

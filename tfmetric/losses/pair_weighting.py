@@ -36,6 +36,7 @@ from tfmetric.mining import (
     add_to_rows,
     entry_coordinates,
     for_each_positive,
+    mask_row_counts,
     mine_pairs,
     positive_table_and_counts,
     row_pick,
@@ -179,7 +180,7 @@ def angular_terms(queries, reference, positive, negative, alpha=40.0, shared_neg
         `(loss_sums, term_counts)`, both `(N,)`.
     """
     pull, push = _angular_constants(alpha)
-    counts = ops.sum(ops.cast(positive, queries.dtype), axis=1)
+    counts = mask_row_counts(positive, queries.dtype)
     if reference is queries:
         return _angular_sums_from_gram(queries, positive, negative, pull, push, shared_negatives), counts
 
@@ -619,7 +620,7 @@ def tuplet_margin_terms(similarity, positive, negative, margin=5.73, scale=64.0)
     radians = math.radians(margin)
     negatives = row_logsumexp(scale * similarity, negative)
     has_negative = ops.any(negative, axis=1)
-    counts = ops.sum(ops.cast(positive, similarity.dtype), axis=1)
+    counts = mask_row_counts(positive, similarity.dtype)
 
     def terms(positive_similarity, negatives):
         cosine = ops.clip(positive_similarity, -1.0, 1.0)

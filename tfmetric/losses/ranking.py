@@ -34,6 +34,7 @@ from tfmetric.mining import (
     attach_gradient,
     entry_coordinates,
     for_each_positive,
+    mask_row_counts,
     positive_table_and_counts,
     row_cells,
     row_pick,
@@ -136,7 +137,7 @@ def fast_ap_terms(distances, positive, negative, num_bins=10, max_distance=4.0):
     cumulative_positive = cumsum(h_positive, axis=1)
     cumulative_all = cumsum(h_all, axis=1)
     precision_sums = ops.sum(divide_or_zero(h_positive * cumulative_positive, cumulative_all), axis=1)
-    num_positives = ops.sum(ops.cast(positive, dtype), axis=1)
+    num_positives = mask_row_counts(positive, dtype)
     has_positive = num_positives > 0
     losses = 1.0 - divide_or_zero(precision_sums, num_positives)
     return ops.where(has_positive, losses, ops.zeros_like(losses)), ops.cast(has_positive, dtype)

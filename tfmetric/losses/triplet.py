@@ -26,6 +26,7 @@ from tfmetric.mining import (
     attach_gradient,
     for_each_positive,
     hardest_pairs,
+    mask_row_counts,
     mine_pairs,
     positive_table_and_counts,
     row_cells,
@@ -357,7 +358,7 @@ def _float64_at_hand():
 
 def _triplet_counts(positive, negative, counts, dtype):
     """Every anchor's number of triplets: its positives (`counts`, if known) times its negatives."""
-    return ops.cast(row_counts(positive, counts), dtype) * ops.sum(ops.cast(negative, dtype), axis=1)
+    return ops.cast(row_counts(positive, counts), dtype) * mask_row_counts(negative, dtype)
 
 
 def _all_triplet_sums_by_keys(d, positive, negative, margin, table, positive_counts=None):
