@@ -156,8 +156,7 @@ def for_each_positive(positive, body, state, table=None, counts=None):
     start = (ops.convert_to_tensor(0, "int32"), -ops.ones_like(num_positives), *state)
     if table is None and compiled_by_xla():
         # The first slot outside the loop: XLA folds the zeros the state starts from into its sums,
-        # where the loop would fill them in memory first (a pass over an (N, R) state). A slot past
-        # every query's positives changes nothing: the bodies keep the rows without a slot as they are.
+        # where the loop would fill them in memory first (a pass over an (N, R) state).
         start = step(*start)
     result = ops.while_loop(lambda slot, *_: slot < num_slots, step, start)
     return tuple(result[2:])
@@ -434,10 +433,9 @@ def _packed_words(positive):
 
     From sixteen strided slices of the mask (every 16th column), one fused
     pass: a cast and a reshape of the whole mask into integers took a pass
-    and a buffer of `(N, R)` int32 of their own (with the counts of
-    `mask_row_counts` as they were, 1.3 against 0.7 ms at N = 1024 on a
-    CPU). A reduction of rows of 16 is the slower; a product on a GPU may
-    round in TF32.
+    and an `(N, R)` int32 buffer of their own (the words and the counts:
+    1.3 against 0.7 ms at N = 1024 on a CPU). A reduction of rows of 16 is
+    the slower; a product on a GPU may round in TF32.
     """
     words = None
     for bit, column_bits in enumerate(_strided_bits(positive)):
