@@ -285,8 +285,12 @@ def test_positive_table_lists_the_positive_columns_first():
 @pytest.mark.parametrize("compiled", COMPILE_MODES)
 def test_positive_table_counts_every_querys_positives(compiled, num_columns):
     positive = _slot_masks(num_columns)
-    counts_of = lambda mask: positive_table_and_counts(mask)[1]  # noqa: E731
-    float_counts_of = lambda mask: mask_row_counts(mask, "float32")  # noqa: E731
+    def counts_of(mask):
+        return positive_table_and_counts(mask)[1]
+
+    def float_counts_of(mask):
+        return mask_row_counts(mask, "float32")
+
     if compiled:  # XLA, where the counts are sums of strided slices of the mask
         import tensorflow as tf
 
